@@ -1,0 +1,329 @@
+//! Folding socket records into per-listener and per-port figures while a
+//! dump streams. Nothing here allocates per socket: maps are keyed by port
+//! or listening address, and are reused from one sample to the next.
+
+use std::collections::HashMap;
+
+use crate::diag::{Family, RawAddr, SockRecord, TcpState};
+
+/// A listening address: what the `family`, `address` and `port` labels name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenKey {
+    /// Local address (its family is the socket's family).
+    pub addr: RawAddr,
+    /// Local port.
+    pub port: u16,
+}
+
+impl ListenKey {
+    /// The socket's address family.
+    pub fn family(&self) -> Family {
+        self.addr.family
+    }
+}
+
+/// One listening socket as the listener dump reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerRecord {
+    /// Where it listens.
+    pub key: ListenKey,
+    /// Accept-queue length now (`sk_ack_backlog`).
+    pub length: u32,
+    /// Effective backlog (`sk_max_ack_backlog`); full when length > limit.
+    pub limit: u32,
+    /// `sk_drops`, when the kernel sent `SKMEMINFO`.
+    pub drops: Option<u32>,
+    /// Socket cookie: tells apart members of a `SO_REUSEPORT` group.
+    pub cookie: u64,
+    /// Socket inode, for matching with `ss -e` and `/proc/*/fd`.
+    pub inode: u32,
+    /// Owner uid.
+    pub uid: u32,
+}
+
+impl ListenerRecord {
+    /// Extracts the listener figures from a `LISTEN` record.
+    pub fn from_record(r: &SockRecord) -> Option<Self> {
+        (r.state == TcpState::Listen).then_some(ListenerRecord {
+            key: ListenKey {
+                addr: r.local,
+                port: r.local_port,
+            },
+            length: r.rqueue,
+            limit: r.wqueue,
+            drops: r.drops,
+            cookie: r.cookie,
+            inode: r.inode,
+            uid: r.uid,
+        })
+    }
+}
+
+/// Whether a connection is counted by its local (server) or remote (client)
+/// port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The local port is a listening port in the namespace.
+    Server,
+    /// Anything else: keyed by the remote port, never by an ephemeral one.
+    Client,
+}
+
+impl Role {
+    /// The `role` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// Figures for one (role, port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortFigures {
+    /// Sockets per state, indexed like [`TcpState::CONNECTION_STATES`].
+    pub states: [u64; TcpState::CONNECTION_STATES.len()],
+    /// Sum of Send-Q: bytes written and not yet acknowledged.
+    pub send_queue_bytes: u64,
+    /// Sum of Recv-Q: bytes received and not yet read.
+    pub recv_queue_bytes: u64,
+}
+
+impl PortFigures {
+    fn add(&mut self, other: &PortFigures) {
+        for (a, b) in self.states.iter_mut().zip(other.states.iter()) {
+            *a += b;
+        }
+        self.send_queue_bytes += other.send_queue_bytes;
+        self.recv_queue_bytes += other.recv_queue_bytes;
+    }
+
+    /// All sockets on this port, whatever their state.
+    pub fn total(&self) -> u64 {
+        self.states.iter().sum()
+    }
+}
+
+/// What the connection dump says about one listening address's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueFigures {
+    /// Connections waiting in the accept queue (established, no owner yet).
+    pub queued: u64,
+    /// Bytes already received on those connections.
+    pub queued_bytes: u64,
+    /// Age of the oldest of them in ms, when the age dump ran.
+    pub oldest_ms: Option<u32>,
+    /// Half-open requests (SYN-RECV).
+    pub syn_recv: u64,
+}
+
+/// 65,536 bits: is this local port a listening port in the namespace?
+struct PortSet([u64; 1024]);
+
+impl PortSet {
+    fn insert(&mut self, port: u16) {
+        self.0[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+    fn contains(&self, port: u16) -> bool {
+        self.0[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
+    fn clear(&mut self) {
+        self.0 = [0; 1024];
+    }
+}
+
+/// Aggregates one connection sample of one namespace.
+///
+/// Call [`ConnectionAggregator::reset`] with the namespace's current
+/// listeners, feed every connection record to [`ConnectionAggregator::add`],
+/// optionally feed the accept-queue age dump to
+/// [`ConnectionAggregator::add_age`], then read the figures.
+pub struct ConnectionAggregator {
+    listening_ports: Box<PortSet>,
+    queues: HashMap<ListenKey, QueueFigures>,
+    ports: HashMap<(Role, u16), PortFigures>,
+}
+
+impl Default for ConnectionAggregator {
+    fn default() -> Self {
+        ConnectionAggregator {
+            listening_ports: Box::new(PortSet([0; 1024])),
+            queues: HashMap::new(),
+            ports: HashMap::new(),
+        }
+    }
+}
+
+impl ConnectionAggregator {
+    /// Starts a new sample with these listeners; keeps allocated capacity.
+    pub fn reset<'a>(&mut self, listeners: impl IntoIterator<Item = &'a ListenerRecord>) {
+        self.listening_ports.clear();
+        self.queues.clear();
+        self.ports.clear();
+        for l in listeners {
+            self.listening_ports.insert(l.key.port);
+            self.queues.entry(l.key).or_default();
+        }
+    }
+
+    /// The listening address a server-side connection belongs to: the exact
+    /// local address if something listens there, else the wildcard of the
+    /// same family (the kernel's own lookup prefers the exact match; a
+    /// v4-mapped connection on a dual-stack `::` listener is IPv6 already).
+    fn owner(&self, r: &SockRecord) -> Option<ListenKey> {
+        let exact = ListenKey {
+            addr: r.local,
+            port: r.local_port,
+        };
+        if self.queues.contains_key(&exact) {
+            return Some(exact);
+        }
+        let wildcard = ListenKey {
+            addr: RawAddr::unspecified(r.local.family),
+            port: r.local_port,
+        };
+        self.queues.contains_key(&wildcard).then_some(wildcard)
+    }
+
+    /// Whether a connection with no owning file waits in an accept queue:
+    /// connections leave the queue only through `accept()`, which gives them
+    /// an inode; an orphan (closed by its process) cannot be established or
+    /// in close-wait.
+    fn in_accept_queue(r: &SockRecord) -> bool {
+        r.inode == 0 && matches!(r.state, TcpState::Established | TcpState::CloseWait)
+    }
+
+    /// Counts one connection record. Listener records are ignored: their
+    /// queue fields count connections, not bytes.
+    pub fn add(&mut self, r: &SockRecord) {
+        let Some(state_index) = r.state.connection_index() else {
+            return;
+        };
+        let (role, port) = if self.listening_ports.contains(r.local_port) {
+            (Role::Server, r.local_port)
+        } else {
+            (Role::Client, r.remote_port)
+        };
+        let figures = self.ports.entry((role, port)).or_default();
+        figures.states[state_index] += 1;
+        figures.send_queue_bytes += u64::from(r.wqueue);
+        figures.recv_queue_bytes += u64::from(r.rqueue);
+
+        if role == Role::Server {
+            let syn = r.state == TcpState::SynRecv;
+            let queued = Self::in_accept_queue(r);
+            if syn || queued {
+                if let Some(key) = self.owner(r) {
+                    if let Some(q) = self.queues.get_mut(&key) {
+                        if syn {
+                            q.syn_recv += 1;
+                        } else {
+                            q.queued += 1;
+                            q.queued_bytes += u64::from(r.rqueue);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Local ports of listening addresses that have connections waiting.
+    pub fn ports_with_queued(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.queued > 0)
+            .map(|(k, _)| k.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// Marks every address with queued connections as aged (0 until a
+    /// record says more), so that "no record seen" reads as a young queue
+    /// rather than as unknown.
+    pub fn begin_ages(&mut self) {
+        for q in self.queues.values_mut() {
+            if q.queued > 0 {
+                q.oldest_ms = Some(0);
+            }
+        }
+    }
+
+    /// Takes the age of one record from the accept-queue age dump.
+    pub fn add_age(&mut self, r: &SockRecord) {
+        if !Self::in_accept_queue(r) {
+            return;
+        }
+        let (Some(age), Some(key)) = (r.last_data_sent_ms, self.owner(r)) else {
+            return;
+        };
+        if let Some(q) = self.queues.get_mut(&key) {
+            q.oldest_ms = Some(q.oldest_ms.map_or(age, |old| old.max(age)));
+        }
+    }
+
+    /// Per listening address figures, sorted by address.
+    pub fn queues(&self) -> Vec<(ListenKey, QueueFigures)> {
+        let mut out: Vec<_> = self.queues.iter().map(|(k, q)| (*k, *q)).collect();
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Per-port figures, sorted by role then port, with client ports beyond
+    /// `max_client_ports` (the busiest kept) folded into one `None` entry.
+    /// Returns the figures and how many client ports were folded.
+    pub fn ports(&self, max_client_ports: usize) -> (Vec<PortEntry>, usize) {
+        let mut server: Vec<PortEntry> = Vec::new();
+        let mut client: Vec<PortEntry> = Vec::new();
+        for (&(role, port), figures) in &self.ports {
+            let entry = PortEntry {
+                role,
+                port: Some(port),
+                figures: *figures,
+            };
+            match role {
+                Role::Server => server.push(entry),
+                Role::Client => client.push(entry),
+            }
+        }
+        let mut folded = 0;
+        if client.len() > max_client_ports {
+            // Keep the ports with the most sockets; ties by port so the
+            // choice is stable between samples.
+            client.sort_unstable_by(|a, b| {
+                b.figures
+                    .total()
+                    .cmp(&a.figures.total())
+                    .then(a.port.cmp(&b.port))
+            });
+            let mut other = PortFigures::default();
+            for e in client.drain(max_client_ports..) {
+                other.add(&e.figures);
+                folded += 1;
+            }
+            client.push(PortEntry {
+                role: Role::Client,
+                port: None,
+                figures: other,
+            });
+        }
+        server.append(&mut client);
+        server.sort_unstable_by_key(|e| (e.role, e.port.is_none(), e.port));
+        (server, folded)
+    }
+}
+
+/// Figures of one (role, port); `port` is `None` for the folded `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Server or client side.
+    pub role: Role,
+    /// The port, or `None` for client ports folded by the cardinality cap.
+    pub port: Option<u16>,
+    /// The figures.
+    pub figures: PortFigures,
+}

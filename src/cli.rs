@@ -1,0 +1,319 @@
+//! Command-line flags: one definition drives parsing, `--help` and the
+//! README's flags table (checked by a test so they cannot drift).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+use crate::sampler::SamplerConfig;
+
+/// Prometheus exporter for Linux socket queues.
+///
+/// Reads TCP sockets straight from the kernel over NETLINK_SOCK_DIAG and
+/// serves, per listener, the accept queue against its limit (now, peak, time
+/// full), unaccepted connections (count, bytes, age), SYN-RECV requests and
+/// drops; per port, connection states and Send-Q/Recv-Q by role; per
+/// namespace, ListenOverflows/ListenDrops and somaxconn. Scrapes read the
+/// latest sample and never make the kernel work.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sockdiag-exporter",
+    version,
+    about,
+    long_about,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Address to serve HTTP on: HOST:PORT, [IPV6]:PORT, or :PORT for every
+    /// address.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = ":19101"
+    )]
+    pub listen_address: String,
+
+    /// Path of the metrics page.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_path)]
+    pub telemetry_path: String,
+
+    /// Requests served at once; more get 503 at once instead of queueing.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_requests: u32,
+
+    /// Open HTTP connections allowed; more are closed as soon as accepted.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
+    /// Time a client has to send its request headers, and a request to be
+    /// answered; idle or slow clients are disconnected after it.
+    #[arg(long = "web.request-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Time allowed on SIGTERM/SIGINT for requests in flight to finish.
+    #[arg(long = "web.shutdown-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log level: error, warn, info, debug.
+    #[arg(
+        long = "log.level",
+        value_name = "LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: LogLevel,
+
+    #[command(flatten)]
+    pub collectors: CollectorFlags,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take one full sample of this network namespace, print it, and exit.
+    ///
+    /// The `ss -ltn; ss -tn` replacement for a person at a shell: listeners
+    /// with queue, limit, fill and drops, then ports by role. The peak and
+    /// full-time figures need the daemon's repeated sampling and are not
+    /// shown.
+    Snapshot {
+        /// Output format.
+        #[arg(long, value_name = "FORMAT", default_value = "table")]
+        format: Format,
+    },
+}
+
+/// `snapshot` output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text for people.
+    Table,
+    /// One JSON document for scripts.
+    Json,
+}
+
+/// Log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Start-up, shutdown and state changes.
+    Info,
+    /// Everything, including each failed sample.
+    Debug,
+}
+
+impl LogLevel {
+    /// As a tracing level.
+    pub fn tracing(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+        }
+    }
+}
+
+/// Collector switches and settings, shared by the daemon and `snapshot`.
+#[derive(Debug, clap::Args)]
+pub struct CollectorFlags {
+    /// Enable the listeners collector (default): accept queues, limits,
+    /// peaks, full time and drops of every LISTEN socket, sampled fast. Its
+    /// cost grows with listeners, not connections.
+    #[arg(long = "collector.listeners", action = ArgAction::SetTrue, overrides_with = "no_listeners", global = true)]
+    listeners: bool,
+    /// Disable the listeners collector.
+    #[arg(long = "no-collector.listeners", action = ArgAction::SetTrue, overrides_with = "listeners", global = true)]
+    no_listeners: bool,
+
+    /// Enable the connections collector (default): states and Send-Q/Recv-Q
+    /// per port, and bytes, age and SYN-RECV requests of each listener. Walks
+    /// every TCP socket: cost grows with connections (about 0.2 s of kernel
+    /// time per 100k).
+    #[arg(long = "collector.connections", action = ArgAction::SetTrue, overrides_with = "no_connections", global = true)]
+    connections: bool,
+    /// Disable the connections collector.
+    #[arg(long = "no-collector.connections", action = ArgAction::SetTrue, overrides_with = "connections", global = true)]
+    no_connections: bool,
+
+    /// Enable the netstat collector (default): the namespace's TcpExt
+    /// ListenOverflows/ListenDrops and net.core.somaxconn from procfs.
+    #[arg(long = "collector.netstat", action = ArgAction::SetTrue, overrides_with = "no_netstat", global = true)]
+    netstat: bool,
+    /// Disable the netstat collector.
+    #[arg(long = "no-collector.netstat", action = ArgAction::SetTrue, overrides_with = "netstat", global = true)]
+    no_netstat: bool,
+
+    /// How often the listeners collector samples. Shorter catches shorter
+    /// bursts in the peak and full-time figures; each sample costs one dump
+    /// of the listening sockets only (tens of microseconds for a few hundred
+    /// listeners).
+    #[arg(long = "collector.listeners.interval", value_name = "DURATION", default_value = "200ms", value_parser = parse_interval, global = true)]
+    pub listener_interval: Duration,
+
+    /// How long the peak accept-queue length is remembered.
+    #[arg(long = "collector.listeners.peak-window", value_name = "DURATION", default_value = "1m", value_parser = parse_interval, global = true)]
+    pub peak_window: Duration,
+
+    /// How often the connections and netstat collectors sample. Each
+    /// connections sample walks every TCP socket in the kernel: at 1M
+    /// connections that is about 2 s of one core, so keep this well above
+    /// the sample's own duration (see sockdiag_collector_duration_seconds).
+    #[arg(long = "collector.connections.interval", value_name = "DURATION", default_value = "15s", value_parser = parse_interval, global = true)]
+    pub connection_interval: Duration,
+
+    /// Most remote ports exported as their own role="client" series; the
+    /// rest (those with the fewest sockets) are summed into port="other".
+    #[arg(
+        long = "collector.connections.max-client-ports",
+        value_name = "N",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_client_ports: usize,
+
+    /// Where procfs is mounted.
+    #[arg(
+        long = "path.procfs",
+        value_name = "PATH",
+        default_value = "/proc",
+        global = true
+    )]
+    pub procfs: PathBuf,
+}
+
+impl CollectorFlags {
+    /// The sampler settings these flags describe.
+    pub fn sampler_config(&self) -> SamplerConfig {
+        SamplerConfig {
+            listeners: !self.no_listeners,
+            listener_interval: self.listener_interval,
+            peak_window: self.peak_window,
+            connections: !self.no_connections,
+            connection_interval: self.connection_interval,
+            max_client_ports: self.max_client_ports,
+            netstat: !self.no_netstat,
+            procfs: self.procfs.clone(),
+        }
+    }
+}
+
+/// Parses `500ms`, `15s`, `2m`, `1h` (one number, one unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{text:?} has no unit: write e.g. 200ms, 15s, 2m"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+}
+
+/// A sampling interval: a duration of at least 10 ms, since a zero interval
+/// would spin a core and tiny ones buy nothing the kernel can show.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!(
+            "{text:?} is too short: intervals must be at least 10ms"
+        ));
+    }
+    if d > Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "{text:?} is too long: intervals must be at most 24h"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') || text.len() < 2 {
+        return Err(format!(
+            "{text:?} must start with '/' and name a page, e.g. /metrics"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Resolves `--web.listen-address`. `:PORT` means every address: the IPv6
+/// wildcard (dual-stack on Linux) first, IPv4 if IPv6 is unavailable.
+pub fn resolve_listen_address(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
+        return Ok(vec![
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        ]);
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if !text.contains(':') {
+        return Err(format!("{text:?} has no port: write HOST:PORT or :PORT"));
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{text:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// Every flag as (`--name`, value name, default, help), in `--help` order:
+/// the source of the README's flags table.
+pub fn flag_table() -> Vec<(String, String, String, String)> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let value = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let default = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let help = arg
+            .get_long_help()
+            .or_else(|| arg.get_help())
+            .map(|h| {
+                h.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push((format!("--{long}"), value, default, help));
+    }
+    out
+}

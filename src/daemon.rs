@@ -1,0 +1,155 @@
+//! The binary's edge: turns parsed flags into a running daemon or one
+//! snapshot, with errors that name what failed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{Cli, Command, Format, resolve_listen_address};
+use crate::metrics::Exposition;
+use crate::sampler::{CONNECTIONS, LISTENERS, NETSTAT, Sampler, Store, sample_once};
+use crate::server::{ServerConfig, serve};
+
+/// Runs what the command line asks for.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_max_level(cli.log_level.tracing())
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+    match cli.command {
+        Some(Command::Snapshot { format }) => snapshot(&cli, format),
+        None => daemon(&cli),
+    }
+}
+
+fn snapshot(cli: &Cli, format: Format) -> Result<ExitCode> {
+    let config = cli.collectors.sampler_config();
+    let (view, errors) = sample_once(&config);
+    let text = match format {
+        Format::Table => crate::report::table(&view, &errors),
+        Format::Json => crate::report::json(&view, &errors),
+    };
+    print_ignoring_broken_pipe(&text)?;
+    for (collector, e) in &errors {
+        eprintln!("sockdiag-exporter: snapshot: {collector}: {e}");
+    }
+    // Without the kernel's answer there is nothing to show; a missing procfs
+    // file only blanks its own figures.
+    let failed = errors.iter().any(|(c, _)| *c != NETSTAT);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_ignoring_broken_pipe(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to standard output"),
+    }
+}
+
+/// Binds the first address that works; a port in use is an error at once
+/// (trying the IPv4 wildcard after the IPv6 one is for hosts without IPv6,
+/// not for dodging a conflict).
+fn bind(text: &str) -> Result<std::net::TcpListener> {
+    let candidates =
+        resolve_listen_address(text).map_err(|e| anyhow::anyhow!("--web.listen-address {e}"))?;
+    let mut last: Option<(SocketAddr, io::Error)> = None;
+    for addr in candidates {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                bail!(
+                    "cannot listen on {addr} (--web.listen-address {text}): {e}; is another exporter running?"
+                )
+            }
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    match last {
+        Some((addr, e)) => bail!("cannot listen on {addr} (--web.listen-address {text}): {e}"),
+        None => bail!("--web.listen-address {text}: no address to listen on"),
+    }
+}
+
+fn daemon(cli: &Cli) -> Result<ExitCode> {
+    let config = cli.collectors.sampler_config();
+    let mut enabled = Vec::new();
+    if config.listeners {
+        enabled.push(LISTENERS);
+    }
+    if config.connections {
+        enabled.push(CONNECTIONS);
+    }
+    if config.netstat {
+        enabled.push(NETSTAT);
+    }
+    if enabled.is_empty() {
+        bail!("every collector is disabled: nothing to export");
+    }
+    let listener = bind(&cli.listen_address)?;
+    listener
+        .set_nonblocking(true)
+        .context("setting the HTTP socket non-blocking")?;
+    let local = listener
+        .local_addr()
+        .context("reading the HTTP socket's address")?;
+
+    let store = Arc::new(Store::new(&enabled));
+    let exposition = Arc::new(Exposition::new(store.clone()).context("registering metrics")?);
+    let sampler = Sampler::start(&config, store.clone()).context("starting sampler threads")?;
+    tracing::info!(
+        address = %local,
+        path = %cli.telemetry_path,
+        collectors = ?enabled,
+        listener_interval = ?config.listener_interval,
+        connection_interval = ?config.connection_interval,
+        "sockdiag-exporter {} listening", env!("CARGO_PKG_VERSION")
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+        .context("starting the async runtime")?;
+    let server_config = ServerConfig {
+        telemetry_path: cli.telemetry_path.clone(),
+        max_requests: cli.max_requests as usize,
+        max_connections: cli.max_connections as usize,
+        request_timeout: cli.request_timeout,
+        shutdown_timeout: cli.shutdown_timeout,
+    };
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("registering the HTTP socket")?;
+        let signal = shutdown_signal().context("installing signal handlers")?;
+        serve(listener, exposition, store, server_config, signal).await;
+        anyhow::Ok(())
+    })?;
+    sampler.stop(cli.shutdown_timeout);
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}

@@ -1,0 +1,229 @@
+//! A blocking NETLINK_SOCK_DIAG socket that runs one dump at a time.
+//!
+//! Blocking sockets on a dedicated collector thread fit a periodic dump
+//! better than an async stream: there is exactly one request in flight, the
+//! receive buffer is reused for every datagram, and records are handed to
+//! the caller while they are still in that buffer.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::parse::{ParseError, parse_datagram};
+use super::record::SockRecord;
+use super::request::DumpRequest;
+
+/// The kernel caps one dump datagram at about 32 KiB whatever the buffer;
+/// twice that leaves room for a kernel that sends more.
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// How long one `recv` may wait before the dump is declared stuck.
+const RECV_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed dump, naming the request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    /// The socket could not be created or bound.
+    #[error("cannot open NETLINK_SOCK_DIAG socket: {0}")]
+    Open(#[source] io::Error),
+    /// Sending the request failed.
+    #[error("{request}: send failed: {source}")]
+    Send {
+        /// The request, described.
+        request: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Receiving a reply failed or timed out.
+    #[error("{request}: receive failed: {source}")]
+    Recv {
+        /// The request, described.
+        request: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A datagram was larger than our buffer (should not happen; kernels cap
+    /// dump datagrams well below it).
+    #[error("{request}: datagram of {len} bytes exceeds the {RECV_BUFFER}-byte buffer")]
+    Oversized {
+        /// The request, described.
+        request: String,
+        /// The datagram's real length.
+        len: usize,
+    },
+    /// A reply could not be decoded, or the kernel reported an error.
+    #[error("{request}: {source}")]
+    Reply {
+        /// The request, described.
+        request: String,
+        /// What was wrong.
+        #[source]
+        source: ParseError,
+    },
+}
+
+impl DiagError {
+    /// The kernel's errno, when the kernel itself refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            DiagError::Reply {
+                source: ParseError::Kernel { errno },
+                ..
+            } => Some(*errno),
+            DiagError::Send { source, .. } | DiagError::Recv { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What one dump returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Socket records handed to the callback.
+    pub records: usize,
+    /// Replies skipped (unknown family or state).
+    pub skipped: usize,
+    /// Datagrams received.
+    pub datagrams: usize,
+    /// Bytes received.
+    pub bytes: usize,
+}
+
+/// A NETLINK_SOCK_DIAG socket in the network namespace it was created in.
+pub struct DiagSocket {
+    socket: Socket,
+    buf: Vec<u8>,
+    request: Vec<u8>,
+    seq: u32,
+}
+
+impl DiagSocket {
+    /// Opens a socket in the calling thread's network namespace; it stays
+    /// bound to that namespace for its whole life.
+    pub fn open() -> Result<Self, DiagError> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Open)?;
+        socket.bind_auto().map_err(DiagError::Open)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(DiagError::Open)?;
+        set_recv_timeout(&socket, RECV_TIMEOUT).map_err(DiagError::Open)?;
+        Ok(DiagSocket {
+            socket,
+            buf: vec![0; RECV_BUFFER],
+            request: Vec::with_capacity(128),
+            seq: 0,
+        })
+    }
+
+    /// Runs one dump, calling `on_record` for every socket while its bytes
+    /// are still in the receive buffer.
+    pub fn dump<F>(
+        &mut self,
+        request: &DumpRequest<'_>,
+        mut on_record: F,
+    ) -> Result<DumpStats, DiagError>
+    where
+        F: FnMut(&SockRecord),
+    {
+        self.seq = self.seq.wrapping_add(1);
+        request.encode(self.seq, &mut self.request);
+        let sent = self
+            .socket
+            .send(&self.request, 0)
+            .map_err(|source| DiagError::Send {
+                request: request.to_string(),
+                source,
+            })?;
+        if sent != self.request.len() {
+            return Err(DiagError::Send {
+                request: request.to_string(),
+                source: io::Error::new(io::ErrorKind::WriteZero, "short send"),
+            });
+        }
+        let mut stats = DumpStats::default();
+        loop {
+            let len = self.recv().map_err(|source| DiagError::Recv {
+                request: request.to_string(),
+                source,
+            })?;
+            if len > self.buf.len() {
+                return Err(DiagError::Oversized {
+                    request: request.to_string(),
+                    len,
+                });
+            }
+            stats.datagrams += 1;
+            stats.bytes += len;
+            let summary =
+                parse_datagram(&self.buf[..len], self.seq, &mut on_record).map_err(|source| {
+                    DiagError::Reply {
+                        request: request.to_string(),
+                        source,
+                    }
+                })?;
+            stats.records += summary.records;
+            stats.skipped += summary.skipped;
+            if summary.done {
+                return Ok(stats);
+            }
+        }
+    }
+
+    /// One `recv`, retried on EINTR; `MSG_TRUNC` makes the kernel report a
+    /// datagram's real size so an oversized one is caught, not cut silently.
+    fn recv(&mut self) -> io::Result<usize> {
+        loop {
+            // SAFETY: the pointer and length describe our own live buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no reply within {} s", RECV_TIMEOUT.as_secs()),
+                    ));
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+}
+
+fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid fd, and a pointer to a timeval of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,335 @@
+//! Prometheus exposition of the latest snapshot.
+//!
+//! A custom [`Collector`] builds every family from the store on each scrape,
+//! so a listener or port that vanished leaves no stale series behind, and a
+//! scrape costs rendering only: it never asks the kernel anything.
+//! [`METRICS`] is the one list of names, types, labels and help texts; the
+//! README's metrics table is checked against it by a test.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::aggregate::ListenKey;
+use crate::diag::TcpState;
+use crate::sampler::Store;
+use crate::snapshot::{NetnsView, QueueSummary};
+
+/// Gauge or counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// May go up and down.
+    Gauge,
+    /// Only goes up (resets when its socket is replaced).
+    Counter,
+}
+
+impl Kind {
+    /// The name used in the README and `# TYPE` lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// Full metric name.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Label names, in exposition order. `member` is added only to sockets
+    /// that share their address and port (`SO_REUSEPORT`).
+    pub labels: &'static [&'static str],
+    /// HELP text.
+    pub help: &'static str,
+}
+
+const LISTENER: &[&str] = &["netns", "family", "address", "port"];
+const PORT: &[&str] = &["netns", "role", "port"];
+const NETNS: &[&str] = &["netns"];
+const COLLECTOR: &[&str] = &["collector"];
+
+macro_rules! defs {
+    ($($id:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
+        $(const $id: MetricDef = MetricDef { name: $name, kind: Kind::$kind, labels: $labels, help: $help };)*
+        /// Every metric this exporter can expose, in README order.
+        pub const METRICS: &[MetricDef] = &[$($id),*];
+    };
+}
+
+defs! {
+    ACCEPT_QUEUE_LENGTH = "sockdiag_accept_queue_length", Gauge, LISTENER,
+        "Connections that completed the handshake and wait for accept() now. Above sockdiag_accept_queue_limit the kernel drops new connections: the application is not accepting fast enough.";
+    ACCEPT_QUEUE_LIMIT = "sockdiag_accept_queue_limit", Gauge, LISTENER,
+        "Effective accept-queue limit: min(listen() backlog, net.core.somaxconn). The queue is full when length > limit; raise the backlog or accept faster.";
+    ACCEPT_QUEUE_PEAK = "sockdiag_accept_queue_peak_length", Gauge, LISTENER,
+        "Highest accept-queue length seen by fast listener sampling over the peak window (--collector.listeners.peak-window); shows bursts shorter than the scrape interval. Scrapes do not reset it.";
+    ACCEPT_QUEUE_FULL_SECONDS = "sockdiag_accept_queue_full_seconds_total", Counter, LISTENER,
+        "Seconds during which listener sampling saw the accept queue full (length > limit); while it grows, new connections to this listener are being dropped.";
+    ACCEPT_QUEUE_BYTES = "sockdiag_accept_queue_bytes", Gauge, LISTENER,
+        "Bytes already received on connections still waiting in the accept queue: requests clients have sent that nobody has read yet. For a SO_REUSEPORT group, the whole group.";
+    ACCEPT_QUEUE_OLDEST = "sockdiag_accept_queue_oldest_seconds", Gauge, LISTENER,
+        "How long the oldest connection still in the accept queue has waited (0 when empty). Seconds here mean clients waiting that long before the application sees them. For a SO_REUSEPORT group, the whole group.";
+    SYN_QUEUE_LENGTH = "sockdiag_syn_queue_length", Gauge, LISTENER,
+        "Half-open connections (SYN-RECV requests) for this listener: handshakes waiting for the client's final ACK. A large or growing value suggests a SYN flood or lossy clients. For a SO_REUSEPORT group, the whole group.";
+    LISTEN_DROPS = "sockdiag_listen_drops_total", Counter, LISTENER,
+        "Packets this listening socket dropped (its sk_drops): accept-queue overflows and other listen drops. Any increase means clients failed to connect or had to retransmit.";
+    TCP_CONNECTIONS = "sockdiag_tcp_connections", Gauge, &["netns", "role", "port", "state"],
+        "TCP sockets by state, keyed by the local port for role=server (a listening port) and by the remote port for role=client. States with no socket are not exported.";
+    TCP_SEND_QUEUE = "sockdiag_tcp_send_queue_bytes", Gauge, PORT,
+        "Sum of Send-Q: bytes written and not yet acknowledged by the peer. Growing on role=client: the remote side is not accepting or reading; on role=server: clients are not reading.";
+    TCP_RECV_QUEUE = "sockdiag_tcp_recv_queue_bytes", Gauge, PORT,
+        "Sum of Recv-Q: bytes received and not yet read by the local application (includes connections still in accept queues).";
+    CLIENT_PORTS_FOLDED = "sockdiag_tcp_client_ports_folded", Gauge, NETNS,
+        "Remote ports summed into port=\"other\" because there were more than --collector.connections.max-client-ports of them.";
+    NETSTAT_OVERFLOWS = "sockdiag_netstat_listen_overflows_total", Counter, NETNS,
+        "TcpExt ListenOverflows of the namespace: connections dropped because an accept queue was full, on any listener.";
+    NETSTAT_DROPS = "sockdiag_netstat_listen_drops_total", Counter, NETNS,
+        "TcpExt ListenDrops of the namespace: every drop at any listener, overflows included.";
+    SOMAXCONN = "sockdiag_somaxconn", Gauge, NETNS,
+        "net.core.somaxconn of the namespace: the ceiling on every listen() backlog.";
+    BUILD_INFO = "sockdiag_build_info", Gauge, &["version"],
+        "Always 1; the labels say which build of sockdiag-exporter is running.";
+    COLLECTOR_DURATION = "sockdiag_collector_duration_seconds", Gauge, COLLECTOR,
+        "How long the last sample of this collector took. Compare with its interval: a sample longer than its interval delays the next.";
+    COLLECTOR_ERRORS = "sockdiag_collector_errors_total", Counter, COLLECTOR,
+        "Failed samples of this collector. While it fails the exporter keeps serving the last good figures; see the log for the error.";
+    COLLECTOR_SUCCESS = "sockdiag_collector_success", Gauge, COLLECTOR,
+        "1 if the last sample of this collector succeeded, 0 if it failed.";
+    COLLECTOR_LAST_SUCCESS = "sockdiag_collector_last_success_timestamp_seconds", Gauge, COLLECTOR,
+        "Unix time of the last successful sample of this collector; figures are as old as this.";
+    HTTP_REJECTED = "sockdiag_http_requests_rejected_total", Counter, &[],
+        "HTTP requests answered 503 because --web.max-requests were already in flight.";
+}
+
+/// Renders the store as Prometheus families.
+pub struct SnapshotCollector {
+    store: Arc<Store>,
+    descs: Vec<Desc>,
+}
+
+impl SnapshotCollector {
+    /// A collector over `store`.
+    pub fn new(store: Arc<Store>) -> prometheus::Result<Self> {
+        let descs = METRICS
+            .iter()
+            .map(|d| {
+                Desc::new(
+                    d.name.to_string(),
+                    d.help.to_string(),
+                    d.labels.iter().map(|l| l.to_string()).collect(),
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        Ok(SnapshotCollector { store, descs })
+    }
+}
+
+/// Accumulates the samples of every family during one render.
+struct Families(Vec<MetricFamily>);
+
+impl Families {
+    fn new() -> Self {
+        Families(
+            METRICS
+                .iter()
+                .map(|d| {
+                    let mut mf = MetricFamily::default();
+                    mf.set_name(d.name.to_string());
+                    mf.set_help(d.help.to_string());
+                    mf.set_field_type(match d.kind {
+                        Kind::Gauge => MetricType::GAUGE,
+                        Kind::Counter => MetricType::COUNTER,
+                    });
+                    mf
+                })
+                .collect(),
+        )
+    }
+
+    fn push(&mut self, def: &MetricDef, labels: &[(&str, &str)], value: f64) {
+        let Some(index) = METRICS.iter().position(|d| d.name == def.name) else {
+            return;
+        };
+        let mut m = proto::Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut lp = proto::LabelPair::default();
+                    lp.set_name(k.to_string());
+                    lp.set_value(v.to_string());
+                    lp
+                })
+                .collect(),
+        );
+        match def.kind {
+            Kind::Gauge => {
+                let mut g = proto::Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+            Kind::Counter => {
+                let mut c = proto::Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            }
+        }
+        self.0[index].mut_metric().push(m);
+    }
+}
+
+fn render_netns(f: &mut Families, view: &NetnsView) {
+    let netns = view.netns.as_str();
+    let queues: HashMap<ListenKey, &QueueSummary> = view
+        .connections
+        .iter()
+        .flat_map(|c| c.queues.iter().map(|q| (q.key(), q)))
+        .collect();
+    if let Some(ls) = &view.listeners {
+        for l in &ls.listeners {
+            let (family, address, port) =
+                (l.family.as_str(), l.address.to_string(), l.port.to_string());
+            let member = l.member.map(|m| m.to_string());
+            let mut labels = vec![
+                ("netns", netns),
+                ("family", family),
+                ("address", &address),
+                ("port", &port),
+            ];
+            let per_address = labels.clone();
+            if let Some(m) = &member {
+                labels.push(("member", m));
+            }
+            f.push(&ACCEPT_QUEUE_LENGTH, &labels, f64::from(l.queue_length));
+            f.push(&ACCEPT_QUEUE_LIMIT, &labels, f64::from(l.queue_limit));
+            f.push(&ACCEPT_QUEUE_PEAK, &labels, f64::from(l.peak_length));
+            f.push(&ACCEPT_QUEUE_FULL_SECONDS, &labels, l.full_seconds);
+            if let Some(d) = l.drops {
+                f.push(&LISTEN_DROPS, &labels, d as f64);
+            }
+            // Figures the kernel keeps per address rather than per socket go
+            // out once per address, on the group's first member.
+            if l.member.is_none_or(|m| m == 0) {
+                if let Some(q) = queues.get(&l.key()) {
+                    f.push(&ACCEPT_QUEUE_BYTES, &per_address, q.queued_bytes as f64);
+                    f.push(
+                        &ACCEPT_QUEUE_OLDEST,
+                        &per_address,
+                        q.oldest_seconds.unwrap_or(0.0),
+                    );
+                    f.push(&SYN_QUEUE_LENGTH, &per_address, q.syn_queue_length as f64);
+                }
+            }
+        }
+    }
+    if let Some(c) = &view.connections {
+        for p in &c.ports {
+            let port = p.port_label();
+            let labels = [
+                ("netns", netns),
+                ("role", p.role.as_str()),
+                ("port", port.as_str()),
+            ];
+            for state in TcpState::CONNECTION_STATES {
+                let n = p.count(state);
+                if n > 0 {
+                    let mut with_state = labels.to_vec();
+                    with_state.push(("state", state.as_str()));
+                    f.push(&TCP_CONNECTIONS, &with_state, n as f64);
+                }
+            }
+            f.push(&TCP_SEND_QUEUE, &labels, p.send_queue_bytes as f64);
+            f.push(&TCP_RECV_QUEUE, &labels, p.recv_queue_bytes as f64);
+        }
+        f.push(
+            &CLIENT_PORTS_FOLDED,
+            &[("netns", netns)],
+            c.client_ports_folded as f64,
+        );
+    }
+    if let Some(n) = &view.netstat {
+        let labels = [("netns", netns)];
+        if let Some(v) = n.listen_overflows {
+            f.push(&NETSTAT_OVERFLOWS, &labels, v as f64);
+        }
+        if let Some(v) = n.listen_drops {
+            f.push(&NETSTAT_DROPS, &labels, v as f64);
+        }
+        if let Some(v) = n.somaxconn {
+            f.push(&SOMAXCONN, &labels, v as f64);
+        }
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut f = Families::new();
+        for view in self.store.views() {
+            render_netns(&mut f, &view);
+        }
+        f.push(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        for (name, h) in self.store.health() {
+            let labels = [("collector", name)];
+            if let Some(d) = h.last_duration {
+                f.push(&COLLECTOR_DURATION, &labels, d.as_secs_f64());
+            }
+            f.push(&COLLECTOR_ERRORS, &labels, h.errors_total as f64);
+            if h.samples_total > 0 {
+                f.push(
+                    &COLLECTOR_SUCCESS,
+                    &labels,
+                    if h.last_ok { 1.0 } else { 0.0 },
+                );
+            }
+            if let Some(t) = h
+                .last_success
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            {
+                f.push(&COLLECTOR_LAST_SUCCESS, &labels, t.as_secs_f64());
+            }
+        }
+        f.push(
+            &HTTP_REJECTED,
+            &[],
+            self.store.rejected_requests.load(Ordering::Relaxed) as f64,
+        );
+        f.0
+    }
+}
+
+/// A registry holding the snapshot collector, rendered per scrape.
+pub struct Exposition {
+    registry: Registry,
+}
+
+impl Exposition {
+    /// Registers the collector over `store`.
+    pub fn new(store: Arc<Store>) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        registry.register(Box::new(SnapshotCollector::new(store)?))?;
+        Ok(Exposition { registry })
+    }
+
+    /// The text exposition format of the latest figures.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let families = self.registry.gather();
+        let mut out = Vec::with_capacity(64 * 1024);
+        TextEncoder::new().encode(&families, &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

@@ -1,0 +1,111 @@
+//! Namespace-wide figures from procfs: TcpExt counters and somaxconn.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A procfs file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file's content is not what the kernel writes.
+    #[error("cannot parse {path}: {what}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// TcpExt counters of one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpExt {
+    /// `ListenOverflows`: SYNs or final ACKs dropped because an accept queue
+    /// was full.
+    pub listen_overflows: Option<u64>,
+    /// `ListenDrops`: every drop at a listener, overflows included.
+    pub listen_drops: Option<u64>,
+}
+
+/// Reads TcpExt from a `netstat` file (`/proc/self/net/netstat` for the
+/// namespace of the reading thread's process).
+pub fn read_tcp_ext(path: &Path) -> Result<TcpExt, ProcError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProcError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_tcp_ext(&text).map_err(|what| ProcError::Parse {
+        path: path.to_path_buf(),
+        what,
+    })
+}
+
+/// Parses the TcpExt header/value line pair of a `netstat` file.
+pub fn parse_tcp_ext(text: &str) -> Result<TcpExt, String> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Err("no TcpExt header and value lines".to_string());
+    };
+    let names: Vec<&str> = names.split_whitespace().skip(1).collect();
+    let values: Vec<&str> = values.split_whitespace().skip(1).collect();
+    if names.len() != values.len() {
+        return Err(format!(
+            "TcpExt has {} names but {} values",
+            names.len(),
+            values.len()
+        ));
+    }
+    let mut out = TcpExt::default();
+    for (name, value) in names.iter().zip(values.iter()) {
+        let slot = match *name {
+            "ListenOverflows" => &mut out.listen_overflows,
+            "ListenDrops" => &mut out.listen_drops,
+            _ => continue,
+        };
+        *slot = Some(
+            value
+                .parse()
+                .map_err(|_| format!("TcpExt {name} is not a number: {value:?}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads a sysctl holding one unsigned number, e.g. `net.core.somaxconn`.
+pub fn read_u64(path: &Path) -> Result<u64, ProcError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProcError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| ProcError::Parse {
+        path: path.to_path_buf(),
+        what: format!("not a number: {:?}", text.trim()),
+    })
+}
+
+/// Where one namespace's procfs files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsProc {
+    /// `<procfs>/<pid>/net/netstat` or `<procfs>/self/net/netstat`.
+    pub netstat: PathBuf,
+    /// `<procfs>/sys/net/core/somaxconn`.
+    pub somaxconn: PathBuf,
+}
+
+impl NetnsProc {
+    /// The files for the daemon's own namespace under a procfs mount.
+    pub fn own(procfs: &Path) -> Self {
+        NetnsProc {
+            netstat: procfs.join("self/net/netstat"),
+            somaxconn: procfs.join("sys/net/core/somaxconn"),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! HTTP: `/metrics` (or `--web.telemetry-path`), a landing page and
+//! `/healthz`, hardened for life next to production servers.
+//!
+//! The accept loop is our own rather than `axum::serve` because the daemon
+//! must bound what clients can hold: connections beyond a cap are closed as
+//! soon as accepted, a client has a fixed time to send its headers (one that
+//! connects and says nothing is dropped), concurrent scrapes beyond a cap get
+//! 503 at once instead of queueing, each render has a deadline, and shutdown
+//! waits a bounded time for requests in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Exposition;
+use crate::sampler::{Store, count_rejected};
+
+/// Longest life of one HTTP connection, whatever it does: a client that
+/// reads its response slower than we write it cannot hold a slot forever.
+const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Path of the metrics page.
+    pub telemetry_path: String,
+    /// Requests served at once before 503.
+    pub max_requests: usize,
+    /// Open connections before new ones are closed.
+    pub max_connections: usize,
+    /// Header-read and per-request deadline.
+    pub request_timeout: Duration,
+    /// Grace period for requests in flight at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct AppState {
+    exposition: Arc<Exposition>,
+    store: Arc<Store>,
+    requests: Arc<Semaphore>,
+    timeout: Duration,
+    telemetry_path: String,
+}
+
+/// Builds the routes.
+fn router(state: AppState) -> Router {
+    let path = state.telemetry_path.clone();
+    let metrics_state = state.clone();
+    let landing_state = state.clone();
+    Router::new()
+        .route(&path, get(move || metrics(metrics_state.clone())))
+        .route("/", get(move || landing(landing_state.clone())))
+        .route("/healthz", get(move || healthz(state.clone())))
+}
+
+async fn metrics(state: AppState) -> Response {
+    let Ok(permit) = state.requests.clone().try_acquire_owned() else {
+        count_rejected(&state.store);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent requests; retry later\n",
+        )
+            .into_response();
+    };
+    let exposition = state.exposition.clone();
+    // Rendering is CPU work: keep it off the thread that accepts and times
+    // out connections.
+    let render = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        exposition.render()
+    });
+    match tokio::time::timeout(state.timeout, render).await {
+        Ok(Ok(Ok(body))) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rendering metrics failed: {e}\n"),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "rendering task failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering metrics failed\n",
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rendering metrics took longer than --web.request-timeout\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn landing(state: AppState) -> Html<String> {
+    let path = html_escape(&state.telemetry_path);
+    Html(format!(
+        "<!doctype html>\n<html><head><title>sockdiag-exporter</title></head><body>\n\
+         <h1>sockdiag-exporter {}</h1>\n\
+         <p>Accept queues, SYN queues, drops and Send-Q/Recv-Q per listener and port, read over NETLINK_SOCK_DIAG.</p>\n\
+         <ul><li><a href=\"{path}\">{path}</a>: metrics</li>\n<li><a href=\"/healthz\">/healthz</a>: health</li></ul>\n\
+         </body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+/// 200 once every enabled collector has produced a good sample (later
+/// failures show in the metrics, not here: restarting would not fix the
+/// kernel); 503 before that, with what is missing.
+async fn healthz(state: AppState) -> Response {
+    let mut body = String::new();
+    let mut ready = true;
+    for (name, h) in state.store.health() {
+        let status = match (&h.last_success, h.last_ok, &h.last_error) {
+            (_, true, _) => "ok".to_string(),
+            (Some(_), false, Some(e)) => format!("failing (serving last good figures): {e}"),
+            (None, _, Some(e)) => {
+                ready = false;
+                format!("no good sample yet: {e}")
+            }
+            _ => {
+                ready = false;
+                "no sample yet".to_string()
+            }
+        };
+        body.push_str(&format!("{name}: {status}\n"));
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Serves until `shutdown` completes, then gives requests in flight up to
+/// `shutdown_timeout` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    exposition: Arc<Exposition>,
+    store: Arc<Store>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let app = router(AppState {
+        exposition,
+        store,
+        requests: Arc::new(Semaphore::new(config.max_requests)),
+        timeout: config.request_timeout,
+        telemetry_path: config.telemetry_path.clone(),
+    });
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    let mut refused = 0u64;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, max = config.max_connections, "too many open HTTP connections; closing new ones");
+            }
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.request_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(MAX_CONNECTION_LIFETIME, connection).await {
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error")
+                }
+                Err(_) => tracing::debug!(%peer, "HTTP connection reached its maximum lifetime"),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("HTTP server stopped"),
+        () = tokio::time::sleep(config.shutdown_timeout) => {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "requests still in flight at shutdown deadline; closing them");
+        }
+    }
+}
