@@ -1,0 +1,461 @@
+//! Test harness: every test runs in a network namespace of its own, created
+//! by re-executing the test binary for just that test inside a fresh user +
+//! network namespace. It works as root and as an ordinary user, and a test
+//! sees only the sockets it makes.
+//!
+//! `unshare(CLONE_NEWUSER)` fails in a multi-threaded process, and the test
+//! harness is one; so the namespace is entered in the forked child between
+//! fork and exec, where only one thread exists.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IN_NETNS: &str = "SOCKDIAG_TEST_IN_NETNS";
+
+/// How long one isolated test may run before it is killed.
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `body` inside a fresh network namespace. `name` must be the test
+/// function's name (the harness re-runs exactly that test).
+pub fn in_netns(name: &str, body: impl FnOnce()) {
+    if std::env::var(IN_NETNS).as_deref() == Ok(name) {
+        let status = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("running `ip link set lo up` (package iproute2)");
+        assert!(
+            status.success(),
+            "`ip link set lo up` failed in the test namespace"
+        );
+        body();
+        return;
+    }
+    let exe = std::env::current_exe().expect("locating the test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Everything the child writes between fork and exec is prepared here:
+    // only async-signal-safe calls may run there.
+    let uid = unsafe { libc::getuid() };
+    let gid = unsafe { libc::getgid() };
+    let files = [
+        (c"/proc/self/setgroups", CString::new("deny").unwrap()),
+        (
+            c"/proc/self/uid_map",
+            CString::new(format!("0 {uid} 1")).unwrap(),
+        ),
+        (
+            c"/proc/self/gid_map",
+            CString::new(format!("0 {gid} 1")).unwrap(),
+        ),
+    ];
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (path, content) in &files {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let bytes = content.as_bytes();
+                let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+                libc::close(fd);
+                if n != bytes.len() as isize {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .expect("spawning the test in a new user+network namespace");
+    let output = wait_with_deadline(child, TEST_DEADLINE);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        output.status.success(),
+        "test {name} failed in its namespace ({})",
+        output.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "test {name} did not run in its namespace:\n{stdout}"
+    );
+}
+
+fn wait_with_deadline(mut child: Child, deadline: Duration) -> std::process::Output {
+    // Drain pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the test child") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("test child exceeded {deadline:?} and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+/// The exporter binary built by cargo for this test run.
+pub fn exporter_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sockdiag-exporter")
+}
+
+/// A free loopback port in this namespace (nothing else runs here).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free port")
+        .port()
+}
+
+/// A running daemon, killed (by its pid) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts the daemon with fast intervals plus `args`, waits for
+    /// `/healthz` to answer 200.
+    pub fn start(args: &[&str]) -> Daemon {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(exporter_bin())
+            .arg("--web.listen-address")
+            .arg(addr.to_string())
+            .args([
+                "--collector.listeners.interval",
+                "50ms",
+                "--collector.connections.interval",
+                "200ms",
+                "--log.level",
+                "debug",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the daemon");
+        let daemon = Daemon { child, addr };
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = daemon.try_get("/healthz") {
+                return daemon;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "daemon not healthy within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET `path`, returning status and body.
+    pub fn try_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.addr, path)
+    }
+
+    /// GET `path`; panics on transport errors.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path).expect("HTTP GET to the daemon")
+    }
+
+    /// Scrapes `/metrics` and parses it.
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        Metrics::parse(&body)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("waiting for the daemon") {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "daemon ignored SIGTERM for 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET with `Connection: close`.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One parsed exposition line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub Vec<Sample>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let mut map = BTreeMap::new();
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"").expect("label pair");
+                map.insert(k.to_string(), v.trim_end_matches('"').to_string());
+            }
+            out.push(Sample {
+                name: name.to_string(),
+                labels: map,
+                value: value.parse().expect("numeric sample value"),
+            });
+        }
+        Metrics(out)
+    }
+
+    /// Samples of `name` whose labels include every pair in `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.0
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    /// The value of the one sample matching; panics if none or several.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found = self.find(name, labels);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {name}{labels:?}, found {found:?}"
+        );
+        found[0].value
+    }
+
+    /// Like [`Metrics::value`], but 0 when there is no such series.
+    pub fn value_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found = self.find(name, labels);
+        assert!(
+            found.len() <= 1,
+            "expected at most one {name}{labels:?}, found {found:?}"
+        );
+        found.first().map_or(0.0, |s| s.value)
+    }
+}
+
+/// Runs `ss` with `args` (always `-H -O`: no header, one line per socket)
+/// and returns its lines.
+pub fn ss(args: &[&str]) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-H", "-O"])
+        .args(args)
+        .output()
+        .expect("running ss (package iproute2)");
+    assert!(
+        out.status.success(),
+        "ss {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// One line of `ss -tan` (`-H`): state, Recv-Q, Send-Q, local, peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SsSocket {
+    pub state: String,
+    pub recv_q: u64,
+    pub send_q: u64,
+    pub local: SocketAddr,
+    pub peer: String,
+    /// The rest of the line (`ino:`, `sk:`, `skmem:(...)` with -e/-m).
+    pub rest: String,
+}
+
+impl SsSocket {
+    pub fn local_port(&self) -> u16 {
+        self.local.port()
+    }
+    pub fn peer_port(&self) -> Option<u16> {
+        self.peer.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+    }
+    /// `ino:N` from `-e`.
+    pub fn inode(&self) -> Option<u64> {
+        self.rest
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("ino:"))
+            .and_then(|v| v.parse().ok())
+    }
+    /// `d<N>` inside `skmem:(...)` from `-m`.
+    pub fn drops(&self) -> Option<u64> {
+        let skmem = self.rest.split("skmem:(").nth(1)?.split(')').next()?;
+        skmem
+            .split(',')
+            .find_map(|f| f.strip_prefix('d'))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// Parses `ss -tan` style lines (state first). Addresses like `[::ffff:127.0.0.1]:80`,
+/// `[::]:80`, `127.0.0.1:80`, `*:80` are understood.
+pub fn parse_ss(lines: &[String]) -> Vec<SsSocket> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let mut t = line.split_whitespace();
+            let state = t.next()?.to_string();
+            let recv_q = t.next()?.parse().ok()?;
+            let send_q = t.next()?.parse().ok()?;
+            let local = parse_ss_addr(t.next()?)?;
+            let peer = t.next()?.to_string();
+            let rest: Vec<&str> = t.collect();
+            Some(SsSocket {
+                state,
+                recv_q,
+                send_q,
+                local,
+                peer,
+                rest: rest.join(" "),
+            })
+        })
+        .collect()
+}
+
+fn parse_ss_addr(text: &str) -> Option<SocketAddr> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.split('%').next()?;
+    let ip: std::net::IpAddr = match host {
+        "*" | "0.0.0.0" => "0.0.0.0".parse().ok()?,
+        h => h.parse().ok()?,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Waits up to `timeout` for a non-blocking socket to finish connecting.
+pub fn wait_connected(s: &socket2::Socket, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    rc == 1 && s.take_error().ok().flatten().is_none() && s.peer_addr().is_ok()
+}
+
+/// Starts a non-blocking connect to `addr`.
+pub fn start_connect(addr: SocketAddr) -> socket2::Socket {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("client socket");
+    s.set_nonblocking(true).expect("non-blocking client");
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => panic!("connect to {addr}: {e}"),
+    }
+    s
+}
+
+/// A TCP listener with the given backlog, optionally in a reuseport group.
+pub fn listen(
+    addr: SocketAddr,
+    backlog: i32,
+    reuseport: bool,
+    v6only: Option<bool>,
+) -> socket2::Socket {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("listener socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    if reuseport {
+        s.set_reuse_port(true).expect("SO_REUSEPORT");
+    }
+    if let Some(only) = v6only {
+        s.set_only_v6(only).expect("IPV6_V6ONLY");
+    }
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    s.listen(backlog).expect("listen");
+    s
+}
