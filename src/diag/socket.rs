@@ -131,6 +131,31 @@ impl DiagSocket {
     where
         F: FnMut(&SockRecord),
     {
+        let mut records = 0;
+        let mut skipped = 0;
+        let mut stats = self.dump_datagrams(request, |datagram, seq| {
+            let summary = parse_datagram(datagram, seq, &mut on_record)?;
+            records += summary.records;
+            skipped += summary.skipped;
+            Ok(summary.done)
+        })?;
+        stats.records = records;
+        stats.skipped = skipped;
+        Ok(stats)
+    }
+
+    /// Runs one dump, handing each raw datagram and the request's sequence
+    /// number to `on_datagram`, which says whether the dump is complete.
+    /// [`DiagSocket::dump`] is this plus decoding; on its own it serves to
+    /// capture replies for tests and bug reports.
+    pub fn dump_datagrams<F>(
+        &mut self,
+        request: &DumpRequest<'_>,
+        mut on_datagram: F,
+    ) -> Result<DumpStats, DiagError>
+    where
+        F: FnMut(&[u8], u32) -> Result<bool, ParseError>,
+    {
         self.seq = self.seq.wrapping_add(1);
         request.encode(self.seq, &mut self.request);
         let sent = self
@@ -160,16 +185,12 @@ impl DiagSocket {
             }
             stats.datagrams += 1;
             stats.bytes += len;
-            let summary =
-                parse_datagram(&self.buf[..len], self.seq, &mut on_record).map_err(|source| {
-                    DiagError::Reply {
-                        request: request.to_string(),
-                        source,
-                    }
+            let done =
+                on_datagram(&self.buf[..len], self.seq).map_err(|source| DiagError::Reply {
+                    request: request.to_string(),
+                    source,
                 })?;
-            stats.records += summary.records;
-            stats.skipped += summary.skipped;
-            if summary.done {
+            if done {
                 return Ok(stats);
             }
         }

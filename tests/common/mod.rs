@@ -39,11 +39,17 @@ pub fn in_netns(name: &str, body: impl FnOnce()) {
     }
     let exe = std::env::current_exe().expect("locating the test binary");
     let mut cmd = Command::new(exe);
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        name,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(IN_NETNS, name)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     // Everything the child writes between fork and exec is prepared here:
     // only async-signal-safe calls may run there.
     let uid = unsafe { libc::getuid() };
