@@ -317,3 +317,56 @@ pub fn flag_table() -> Vec<(String, String, String, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flag_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_a_sane_size() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("15").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_interval("0s").unwrap_err().contains("at least 10ms"));
+        assert!(parse_interval("9ms").is_err());
+        assert!(parse_interval("25h").is_err());
+        assert!(parse_interval("10ms").is_ok());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(resolve_listen_address(":9").unwrap().len(), 2, "IPv6 wildcard, then IPv4");
+        assert_eq!(
+            resolve_listen_address("127.0.0.1:19101").unwrap(),
+            vec!["127.0.0.1:19101".parse().unwrap()]
+        );
+        assert!(resolve_listen_address("[::1]:80").is_ok());
+        assert!(resolve_listen_address("nonsense").unwrap_err().contains("no port"));
+        assert!(resolve_listen_address(":http").is_err());
+        assert!(resolve_listen_address(":70000").is_err());
+    }
+
+    #[test]
+    fn collector_switches_default_on_and_last_one_wins() {
+        let cfg = |args: &[&str]| {
+            let mut all = vec!["sockdiag-exporter"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().collectors.sampler_config()
+        };
+        let c = cfg(&[]);
+        assert!(c.listeners && c.connections && c.netstat);
+        assert!(!cfg(&["--no-collector.connections"]).connections);
+        assert!(cfg(&["--no-collector.netstat", "--collector.netstat"]).netstat);
+        assert!(!cfg(&["--collector.netstat", "--no-collector.netstat"]).netstat);
+        assert!(!cfg(&["snapshot", "--no-collector.listeners"]).listeners, "global in subcommand");
+    }
+}

@@ -123,3 +123,76 @@ pub fn number_members(mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures>
     }
     figures
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::RawAddr;
+
+    fn listener(cookie: u64, port: u16, length: u32, limit: u32) -> ListenerRecord {
+        ListenerRecord {
+            key: ListenKey {
+                addr: RawAddr::from_ip("127.0.0.1".parse().unwrap()),
+                port,
+            },
+            length,
+            limit,
+            drops: Some(0),
+            cookie,
+            inode: cookie as u32,
+            uid: 0,
+        }
+    }
+
+    #[test]
+    fn peak_holds_for_the_window_then_ages_out() {
+        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        t.update(t0, wall, &[listener(1, 80, 7, 10)]);
+        let s = t.update(t0 + Duration::from_secs(30), wall, &[listener(1, 80, 0, 10)]);
+        assert_eq!(s.listeners[0].peak_length, 7);
+        let s = t.update(t0 + Duration::from_secs(75), wall, &[listener(1, 80, 2, 10)]);
+        assert_eq!(s.listeners[0].peak_length, 2, "the burst left the window");
+    }
+
+    #[test]
+    fn full_time_counts_gaps_while_full_and_caps_stalls() {
+        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let s = t.update(t0, wall, &[listener(1, 80, 11, 10)]);
+        assert_eq!(s.listeners[0].full_seconds, 0.0, "no evidence of duration yet");
+        let s = t.update(t0 + Duration::from_millis(200), wall, &[listener(1, 80, 11, 10)]);
+        assert!((s.listeners[0].full_seconds - 0.2).abs() < 1e-9);
+        let s = t.update(t0 + Duration::from_millis(400), wall, &[listener(1, 80, 10, 10)]);
+        assert!((s.listeners[0].full_seconds - 0.2).abs() < 1e-9, "length == limit is not full");
+        // A 30 s stall counts at most the cap (1 s here).
+        let s = t.update(t0 + Duration::from_secs(30), wall, &[listener(1, 80, 11, 10)]);
+        assert!((s.listeners[0].full_seconds - 1.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_replaced_socket_starts_afresh() {
+        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        t.update(t0, wall, &[listener(1, 80, 11, 10)]);
+        t.update(t0 + Duration::from_millis(200), wall, &[listener(1, 80, 11, 10)]);
+        let s = t.update(t0 + Duration::from_millis(400), wall, &[listener(2, 80, 0, 10)]);
+        assert_eq!((s.listeners[0].full_seconds, s.listeners[0].peak_length), (0.0, 0));
+        assert_eq!(t.tracked.len(), 1, "the closed socket is forgotten");
+    }
+
+    #[test]
+    fn reuseport_members_are_numbered_by_cookie_and_loners_are_not() {
+        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
+        let s = t.update(
+            Instant::now(),
+            SystemTime::now(),
+            &[listener(9, 80, 0, 10), listener(3, 80, 11, 10), listener(5, 443, 0, 10)],
+        );
+        let got: Vec<_> = s.listeners.iter().map(|l| (l.port, l.cookie, l.member)).collect();
+        assert_eq!(got, vec![(80, 3, Some(0)), (80, 9, Some(1)), (443, 5, None)]);
+    }
+}

@@ -109,3 +109,35 @@ impl NetnsProc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_ext_pairs_names_with_values() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 29 31\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(
+            parse_tcp_ext(text),
+            Ok(TcpExt {
+                listen_overflows: Some(29),
+                listen_drops: Some(31)
+            })
+        );
+    }
+
+    #[test]
+    fn tcp_ext_rejects_damage() {
+        assert!(parse_tcp_ext("IpExt: a\nIpExt: 1\n").is_err());
+        assert!(parse_tcp_ext("TcpExt: ListenOverflows ListenDrops\nTcpExt: 1\n").is_err());
+        assert!(parse_tcp_ext("TcpExt: ListenOverflows\nTcpExt: x\n").unwrap_err().contains("not a number"));
+        // Counters a kernel lacks stay unknown rather than zero.
+        assert_eq!(parse_tcp_ext("TcpExt: Foo\nTcpExt: 1\n"), Ok(TcpExt::default()));
+    }
+
+    #[test]
+    fn unreadable_files_name_their_path() {
+        let e = read_u64(Path::new("/nonexistent/somaxconn")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/somaxconn"), "{e}");
+    }
+}
