@@ -338,7 +338,10 @@ mod tests {
 
     fn listener(a: &str, port: u16) -> ListenerRecord {
         ListenerRecord {
-            key: ListenKey { addr: addr(a), port },
+            key: ListenKey {
+                addr: addr(a),
+                port,
+            },
             length: 0,
             limit: 10,
             drops: None,
@@ -348,7 +351,15 @@ mod tests {
         }
     }
 
-    fn conn(state: TcpState, local: &str, lport: u16, remote: &str, rport: u16, inode: u32, rq: u32) -> SockRecord {
+    fn conn(
+        state: TcpState,
+        local: &str,
+        lport: u16,
+        remote: &str,
+        rport: u16,
+        inode: u32,
+        rq: u32,
+    ) -> SockRecord {
         SockRecord {
             state,
             local: addr(local),
@@ -368,30 +379,107 @@ mod tests {
     #[test]
     fn queued_connections_go_to_the_exact_listener_else_the_wildcard() {
         let mut a = ConnectionAggregator::default();
-        let ls = [listener("127.0.0.1", 80), listener("0.0.0.0", 80), listener("::", 80)];
+        let ls = [
+            listener("127.0.0.1", 80),
+            listener("0.0.0.0", 80),
+            listener("::", 80),
+        ];
         a.reset(ls.iter());
-        a.add(&conn(TcpState::Established, "127.0.0.1", 80, "127.0.0.1", 50000, 0, 4));
-        a.add(&conn(TcpState::Established, "127.0.0.2", 80, "127.0.0.1", 50001, 0, 5));
-        a.add(&conn(TcpState::CloseWait, "::ffff:127.0.0.3", 80, "::ffff:127.0.0.1", 50002, 0, 6));
-        a.add(&conn(TcpState::Established, "127.0.0.1", 80, "127.0.0.1", 50003, 42, 9));
-        a.add(&conn(TcpState::SynRecv, "127.0.0.1", 80, "127.0.0.1", 50004, 0, 0));
+        a.add(&conn(
+            TcpState::Established,
+            "127.0.0.1",
+            80,
+            "127.0.0.1",
+            50000,
+            0,
+            4,
+        ));
+        a.add(&conn(
+            TcpState::Established,
+            "127.0.0.2",
+            80,
+            "127.0.0.1",
+            50001,
+            0,
+            5,
+        ));
+        a.add(&conn(
+            TcpState::CloseWait,
+            "::ffff:127.0.0.3",
+            80,
+            "::ffff:127.0.0.1",
+            50002,
+            0,
+            6,
+        ));
+        a.add(&conn(
+            TcpState::Established,
+            "127.0.0.1",
+            80,
+            "127.0.0.1",
+            50003,
+            42,
+            9,
+        ));
+        a.add(&conn(
+            TcpState::SynRecv,
+            "127.0.0.1",
+            80,
+            "127.0.0.1",
+            50004,
+            0,
+            0,
+        ));
         let q: std::collections::HashMap<_, _> = a.queues().into_iter().collect();
-        let k = |s: &str| ListenKey { addr: addr(s), port: 80 };
-        assert_eq!((q[&k("127.0.0.1")].queued, q[&k("127.0.0.1")].queued_bytes), (1, 4));
+        let k = |s: &str| ListenKey {
+            addr: addr(s),
+            port: 80,
+        };
+        assert_eq!(
+            (q[&k("127.0.0.1")].queued, q[&k("127.0.0.1")].queued_bytes),
+            (1, 4)
+        );
         assert_eq!(q[&k("127.0.0.1")].syn_recv, 1);
-        assert_eq!((q[&k("0.0.0.0")].queued, q[&k("0.0.0.0")].queued_bytes), (1, 5));
-        assert_eq!((q[&k("::")].queued, q[&k("::")].queued_bytes), (1, 6), "v4-mapped on dual stack");
+        assert_eq!(
+            (q[&k("0.0.0.0")].queued, q[&k("0.0.0.0")].queued_bytes),
+            (1, 5)
+        );
+        assert_eq!(
+            (q[&k("::")].queued, q[&k("::")].queued_bytes),
+            (1, 6),
+            "v4-mapped on dual stack"
+        );
         let (ports, _) = a.ports(10);
         assert_eq!(ports.len(), 1);
         assert_eq!((ports[0].role, ports[0].port), (Role::Server, Some(80)));
         assert_eq!(ports[0].figures.recv_queue_bytes, 4 + 5 + 6 + 9);
 
         a.begin_ages();
-        a.add_age(&conn(TcpState::Established, "127.0.0.1", 80, "127.0.0.1", 50000, 0, 4));
-        a.add_age(&conn(TcpState::Established, "127.0.0.1", 80, "127.0.0.1", 50003, 42, 9));
+        a.add_age(&conn(
+            TcpState::Established,
+            "127.0.0.1",
+            80,
+            "127.0.0.1",
+            50000,
+            0,
+            4,
+        ));
+        a.add_age(&conn(
+            TcpState::Established,
+            "127.0.0.1",
+            80,
+            "127.0.0.1",
+            50003,
+            42,
+            9,
+        ));
         let q: std::collections::HashMap<_, _> = a.queues().into_iter().collect();
         assert_eq!(q[&k("127.0.0.1")].oldest_ms, Some(1500));
-        assert_eq!(q[&k("0.0.0.0")].oldest_ms, Some(0), "queued, but no age record seen");
+        assert_eq!(
+            q[&k("0.0.0.0")].oldest_ms,
+            Some(0),
+            "queued, but no age record seen"
+        );
     }
 
     #[test]
@@ -400,7 +488,15 @@ mod tests {
         a.reset([].iter());
         for (port, n) in [(443u16, 5), (80, 3), (25, 1), (22, 1)] {
             for i in 0..n {
-                a.add(&conn(TcpState::Established, "10.0.0.1", 40000 + i, "10.0.0.2", port, 1, 0));
+                a.add(&conn(
+                    TcpState::Established,
+                    "10.0.0.1",
+                    40000 + i,
+                    "10.0.0.2",
+                    port,
+                    1,
+                    0,
+                ));
             }
         }
         let (ports, folded) = a.ports(2);

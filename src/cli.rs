@@ -293,7 +293,10 @@ pub fn flag_table() -> Vec<(String, String, String, String)> {
     for arg in cmd.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         let value = arg
-            .get_value_names()
+            .get_action()
+            .takes_values()
+            .then(|| arg.get_value_names())
+            .flatten()
             .and_then(|v| v.first())
             .map(|v| v.to_string())
             .unwrap_or_default();
@@ -344,13 +347,21 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(resolve_listen_address(":9").unwrap().len(), 2, "IPv6 wildcard, then IPv4");
+        assert_eq!(
+            resolve_listen_address(":9").unwrap().len(),
+            2,
+            "IPv6 wildcard, then IPv4"
+        );
         assert_eq!(
             resolve_listen_address("127.0.0.1:19101").unwrap(),
             vec!["127.0.0.1:19101".parse().unwrap()]
         );
         assert!(resolve_listen_address("[::1]:80").is_ok());
-        assert!(resolve_listen_address("nonsense").unwrap_err().contains("no port"));
+        assert!(
+            resolve_listen_address("nonsense")
+                .unwrap_err()
+                .contains("no port")
+        );
         assert!(resolve_listen_address(":http").is_err());
         assert!(resolve_listen_address(":70000").is_err());
     }
@@ -360,13 +371,19 @@ mod tests {
         let cfg = |args: &[&str]| {
             let mut all = vec!["sockdiag-exporter"];
             all.extend_from_slice(args);
-            Cli::try_parse_from(all).unwrap().collectors.sampler_config()
+            Cli::try_parse_from(all)
+                .unwrap()
+                .collectors
+                .sampler_config()
         };
         let c = cfg(&[]);
         assert!(c.listeners && c.connections && c.netstat);
         assert!(!cfg(&["--no-collector.connections"]).connections);
         assert!(cfg(&["--no-collector.netstat", "--collector.netstat"]).netstat);
         assert!(!cfg(&["--collector.netstat", "--no-collector.netstat"]).netstat);
-        assert!(!cfg(&["snapshot", "--no-collector.listeners"]).listeners, "global in subcommand");
+        assert!(
+            !cfg(&["snapshot", "--no-collector.listeners"]).listeners,
+            "global in subcommand"
+        );
     }
 }

@@ -150,9 +150,17 @@ mod tests {
         let t0 = Instant::now();
         let wall = SystemTime::now();
         t.update(t0, wall, &[listener(1, 80, 7, 10)]);
-        let s = t.update(t0 + Duration::from_secs(30), wall, &[listener(1, 80, 0, 10)]);
+        let s = t.update(
+            t0 + Duration::from_secs(30),
+            wall,
+            &[listener(1, 80, 0, 10)],
+        );
         assert_eq!(s.listeners[0].peak_length, 7);
-        let s = t.update(t0 + Duration::from_secs(75), wall, &[listener(1, 80, 2, 10)]);
+        let s = t.update(
+            t0 + Duration::from_secs(75),
+            wall,
+            &[listener(1, 80, 2, 10)],
+        );
         assert_eq!(s.listeners[0].peak_length, 2, "the burst left the window");
     }
 
@@ -162,13 +170,31 @@ mod tests {
         let t0 = Instant::now();
         let wall = SystemTime::now();
         let s = t.update(t0, wall, &[listener(1, 80, 11, 10)]);
-        assert_eq!(s.listeners[0].full_seconds, 0.0, "no evidence of duration yet");
-        let s = t.update(t0 + Duration::from_millis(200), wall, &[listener(1, 80, 11, 10)]);
+        assert_eq!(
+            s.listeners[0].full_seconds, 0.0,
+            "no evidence of duration yet"
+        );
+        let s = t.update(
+            t0 + Duration::from_millis(200),
+            wall,
+            &[listener(1, 80, 11, 10)],
+        );
         assert!((s.listeners[0].full_seconds - 0.2).abs() < 1e-9);
-        let s = t.update(t0 + Duration::from_millis(400), wall, &[listener(1, 80, 10, 10)]);
-        assert!((s.listeners[0].full_seconds - 0.2).abs() < 1e-9, "length == limit is not full");
+        let s = t.update(
+            t0 + Duration::from_millis(400),
+            wall,
+            &[listener(1, 80, 10, 10)],
+        );
+        assert!(
+            (s.listeners[0].full_seconds - 0.2).abs() < 1e-9,
+            "length == limit is not full"
+        );
         // A 30 s stall counts at most the cap (1 s here).
-        let s = t.update(t0 + Duration::from_secs(30), wall, &[listener(1, 80, 11, 10)]);
+        let s = t.update(
+            t0 + Duration::from_secs(30),
+            wall,
+            &[listener(1, 80, 11, 10)],
+        );
         assert!((s.listeners[0].full_seconds - 1.2).abs() < 1e-9);
     }
 
@@ -178,9 +204,20 @@ mod tests {
         let t0 = Instant::now();
         let wall = SystemTime::now();
         t.update(t0, wall, &[listener(1, 80, 11, 10)]);
-        t.update(t0 + Duration::from_millis(200), wall, &[listener(1, 80, 11, 10)]);
-        let s = t.update(t0 + Duration::from_millis(400), wall, &[listener(2, 80, 0, 10)]);
-        assert_eq!((s.listeners[0].full_seconds, s.listeners[0].peak_length), (0.0, 0));
+        t.update(
+            t0 + Duration::from_millis(200),
+            wall,
+            &[listener(1, 80, 11, 10)],
+        );
+        let s = t.update(
+            t0 + Duration::from_millis(400),
+            wall,
+            &[listener(2, 80, 0, 10)],
+        );
+        assert_eq!(
+            (s.listeners[0].full_seconds, s.listeners[0].peak_length),
+            (0.0, 0)
+        );
         assert_eq!(t.tracked.len(), 1, "the closed socket is forgotten");
     }
 
@@ -190,9 +227,20 @@ mod tests {
         let s = t.update(
             Instant::now(),
             SystemTime::now(),
-            &[listener(9, 80, 0, 10), listener(3, 80, 11, 10), listener(5, 443, 0, 10)],
+            &[
+                listener(9, 80, 0, 10),
+                listener(3, 80, 11, 10),
+                listener(5, 443, 0, 10),
+            ],
         );
-        let got: Vec<_> = s.listeners.iter().map(|l| (l.port, l.cookie, l.member)).collect();
-        assert_eq!(got, vec![(80, 3, Some(0)), (80, 9, Some(1)), (443, 5, None)]);
+        let got: Vec<_> = s
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.cookie, l.member))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(80, 3, Some(0)), (80, 9, Some(1)), (443, 5, None)]
+        );
     }
 }

@@ -46,68 +46,76 @@ pub struct MetricDef {
     pub name: &'static str,
     /// Type.
     pub kind: Kind,
-    /// Label names, in exposition order. `member` is added only to sockets
-    /// that share their address and port (`SO_REUSEPORT`).
+    /// Label names, in exposition order.
     pub labels: &'static [&'static str],
+    /// Whether a `member` label is added for sockets that share their
+    /// address and port (`SO_REUSEPORT`): true for figures the kernel keeps
+    /// per socket, false for those it can only give per address.
+    pub member: bool,
     /// HELP text.
     pub help: &'static str,
 }
 
 const LISTENER: &[&str] = &["netns", "family", "address", "port"];
+/// Per listening socket: gets `member` in a reuseport group.
+const SOCKET: (&[&str], bool) = (LISTENER, true);
+/// Per listening address.
+const ADDRESS: (&[&str], bool) = (LISTENER, false);
 const PORT: &[&str] = &["netns", "role", "port"];
 const NETNS: &[&str] = &["netns"];
 const COLLECTOR: &[&str] = &["collector"];
+const NO_LABELS: &[&str] = &[];
 
 macro_rules! defs {
     ($($id:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
-        $(const $id: MetricDef = MetricDef { name: $name, kind: Kind::$kind, labels: $labels, help: $help };)*
+        $(const $id: MetricDef = MetricDef { name: $name, kind: Kind::$kind, labels: $labels.0, member: $labels.1, help: $help };)*
         /// Every metric this exporter can expose, in README order.
         pub const METRICS: &[MetricDef] = &[$($id),*];
     };
 }
 
 defs! {
-    ACCEPT_QUEUE_LENGTH = "sockdiag_accept_queue_length", Gauge, LISTENER,
+    ACCEPT_QUEUE_LENGTH = "sockdiag_accept_queue_length", Gauge, SOCKET,
         "Connections that completed the handshake and wait for accept() now. Above sockdiag_accept_queue_limit the kernel drops new connections: the application is not accepting fast enough.";
-    ACCEPT_QUEUE_LIMIT = "sockdiag_accept_queue_limit", Gauge, LISTENER,
+    ACCEPT_QUEUE_LIMIT = "sockdiag_accept_queue_limit", Gauge, SOCKET,
         "Effective accept-queue limit: min(listen() backlog, net.core.somaxconn). The queue is full when length > limit; raise the backlog or accept faster.";
-    ACCEPT_QUEUE_PEAK = "sockdiag_accept_queue_peak_length", Gauge, LISTENER,
+    ACCEPT_QUEUE_PEAK = "sockdiag_accept_queue_peak_length", Gauge, SOCKET,
         "Highest accept-queue length seen by fast listener sampling over the peak window (--collector.listeners.peak-window); shows bursts shorter than the scrape interval. Scrapes do not reset it.";
-    ACCEPT_QUEUE_FULL_SECONDS = "sockdiag_accept_queue_full_seconds_total", Counter, LISTENER,
+    ACCEPT_QUEUE_FULL_SECONDS = "sockdiag_accept_queue_full_seconds_total", Counter, SOCKET,
         "Seconds during which listener sampling saw the accept queue full (length > limit); while it grows, new connections to this listener are being dropped.";
-    ACCEPT_QUEUE_BYTES = "sockdiag_accept_queue_bytes", Gauge, LISTENER,
+    ACCEPT_QUEUE_BYTES = "sockdiag_accept_queue_bytes", Gauge, ADDRESS,
         "Bytes already received on connections still waiting in the accept queue: requests clients have sent that nobody has read yet. For a SO_REUSEPORT group, the whole group.";
-    ACCEPT_QUEUE_OLDEST = "sockdiag_accept_queue_oldest_seconds", Gauge, LISTENER,
+    ACCEPT_QUEUE_OLDEST = "sockdiag_accept_queue_oldest_seconds", Gauge, ADDRESS,
         "How long the oldest connection still in the accept queue has waited (0 when empty). Seconds here mean clients waiting that long before the application sees them. For a SO_REUSEPORT group, the whole group.";
-    SYN_QUEUE_LENGTH = "sockdiag_syn_queue_length", Gauge, LISTENER,
+    SYN_QUEUE_LENGTH = "sockdiag_syn_queue_length", Gauge, ADDRESS,
         "Half-open connections (SYN-RECV requests) for this listener: handshakes waiting for the client's final ACK. A large or growing value suggests a SYN flood or lossy clients. For a SO_REUSEPORT group, the whole group.";
-    LISTEN_DROPS = "sockdiag_listen_drops_total", Counter, LISTENER,
+    LISTEN_DROPS = "sockdiag_listen_drops_total", Counter, SOCKET,
         "Packets this listening socket dropped (its sk_drops): accept-queue overflows and other listen drops. Any increase means clients failed to connect or had to retransmit.";
-    TCP_CONNECTIONS = "sockdiag_tcp_connections", Gauge, &["netns", "role", "port", "state"],
+    TCP_CONNECTIONS = "sockdiag_tcp_connections", Gauge, (&["netns", "role", "port", "state"], false),
         "TCP sockets by state, keyed by the local port for role=server (a listening port) and by the remote port for role=client. States with no socket are not exported.";
-    TCP_SEND_QUEUE = "sockdiag_tcp_send_queue_bytes", Gauge, PORT,
+    TCP_SEND_QUEUE = "sockdiag_tcp_send_queue_bytes", Gauge, (PORT, false),
         "Sum of Send-Q: bytes written and not yet acknowledged by the peer. Growing on role=client: the remote side is not accepting or reading; on role=server: clients are not reading.";
-    TCP_RECV_QUEUE = "sockdiag_tcp_recv_queue_bytes", Gauge, PORT,
+    TCP_RECV_QUEUE = "sockdiag_tcp_recv_queue_bytes", Gauge, (PORT, false),
         "Sum of Recv-Q: bytes received and not yet read by the local application (includes connections still in accept queues).";
-    CLIENT_PORTS_FOLDED = "sockdiag_tcp_client_ports_folded", Gauge, NETNS,
+    CLIENT_PORTS_FOLDED = "sockdiag_tcp_client_ports_folded", Gauge, (NETNS, false),
         "Remote ports summed into port=\"other\" because there were more than --collector.connections.max-client-ports of them.";
-    NETSTAT_OVERFLOWS = "sockdiag_netstat_listen_overflows_total", Counter, NETNS,
+    NETSTAT_OVERFLOWS = "sockdiag_netstat_listen_overflows_total", Counter, (NETNS, false),
         "TcpExt ListenOverflows of the namespace: connections dropped because an accept queue was full, on any listener.";
-    NETSTAT_DROPS = "sockdiag_netstat_listen_drops_total", Counter, NETNS,
+    NETSTAT_DROPS = "sockdiag_netstat_listen_drops_total", Counter, (NETNS, false),
         "TcpExt ListenDrops of the namespace: every drop at any listener, overflows included.";
-    SOMAXCONN = "sockdiag_somaxconn", Gauge, NETNS,
+    SOMAXCONN = "sockdiag_somaxconn", Gauge, (NETNS, false),
         "net.core.somaxconn of the namespace: the ceiling on every listen() backlog.";
-    BUILD_INFO = "sockdiag_build_info", Gauge, &["version"],
+    BUILD_INFO = "sockdiag_build_info", Gauge, (&["version"], false),
         "Always 1; the labels say which build of sockdiag-exporter is running.";
-    COLLECTOR_DURATION = "sockdiag_collector_duration_seconds", Gauge, COLLECTOR,
+    COLLECTOR_DURATION = "sockdiag_collector_duration_seconds", Gauge, (COLLECTOR, false),
         "How long the last sample of this collector took. Compare with its interval: a sample longer than its interval delays the next.";
-    COLLECTOR_ERRORS = "sockdiag_collector_errors_total", Counter, COLLECTOR,
+    COLLECTOR_ERRORS = "sockdiag_collector_errors_total", Counter, (COLLECTOR, false),
         "Failed samples of this collector. While it fails the exporter keeps serving the last good figures; see the log for the error.";
-    COLLECTOR_SUCCESS = "sockdiag_collector_success", Gauge, COLLECTOR,
+    COLLECTOR_SUCCESS = "sockdiag_collector_success", Gauge, (COLLECTOR, false),
         "1 if the last sample of this collector succeeded, 0 if it failed.";
-    COLLECTOR_LAST_SUCCESS = "sockdiag_collector_last_success_timestamp_seconds", Gauge, COLLECTOR,
+    COLLECTOR_LAST_SUCCESS = "sockdiag_collector_last_success_timestamp_seconds", Gauge, (COLLECTOR, false),
         "Unix time of the last successful sample of this collector; figures are as old as this.";
-    HTTP_REJECTED = "sockdiag_http_requests_rejected_total", Counter, &[],
+    HTTP_REJECTED = "sockdiag_http_requests_rejected_total", Counter, (NO_LABELS, false),
         "HTTP requests answered 503 because --web.max-requests were already in flight.";
 }
 

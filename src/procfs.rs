@@ -130,9 +130,16 @@ mod tests {
     fn tcp_ext_rejects_damage() {
         assert!(parse_tcp_ext("IpExt: a\nIpExt: 1\n").is_err());
         assert!(parse_tcp_ext("TcpExt: ListenOverflows ListenDrops\nTcpExt: 1\n").is_err());
-        assert!(parse_tcp_ext("TcpExt: ListenOverflows\nTcpExt: x\n").unwrap_err().contains("not a number"));
+        assert!(
+            parse_tcp_ext("TcpExt: ListenOverflows\nTcpExt: x\n")
+                .unwrap_err()
+                .contains("not a number")
+        );
         // Counters a kernel lacks stay unknown rather than zero.
-        assert_eq!(parse_tcp_ext("TcpExt: Foo\nTcpExt: 1\n"), Ok(TcpExt::default()));
+        assert_eq!(
+            parse_tcp_ext("TcpExt: Foo\nTcpExt: 1\n"),
+            Ok(TcpExt::default())
+        );
     }
 
     #[test]
