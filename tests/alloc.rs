@@ -1,0 +1,102 @@
+//! The hot path's promise, counted rather than timed: one connection sample
+//! allocates the same number of times whether the namespace holds a hundred
+//! sockets or a few thousand. Allocation counts are exact and unaffected by
+//! machine load, so this cannot flake the way a timing test would.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sockdiag_exporter::diag::DiagSocket;
+use sockdiag_exporter::sampler::{ConnectionWork, dump_listeners, sample_connections};
+
+use common::*;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Opens `n` connections to `addr` and accepts them all, so nothing waits
+/// in a queue and every socket is an ordinary established one.
+fn connect_many(
+    listener: &socket2::Socket,
+    addr: SocketAddr,
+    n: usize,
+    keep: &mut Vec<socket2::Socket>,
+) {
+    for _ in 0..n {
+        let c = start_connect(addr);
+        assert!(
+            wait_connected(&c, Duration::from_secs(2)),
+            "loopback connect"
+        );
+        keep.push(listener.accept().expect("accept").0);
+        keep.push(c);
+    }
+}
+
+fn allocations_of_one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> (u64, u64) {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let sample = sample_connections(socket, work, 256).expect("connection sample");
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    (after - before, sample.sockets)
+}
+
+#[test]
+fn sample_allocations_do_not_grow_with_sockets() {
+    in_netns("sample_allocations_do_not_grow_with_sockets", || {
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let listener = listen(addr, 128, false, None);
+        let mut keep = Vec::new();
+        connect_many(&listener, addr, 50, &mut keep);
+
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let mut work = ConnectionWork::default();
+        // Warm up: the reused maps and buffers reach their size.
+        allocations_of_one_sample(&mut socket, &mut work);
+        let (small, small_sockets) = allocations_of_one_sample(&mut socket, &mut work);
+
+        connect_many(&listener, addr, 1050, &mut keep);
+        allocations_of_one_sample(&mut socket, &mut work);
+        let (large, large_sockets) = allocations_of_one_sample(&mut socket, &mut work);
+
+        println!("{small} allocations for {small_sockets} sockets, {large} for {large_sockets}");
+        assert_eq!((small_sockets, large_sockets), (100, 2200));
+        assert_eq!(
+            small, large,
+            "allocations must not depend on the number of sockets"
+        );
+
+        // The listener dump likewise.
+        let mut records = Vec::new();
+        dump_listeners(&mut socket, true, &mut records).unwrap();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        dump_listeners(&mut socket, true, &mut records).unwrap();
+        assert_eq!(
+            ALLOCATIONS.load(Ordering::Relaxed) - before,
+            0,
+            "a warm listener dump allocates nothing"
+        );
+        drop((keep, listener));
+    });
+}
