@@ -247,10 +247,25 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A telemetry path: a plain URL path that does not shadow `/` or
+/// `/healthz` (the router would refuse a clash at start-up).
 fn parse_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.len() < 2 {
         return Err(format!(
             "{text:?} must start with '/' and name a page, e.g. /metrics"
+        ));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~')))
+    {
+        return Err(format!(
+            "{text:?} contains {c:?}: use letters, digits and / - _ . ~"
+        ));
+    }
+    if text == "/healthz" || text.contains("//") {
+        return Err(format!(
+            "{text:?} is reserved or malformed: choose another path"
         ));
     }
     Ok(text.to_string())
@@ -343,6 +358,17 @@ mod tests {
         assert!(parse_interval("9ms").is_err());
         assert!(parse_interval("25h").is_err());
         assert!(parse_interval("10ms").is_ok());
+    }
+
+    #[test]
+    fn telemetry_paths_cannot_clash_with_other_routes() {
+        assert_eq!(parse_path("/metrics"), Ok("/metrics".to_string()));
+        assert!(parse_path("/a/b-c_d.e~f").is_ok());
+        for bad in [
+            "metrics", "/", "/healthz", "/{x}", "/*rest", "/a b", "//x", "/:id",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

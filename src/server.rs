@@ -29,6 +29,10 @@ use crate::sampler::{Store, count_rejected};
 /// reads its response slower than we write it cannot hold a slot forever.
 const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
+/// The most bytes of request line and headers a client may send; longer
+/// requests get 431 or a closed connection.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// HTTP settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -125,24 +129,28 @@ async fn landing(state: AppState) -> Html<String> {
     ))
 }
 
-/// 200 once every enabled collector has produced a good sample (later
-/// failures show in the metrics, not here: restarting would not fix the
-/// kernel); 503 before that, with what is missing.
+/// 503 until every enabled collector has finished its first sample, 200
+/// after that, with one line per collector saying how it fares. A collector
+/// that fails later shows here and in the metrics, but does not turn the
+/// answer to 503: restarting the daemon cannot fix the kernel or procfs, and
+/// a liveness probe must not loop on it.
 async fn healthz(state: AppState) -> Response {
     let mut body = String::new();
     let mut ready = true;
     for (name, h) in state.store.health() {
-        let status = match (&h.last_success, h.last_ok, &h.last_error) {
+        let status = match (h.samples_total, h.last_ok, &h.last_error) {
+            (0, _, _) => {
+                ready = false;
+                "starting: no sample yet".to_string()
+            }
             (_, true, _) => "ok".to_string(),
-            (Some(_), false, Some(e)) => format!("failing (serving last good figures): {e}"),
-            (None, _, Some(e)) => {
-                ready = false;
-                format!("no good sample yet: {e}")
+            (_, false, Some(e)) if h.last_success.is_some() => {
+                format!("failing, serving the last good figures: {e}")
             }
-            _ => {
-                ready = false;
-                "no sample yet".to_string()
-            }
+            (_, false, e) => format!(
+                "failing, no good sample yet: {}",
+                e.as_deref().unwrap_or("unknown error")
+            ),
         };
         body.push_str(&format!("{name}: {status}\n"));
     }
@@ -206,6 +214,9 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(config.request_timeout)
+            // hyper would buffer ~400 KiB of headers per connection by
+            // default; a scrape request needs well under 1 KiB.
+            .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

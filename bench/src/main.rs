@@ -1,0 +1,191 @@
+//! Benchmark of `sockdiag-exporter` on N loopback TCP connections.
+//!
+//! One binary plays every role, so that every measured command and every helper is a child
+//! process started from the same executable:
+//!
+//! - the outer process (what the user runs) re-executes itself in a fresh user + network
+//!   namespace and forwards Ctrl-C / SIGTERM to it;
+//! - `internal-namespace` is the coordinator inside that namespace: it builds the
+//!   connections with help of `internal-worker` processes, measures, and reports;
+//! - `floor` is the minimal inet_diag dump every netlink collector is compared with.
+
+mod daemon;
+mod diag;
+mod measure;
+mod namespace;
+mod proc_util;
+mod report;
+mod setup;
+mod worker;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sockdiag-bench",
+    about = "Measure sockdiag-exporter against a raw inet_diag dump and ss on N loopback TCP \
+             connections, inside a private user + network namespace",
+    after_help = "Run as: cargo run --release -p sockdiag-bench -- --connections 100000\n\
+                  Works as root and as an ordinary user (needs unprivileged user namespaces)."
+)]
+struct Cli {
+    #[command(flatten)]
+    opts: BenchOpts,
+
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchOpts {
+    /// Client connections to set up (each has a server end too, so about 2N sockets).
+    /// Accepts a plain number or a k / M suffix (100k, 1M).
+    #[arg(long, default_value = "10000", value_parser = parse_count)]
+    pub connections: u64,
+
+    /// Timed runs of each command; the table shows medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+
+    /// The exporter binary [default: <workspace>/target/release/sockdiag-exporter].
+    #[arg(long, value_name = "PATH")]
+    pub exporter: Option<PathBuf>,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Run the exporter daemon for this many seconds and report its CPU use and peak RSS
+    /// (0 skips it).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub daemon_seconds: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One minimal inet_diag dump of all TCP sockets (IPv4 then IPv6) of the current network
+    /// namespace: counts the replies and sums Recv-Q / Send-Q, nothing else. This is the floor
+    /// every netlink collector is compared with.
+    Floor,
+
+    /// Coordinator inside the private namespace (started by the outer process).
+    #[command(hide = true)]
+    InternalNamespace,
+
+    /// Connection holder inside the private namespace (started by the coordinator).
+    #[command(hide = true)]
+    InternalWorker(worker::WorkerArgs),
+}
+
+/// Where the workspace build puts the exporter, known at compile time so that the bench
+/// finds it from any working directory.
+fn default_exporter_path() -> PathBuf {
+    let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench_dir
+        .parent()
+        .unwrap_or(bench_dir)
+        .join("target/release/sockdiag-exporter")
+}
+
+fn parse_count(text: &str) -> Result<u64, String> {
+    let t = text.trim().replace('_', "");
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1_000),
+        Some((i, 'm' | 'M')) => (&t[..i], 1_000_000),
+        _ => (t.as_str(), 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|e| format!("{text:?} is not a count: {e}"))?;
+    let n = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if !(1..=5_000_000).contains(&n) {
+        return Err(format!("{n} connections is outside 1..=5000000"));
+    }
+    Ok(n)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        None => run_outer(cli.opts),
+        Some(Cmd::Floor) => diag::floor_main(),
+        Some(Cmd::InternalNamespace) => setup::coordinator_main(&cli.opts),
+        Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sockdiag-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves paths against the user's working directory before anything else happens, so
+/// that messages name the file the user meant, then hands over to a coordinator inside a
+/// new namespace.
+fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
+    let exporter = match opts.exporter.take() {
+        Some(p) => std::path::absolute(&p)
+            .with_context(|| format!("resolving --exporter {}", p.display()))?,
+        None => default_exporter_path(),
+    };
+    opts.exporter = Some(exporter);
+    if let Some(p) = opts.json.take() {
+        opts.json = Some(
+            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
+        );
+    }
+
+    let mut args: Vec<OsString> = vec![
+        "--connections".into(),
+        opts.connections.to_string().into(),
+        "--runs".into(),
+        opts.runs.to_string().into(),
+        "--daemon-seconds".into(),
+        opts.daemon_seconds.to_string().into(),
+    ];
+    if let Some(p) = &opts.exporter {
+        args.push("--exporter".into());
+        args.push(p.into());
+    }
+    if let Some(p) = &opts.json {
+        args.push("--json".into());
+        args.push(p.into());
+    }
+    args.push("internal-namespace".into());
+
+    let status = namespace::run_in_new_namespace(&args)?;
+    if let Some(code) = status.code() {
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    if namespace::interrupted() {
+        eprintln!("sockdiag-bench: interrupted; the namespace and its processes are gone");
+        return Ok(ExitCode::from(130));
+    }
+    bail!("the namespace coordinator died: {status}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_accept_suffixes_and_reject_nonsense() {
+        assert_eq!(parse_count("10000"), Ok(10_000));
+        assert_eq!(parse_count("100k"), Ok(100_000));
+        assert_eq!(parse_count("1M"), Ok(1_000_000));
+        assert_eq!(parse_count("1_000"), Ok(1_000));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("6M").is_err());
+        assert!(parse_count("k").is_err());
+        assert!(parse_count("-5").is_err());
+    }
+}

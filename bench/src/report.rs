@@ -1,0 +1,265 @@
+//! The results as a Markdown table for people and as JSON for scripts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::BenchOpts;
+use crate::daemon::{DaemonOutcome, LISTEN};
+use crate::diag::Census;
+use crate::measure::{CommandResult, Outcome};
+
+pub struct Environment {
+    pub connections: u64,
+    pub runs: u32,
+    pub kernel: String,
+    pub cpus: usize,
+    pub census: Census,
+    pub setup_seconds: f64,
+    pub workers: usize,
+    pub exporter: String,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+impl Environment {
+    pub fn collect(
+        opts: &BenchOpts,
+        exporter: &Path,
+        census: Census,
+        setup_seconds: f64,
+        workers: usize,
+    ) -> Self {
+        Environment {
+            connections: opts.connections,
+            runs: opts.runs,
+            kernel: kernel_release(),
+            cpus: std::thread::available_parallelism().map_or(0, |p| p.get()),
+            census,
+            setup_seconds,
+            workers,
+            exporter: exporter.display().to_string(),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn floor_wall(results: &[CommandResult]) -> Option<f64> {
+    results
+        .iter()
+        .find(|r| r.is_floor())
+        .and_then(|r| r.median_wall())
+}
+
+pub fn markdown(
+    env: &Environment,
+    results: &[CommandResult],
+    daemon: Option<&DaemonOutcome>,
+) -> String {
+    let c = &env.census;
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        s,
+        "## sockdiag-bench: {} connections\n\n\
+         {} TCP sockets in a private network namespace ({} listeners, {} connections in \
+         accept queues, {} bytes unread in Recv-Q), set up in {:.1} s by {} workers. \
+         Kernel {}, {} CPUs, {} run(s) per command, medians shown.\n",
+        env.connections,
+        c.sockets,
+        c.listeners,
+        c.accept_queued,
+        c.recv_q_bytes,
+        env.setup_seconds,
+        env.workers,
+        env.kernel,
+        env.cpus,
+        env.runs,
+    );
+    let _ = writeln!(
+        s,
+        "| command | median wall | median CPU | peak RSS | wall ratio to floor |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let floor = floor_wall(results);
+    for r in results {
+        match &r.outcome {
+            Outcome::Measured(_) => {
+                let wall = r.median_wall().unwrap_or(0.0);
+                let ratio = match floor {
+                    Some(f) if f > 0.0 => format!("{:.2}x", wall / f),
+                    _ => "-".to_string(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {:.3} s | {:.3} s | {} | {} |",
+                    r.label,
+                    wall,
+                    r.median_cpu().unwrap_or(0.0),
+                    mib(r.peak_rss().unwrap_or(0)),
+                    ratio
+                );
+            }
+            Outcome::Failed(why) => {
+                let why = why.replace('|', "\\|").replace('\n', " ");
+                let _ = writeln!(s, "| `{}` | FAILED: {why} | | | |", r.label);
+            }
+            Outcome::Skipped(why) => {
+                let _ = writeln!(s, "| `{}` | skipped: {why} | | | |", r.label);
+            }
+        }
+    }
+    // The floor is single-threaded and never sleeps: wall well above CPU means it waited
+    // for a core that something else held.
+    let floor_busy = results
+        .iter()
+        .find(|r| r.is_floor())
+        .and_then(|f| Some((f.median_wall()?, f.median_cpu()?)))
+        .filter(|&(w, c)| c > 0.0 && w > 1.15 * c);
+    if let Some((w, c)) = floor_busy {
+        let _ = writeln!(
+            s,
+            "\nWarning: the floor's wall time is {:.0}% above its CPU time: other work competed \
+             for the CPUs, so times and ratios are noisier than usual.",
+            100.0 * (w / c - 1.0)
+        );
+    }
+    match daemon {
+        None => {}
+        Some(DaemonOutcome::Skipped(why)) => {
+            let _ = writeln!(s, "\nDaemon: skipped: {why}");
+        }
+        Some(DaemonOutcome::Failed(why)) => {
+            let _ = writeln!(s, "\nDaemon: FAILED: {why}");
+        }
+        Some(DaemonOutcome::Measured(d)) => {
+            let _ = writeln!(
+                s,
+                "\nDaemon (`sockdiag-exporter --web.listen-address {LISTEN}`, default \
+                 intervals) for {:.1} s: {:.1}% of one core ({:.2} s CPU), peak RSS {}.",
+                d.seconds,
+                d.cpu_percent(),
+                d.cpu_seconds,
+                mib(d.vm_hwm_bytes)
+            );
+            match &d.scrape {
+                Ok(sc) => {
+                    let _ = writeln!(
+                        s,
+                        "One scrape of /metrics afterwards: {:.3} s, {} bytes, `{}`; peak RSS \
+                         after it {}.",
+                        sc.seconds,
+                        sc.bytes,
+                        sc.status_line,
+                        d.vm_hwm_after_scrape_bytes
+                            .map_or_else(|| "unknown".to_string(), mib)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "Scraping /metrics afterwards failed: {e}");
+                }
+            }
+        }
+    }
+    s
+}
+
+pub fn json(
+    env: &Environment,
+    results: &[CommandResult],
+    daemon: Option<&DaemonOutcome>,
+) -> String {
+    let floor = floor_wall(results);
+    let commands: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let (status, note, runs) = match &r.outcome {
+                Outcome::Measured(samples) => (
+                    "ok",
+                    Value::Null,
+                    samples
+                        .iter()
+                        .map(|s| {
+                            json!({
+                                "wall_seconds": s.wall,
+                                "cpu_seconds": s.cpu,
+                                "max_rss_bytes": s.max_rss,
+                            })
+                        })
+                        .collect(),
+                ),
+                Outcome::Failed(why) => ("failed", json!(why), Vec::new()),
+                Outcome::Skipped(why) => ("skipped", json!(why), Vec::new()),
+            };
+            let wall = r.median_wall();
+            json!({
+                "command": r.label,
+                "argv": r.argv,
+                "status": status,
+                "note": note,
+                "runs": runs,
+                "median_wall_seconds": wall,
+                "median_cpu_seconds": r.median_cpu(),
+                "peak_rss_bytes": r.peak_rss(),
+                "wall_ratio_to_floor": match (wall, floor) {
+                    (Some(w), Some(f)) if f > 0.0 => json!(w / f),
+                    _ => Value::Null,
+                },
+            })
+        })
+        .collect();
+    let daemon = match daemon {
+        None => Value::Null,
+        Some(DaemonOutcome::Skipped(why)) => json!({"status": "skipped", "note": why}),
+        Some(DaemonOutcome::Failed(why)) => json!({"status": "failed", "note": why}),
+        Some(DaemonOutcome::Measured(d)) => json!({
+            "status": "ok",
+            "listen_address": LISTEN,
+            "seconds": d.seconds,
+            "cpu_seconds": d.cpu_seconds,
+            "cpu_percent_of_one_core": d.cpu_percent(),
+            "peak_rss_bytes": d.vm_hwm_bytes,
+            "scrape": match &d.scrape {
+                Ok(sc) => json!({
+                    "seconds": sc.seconds,
+                    "bytes": sc.bytes,
+                    "status_line": sc.status_line,
+                }),
+                Err(e) => json!({"error": e}),
+            },
+            "peak_rss_after_scrape_bytes": d.vm_hwm_after_scrape_bytes,
+        }),
+    };
+    let c = &env.census;
+    let doc = json!({
+        "connections": env.connections,
+        "runs": env.runs,
+        "kernel": env.kernel,
+        "cpus": env.cpus,
+        "setup_seconds": env.setup_seconds,
+        "workers": env.workers,
+        "exporter": env.exporter,
+        "sockets": {
+            "total": c.sockets,
+            "listeners": c.listeners,
+            "accept_queued": c.accept_queued,
+            "established": c.established,
+            "other_states": c.other_states,
+            "recv_q_bytes": c.recv_q_bytes,
+            "send_q_bytes": c.send_q_bytes,
+        },
+        "commands": commands,
+        "daemon": daemon,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
+}

@@ -1,0 +1,370 @@
+//! The coordinator: runs inside the private namespace, builds the connections, measures,
+//! reports, and tears everything down.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::diag::{self, Census};
+use crate::report::{self, Environment};
+use crate::worker::{self, DATA, DATA_EVERY, STALL_LIMIT};
+use crate::{BenchOpts, daemon, default_exporter_path, measure, namespace, proc_util};
+
+pub const LISTENERS: u16 = 16;
+pub const FIRST_PORT: u16 = 20000;
+const BACKLOG: i32 = 4096;
+/// Connections left waiting in the accept queues at the end, so that queue lengths and the
+/// bytes of not-yet-accepted connections are non-zero for whatever is measured.
+const LEFT_IN_QUEUES: u64 = 1000;
+/// Descriptors a worker keeps free for stdio, the listeners and whatever libc opens.
+const FD_HEADROOM: u64 = 100;
+/// About 18,000 descriptors per worker, as the machine's 20,000 limit allows.
+const MAX_PER_WORKER: u64 = 8_950;
+
+fn create_listeners() -> Result<Vec<OwnedFd>> {
+    (0..LISTENERS)
+        .map(|i| {
+            let port = FIRST_PORT + i;
+            let fd = proc_util::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
+                .context("creating a listener socket")?;
+            proc_util::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)
+                .context("SO_REUSEADDR")?;
+            let sa = proc_util::sockaddr_v4(0x7f00_0001, port);
+            // SAFETY: sa is a valid sockaddr_in of the length passed.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("binding a listener to 127.0.0.1:{port}"));
+            }
+            // SAFETY: plain syscall on our socket.
+            if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("listen() on 127.0.0.1:{port}"));
+            }
+            Ok(fd)
+        })
+        .collect()
+}
+
+struct WorkerProc {
+    pid: i32,
+    /// Held open: the worker exits when it reads EOF here.
+    child: Child,
+    line_buf: Vec<u8>,
+    ready: bool,
+}
+
+/// Every worker started so far. Dropping it kills and reaps them all, on success and on
+/// every error path alike.
+#[derive(Default)]
+struct Fleet {
+    workers: Vec<WorkerProc>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            proc_util::kill(w.pid, libc::SIGKILL);
+        }
+        for w in &mut self.workers {
+            drop(w.child.stdin.take());
+            proc_util::kill_and_reap(w.pid);
+        }
+    }
+}
+
+impl Fleet {
+    fn spawn(
+        &mut self,
+        exe: &std::path::Path,
+        fds: &[RawFd],
+        first: u64,
+        count: u64,
+    ) -> Result<()> {
+        let list = fds
+            .iter()
+            .map(|fd| fd.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // SAFETY: getpid cannot fail.
+        let me = unsafe { libc::getpid() };
+        let mut cmd = Command::new(exe);
+        cmd.arg("internal-worker")
+            .args(["--first-client", &first.to_string()])
+            .args(["--clients", &count.to_string()])
+            .args(["--listen-fds", &list])
+            .args(["--parent", &me.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let fds = fds.to_vec();
+        // SAFETY: fcntl, prctl and getppid are async-signal-safe; fds was built before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The listeners are CLOEXEC so that measured commands never inherit them;
+                // workers are the one exception.
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                proc_util::die_with_parent(me)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting worker for clients {first}..{}", first + count))?;
+        let pid = i32::try_from(child.id()).context("worker pid out of range")?;
+        self.workers.push(WorkerProc {
+            pid,
+            child,
+            line_buf: Vec::new(),
+            ready: false,
+        });
+        Ok(())
+    }
+
+    /// Reads what worker `i` wrote; returns the complete lines, or an error once it has
+    /// closed its stdout without saying `ready`.
+    fn read_lines(&mut self, i: usize) -> Result<Vec<String>> {
+        let w = &mut self.workers[i];
+        let Some(out) = w.child.stdout.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut chunk = [0u8; 4096];
+        let n = match out.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading worker {}", w.pid)),
+        };
+        if n == 0 {
+            w.child.stdout = None;
+            if w.ready {
+                return Ok(Vec::new());
+            }
+            let status = match proc_util::wait_with_timeout(w.pid, Duration::from_secs(10)) {
+                Ok(Some(r)) => r.describe(),
+                Ok(None) => "hung after closing its stdout".to_string(),
+                Err(e) => format!("not reapable: {e}"),
+            };
+            bail!(
+                "worker {} stopped before it was ready ({status}); its error is above",
+                w.pid
+            );
+        }
+        w.line_buf.extend_from_slice(&chunk[..n]);
+        let mut lines = Vec::new();
+        while let Some(pos) = w.line_buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = w.line_buf.drain(..=pos).collect();
+            lines.push(String::from_utf8_lossy(&line).trim().to_string());
+        }
+        Ok(lines)
+    }
+
+    /// Starts workers for `total` connections, at most `parallel` at a time, and returns
+    /// when all of them hold their share.
+    fn build(
+        &mut self,
+        listeners: &[OwnedFd],
+        total: u64,
+        per_worker: u64,
+        parallel: usize,
+    ) -> Result<()> {
+        let exe = std::env::current_exe().context("locating this executable")?;
+        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let plan: Vec<(u64, u64)> = (0..total.div_ceil(per_worker))
+            .map(|i| {
+                let first = i * per_worker;
+                (first, per_worker.min(total - first))
+            })
+            .collect();
+        let start = Instant::now();
+        let mut next = 0;
+        let mut active: Vec<usize> = Vec::new();
+        let mut ready_conns = 0u64;
+        let mut last_progress = Instant::now();
+        let mut last_print = Instant::now();
+
+        while ready_conns < total {
+            while active.len() < parallel && next < plan.len() {
+                let (first, count) = plan[next];
+                self.spawn(&exe, &fds, first, count)?;
+                active.push(self.workers.len() - 1);
+                next += 1;
+            }
+            let watched: Vec<(usize, RawFd)> = active
+                .iter()
+                .filter_map(|&i| Some((i, self.workers[i].child.stdout.as_ref()?.as_raw_fd())))
+                .collect();
+            let mut pfds: Vec<libc::pollfd> = watched
+                .iter()
+                .map(|&(_, fd)| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: pfds is a valid array of the length passed.
+            let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err).context("waiting for workers");
+                }
+            }
+            let mut finished = Vec::new();
+            for (&(i, _), pfd) in watched.iter().zip(&pfds) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                for line in self.read_lines(i)? {
+                    last_progress = Instant::now();
+                    let mut words = line.split_whitespace();
+                    match (words.next(), words.next()) {
+                        (Some("ready"), Some(c)) => {
+                            let c: u64 = c
+                                .parse()
+                                .with_context(|| format!("bad line from worker: {line:?}"))?;
+                            self.workers[i].ready = true;
+                            ready_conns += c;
+                            finished.push(i);
+                        }
+                        (Some("progress"), _) => {}
+                        _ => bail!(
+                            "unexpected line from worker {}: {line:?}",
+                            self.workers[i].pid
+                        ),
+                    }
+                }
+            }
+            active.retain(|i| !finished.contains(i));
+            if active.is_empty() && next >= plan.len() && ready_conns < total {
+                bail!("all workers finished but only {ready_conns} of {total} connections exist");
+            }
+            if last_progress.elapsed() > STALL_LIMIT {
+                bail!(
+                    "connection setup made no progress for {} s ({ready_conns} of {total} \
+                     connections ready after {:.0} s)",
+                    STALL_LIMIT.as_secs(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            if last_print.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "sockdiag-bench: setup: {ready_conns}/{total} connections held by {} \
+                     workers, {:.0} s",
+                    self.workers.len(),
+                    start.elapsed().as_secs_f64()
+                );
+                last_print = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the last connections without anyone to accept them, spread over the listeners.
+/// Called after every worker is ready, when nobody accepts any more.
+fn fill_accept_queues(first: u64, count: u64) -> Result<Vec<OwnedFd>> {
+    (first..first + count)
+        .map(|k| worker::connect_client(k, FIRST_PORT + (k % u64::from(LISTENERS)) as u16))
+        .collect()
+}
+
+/// Checks that the namespace holds what the bench claims to measure.
+fn verify(c: &Census, n: u64, queued: u64) -> Result<()> {
+    let listeners = u64::from(LISTENERS);
+    let data_bytes = n.div_ceil(DATA_EVERY) * DATA.len() as u64;
+    if c.listeners != listeners || c.accept_queued != queued || c.established != 2 * n {
+        bail!(
+            "the namespace does not hold what was set up: expected {listeners} listeners, \
+             {queued} queued connections and {} established sockets; the dump shows {c:?}",
+            2 * n
+        );
+    }
+    if c.recv_q_bytes != data_bytes || c.send_q_bytes != 0 || c.other_states != 0 {
+        eprintln!(
+            "sockdiag-bench: warning: expected {data_bytes} bytes in Recv-Q, 0 in Send-Q and \
+             no sockets in other states; the dump shows {c:?}"
+        );
+    }
+    Ok(())
+}
+
+pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
+    namespace::bring_loopback_up()?;
+    namespace::tune_sysctls();
+    let nofile = namespace::raise_nofile_limit()?;
+    let exporter = opts.exporter.clone().unwrap_or_else(default_exporter_path);
+    let n = opts.connections;
+
+    let per_worker = (nofile.saturating_sub(FD_HEADROOM) / 2).min(MAX_PER_WORKER);
+    if per_worker == 0 {
+        bail!("RLIMIT_NOFILE is {nofile}: too low to hold any connection");
+    }
+    let queued = LEFT_IN_QUEUES.min(n);
+    if queued + u64::from(LISTENERS) + FD_HEADROOM > nofile {
+        bail!("RLIMIT_NOFILE is {nofile}: too low to hold {queued} queued connections");
+    }
+    // One worker per core builds fastest; more only add wake-ups on the shared listeners.
+    let parallel = std::thread::available_parallelism().map_or(2, |p| p.get().clamp(1, 4));
+
+    eprintln!(
+        "sockdiag-bench: setting up {n} loopback connections ({} workers of up to {per_worker})",
+        (n - queued).div_ceil(per_worker)
+    );
+    let listeners = create_listeners()?;
+    let start = Instant::now();
+    let mut fleet = Fleet::default();
+    fleet.build(&listeners, n - queued, per_worker, parallel)?;
+    let held_queued = fill_accept_queues(n - queued, queued)?;
+    let setup_seconds = start.elapsed().as_secs_f64();
+
+    let census = diag::census().context("counting the sockets that were set up")?;
+    verify(&census, n, queued)?;
+    eprintln!(
+        "sockdiag-bench: {} sockets ready in {setup_seconds:.1} s ({} workers); measuring",
+        census.sockets,
+        fleet.workers.len()
+    );
+
+    let env = Environment::collect(opts, &exporter, census, setup_seconds, fleet.workers.len());
+    let results = measure::measure_all(&exporter, opts.runs)?;
+    let daemon = if opts.daemon_seconds > 0 {
+        Some(daemon::run(
+            &exporter,
+            Duration::from_secs(opts.daemon_seconds),
+        ))
+    } else {
+        None
+    };
+
+    let markdown = report::markdown(&env, &results, daemon.as_ref());
+    print!("{markdown}");
+    if let Some(path) = &opts.json {
+        let json = report::json(&env, &results, daemon.as_ref());
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("sockdiag-bench: results written to {}", path.display());
+    }
+
+    eprintln!("sockdiag-bench: tearing down");
+    drop(held_queued);
+    drop(fleet);
+    drop(listeners);
+    let failed = results.iter().any(|r| r.failed());
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
