@@ -215,13 +215,14 @@ impl ConnectionAggregator {
             let syn = r.state == TcpState::SynRecv;
             let queued = Self::in_accept_queue(r);
             if syn || queued {
-                if let Some(key) = self.owner(r) {
-                    if let Some(q) = self.queues.get_mut(&key) {
-                        if syn {
-                            q.syn_recv += 1;
-                        } else {
-                            q.queued += 1;
-                            q.queued_bytes += u64::from(r.rqueue);
+                if let Some(q) = self.owner(r).and_then(|key| self.queues.get_mut(&key)) {
+                    if syn {
+                        q.syn_recv += 1;
+                    } else {
+                        q.queued += 1;
+                        q.queued_bytes += u64::from(r.rqueue);
+                        if let Some(age) = r.last_data_sent_ms {
+                            q.oldest_ms = Some(q.oldest_ms.map_or(age, |old| old.max(age)));
                         }
                     }
                 }
@@ -229,40 +230,15 @@ impl ConnectionAggregator {
         }
     }
 
-    /// Local ports of listening addresses that have connections waiting.
-    pub fn ports_with_queued(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| q.queued > 0)
-            .map(|(k, _)| k.port)
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
-    }
-
-    /// Marks every address with queued connections as aged (0 until a
-    /// record says more), so that "no record seen" reads as a young queue
-    /// rather than as unknown.
-    pub fn begin_ages(&mut self) {
+    /// Ends a sample. Queued connections whose age the dump did not carry
+    /// (it asks for `tcp_info` only when the listener dump just before it
+    /// saw a non-empty queue) arrived during the sample itself, so their age
+    /// is within the sample's duration: counted as 0.
+    pub fn finish(&mut self) {
         for q in self.queues.values_mut() {
-            if q.queued > 0 {
+            if q.queued > 0 && q.oldest_ms.is_none() {
                 q.oldest_ms = Some(0);
             }
-        }
-    }
-
-    /// Takes the age of one record from the accept-queue age dump.
-    pub fn add_age(&mut self, r: &SockRecord) {
-        if !Self::in_accept_queue(r) {
-            return;
-        }
-        let (Some(age), Some(key)) = (r.last_data_sent_ms, self.owner(r)) else {
-            return;
-        };
-        if let Some(q) = self.queues.get_mut(&key) {
-            q.oldest_ms = Some(q.oldest_ms.map_or(age, |old| old.max(age)));
         }
     }
 
@@ -454,31 +430,25 @@ mod tests {
         assert_eq!((ports[0].role, ports[0].port), (Role::Server, Some(80)));
         assert_eq!(ports[0].figures.recv_queue_bytes, 4 + 5 + 6 + 9);
 
-        a.begin_ages();
-        a.add_age(&conn(
-            TcpState::Established,
-            "127.0.0.1",
-            80,
-            "127.0.0.1",
-            50000,
-            0,
-            4,
-        ));
-        a.add_age(&conn(
-            TcpState::Established,
-            "127.0.0.1",
-            80,
-            "127.0.0.1",
-            50003,
-            42,
-            9,
-        ));
+        a.finish();
         let q: std::collections::HashMap<_, _> = a.queues().into_iter().collect();
-        assert_eq!(q[&k("127.0.0.1")].oldest_ms, Some(1500));
         assert_eq!(
-            q[&k("0.0.0.0")].oldest_ms,
+            q[&k("127.0.0.1")].oldest_ms,
+            Some(1500),
+            "only queued sockets count"
+        );
+        assert_eq!(q[&k("::")].oldest_ms, Some(1500));
+        let mut young = conn(TcpState::Established, "::", 80, "::1", 50005, 0, 0);
+        young.last_data_sent_ms = None;
+        let mut b = ConnectionAggregator::default();
+        b.reset(ls.iter());
+        b.add(&young);
+        b.finish();
+        let q: std::collections::HashMap<_, _> = b.queues().into_iter().collect();
+        assert_eq!(
+            q[&k("::")].oldest_ms,
             Some(0),
-            "queued, but no age record seen"
+            "queued without tcp_info: arrived during the sample"
         );
     }
 

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::aggregate::{ConnectionAggregator, ListenerRecord};
-use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, StateSet};
+use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, StateSet};
 use crate::listeners::ListenerTracker;
 use crate::procfs::{NetnsProc, ProcError, read_tcp_ext, read_u64};
 use crate::snapshot::{ConnectionSample, NetnsView, NetstatSample, PortSummary, QueueSummary};
@@ -187,10 +187,12 @@ pub struct ConnectionWork {
 }
 
 /// One connection sample: the current listeners (to tell server from client
-/// ports), one dump of every other socket with no extensions (the cheapest
-/// full walk the kernel offers), then, only if some accept queue holds
-/// connections, a dump filtered in the kernel to those ports asking for
-/// `tcp_info` to age them.
+/// ports), then one walk of every other socket. The walk asks for
+/// `tcp_info`, which dates the connections waiting in accept queues, only
+/// when the listener dump just taken shows a non-empty queue: without
+/// extensions the walk is the cheapest the kernel offers, and a second walk
+/// just for ages would cost as much as the first, since touching every
+/// socket, not building replies, is what a dump pays for.
 pub fn sample_connections(
     socket: &mut DiagSocket,
     work: &mut ConnectionWork,
@@ -198,6 +200,7 @@ pub fn sample_connections(
 ) -> Result<ConnectionSample, DiagError> {
     let taken_at = SystemTime::now();
     dump_listeners(socket, false, &mut work.listeners)?;
+    let want_ages = work.listeners.iter().any(|l| l.length > 0);
     let agg = &mut work.aggregator;
     agg.reset(work.listeners.iter());
     let mut sockets = 0u64;
@@ -206,7 +209,7 @@ pub fn sample_connections(
             family,
             states: StateSet::Connections,
             meminfo: false,
-            tcp_info: false,
+            tcp_info: want_ages,
             local_ports: &[],
         };
         socket.dump(&request, |r| {
@@ -214,22 +217,7 @@ pub fn sample_connections(
             agg.add(r);
         })?;
     }
-    let queued_ports = agg.ports_with_queued();
-    if !queued_ports.is_empty() {
-        agg.begin_ages();
-        for chunk in queued_ports.chunks(MAX_FILTER_PORTS) {
-            for family in [Family::Ipv4, Family::Ipv6] {
-                let request = DumpRequest {
-                    family,
-                    states: StateSet::AcceptQueue,
-                    meminfo: false,
-                    tcp_info: true,
-                    local_ports: chunk,
-                };
-                socket.dump(&request, |r| agg.add_age(r))?;
-            }
-        }
-    }
+    agg.finish();
     let (ports, folded) = agg.ports(max_client_ports);
     Ok(ConnectionSample {
         taken_at,

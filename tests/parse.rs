@@ -353,7 +353,7 @@ fn port_filter_is_accepted_and_exact() {
             let mut seen = Vec::new();
             let request = DumpRequest {
                 family: Family::Ipv4,
-                states: StateSet::AcceptQueue,
+                states: StateSet::Connections,
                 meminfo: false,
                 tcp_info: true,
                 local_ports,

@@ -29,8 +29,6 @@ pub enum StateSet {
     Listeners,
     /// Every state but `LISTEN` (including SYN-RECV requests and TIME-WAIT).
     Connections,
-    /// Only states a connection can have while it waits in an accept queue.
-    AcceptQueue,
 }
 
 impl StateSet {
@@ -43,7 +41,6 @@ impl StateSet {
                     // but asking explicitly costs nothing and helps old ones.
                     | (1 << 12)
             }
-            StateSet::AcceptQueue => TcpState::Established.bit() | TcpState::CloseWait.bit(),
         }
     }
 
@@ -51,7 +48,6 @@ impl StateSet {
         match self {
             StateSet::Listeners => "listeners",
             StateSet::Connections => "connections",
-            StateSet::AcceptQueue => "accept-queue connections",
         }
     }
 }
