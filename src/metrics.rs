@@ -6,7 +6,7 @@
 //! [`METRICS`] is the one list of names, types, labels and help texts; the
 //! README's metrics table is checked against it by a test.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -18,7 +18,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::aggregate::ListenKey;
 use crate::diag::TcpState;
 use crate::sampler::Store;
-use crate::snapshot::{NetnsView, QueueSummary};
+use crate::snapshot::NetnsView;
 
 /// Gauge or counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,11 +199,6 @@ impl Families {
 
 fn render_netns(f: &mut Families, view: &NetnsView) {
     let netns = view.netns.as_str();
-    let queues: HashMap<ListenKey, &QueueSummary> = view
-        .connections
-        .iter()
-        .flat_map(|c| c.queues.iter().map(|q| (q.key(), q)))
-        .collect();
     if let Some(ls) = &view.listeners {
         for l in &ls.listeners {
             let (family, address, port) =
@@ -215,7 +210,6 @@ fn render_netns(f: &mut Families, view: &NetnsView) {
                 ("address", &address),
                 ("port", &port),
             ];
-            let per_address = labels.clone();
             if let Some(m) = &member {
                 labels.push(("member", m));
             }
@@ -226,19 +220,35 @@ fn render_netns(f: &mut Families, view: &NetnsView) {
             if let Some(d) = l.drops {
                 f.push(&LISTEN_DROPS, &labels, d as f64);
             }
-            // Figures the kernel keeps per address rather than per socket go
-            // out once per address, on the group's first member.
-            if l.member.is_none_or(|m| m == 0) {
-                if let Some(q) = queues.get(&l.key()) {
-                    f.push(&ACCEPT_QUEUE_BYTES, &per_address, q.queued_bytes as f64);
-                    f.push(
-                        &ACCEPT_QUEUE_OLDEST,
-                        &per_address,
-                        q.oldest_seconds.unwrap_or(0.0),
-                    );
-                    f.push(&SYN_QUEUE_LENGTH, &per_address, q.syn_queue_length as f64);
-                }
+        }
+    }
+    // Figures the kernel keeps per address rather than per socket come from
+    // the connection tier, once per address. While the listener tier runs,
+    // only addresses it still sees are rendered, so a listener closed since
+    // the last connection sample leaves no series behind.
+    let live: Option<HashSet<ListenKey>> = view
+        .listeners
+        .as_ref()
+        .map(|ls| ls.listeners.iter().map(|l| l.key()).collect());
+    if let Some(c) = &view.connections {
+        for q in &c.queues {
+            if live.as_ref().is_some_and(|live| !live.contains(&q.key())) {
+                continue;
             }
+            let (address, port) = (q.address.to_string(), q.port.to_string());
+            let labels = [
+                ("netns", netns),
+                ("family", q.family.as_str()),
+                ("address", address.as_str()),
+                ("port", port.as_str()),
+            ];
+            f.push(&ACCEPT_QUEUE_BYTES, &labels, q.queued_bytes as f64);
+            f.push(
+                &ACCEPT_QUEUE_OLDEST,
+                &labels,
+                q.oldest_seconds.unwrap_or(0.0),
+            );
+            f.push(&SYN_QUEUE_LENGTH, &labels, q.syn_queue_length as f64);
         }
     }
     if let Some(c) = &view.connections {
