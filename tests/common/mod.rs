@@ -383,7 +383,7 @@ impl SsSocket {
 }
 
 /// Parses `ss -tan` style lines (state first). Addresses like `[::ffff:127.0.0.1]:80`,
-/// `[::]:80`, `127.0.0.1:80`, `*:80` are understood.
+/// `[::]:80`, `127.0.0.1:80`, `*:80` (dual-stack `::`) are understood.
 pub fn parse_ss(lines: &[String]) -> Vec<SsSocket> {
     lines
         .iter()
@@ -413,7 +413,8 @@ fn parse_ss_addr(text: &str) -> Option<SocketAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = host.split('%').next()?;
     let ip: std::net::IpAddr = match host {
-        "*" | "0.0.0.0" => "0.0.0.0".parse().ok()?,
+        // ss prints a dual-stack `::` listener as `*`.
+        "*" => "::".parse().ok()?,
         h => h.parse().ok()?,
     };
     Some(SocketAddr::new(ip, port))
