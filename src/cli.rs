@@ -207,6 +207,15 @@ impl CollectorFlags {
 }
 
 /// Parses `500ms`, `15s`, `2m`, `1h` (one number, one unit).
+///
+/// ```
+/// use std::time::Duration;
+/// use sockdiag_exporter::cli::parse_duration;
+///
+/// assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+/// assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+/// assert!(parse_duration("15").is_err(), "a bare number is ambiguous");
+/// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text

@@ -142,6 +142,15 @@ impl DumpRequest<'_> {
 /// `no` field, and `JMP(yes=4, no=distance to end)`: a match reaches the JMP
 /// and accepts; a miss moves to the next block; the last block's miss
 /// overshoots the end and rejects.
+///
+/// ```
+/// let program = sockdiag_exporter::diag::request::port_filter(&[80, 443]);
+/// assert_eq!(program.len(), 2 * 12);
+/// // First block: S_EQ (code 11) jumping 8 bytes on a match, 12 on a miss.
+/// assert_eq!(&program[..4], &[11, 8, 12, 0]);
+/// // The last block's miss overshoots the end (12 + 4): the socket is rejected.
+/// assert_eq!(u16::from_ne_bytes([program[14], program[15]]), 16);
+/// ```
 pub fn port_filter(ports: &[u16]) -> Vec<u8> {
     const BLOCK: usize = 3 * BC_OP_LEN;
     let total = ports.len() * BLOCK;
