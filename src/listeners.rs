@@ -1,11 +1,19 @@
-//! The fast listener tier's memory: accept-queue peaks over a window and the
-//! time each queue was seen full, carried from one listener dump to the next.
+//! The fast listener tier's memory: accept-queue peaks over a window, the
+//! time each queue was seen full, drop counters, and stable member numbers
+//! for `SO_REUSEPORT` groups, carried from one listener dump to the next.
 //!
 //! State is kept per socket cookie, so a listener that is closed and opened
-//! again starts afresh (its counter resets, as Prometheus expects), and each
-//! member of a `SO_REUSEPORT` group keeps its own figures.
+//! again starts afresh (its counters reset, as Prometheus expects), and each
+//! member of a reuseport group keeps its own figures.
+//!
+//! A dump is not an atomic snapshot: the kernel resumes a multi-datagram
+//! dump by position in its hash table, so a listener added or removed
+//! meanwhile can make another one appear twice or not at all. The tracker
+//! therefore ignores repeated cookies and keeps a missing listener's state
+//! for a few samples before forgetting it, so its counters do not reset and
+//! its member number does not move over one inconsistent dump.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::aggregate::{ListenKey, ListenerRecord};
@@ -15,14 +23,25 @@ use crate::snapshot::{ListenerFigures, ListenerSample};
 /// peak ages out gradually instead of all at once.
 const PEAK_BUCKETS: u32 = 6;
 
+/// Samples a listener may be missing from before its state is dropped.
+const MISSES_TOLERATED: u32 = 2;
+
 struct Tracked {
+    key: ListenKey,
+    /// Stable position in its reuseport group.
+    slot: u32,
     /// (bucket start, max length seen in it), oldest first.
     buckets: VecDeque<(Instant, u32)>,
     full_seconds: f64,
+    /// Last raw `sk_drops` (a wrapping 32-bit counter) and the 64-bit total
+    /// built from its increments.
+    drops_raw: Option<u32>,
+    drops_total: u64,
     last_seen: Instant,
+    misses: u32,
 }
 
-/// Tracks peaks and full time across listener samples.
+/// Tracks peaks, full time, drops and member slots across listener samples.
 pub struct ListenerTracker {
     peak_window: Duration,
     bucket: Duration,
@@ -31,6 +50,8 @@ pub struct ListenerTracker {
     /// full once.
     max_gap: Duration,
     tracked: HashMap<u64, Tracked>,
+    /// Slots taken in each reuseport group.
+    slots: HashMap<ListenKey, BTreeSet<u32>>,
 }
 
 impl ListenerTracker {
@@ -42,35 +63,79 @@ impl ListenerTracker {
             bucket,
             max_gap: (interval * 2).max(Duration::from_secs(1)),
             tracked: HashMap::new(),
+            slots: HashMap::new(),
+        }
+    }
+
+    fn take_slot(&mut self, key: ListenKey) -> u32 {
+        let used = self.slots.entry(key).or_default();
+        let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+        used.insert(slot);
+        slot
+    }
+
+    fn free_slot(&mut self, key: ListenKey, slot: u32) {
+        if let Some(used) = self.slots.get_mut(&key) {
+            used.remove(&slot);
+            if used.is_empty() {
+                self.slots.remove(&key);
+            }
         }
     }
 
     /// Folds one listener dump into the tracked state and returns the
-    /// figures to publish. Listeners missing from `records` are forgotten.
+    /// figures to publish.
     pub fn update(
         &mut self,
         now: Instant,
         wall: SystemTime,
         records: &[ListenerRecord],
     ) -> ListenerSample {
+        let mut seen = HashSet::with_capacity(records.len());
         let mut figures = Vec::with_capacity(records.len());
         for r in records {
-            let t = self.tracked.entry(r.cookie).or_insert_with(|| Tracked {
-                buckets: VecDeque::with_capacity(PEAK_BUCKETS as usize + 1),
-                full_seconds: 0.0,
-                last_seen: now,
-            });
+            if !seen.insert(r.cookie) {
+                continue;
+            }
+            if !self.tracked.contains_key(&r.cookie) {
+                let slot = self.take_slot(r.key);
+                self.tracked.insert(
+                    r.cookie,
+                    Tracked {
+                        key: r.key,
+                        slot,
+                        buckets: VecDeque::with_capacity(PEAK_BUCKETS as usize + 1),
+                        full_seconds: 0.0,
+                        drops_raw: None,
+                        drops_total: 0,
+                        last_seen: now,
+                        misses: 0,
+                    },
+                );
+            }
+            let Some(t) = self.tracked.get_mut(&r.cookie) else {
+                continue;
+            };
             if r.length > r.limit {
                 let gap = now.saturating_duration_since(t.last_seen).min(self.max_gap);
                 t.full_seconds += gap.as_secs_f64();
             }
             t.last_seen = now;
+            t.misses = 0;
+            if let Some(raw) = r.drops {
+                t.drops_total += match t.drops_raw {
+                    Some(prev) => u64::from(raw.wrapping_sub(prev)),
+                    None => u64::from(raw),
+                };
+                t.drops_raw = Some(raw);
+            }
             match t.buckets.back_mut() {
                 Some((start, max)) if now.saturating_duration_since(*start) < self.bucket => {
                     *max = (*max).max(r.length);
                 }
                 _ => t.buckets.push_back((now, r.length)),
             }
+            // A bucket leaves once all of it is older than the window.
             while let Some((start, _)) = t.buckets.front() {
                 if now.saturating_duration_since(*start) >= self.peak_window + self.bucket {
                     t.buckets.pop_front();
@@ -83,30 +148,44 @@ impl ListenerTracker {
                 family: r.key.family(),
                 address: r.key.addr.ip(),
                 port: r.key.port,
-                member: None,
+                member: Some(t.slot),
                 cookie: r.cookie,
                 inode: r.inode,
                 uid: r.uid,
                 queue_length: r.length,
                 queue_limit: r.limit,
-                peak_length: peak,
-                full_seconds: t.full_seconds,
-                drops: r.drops.map(u64::from),
+                peak_length: Some(peak),
+                full_seconds: Some(t.full_seconds),
+                drops: t.drops_raw.map(|_| t.drops_total),
             });
         }
-        self.tracked.retain(|_, t| t.last_seen == now);
+        let mut gone = Vec::new();
+        for (cookie, t) in self.tracked.iter_mut() {
+            if !seen.contains(cookie) {
+                t.misses += 1;
+                if t.misses > MISSES_TOLERATED {
+                    gone.push(*cookie);
+                }
+            }
+        }
+        for cookie in gone {
+            if let Some(t) = self.tracked.remove(&cookie) {
+                self.free_slot(t.key, t.slot);
+            }
+        }
         ListenerSample {
             taken_at: wall,
-            listeners: number_members(figures),
+            listeners: label_members(figures),
         }
     }
 }
 
-/// Sorts listeners and numbers the members of each `SO_REUSEPORT` group by
-/// cookie (oldest socket first), so one stuck member shows as its own series
-/// while a lone listener keeps exactly the contract's labels.
-pub fn number_members(mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures> {
-    figures.sort_unstable_by_key(|f| (f.key(), f.cookie));
+/// Sorts listeners and keeps the `member` number only where several sockets
+/// share an address and port, so one stuck member of a `SO_REUSEPORT` group
+/// shows as its own series while a lone listener keeps exactly the
+/// contract's labels.
+fn label_members(mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures> {
+    figures.sort_unstable_by_key(|f| (f.key(), f.member));
     let mut start = 0;
     while start < figures.len() {
         let key: ListenKey = figures[start].key();
@@ -114,10 +193,8 @@ pub fn number_members(mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures>
             .iter()
             .position(|f| f.key() != key)
             .map_or(figures.len(), |n| start + n);
-        if end - start > 1 {
-            for (i, f) in figures[start..end].iter_mut().enumerate() {
-                f.member = Some(i as u32);
-            }
+        if end - start == 1 {
+            figures[start].member = None;
         }
         start = end;
     }
@@ -144,103 +221,143 @@ mod tests {
         }
     }
 
+    fn tracker() -> ListenerTracker {
+        ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200))
+    }
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
     #[test]
     fn peak_holds_for_the_window_then_ages_out() {
-        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
-        let t0 = Instant::now();
-        let wall = SystemTime::now();
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
         t.update(t0, wall, &[listener(1, 80, 7, 10)]);
-        let s = t.update(
-            t0 + Duration::from_secs(30),
-            wall,
-            &[listener(1, 80, 0, 10)],
+        let s = t.update(at(t0, 30_000), wall, &[listener(1, 80, 0, 10)]);
+        assert_eq!(s.listeners[0].peak_length, Some(7));
+        let s = t.update(at(t0, 75_000), wall, &[listener(1, 80, 2, 10)]);
+        assert_eq!(
+            s.listeners[0].peak_length,
+            Some(2),
+            "the burst left the window"
         );
-        assert_eq!(s.listeners[0].peak_length, 7);
-        let s = t.update(
-            t0 + Duration::from_secs(75),
-            wall,
-            &[listener(1, 80, 2, 10)],
-        );
-        assert_eq!(s.listeners[0].peak_length, 2, "the burst left the window");
     }
 
     #[test]
     fn full_time_counts_gaps_while_full_and_caps_stalls() {
-        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
-        let t0 = Instant::now();
-        let wall = SystemTime::now();
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let full = |s: &ListenerSample| s.listeners[0].full_seconds.unwrap();
         let s = t.update(t0, wall, &[listener(1, 80, 11, 10)]);
-        assert_eq!(
-            s.listeners[0].full_seconds, 0.0,
-            "no evidence of duration yet"
-        );
-        let s = t.update(
-            t0 + Duration::from_millis(200),
-            wall,
-            &[listener(1, 80, 11, 10)],
-        );
-        assert!((s.listeners[0].full_seconds - 0.2).abs() < 1e-9);
-        let s = t.update(
-            t0 + Duration::from_millis(400),
-            wall,
-            &[listener(1, 80, 10, 10)],
-        );
-        assert!(
-            (s.listeners[0].full_seconds - 0.2).abs() < 1e-9,
-            "length == limit is not full"
-        );
+        assert_eq!(full(&s), 0.0, "no evidence of duration yet");
+        let s = t.update(at(t0, 200), wall, &[listener(1, 80, 11, 10)]);
+        assert!((full(&s) - 0.2).abs() < 1e-9);
+        let s = t.update(at(t0, 400), wall, &[listener(1, 80, 10, 10)]);
+        assert!((full(&s) - 0.2).abs() < 1e-9, "length == limit is not full");
         // A 30 s stall counts at most the cap (1 s here).
-        let s = t.update(
-            t0 + Duration::from_secs(30),
-            wall,
-            &[listener(1, 80, 11, 10)],
-        );
-        assert!((s.listeners[0].full_seconds - 1.2).abs() < 1e-9);
+        let s = t.update(at(t0, 30_000), wall, &[listener(1, 80, 11, 10)]);
+        assert!((full(&s) - 1.2).abs() < 1e-9);
     }
 
     #[test]
     fn a_replaced_socket_starts_afresh() {
-        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
-        let t0 = Instant::now();
-        let wall = SystemTime::now();
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
         t.update(t0, wall, &[listener(1, 80, 11, 10)]);
-        t.update(
-            t0 + Duration::from_millis(200),
-            wall,
-            &[listener(1, 80, 11, 10)],
-        );
-        let s = t.update(
-            t0 + Duration::from_millis(400),
-            wall,
-            &[listener(2, 80, 0, 10)],
-        );
+        t.update(at(t0, 200), wall, &[listener(1, 80, 11, 10)]);
+        let s = t.update(at(t0, 400), wall, &[listener(2, 80, 0, 10)]);
+        assert_eq!(s.listeners.len(), 1, "the missing socket is not published");
         assert_eq!(
             (s.listeners[0].full_seconds, s.listeners[0].peak_length),
-            (0.0, 0)
+            (Some(0.0), Some(0))
         );
-        assert_eq!(t.tracked.len(), 1, "the closed socket is forgotten");
+        for i in 1..=3 {
+            t.update(at(t0, 400 + 200 * i), wall, &[listener(2, 80, 0, 10)]);
+        }
+        assert_eq!(
+            t.tracked.len(),
+            1,
+            "the closed socket is forgotten after its grace"
+        );
+    }
+
+    /// Regression: a dump racing with socket churn can repeat one listener
+    /// and skip another. Neither may reset counters or move member numbers.
+    #[test]
+    fn an_inconsistent_dump_neither_resets_nor_renumbers() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let group = |ls: &[(u64, u32)]| {
+            ls.iter()
+                .map(|&(c, len)| listener(c, 80, len, 10))
+                .collect::<Vec<_>>()
+        };
+        t.update(t0, wall, &group(&[(1, 11), (2, 0), (3, 0)]));
+        t.update(at(t0, 200), wall, &group(&[(1, 11), (2, 0), (3, 0)]));
+        // Cookie 1 is skipped and cookie 3 repeated.
+        let s = t.update(at(t0, 400), wall, &group(&[(2, 0), (3, 0), (3, 0)]));
+        let got: Vec<_> = s.listeners.iter().map(|l| (l.cookie, l.member)).collect();
+        assert_eq!(got, vec![(2, Some(1)), (3, Some(2))]);
+        let s = t.update(at(t0, 600), wall, &group(&[(1, 11), (2, 0), (3, 0)]));
+        let one = s.listeners.iter().find(|l| l.cookie == 1).unwrap();
+        assert_eq!(one.member, Some(0), "kept its slot");
+        assert!(
+            (one.full_seconds.unwrap() - 0.6).abs() < 1e-9,
+            "kept and extended its full time"
+        );
     }
 
     #[test]
-    fn reuseport_members_are_numbered_by_cookie_and_loners_are_not() {
-        let mut t = ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200));
+    fn member_slots_are_sticky_and_loners_have_none() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let members = |s: &ListenerSample| {
+            s.listeners
+                .iter()
+                .map(|l| (l.port, l.cookie, l.member))
+                .collect::<Vec<_>>()
+        };
         let s = t.update(
-            Instant::now(),
-            SystemTime::now(),
+            t0,
+            wall,
             &[
                 listener(9, 80, 0, 10),
                 listener(3, 80, 11, 10),
                 listener(5, 443, 0, 10),
             ],
         );
-        let got: Vec<_> = s
-            .listeners
-            .iter()
-            .map(|l| (l.port, l.cookie, l.member))
-            .collect();
         assert_eq!(
-            got,
-            vec![(80, 3, Some(0)), (80, 9, Some(1)), (443, 5, None)]
+            members(&s),
+            vec![(80, 9, Some(0)), (80, 3, Some(1)), (443, 5, None)]
         );
+        // Member 0 leaves for good and a new socket joins: the survivor keeps
+        // slot 1 and the newcomer takes the free slot 0.
+        for i in 1..=3 {
+            t.update(
+                at(t0, 200 * i),
+                wall,
+                &[listener(3, 80, 11, 10), listener(5, 443, 0, 10)],
+            );
+        }
+        let s = t.update(
+            at(t0, 800),
+            wall,
+            &[listener(3, 80, 11, 10), listener(7, 80, 0, 10)],
+        );
+        assert_eq!(members(&s), vec![(80, 7, Some(0)), (80, 3, Some(1))]);
+    }
+
+    #[test]
+    fn drop_counter_survives_the_kernels_32_bit_wrap() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let with_drops = |d: u32| ListenerRecord {
+            drops: Some(d),
+            ..listener(1, 80, 0, 10)
+        };
+        t.update(t0, wall, &[with_drops(u32::MAX - 1)]);
+        let s = t.update(at(t0, 200), wall, &[with_drops(3)]);
+        assert_eq!(s.listeners[0].drops, Some(u64::from(u32::MAX) + 4));
     }
 }

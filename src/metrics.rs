@@ -215,8 +215,12 @@ fn render_netns(f: &mut Families, view: &NetnsView) {
             }
             f.push(&ACCEPT_QUEUE_LENGTH, &labels, f64::from(l.queue_length));
             f.push(&ACCEPT_QUEUE_LIMIT, &labels, f64::from(l.queue_limit));
-            f.push(&ACCEPT_QUEUE_PEAK, &labels, f64::from(l.peak_length));
-            f.push(&ACCEPT_QUEUE_FULL_SECONDS, &labels, l.full_seconds);
+            if let Some(peak) = l.peak_length {
+                f.push(&ACCEPT_QUEUE_PEAK, &labels, f64::from(peak));
+            }
+            if let Some(full) = l.full_seconds {
+                f.push(&ACCEPT_QUEUE_FULL_SECONDS, &labels, full);
+            }
             if let Some(d) = l.drops {
                 f.push(&LISTEN_DROPS, &labels, d as f64);
             }

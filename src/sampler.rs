@@ -442,43 +442,36 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
         ..NetnsView::default()
     };
     let mut errors = Vec::new();
-    let mut socket = match DiagSocket::open() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            if config.listeners {
-                errors.push((LISTENERS, e.to_string()));
-            }
-            if config.connections {
-                errors.push((CONNECTIONS, e.to_string()));
-            }
-            None
-        }
-    };
-    if let Some(socket) = socket.as_mut() {
-        if config.listeners {
-            let mut records = Vec::new();
-            match dump_listeners(socket, true, &mut records) {
-                Ok(()) => {
-                    let mut tracker =
-                        ListenerTracker::new(config.peak_window, config.listener_interval);
-                    view.listeners = Some(Arc::new(tracker.update(
-                        Instant::now(),
-                        SystemTime::now(),
-                        &records,
-                    )));
+    // Each collector gets a fresh socket: after a failed dump the kernel may
+    // still be dumping on the old one and would refuse the next request.
+    if config.listeners {
+        let mut records = Vec::new();
+        match DiagSocket::open().and_then(|mut s| dump_listeners(&mut s, true, &mut records)) {
+            Ok(()) => {
+                let mut tracker =
+                    ListenerTracker::new(config.peak_window, config.listener_interval);
+                let mut sample = tracker.update(Instant::now(), SystemTime::now(), &records);
+                // One look cannot know a peak or how long a queue was full.
+                for l in &mut sample.listeners {
+                    l.peak_length = None;
+                    l.full_seconds = None;
                 }
-                Err(e) => errors.push((LISTENERS, e.to_string())),
+                view.listeners = Some(Arc::new(sample));
             }
+            Err(e) => errors.push((LISTENERS, e.to_string())),
         }
-        if config.connections {
-            match sample_connections(
-                socket,
+    }
+    if config.connections {
+        let sample = DiagSocket::open().and_then(|mut s| {
+            sample_connections(
+                &mut s,
                 &mut ConnectionWork::default(),
                 config.max_client_ports,
-            ) {
-                Ok(sample) => view.connections = Some(Arc::new(sample)),
-                Err(e) => errors.push((CONNECTIONS, e.to_string())),
-            }
+            )
+        });
+        match sample {
+            Ok(sample) => view.connections = Some(Arc::new(sample)),
+            Err(e) => errors.push((CONNECTIONS, e.to_string())),
         }
     }
     if config.netstat {

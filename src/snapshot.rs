@@ -20,8 +20,9 @@ pub struct ListenerFigures {
     pub address: IpAddr,
     /// Local port.
     pub port: u16,
-    /// Position in its `SO_REUSEPORT` group (by socket cookie, oldest first);
-    /// `None` when the socket is alone on its address and port.
+    /// Stable slot in its `SO_REUSEPORT` group: the lowest free slot when
+    /// the socket was first seen, kept while it lives; `None` when the socket
+    /// is alone on its address and port.
     pub member: Option<u32>,
     /// Socket cookie.
     pub cookie: u64,
@@ -33,12 +34,14 @@ pub struct ListenerFigures {
     pub queue_length: u32,
     /// Effective backlog; the queue is full when length > limit.
     pub queue_limit: u32,
-    /// Highest length over the peak window.
-    pub peak_length: u32,
-    /// Seconds during which sampling saw the queue full.
-    pub full_seconds: f64,
-    /// The socket's drop counter (`sk_drops`); `None` if the kernel did not
-    /// send it.
+    /// Highest length over the peak window; `None` from a one-off sample,
+    /// which cannot know it.
+    pub peak_length: Option<u32>,
+    /// Seconds during which sampling saw the queue full; `None` from a
+    /// one-off sample.
+    pub full_seconds: Option<f64>,
+    /// The socket's drop counter (`sk_drops`, widened past its 32-bit wrap);
+    /// `None` if the kernel did not send it.
     pub drops: Option<u64>,
 }
 

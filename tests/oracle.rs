@@ -1031,8 +1031,9 @@ struct OurListener {
     family: String,
     length: u64,
     limit: u64,
-    peak: u64,
-    full_seconds: f64,
+    /// `None` where the view does not claim one (a one-off snapshot).
+    peak: Option<u64>,
+    full_seconds: Option<f64>,
     drops: Option<u64>,
     /// JSON only.
     inode: Option<u64>,
@@ -1098,8 +1099,8 @@ fn from_json(doc: &Value, report: &mut Report) -> Ours {
             family: json_str(l, "family").to_string(),
             length: json_u64(l, "queue_length"),
             limit: json_u64(l, "queue_limit"),
-            peak: json_u64(l, "peak_length"),
-            full_seconds: l["full_seconds"].as_f64().expect("JSON full_seconds"),
+            peak: l["peak_length"].as_u64(),
+            full_seconds: l["full_seconds"].as_f64(),
             drops: l["drops"].as_u64(),
             inode: Some(json_u64(l, "inode")),
             cookie: Some(json_u64(l, "cookie")),
@@ -1258,8 +1259,8 @@ fn from_metrics(m: &Metrics, report: &mut Report) -> Ours {
                 family: family.clone(),
                 length: as_count(*length, "accept_queue_length"),
                 limit: as_count(value(PER_SOCKET[1]).unwrap_or(0.0), "limit"),
-                peak: as_count(value(PER_SOCKET[2]).unwrap_or(0.0), "peak"),
-                full_seconds: value(PER_SOCKET[3]).unwrap_or(-1.0),
+                peak: value(PER_SOCKET[2]).map(|v| as_count(v, "peak")),
+                full_seconds: value(PER_SOCKET[3]),
                 drops: value(PER_SOCKET[4]).map(|v| as_count(v, "drops")),
                 inode: None,
                 cookie: None,
@@ -1436,9 +1437,19 @@ fn compare(report: &mut Report, ours: &Ours, oracle: &Oracle, fresh: bool) {
         report.eq(format!("{at} family"), o.family.as_str(), family(&id.0));
         report.eq(format!("{at} queue length"), o.length, ss.length);
         report.eq(format!("{at} queue limit"), o.limit, ss.limit);
-        // The mix was static before either view started sampling it, so
-        // the peak over the window is the length now.
-        report.eq(format!("{at} peak length"), o.peak, ss.length);
+        // A one-off sample cannot know a peak or a duration and must not
+        // claim one; the daemon saw a mix that was static before it started,
+        // so its peak over the window is the length now.
+        if fresh {
+            report.eq(format!("{at} peak of a one-off sample"), o.peak, None);
+            report.eq(
+                format!("{at} full seconds of a one-off sample"),
+                o.full_seconds,
+                None,
+            );
+        } else {
+            report.eq(format!("{at} peak length"), o.peak, Some(ss.length));
+        }
         match o.drops {
             Some(d) => report.within(format!("{at} drops"), d, ss.drops_before, ss.drops_after),
             None => report.fail(format!(
@@ -1447,15 +1458,11 @@ fn compare(report: &mut Report, ours: &Ours, oracle: &Oracle, fresh: bool) {
             )),
         }
         if fresh {
-            report.eq(
-                format!("{at} full seconds of a fresh tracker"),
-                o.full_seconds,
-                0.0,
-            );
+            // Checked above.
         } else if ss.length > ss.limit {
-            if o.full_seconds <= 0.0 {
+            if !o.full_seconds.is_some_and(|f| f > 0.0) {
                 report.fail(format!(
-                    "{at} full all along, full seconds {}",
+                    "{at} full all along, full seconds {:?}",
                     o.full_seconds
                 ));
             }
@@ -1463,7 +1470,7 @@ fn compare(report: &mut Report, ours: &Ours, oracle: &Oracle, fresh: bool) {
             report.eq(
                 format!("{at} full seconds of a queue never full"),
                 o.full_seconds,
-                0.0,
+                Some(0.0),
             );
         }
         if let Some(inode) = o.inode {
