@@ -49,11 +49,11 @@ pub struct Cli {
 
     /// Time a client has to send its request headers, and a request to be
     /// answered; idle or slow clients are disconnected after it.
-    #[arg(long = "web.request-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "web.request-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 
     /// Time allowed on SIGTERM/SIGINT for requests in flight to finish.
-    #[arg(long = "web.shutdown-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "web.shutdown-timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
     pub shutdown_timeout: Duration,
 
     /// Log level: error, warn, info, debug.
@@ -65,9 +65,11 @@ pub struct Cli {
     )]
     pub log_level: LogLevel,
 
+    /// Which collectors run, and how often.
     #[command(flatten)]
     pub collectors: CollectorFlags,
 
+    /// `snapshot`, or none to run the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -258,6 +260,18 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
 
 /// A telemetry path: a plain URL path that does not shadow `/` or
 /// `/healthz` (the router would refuse a clash at start-up).
+/// An HTTP timeout: between 100 ms (less cannot carry a request) and one
+/// hour (more would let a client hold a connection slot indefinitely).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{text:?} is out of range: timeouts must be between 100ms and 1h"
+        ));
+    }
+    Ok(d)
+}
+
 fn parse_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.len() < 2 {
         return Err(format!(
@@ -367,6 +381,9 @@ mod tests {
         assert!(parse_interval("9ms").is_err());
         assert!(parse_interval("25h").is_err());
         assert!(parse_interval("10ms").is_ok());
+        assert!(parse_timeout("3000000000000000h").is_err());
+        assert!(parse_timeout("50ms").is_err());
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
     }
 
     #[test]

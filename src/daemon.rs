@@ -65,7 +65,7 @@ fn bind(text: &str) -> Result<std::net::TcpListener> {
         resolve_listen_address(text).map_err(|e| anyhow::anyhow!("--web.listen-address {e}"))?;
     let mut last: Option<(SocketAddr, io::Error)> = None;
     for addr in candidates {
-        match std::net::TcpListener::bind(addr) {
+        match bind_one(addr) {
             Ok(l) => return Ok(l),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 bail!(
@@ -79,6 +79,26 @@ fn bind(text: &str) -> Result<std::net::TcpListener> {
         Some((addr, e)) => bail!("cannot listen on {addr} (--web.listen-address {text}): {e}"),
         None => bail!("--web.listen-address {text}: no address to listen on"),
     }
+}
+
+/// A non-blocking listening socket on `addr`. The IPv6 wildcard is made
+/// dual-stack explicitly, so `:PORT` also takes IPv4 scrapes on hosts where
+/// `net.ipv6.bindv6only` is 1.
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+    }
+    // Lets a restarted daemon bind while its old connections linger in
+    // TIME-WAIT; it does not allow two live listeners on one port.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn daemon(cli: &Cli) -> Result<ExitCode> {
@@ -97,9 +117,6 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         bail!("every collector is disabled: nothing to export");
     }
     let listener = bind(&cli.listen_address)?;
-    listener
-        .set_nonblocking(true)
-        .context("setting the HTTP socket non-blocking")?;
     let local = listener
         .local_addr()
         .context("reading the HTTP socket's address")?;

@@ -6,6 +6,8 @@
 //! runs the sampling tiers and publishes immutable [`snapshot`]s, and
 //! [`metrics`], [`report`] and [`server`] render those.
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 pub mod cli;
 pub mod daemon;

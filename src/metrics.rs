@@ -80,7 +80,7 @@ defs! {
     ACCEPT_QUEUE_LIMIT = "sockdiag_accept_queue_limit", Gauge, SOCKET,
         "Effective accept-queue limit: min(listen() backlog, net.core.somaxconn). The queue is full when length > limit; raise the backlog or accept faster.";
     ACCEPT_QUEUE_PEAK = "sockdiag_accept_queue_peak_length", Gauge, SOCKET,
-        "Highest accept-queue length seen by fast listener sampling over the peak window (--collector.listeners.peak-window); shows bursts shorter than the scrape interval. Scrapes do not reset it.";
+        "Highest accept-queue length seen by fast listener sampling over the peak window (--collector.listeners.peak-window, kept in six steps, so a peak leaves between one window and 7/6 of a window later); shows bursts shorter than the scrape interval. Scrapes do not reset it.";
     ACCEPT_QUEUE_FULL_SECONDS = "sockdiag_accept_queue_full_seconds_total", Counter, SOCKET,
         "Seconds during which listener sampling saw the accept queue full (length > limit); while it grows, new connections to this listener are being dropped.";
     ACCEPT_QUEUE_BYTES = "sockdiag_accept_queue_bytes", Gauge, ADDRESS,

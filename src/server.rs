@@ -17,7 +17,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -25,9 +24,11 @@ use tokio::sync::Semaphore;
 use crate::metrics::Exposition;
 use crate::sampler::{Store, count_rejected};
 
-/// Longest life of one HTTP connection, whatever it does: a client that
-/// reads its response slower than we write it cannot hold a slot forever.
-const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest life of one HTTP connection. Past it the connection is shut down
+/// gracefully (a response in flight finishes, with `Connection: close`), so
+/// a client that reads slower than we write cannot hold a slot for long,
+/// and Prometheus simply reconnects.
+const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 /// The most bytes of request line and headers a client may send; longer
 /// requests get 431 or a closed connection.
@@ -186,7 +187,7 @@ pub async fn serve(
         telemetry_path: config.telemetry_path.clone(),
     });
     let connections = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut refused = 0u64;
     loop {
@@ -218,23 +219,46 @@ pub async fn serve(
             // default; a scrape request needs well under 1 KiB.
             .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let mut stopping = stopping.clone();
+        let grace = config.request_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(MAX_CONNECTION_LIFETIME, connection).await {
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error")
+            tokio::pin!(connection);
+            let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
+            tokio::pin!(lifetime);
+            let finished = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                () = &mut lifetime => None,
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let result = match finished {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(grace, connection.as_mut()).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::debug!(%peer, "HTTP connection did not finish in time; closed");
+                            return;
+                        }
+                    }
                 }
-                Err(_) => tracing::debug!(%peer, "HTTP connection reached its maximum lifetime"),
-                Ok(Ok(())) => {}
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
         });
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("HTTP server stopped"),
-        () = tokio::time::sleep(config.shutdown_timeout) => {
-            tracing::warn!(timeout = ?config.shutdown_timeout, "requests still in flight at shutdown deadline; closing them");
-        }
+    // Ask every connection to finish, then wait until all have returned
+    // their permit, or the deadline passes.
+    let _ = stop.send(true);
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(config.shutdown_timeout, connections.acquire_many(all)).await {
+        Ok(_) => tracing::info!("HTTP server stopped"),
+        Err(_) => tracing::warn!(
+            timeout = ?config.shutdown_timeout,
+            "requests still in flight at shutdown deadline; closing them"
+        ),
     }
 }

@@ -1220,3 +1220,43 @@ fn netlink_dump_works_and_kernel_error_reply_is_an_error() {
         },
     );
 }
+
+/// `:PORT` means every address, IPv4 included, even where the host makes
+/// IPv6 sockets v6-only by default (`net.ipv6.bindv6only=1`, per namespace).
+#[test]
+fn port_only_listen_address_serves_ipv4_and_ipv6_despite_bindv6only() {
+    in_netns(
+        "port_only_listen_address_serves_ipv4_and_ipv6_despite_bindv6only",
+        || {
+            std::fs::write("/proc/sys/net/ipv6/bindv6only", "1")
+                .expect("setting bindv6only in our namespace");
+            let port = free_port();
+            let mut child = Command::new(exporter_bin())
+                .args(["--web.listen-address", &format!(":{port}")])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting the daemon");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut answered = Vec::new();
+            for addr in [
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            ] {
+                loop {
+                    match http_get(addr, "/healthz") {
+                        Ok((status, _)) => {
+                            answered.push((addr, status));
+                            break;
+                        }
+                        Err(e) if Instant::now() > deadline => panic!("{addr}: {e}"),
+                        Err(_) => std::thread::sleep(Duration::from_millis(25)),
+                    }
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(answered.len(), 2, "{answered:?}");
+        },
+    );
+}

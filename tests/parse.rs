@@ -313,6 +313,20 @@ fn kernel_errors_interrupted_dumps_and_foreign_messages() {
         })
     );
 
+    // A positive status is no errno: the message is damaged.
+    let mut positive = err.clone();
+    positive[16..20].copy_from_slice(&5i32.to_ne_bytes());
+    assert!(matches!(
+        parse_datagram(&positive, seq, |_| {}),
+        Err(ParseError::Malformed { .. })
+    ));
+    let mut min = done.clone();
+    min[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+    assert!(matches!(
+        parse_datagram(&min, seq, |_| {}),
+        Err(ParseError::Malformed { .. })
+    ));
+
     // NLM_F_DUMP_INTR on a reply.
     let mut intr = msgs[0].clone();
     intr[6] |= 0x10;

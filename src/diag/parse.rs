@@ -162,9 +162,9 @@ where
             NLMSG_NOOP => {}
             NLMSG_ERROR => {
                 let code = error_code(payload, offset)?;
-                // An error message with code 0 is an acknowledgement.
+                // Code 0 is an acknowledgement; errors are negative errnos.
                 if code != 0 {
-                    return Err(ParseError::Kernel { errno: -code });
+                    return Err(kernel_error(code, offset));
                 }
             }
             NLMSG_DONE => {
@@ -172,8 +172,8 @@ where
                 // bare DONE without it is a success.
                 if payload.len() >= 4 {
                     let code = read_u32(payload, 0) as i32;
-                    if code < 0 {
-                        return Err(ParseError::Kernel { errno: -code });
+                    if code != 0 {
+                        return Err(kernel_error(code, offset));
                     }
                 }
                 summary.done = true;
@@ -192,6 +192,18 @@ where
         offset = next;
     }
     Ok(summary)
+}
+
+/// The error a non-zero status code stands for: a negative errno, or, for
+/// anything else, a damaged message.
+fn kernel_error(code: i32, offset: usize) -> ParseError {
+    match code.checked_neg() {
+        Some(errno) if errno > 0 => ParseError::Kernel { errno },
+        _ => ParseError::Malformed {
+            offset,
+            what: "status code is not a negative errno",
+        },
+    }
 }
 
 fn error_code(payload: &[u8], offset: usize) -> Result<i32, ParseError> {

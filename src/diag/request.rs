@@ -8,6 +8,11 @@ use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, Stat
 use super::parse::{INET_DIAG_INFO, INET_DIAG_SKMEMINFO};
 use super::record::{Family, TcpState};
 
+/// A port filter with more ports than one bytecode program can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("port filter of {0} ports exceeds the {MAX_FILTER_PORTS} one request can carry")]
+pub struct TooManyPorts(pub usize);
+
 /// `NLM_F_REQUEST | NLM_F_DUMP`
 const DUMP_FLAGS: u16 = 0x01 | 0x300;
 /// `SOCK_DIAG_BY_FAMILY`
@@ -85,8 +90,9 @@ impl fmt::Display for DumpRequest<'_> {
 
 impl DumpRequest<'_> {
     /// Writes the whole netlink message (header, `inet_diag_req_v2`, optional
-    /// bytecode) into `out`, replacing its contents.
-    pub fn encode(&self, seq: u32, out: &mut Vec<u8>) {
+    /// bytecode) into `out`, replacing its contents. Fails only for a port
+    /// filter longer than [`MAX_FILTER_PORTS`].
+    pub fn encode(&self, seq: u32, out: &mut Vec<u8>) -> Result<(), TooManyPorts> {
         let mut extensions = ExtensionFlags::empty();
         if self.meminfo {
             extensions |= ExtensionFlags::SKMEMINFO;
@@ -115,9 +121,11 @@ impl DumpRequest<'_> {
         out.resize(start + body.buffer_len(), 0);
         body.emit(&mut out[start..]);
         if !self.local_ports.is_empty() {
-            let program = port_filter(self.local_ports);
-            let nla_len = 4 + program.len();
-            out.extend_from_slice(&(nla_len as u16).to_ne_bytes());
+            let program =
+                port_filter(self.local_ports).ok_or(TooManyPorts(self.local_ports.len()))?;
+            // At most MAX_FILTER_PORTS * 12 + 4 bytes: fits a u16.
+            let nla_len = (4 + program.len()) as u16;
+            out.extend_from_slice(&nla_len.to_ne_bytes());
             out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
             out.extend_from_slice(&program);
         }
@@ -127,6 +135,7 @@ impl DumpRequest<'_> {
         out[6..8].copy_from_slice(&DUMP_FLAGS.to_ne_bytes());
         out[8..12].copy_from_slice(&seq.to_ne_bytes());
         // nlmsg_pid 0: the kernel fills in our port id.
+        Ok(())
     }
 }
 
@@ -144,15 +153,22 @@ impl DumpRequest<'_> {
 /// overshoots the end and rejects.
 ///
 /// ```
-/// let program = sockdiag_exporter::diag::request::port_filter(&[80, 443]);
+/// use sockdiag_exporter::diag::request::{MAX_FILTER_PORTS, port_filter};
+///
+/// let program = port_filter(&[80, 443]).unwrap();
 /// assert_eq!(program.len(), 2 * 12);
 /// // First block: S_EQ (code 11) jumping 8 bytes on a match, 12 on a miss.
-/// assert_eq!(&program[..4], &[11, 8, 12, 0]);
+/// assert_eq!(&program[..2], &[11, 8]);
+/// assert_eq!(u16::from_ne_bytes([program[2], program[3]]), 12);
 /// // The last block's miss overshoots the end (12 + 4): the socket is rejected.
 /// assert_eq!(u16::from_ne_bytes([program[14], program[15]]), 16);
+/// assert!(port_filter(&vec![1; MAX_FILTER_PORTS + 1]).is_none());
 /// ```
-pub fn port_filter(ports: &[u16]) -> Vec<u8> {
+pub fn port_filter(ports: &[u16]) -> Option<Vec<u8>> {
     const BLOCK: usize = 3 * BC_OP_LEN;
+    if ports.len() > MAX_FILTER_PORTS {
+        return None;
+    }
     let total = ports.len() * BLOCK;
     let mut program = Vec::with_capacity(total);
     for (i, port) in ports.iter().enumerate() {
@@ -173,10 +189,11 @@ pub fn port_filter(ports: &[u16]) -> Vec<u8> {
             &mut program,
             INET_DIAG_BC_JMP,
             BC_OP_LEN as u8,
+            // Below 12 * MAX_FILTER_PORTS, so within a u16.
             (remaining - 2 * BC_OP_LEN) as u16,
         );
     }
-    program
+    Some(program)
 }
 
 fn push_op(program: &mut Vec<u8>, code: u8, yes: u8, no: u16) {

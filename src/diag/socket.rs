@@ -25,6 +25,15 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(30);
 /// A failed dump, naming the request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {
+    /// The request could not be encoded.
+    #[error("{request}: {source}")]
+    Request {
+        /// The request, described.
+        request: String,
+        /// What was wrong.
+        #[source]
+        source: super::request::TooManyPorts,
+    },
     /// The socket could not be created or bound.
     #[error("cannot open NETLINK_SOCK_DIAG socket: {0}")]
     Open(#[source] io::Error),
@@ -123,6 +132,9 @@ impl DiagSocket {
 
     /// Runs one dump, calling `on_record` for every socket while its bytes
     /// are still in the receive buffer.
+    ///
+    /// After an error the kernel may still be dumping on this socket and
+    /// would refuse a new request (`EBUSY`): open a new socket instead.
     pub fn dump<F>(
         &mut self,
         request: &DumpRequest<'_>,
@@ -157,7 +169,12 @@ impl DiagSocket {
         F: FnMut(&[u8], u32) -> Result<bool, ParseError>,
     {
         self.seq = self.seq.wrapping_add(1);
-        request.encode(self.seq, &mut self.request);
+        request
+            .encode(self.seq, &mut self.request)
+            .map_err(|source| DiagError::Request {
+                request: request.to_string(),
+                source,
+            })?;
         let sent = self
             .socket
             .send(&self.request, 0)

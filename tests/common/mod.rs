@@ -67,6 +67,11 @@ pub fn in_netns(name: &str, body: impl FnOnce()) {
     ];
     unsafe {
         cmd.pre_exec(move || {
+            // Its own process group, so whatever the test starts (daemons,
+            // helpers) can be killed with it even if the test panics first.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -119,15 +124,23 @@ fn wait_with_deadline(mut child: Child, deadline: Duration) -> std::process::Out
         v
     });
     let start = Instant::now();
+    let group = child.id() as libc::pid_t;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for the test child") {
-            break status;
+            break Some(status);
         }
         if start.elapsed() > deadline {
-            let _ = child.kill();
-            panic!("test child exceeded {deadline:?} and was killed");
+            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    // Leftovers of the test's group (a daemon it started before panicking)
+    // would hold the output pipes open forever: end them. The group holds
+    // only processes this test started.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let Some(status) = status else {
+        let _ = child.wait();
+        panic!("test child exceeded {deadline:?} and was killed");
     };
     std::process::Output {
         status,
