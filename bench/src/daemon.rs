@@ -18,6 +18,8 @@ pub struct Scrape {
     pub seconds: f64,
     pub bytes: usize,
     pub status_line: String,
+    /// Sample lines (not comments) in the body.
+    pub series: usize,
 }
 
 pub struct DaemonStats {
@@ -89,7 +91,8 @@ fn vm_hwm_bytes(pid: i32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-fn scrape_once() -> Result<Scrape, String> {
+/// One `GET /metrics` against the daemon on [`LISTEN`], timed.
+pub fn scrape_once() -> Result<Scrape, String> {
     let addr: SocketAddr = LISTEN.parse().map_err(|e| format!("{e}"))?;
     let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -105,8 +108,18 @@ fn scrape_once() -> Result<Scrape, String> {
     let status_line = String::from_utf8_lossy(body.split(|&b| b == b'\n').next().unwrap_or(&[]))
         .trim()
         .to_string();
+    let seconds = start.elapsed().as_secs_f64();
+    let series = String::from_utf8_lossy(&body)
+        .split("\r\n\r\n")
+        .nth(1)
+        .map_or(0, |b| {
+            b.lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .count()
+        });
     Ok(Scrape {
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
+        series,
         bytes: body.len(),
         status_line,
     })

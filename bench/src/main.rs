@@ -14,6 +14,7 @@ mod diag;
 mod measure;
 mod namespace;
 mod proc_util;
+mod render;
 mod report;
 mod setup;
 mod worker;
@@ -73,9 +74,17 @@ enum Cmd {
     /// every netlink collector is compared with.
     Floor,
 
+    /// Time /metrics scrapes of the real daemon holding many series: L listeners with one
+    /// queued connection each, in a private namespace.
+    Render(render::RenderOpts),
+
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
     InternalNamespace,
+
+    /// The render benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalRender(render::RenderOpts),
 
     /// Connection holder inside the private namespace (started by the coordinator).
     #[command(hide = true)]
@@ -117,6 +126,15 @@ fn main() -> ExitCode {
         None => run_outer(cli.opts),
         Some(Cmd::Floor) => diag::floor_main(),
         Some(Cmd::InternalNamespace) => setup::coordinator_main(&cli.opts),
+        Some(Cmd::Render(r)) => run_render(cli.opts, r),
+        Some(Cmd::InternalRender(r)) => {
+            let exporter = cli
+                .opts
+                .exporter
+                .clone()
+                .unwrap_or_else(default_exporter_path);
+            render::internal_main(&r, &exporter)
+        }
         Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
     };
     match result {
@@ -171,6 +189,35 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     bail!("the namespace coordinator died: {status}");
+}
+
+/// Hands `render` over to a coordinator inside a new namespace.
+fn run_render(opts: BenchOpts, render: render::RenderOpts) -> Result<ExitCode> {
+    let exporter = match opts.exporter {
+        Some(p) => std::path::absolute(&p)
+            .with_context(|| format!("resolving --exporter {}", p.display()))?,
+        None => default_exporter_path(),
+    };
+    if !exporter.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release`",
+            exporter.display()
+        );
+    }
+    let args: Vec<OsString> = vec![
+        "--exporter".into(),
+        exporter.into(),
+        "internal-render".into(),
+        "--listeners".into(),
+        render.listeners.to_string().into(),
+        "--scrapes".into(),
+        render.scrapes.to_string().into(),
+    ];
+    let status = namespace::run_in_new_namespace(&args)?;
+    match status.code() {
+        Some(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        None => bail!("the render benchmark died: {status}"),
+    }
 }
 
 #[cfg(test)]
