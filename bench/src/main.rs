@@ -65,6 +65,11 @@ pub struct BenchOpts {
     /// (0 skips it).
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub daemon_seconds: u64,
+
+    /// Connections left waiting in accept queues (at most N). A non-empty queue makes the
+    /// exporter read tcp_info to date them; 0 measures the walk without it.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub queued: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +174,8 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
         opts.runs.to_string().into(),
         "--daemon-seconds".into(),
         opts.daemon_seconds.to_string().into(),
+        "--queued".into(),
+        opts.queued.to_string().into(),
     ];
     if let Some(p) = &opts.exporter {
         args.push("--exporter".into());

@@ -17,9 +17,6 @@ use crate::{BenchOpts, daemon, default_exporter_path, measure, namespace, proc_u
 pub const LISTENERS: u16 = 16;
 pub const FIRST_PORT: u16 = 20000;
 const BACKLOG: i32 = 4096;
-/// Connections left waiting in the accept queues at the end, so that queue lengths and the
-/// bytes of not-yet-accepted connections are non-zero for whatever is measured.
-const LEFT_IN_QUEUES: u64 = 1000;
 /// Descriptors a worker keeps free for stdio, the listeners and whatever libc opens.
 const FD_HEADROOM: u64 = 100;
 /// About 18,000 descriptors per worker, as the machine's 20,000 limit allows.
@@ -312,7 +309,7 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
     if per_worker == 0 {
         bail!("RLIMIT_NOFILE is {nofile}: too low to hold any connection");
     }
-    let queued = LEFT_IN_QUEUES.min(n);
+    let queued = opts.queued.min(n);
     if queued + u64::from(LISTENERS) + FD_HEADROOM > nofile {
         bail!("RLIMIT_NOFILE is {nofile}: too low to hold {queued} queued connections");
     }
