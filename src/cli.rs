@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use crate::diag::{MAX_FILTER_PORTS, Mode, PortFilter};
 use crate::sampler::SamplerConfig;
 
 /// Prometheus exporter for Linux socket queues.
@@ -182,6 +183,19 @@ pub struct CollectorFlags {
     )]
     pub max_client_ports: usize,
 
+    /// Walk only connections whose local or remote port is in this
+    /// comma-separated list (e.g. 80,443): the kernel skips the others
+    /// before building replies. Per-listener bytes, age and SYN queue are
+    /// exported only for listed ports; listener queues, limits and drops are
+    /// not affected.
+    #[arg(long = "collector.connections.ports", value_name = "PORTS", value_parser = parse_ports, conflicts_with = "exclude_ports", global = true)]
+    pub ports: Option<PortList>,
+
+    /// Walk every connection except those whose local or remote port is in
+    /// this comma-separated list (e.g. 22,2049 to leave out SSH and NFS).
+    #[arg(long = "collector.connections.exclude-ports", value_name = "PORTS", value_parser = parse_ports, global = true)]
+    pub exclude_ports: Option<PortList>,
+
     /// Where procfs is mounted.
     #[arg(
         long = "path.procfs",
@@ -193,6 +207,17 @@ pub struct CollectorFlags {
 }
 
 impl CollectorFlags {
+    /// The kernel-side port filter these flags describe. The lists were
+    /// bounded when parsed, so building the filter cannot fail.
+    fn port_filter(&self) -> Option<PortFilter> {
+        let (mode, ports) = match (&self.ports, &self.exclude_ports) {
+            (Some(p), _) => (Mode::Only, p),
+            (None, Some(p)) => (Mode::Except, p),
+            (None, None) => return None,
+        };
+        PortFilter::new(mode, ports.0.clone()).ok()
+    }
+
     /// The sampler settings these flags describe.
     pub fn sampler_config(&self) -> SamplerConfig {
         SamplerConfig {
@@ -202,10 +227,34 @@ impl CollectorFlags {
             connections: !self.no_connections,
             connection_interval: self.connection_interval,
             max_client_ports: self.max_client_ports,
+            port_filter: self.port_filter(),
             netstat: !self.no_netstat,
             procfs: self.procfs.clone(),
         }
     }
+}
+
+/// A comma-separated port list as one flag value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`].
+fn parse_ports(text: &str) -> Result<PortList, String> {
+    let ports = text
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{p:?} in {text:?} is not a port number (0-65535)"))
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    if ports.len() > MAX_FILTER_PORTS {
+        return Err(format!(
+            "{} ports listed; at most {MAX_FILTER_PORTS}",
+            ports.len()
+        ));
+    }
+    Ok(PortList(ports))
 }
 
 /// Parses `500ms`, `15s`, `2m`, `1h` (one number, one unit).
@@ -384,6 +433,28 @@ mod tests {
         assert!(parse_timeout("3000000000000000h").is_err());
         assert!(parse_timeout("50ms").is_err());
         assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn port_lists() {
+        assert_eq!(parse_ports("80, 443"), Ok(PortList(vec![80, 443])));
+        assert!(parse_ports("80,http").unwrap_err().contains("not a port"));
+        assert!(parse_ports("70000").is_err());
+        assert!(parse_ports("").is_err());
+        let cli = |args: &[&str]| Cli::try_parse_from([&["sockdiag-exporter"], args].concat());
+        let only = cli(&["--collector.connections.ports", "443,80"]).unwrap();
+        let f = only.collectors.sampler_config().port_filter.unwrap();
+        assert_eq!((f.mode(), f.ports()), (Mode::Only, &[80, 443][..]));
+        assert!(
+            cli(&[
+                "--collector.connections.ports",
+                "80",
+                "--collector.connections.exclude-ports",
+                "22"
+            ])
+            .is_err(),
+            "include and exclude are exclusive"
+        );
     }
 
     #[test]

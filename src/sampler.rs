@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::aggregate::{ConnectionAggregator, ListenerRecord};
-use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, StateSet};
+use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, PortFilter, StateSet};
 use crate::listeners::ListenerTracker;
 use crate::procfs::{NetnsProc, ProcError, read_tcp_ext, read_u64};
 use crate::snapshot::{ConnectionSample, NetnsView, NetstatSample, PortSummary, QueueSummary};
@@ -46,6 +46,8 @@ pub struct SamplerConfig {
     pub connection_interval: Duration,
     /// Client ports kept as their own series; the rest fold into `other`.
     pub max_client_ports: usize,
+    /// Kernel-side port filter for the connection walk.
+    pub port_filter: Option<PortFilter>,
     /// Read namespace counters from procfs.
     pub netstat: bool,
     /// Where procfs is mounted.
@@ -168,7 +170,7 @@ pub fn dump_listeners(
             states: StateSet::Listeners,
             meminfo,
             tcp_info: false,
-            local_ports: &[],
+            filter: None,
         };
         socket.dump(&request, |r| {
             if let Some(l) = ListenerRecord::from_record(r) {
@@ -193,10 +195,15 @@ pub struct ConnectionWork {
 /// extensions the walk is the cheapest the kernel offers, and a second walk
 /// just for ages would cost as much as the first, since touching every
 /// socket, not building replies, is what a dump pays for.
+///
+/// With a port `filter`, the kernel skips other sockets before building
+/// their replies, and per-address queue figures are kept only for listening
+/// ports whose connections the walk sees in full.
 pub fn sample_connections(
     socket: &mut DiagSocket,
     work: &mut ConnectionWork,
     max_client_ports: usize,
+    filter: Option<&PortFilter>,
 ) -> Result<ConnectionSample, DiagError> {
     let taken_at = SystemTime::now();
     dump_listeners(socket, false, &mut work.listeners)?;
@@ -210,7 +217,7 @@ pub fn sample_connections(
             states: StateSet::Connections,
             meminfo: false,
             tcp_info: want_ages,
-            local_ports: &[],
+            filter,
         };
         socket.dump(&request, |r| {
             sockets += 1;
@@ -224,6 +231,7 @@ pub fn sample_connections(
         queues: agg
             .queues()
             .into_iter()
+            .filter(|(k, _)| filter.is_none_or(|f| f.covers_local(k.port)))
             .map(|(k, q)| QueueSummary::new(k, q))
             .collect(),
         ports: ports.iter().map(PortSummary::new).collect(),
@@ -404,7 +412,13 @@ fn connection_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
         if config.connections {
             let started = Instant::now();
             let result = ensure_socket(&mut socket).and_then(|s| {
-                sample_connections(s, &mut work, config.max_client_ports).map_err(|e| e.to_string())
+                sample_connections(
+                    s,
+                    &mut work,
+                    config.max_client_ports,
+                    config.port_filter.as_ref(),
+                )
+                .map_err(|e| e.to_string())
             });
             let result = result.map(|sample| {
                 store.publish(HOST_NETNS, |v| v.connections = Some(Arc::new(sample)));
@@ -467,6 +481,7 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
                 &mut s,
                 &mut ConnectionWork::default(),
                 config.max_client_ports,
+                config.port_filter.as_ref(),
             )
         });
         match sample {

@@ -1184,7 +1184,7 @@ fn netlink_dump_works_and_kernel_error_reply_is_an_error() {
                         states: StateSet::Listeners,
                         meminfo: true,
                         tcp_info: false,
-                        local_ports: &[],
+                        filter: None,
                     },
                     |r| ports.push(r.local_port),
                 )

@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sockdiag_exporter::diag::parse::{ParseError, parse_datagram};
-use sockdiag_exporter::diag::{DiagSocket, DumpRequest, Family, SockRecord, StateSet, TcpState};
+use sockdiag_exporter::diag::{
+    DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, Mode, PortFilter, SockRecord, StateSet,
+    TcpState,
+};
 
 use common::*;
 
@@ -81,7 +84,7 @@ fn req(family: Family, states: StateSet, meminfo: bool, tcp_info: bool) -> DumpR
         states,
         meminfo,
         tcp_info,
-        local_ports: &[],
+        filter: None,
     }
 }
 
@@ -345,9 +348,9 @@ fn kernel_errors_interrupted_dumps_and_foreign_messages() {
     assert_eq!((n, s.foreign, s.done), (1, 1, true));
 }
 
-/// The kernel-side port filter: the kernel accepts our bytecode (its audit
-/// rejects malformed jumps with EINVAL) and returns exactly the sockets on
-/// the requested local ports.
+/// The kernel-side port filter: the kernel accepts both program shapes (its
+/// audit rejects malformed jumps with EINVAL), also at the longest allowed,
+/// and returns exactly the sockets the userspace mirror keeps.
 #[test]
 fn port_filter_is_accepted_and_exact() {
     in_netns("port_filter_is_accepted_and_exact", || {
@@ -363,33 +366,54 @@ fn port_filter_is_accepted_and_exact() {
             }
         }
         let mut socket = DiagSocket::open().unwrap();
-        let mut dump = |local_ports: &[u16]| {
+        let mut dump = |filter: Option<&PortFilter>| {
             let mut seen = Vec::new();
             let request = DumpRequest {
                 family: Family::Ipv4,
                 states: StateSet::Connections,
                 meminfo: false,
                 tcp_info: true,
-                local_ports,
+                filter,
             };
             socket
-                .dump(&request, |r| seen.push(r.local_port))
-                .unwrap_or_else(|e| panic!("filter of {} ports: {e}", local_ports.len()));
+                .dump(&request, |r| seen.push((r.local_port, r.remote_port)))
+                .unwrap_or_else(|e| panic!("filter {filter:?}: {e}"));
             seen.sort_unstable();
             seen
         };
-        assert_eq!(dump(&[4002]), vec![4002, 4002]);
-        assert_eq!(dump(&[4001, 4004]), vec![4001, 4001, 4004, 4004]);
-        assert_eq!(dump(&[5000]), Vec::<u16>::new());
-        // Client sockets have ephemeral local ports: the filter drops them.
-        assert_eq!(dump(&[]).len(), 16, "no filter: both ends of 8 connections");
-        // A long program, as many queued ports would produce.
-        let many: Vec<u16> =
-            (3000..3000 + sockdiag_exporter::diag::MAX_FILTER_PORTS as u16).collect();
-        assert_eq!(
-            dump(&many),
-            vec![4001, 4001, 4002, 4002, 4003, 4003, 4004, 4004]
-        );
+        let all = dump(None);
+        assert_eq!(all.len(), 16, "both ends of 8 connections");
+        let expect = |f: &PortFilter| {
+            let v: Vec<_> = all
+                .iter()
+                .copied()
+                .filter(|&(l, r)| f.keeps(l, r))
+                .collect();
+            v
+        };
+        for (mode, list) in [
+            (Mode::Only, vec![4002]),
+            (Mode::Only, vec![4001, 4004]),
+            (Mode::Only, vec![5000]),
+            (Mode::Except, vec![4002]),
+            (Mode::Except, vec![4001, 4003, 4004]),
+            (Mode::Except, vec![5000]),
+        ] {
+            let f = PortFilter::new(mode, list).unwrap();
+            let got = dump(Some(&f));
+            assert_eq!(got, expect(&f), "{f:?}");
+        }
+        // Spot-check the mirror itself: a listed port keeps both ends.
+        let f = PortFilter::new(Mode::Only, vec![4002]).unwrap();
+        assert_eq!(dump(Some(&f)).len(), 4);
+        // The longest programs the flags allow.
+        let many: Vec<u16> = (10000..10000 + MAX_FILTER_PORTS as u16 - 1)
+            .chain([4003])
+            .collect();
+        let only = PortFilter::new(Mode::Only, many.clone()).unwrap();
+        assert_eq!(dump(Some(&only)).len(), 4);
+        let except = PortFilter::new(Mode::Except, many).unwrap();
+        assert_eq!(dump(Some(&except)).len(), 12);
         drop(keep);
     });
 }

@@ -25,15 +25,6 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(30);
 /// A failed dump, naming the request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {
-    /// The request could not be encoded.
-    #[error("{request}: {source}")]
-    Request {
-        /// The request, described.
-        request: String,
-        /// What was wrong.
-        #[source]
-        source: super::request::TooManyPorts,
-    },
     /// The socket could not be created or bound.
     #[error("cannot open NETLINK_SOCK_DIAG socket: {0}")]
     Open(#[source] io::Error),
@@ -169,12 +160,7 @@ impl DiagSocket {
         F: FnMut(&[u8], u32) -> Result<bool, ParseError>,
     {
         self.seq = self.seq.wrapping_add(1);
-        request
-            .encode(self.seq, &mut self.request)
-            .map_err(|source| DiagError::Request {
-                request: request.to_string(),
-                source,
-            })?;
+        request.encode(self.seq, &mut self.request);
         let sent = self
             .socket
             .send(&self.request, 0)
