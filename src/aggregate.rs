@@ -230,11 +230,15 @@ impl ConnectionAggregator {
         }
     }
 
-    /// Ends a sample. Queued connections whose age the dump did not carry
-    /// (it asks for `tcp_info` only when the listener dump just before it
-    /// saw a non-empty queue) arrived during the sample itself, so their age
-    /// is within the sample's duration: counted as 0.
-    pub fn finish(&mut self) {
+    /// Ends a sample. With `dating` on, queued connections whose age the
+    /// dump did not carry (it asks for `tcp_info` only when the listener
+    /// dump just before it saw a non-empty queue) arrived during the sample
+    /// itself, so their age is within the sample's duration: counted as 0.
+    /// With it off, their age stays unknown.
+    pub fn finish(&mut self, dating: bool) {
+        if !dating {
+            return;
+        }
         for q in self.queues.values_mut() {
             if q.queued > 0 && q.oldest_ms.is_none() {
                 q.oldest_ms = Some(0);
@@ -430,7 +434,7 @@ mod tests {
         assert_eq!((ports[0].role, ports[0].port), (Role::Server, Some(80)));
         assert_eq!(ports[0].figures.recv_queue_bytes, 4 + 5 + 6 + 9);
 
-        a.finish();
+        a.finish(true);
         let q: std::collections::HashMap<_, _> = a.queues().into_iter().collect();
         assert_eq!(
             q[&k("127.0.0.1")].oldest_ms,
@@ -443,7 +447,7 @@ mod tests {
         let mut b = ConnectionAggregator::default();
         b.reset(ls.iter());
         b.add(&young);
-        b.finish();
+        b.finish(true);
         let q: std::collections::HashMap<_, _> = b.queues().into_iter().collect();
         assert_eq!(
             q[&k("::")].oldest_ms,

@@ -247,11 +247,9 @@ fn render_netns(f: &mut Families, view: &NetnsView) {
                 ("port", port.as_str()),
             ];
             f.push(&ACCEPT_QUEUE_BYTES, &labels, q.queued_bytes as f64);
-            f.push(
-                &ACCEPT_QUEUE_OLDEST,
-                &labels,
-                q.oldest_seconds.unwrap_or(0.0),
-            );
+            if let Some(oldest) = q.oldest_seconds {
+                f.push(&ACCEPT_QUEUE_OLDEST, &labels, oldest);
+            }
             f.push(&SYN_QUEUE_LENGTH, &labels, q.syn_queue_length as f64);
         }
     }

@@ -48,6 +48,9 @@ pub struct SamplerConfig {
     pub max_client_ports: usize,
     /// Kernel-side port filter for the connection walk.
     pub port_filter: Option<PortFilter>,
+    /// Read `tcp_info` to date connections waiting in accept queues (only
+    /// while some queue is non-empty).
+    pub queue_ages: bool,
     /// Read namespace counters from procfs.
     pub netstat: bool,
     /// Where procfs is mounted.
@@ -204,10 +207,11 @@ pub fn sample_connections(
     work: &mut ConnectionWork,
     max_client_ports: usize,
     filter: Option<&PortFilter>,
+    queue_ages: bool,
 ) -> Result<ConnectionSample, DiagError> {
     let taken_at = SystemTime::now();
     dump_listeners(socket, false, &mut work.listeners)?;
-    let want_ages = work.listeners.iter().any(|l| l.length > 0);
+    let want_ages = queue_ages && work.listeners.iter().any(|l| l.length > 0);
     let agg = &mut work.aggregator;
     agg.reset(work.listeners.iter());
     let mut sockets = 0u64;
@@ -224,7 +228,7 @@ pub fn sample_connections(
             agg.add(r);
         })?;
     }
-    agg.finish();
+    agg.finish(queue_ages);
     let (ports, folded) = agg.ports(max_client_ports);
     Ok(ConnectionSample {
         taken_at,
@@ -417,6 +421,7 @@ fn connection_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
                     &mut work,
                     config.max_client_ports,
                     config.port_filter.as_ref(),
+                    config.queue_ages,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -482,6 +487,7 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
                 &mut ConnectionWork::default(),
                 config.max_client_ports,
                 config.port_filter.as_ref(),
+                config.queue_ages,
             )
         });
         match sample {

@@ -83,8 +83,9 @@ pub struct QueueSummary {
     pub queued: u64,
     /// Bytes received on them.
     pub queued_bytes: u64,
-    /// Seconds the oldest of them has waited; `None` when the age could not
-    /// be read (the kernel sent no `tcp_info`).
+    /// Seconds the oldest of them has waited (0 when none waits); `None`
+    /// when connections wait but their age was not read
+    /// (`--collector.connections.queue-age off`).
     pub oldest_seconds: Option<f64>,
     /// Half-open requests (SYN-RECV).
     pub syn_queue_length: u64,
@@ -99,7 +100,11 @@ impl QueueSummary {
             port: key.port,
             queued: q.queued,
             queued_bytes: q.queued_bytes,
-            oldest_seconds: q.oldest_ms.map(|ms| f64::from(ms) / 1000.0),
+            oldest_seconds: if q.queued == 0 {
+                Some(0.0)
+            } else {
+                q.oldest_ms.map(|ms| f64::from(ms) / 1000.0)
+            },
             syn_queue_length: q.syn_recv,
         }
     }

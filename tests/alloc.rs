@@ -57,7 +57,7 @@ fn connect_many(
 
 fn allocations_of_one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> (u64, u64) {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    let sample = sample_connections(socket, work, 256, None).expect("connection sample");
+    let sample = sample_connections(socket, work, 256, None, true).expect("connection sample");
     let after = ALLOCATIONS.load(Ordering::Relaxed);
     (after - before, sample.sockets)
 }

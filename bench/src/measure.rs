@@ -123,6 +123,19 @@ fn specs(exporter: &Path) -> Result<Vec<Spec>> {
             ],
             &exporter_skip,
         ),
+        // Queued connections without tcp_info: what exact ages cost.
+        spec(
+            "sockdiag-exporter snapshot (--collector.connections.queue-age off)",
+            &exporter,
+            &[
+                "snapshot",
+                "--format",
+                "json",
+                "--collector.connections.queue-age",
+                "off",
+            ],
+            &exporter_skip,
+        ),
         // One port of the 16: the kernel still walks every socket, but builds
         // and sends replies for a sixteenth of them.
         spec(

@@ -1,7 +1,10 @@
-//! The port-filter flags end to end: listeners stay complete, per-port and
-//! per-address figures cover exactly the chosen ports, and a listener whose
-//! connections the walk skipped gets no per-address figures rather than
-//! zeros that would read as "nothing queued".
+//! Options of the connection walk, end to end through `snapshot`.
+//!
+//! Port filters: listeners stay complete, per-port and per-address figures
+//! cover exactly the chosen ports, and a listener whose connections the walk
+//! skipped gets no per-address figures rather than zeros that would read as
+//! "nothing queued". Queue ages: `off` leaves the age of waiting connections
+//! unknown instead of claiming 0.
 
 mod common;
 
@@ -85,5 +88,49 @@ fn port_filters_restrict_the_walk_not_the_listeners() {
         assert_eq!(ports_of(&except, "ports"), vec![5001, 5003]);
         assert_eq!(except["connections"]["sockets"].as_u64(), Some(8));
         drop(keep);
+    });
+}
+
+#[test]
+fn queue_age_off_leaves_waiting_connections_undated() {
+    in_netns("queue_age_off_leaves_waiting_connections_undated", || {
+        let busy: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let idle: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+        let keep = vec![listen(busy, 8, false, None), listen(idle, 8, false, None)];
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                let c = start_connect(busy);
+                assert!(wait_connected(&c, Duration::from_secs(2)));
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let age = |v: &serde_json::Value, port: u64| {
+            let q = v["connections"]["queues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["port"].as_u64() == Some(port))
+                .cloned()
+                .expect("queue figures for the port");
+            (q["queued"].as_u64(), q["oldest_seconds"].as_f64())
+        };
+        let exact = snapshot(&[]);
+        let (queued, oldest) = age(&exact, 5001);
+        assert_eq!(queued, Some(2));
+        assert!(
+            oldest.is_some_and(|s| s >= 0.2),
+            "dated from tcp_info: {oldest:?}"
+        );
+        assert_eq!(age(&exact, 5002), (Some(0), Some(0.0)));
+
+        let off = snapshot(&["--collector.connections.queue-age", "off"]);
+        assert_eq!(age(&off, 5001), (Some(2), None), "waiting, age unknown");
+        assert_eq!(
+            age(&off, 5002),
+            (Some(0), Some(0.0)),
+            "an empty queue is 0 either way"
+        );
+        drop((keep, clients));
     });
 }
