@@ -214,7 +214,7 @@ pub fn sample_connections(
     let want_ages = queue_ages && work.listeners.iter().any(|l| l.length > 0);
     let agg = &mut work.aggregator;
     agg.reset(work.listeners.iter());
-    let mut sockets = 0u64;
+    let (mut sockets, mut walk_bytes, mut walk_datagrams) = (0u64, 0u64, 0u64);
     for family in [Family::Ipv4, Family::Ipv6] {
         let request = DumpRequest {
             family,
@@ -223,10 +223,12 @@ pub fn sample_connections(
             tcp_info: want_ages,
             filter,
         };
-        socket.dump(&request, |r| {
+        let stats = socket.dump(&request, |r| {
             sockets += 1;
             agg.add(r);
         })?;
+        walk_bytes += stats.bytes as u64;
+        walk_datagrams += stats.datagrams as u64;
     }
     agg.finish(queue_ages);
     let (ports, folded) = agg.ports(max_client_ports);
@@ -240,6 +242,9 @@ pub fn sample_connections(
             .collect(),
         ports: ports.iter().map(PortSummary::new).collect(),
         sockets,
+        walk_bytes,
+        walk_datagrams,
+        dated: want_ages,
         client_ports_folded: folded as u64,
     })
 }

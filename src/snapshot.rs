@@ -177,6 +177,13 @@ pub struct ConnectionSample {
     pub ports: Vec<PortSummary>,
     /// Sockets seen in the dump (listeners excluded).
     pub sockets: u64,
+    /// Bytes the kernel sent for the walk: with `sockets`, what one socket
+    /// costs to describe.
+    pub walk_bytes: u64,
+    /// Datagrams (receive calls) the walk took.
+    pub walk_datagrams: u64,
+    /// Whether the walk read `tcp_info` to date queued connections.
+    pub dated: bool,
     /// Client ports folded into `port="other"` by the cardinality cap.
     pub client_ports_folded: u64,
 }
