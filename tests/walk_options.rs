@@ -134,3 +134,58 @@ fn queue_age_off_leaves_waiting_connections_undated() {
         drop((keep, clients));
     });
 }
+
+/// The cardinality guard: beyond --collector.connections.max-client-ports,
+/// the remote ports with the fewest sockets fold into port="other", and the
+/// fold is counted.
+#[test]
+fn client_ports_beyond_the_cap_fold_into_other() {
+    in_netns("client_ports_beyond_the_cap_fold_into_other", || {
+        let mut keep = Vec::new();
+        // 4, 3, 2 and 1 connections: the two busiest remote ports stay.
+        for (port, n) in [(6001u16, 4), (6002, 3), (6003, 2), (6004, 1)] {
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            keep.push(listen(addr, 16, false, None));
+            for _ in 0..n {
+                let c = start_connect(addr);
+                assert!(wait_connected(&c, Duration::from_secs(2)));
+                keep.push(c);
+            }
+        }
+        let v = snapshot(&["--collector.connections.max-client-ports", "2"]);
+        let client: Vec<(Option<u64>, u64)> = v["connections"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["role"] == "client")
+            .map(|p| (p["port"].as_u64(), p["states"][0][1].as_u64().unwrap_or(0)))
+            .collect();
+        assert_eq!(client, vec![(Some(6001), 4), (Some(6002), 3), (None, 3)]);
+        assert_eq!(v["connections"]["client_ports_folded"].as_u64(), Some(2));
+        // Server ports are never folded: they are bounded by the listeners.
+        assert_eq!(ports_of(&v, "ports").len(), 4);
+
+        let daemon = Daemon::start(&["--collector.connections.max-client-ports", "2"]);
+        std::thread::sleep(Duration::from_millis(400));
+        let m = daemon.metrics();
+        let other = [
+            ("netns", "host"),
+            ("role", "client"),
+            ("port", "other"),
+            ("state", "established"),
+        ];
+        assert_eq!(m.value("sockdiag_tcp_connections", &other), 3.0);
+        assert_eq!(
+            m.value("sockdiag_tcp_client_ports_folded", &[("netns", "host")]),
+            2.0
+        );
+        assert!(
+            m.find(
+                "sockdiag_tcp_send_queue_bytes",
+                &[("role", "client"), ("port", "6004")]
+            )
+            .is_empty()
+        );
+        drop(keep);
+    });
+}
