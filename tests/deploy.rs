@@ -1,0 +1,878 @@
+//! The deployment artefacts under deploy/ and dashboards/: Prometheus rules and
+//! their unit tests (promtool), the systemd unit (systemd-analyze), the
+//! PrometheusRule mirroring rules.yml, metric names against the exporter's
+//! metric table, the Grafana dashboard, and an end-to-end run of a real
+//! Prometheus server alerting on a real accept-queue overflow.
+//!
+//! Tools come from Debian packages: `prometheus` (promtool, prometheus) and
+//! `systemd` (systemd-analyze). A missing tool fails the test with the package
+//! to install; nothing is skipped.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// Fails with the Debian package to install when `tool` is not on PATH.
+fn require_tool(tool: &str, package: &str) {
+    match Command::new(tool)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "`{tool}` is not installed: install the Debian package `{package}` \
+             (apt-get install -y {package})"
+        ),
+        Err(e) => panic!("running `{tool} --version`: {e}"),
+    }
+}
+
+/// Runs `tool args` in the crate root and returns its output, failing with
+/// both streams when it does not exit 0.
+fn run_ok(tool: &str, package: &str, args: &[&str]) -> Output {
+    require_tool(tool, package);
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{tool} {}` failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sockdiag-deploy-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn promtool_checks_rules() {
+    let out = run_ok(
+        "promtool",
+        "prometheus",
+        &["check", "rules", "deploy/prometheus/rules.yml"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SUCCESS"), "promtool check rules: {text}");
+}
+
+#[test]
+fn promtool_unit_tests_pass() {
+    run_ok(
+        "promtool",
+        "prometheus",
+        &["test", "rules", "deploy/prometheus/rules_test.yml"],
+    );
+}
+
+#[test]
+fn promtool_checks_example_config() {
+    run_ok(
+        "promtool",
+        "prometheus",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+    );
+}
+
+/// Alert names defined in rules.yml (with repeats for several severities).
+fn alert_names(rules: &str) -> BTreeSet<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// Recording rule names defined in rules.yml.
+fn record_names(rules: &str) -> BTreeSet<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record:"))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn every_alert_is_unit_tested_and_documented() {
+    let rules = read("deploy/prometheus/rules.yml");
+    let tests = read("deploy/prometheus/rules_test.yml");
+    let runbook = read("deploy/prometheus/README.md");
+    let alerts = alert_names(&rules);
+    assert!(alerts.len() >= 10, "too few alerts: {alerts:?}");
+    for alert in &alerts {
+        let tested: Vec<&str> = tests
+            .lines()
+            .filter(|l| l.trim() == format!("alertname: {alert}"))
+            .collect();
+        // At least one case where it fires and one where it must not.
+        assert!(
+            tested.len() >= 2,
+            "{alert} needs promtool cases where it fires and where it does not"
+        );
+        assert!(
+            runbook.contains(&format!("### {alert}")),
+            "deploy/prometheus/README.md has no `### {alert}` runbook section"
+        );
+    }
+    // Every alert carries a severity and the annotations an on-call needs.
+    let blocks: Vec<&str> = rules.split("- alert:").skip(1).collect();
+    for block in blocks {
+        let block = block.split("- record:").next().unwrap_or(block);
+        let name = block.lines().next().unwrap_or("").trim();
+        for needle in ["severity:", "summary:", "description:", "runbook:", "for:"] {
+            assert!(block.contains(needle), "alert {name} lacks `{needle}`");
+        }
+    }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = read("deploy/systemd/sockdiag-exporter.service");
+    for directive in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=\n",
+        "AmbientCapabilities=\n",
+        "RestrictAddressFamilies=AF_NETLINK AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "Restart=on-failure",
+        "ExecStart=/usr/local/bin/sockdiag-exporter",
+    ] {
+        assert!(unit.contains(directive), "unit lacks `{directive}`");
+    }
+    // verify needs ExecStart to exist: point a copy at the binary under test.
+    let dir = TempDir::new("systemd");
+    let copy = dir.0.join("sockdiag-exporter.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/sockdiag-exporter", common::exporter_bin()),
+    )
+    .expect("writing the unit copy");
+    let out = run_ok(
+        "systemd-analyze",
+        "systemd",
+        &["verify", copy.to_str().expect("utf-8 temp path")],
+    );
+    // Warnings about this unit (unknown directive, bad value) are failures;
+    // lines about the host's own units are not ours.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("sockdiag-exporter"))
+        .collect();
+    assert!(ours.is_empty(), "systemd-analyze verify: {ours:#?}");
+}
+
+/// The lines of a YAML block that matter for comparison: comments and blank
+/// lines dropped, trailing spaces trimmed, `indent` leading spaces removed.
+fn normalized(lines: &[&str], indent: usize) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|l| {
+            let lead = l.len() - l.trim_start().len();
+            assert!(lead >= indent, "line less indented than its block: {l:?}");
+            l[indent..].trim_end().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn prometheusrule_groups_equal_rules_yml() {
+    let rules = read("deploy/prometheus/rules.yml");
+    let cr = read("deploy/kubernetes/prometheusrule.yaml");
+    assert!(cr.contains("kind: PrometheusRule"), "not a PrometheusRule");
+    let rules_lines: Vec<&str> = rules.lines().collect();
+    let start = rules_lines
+        .iter()
+        .position(|l| *l == "groups:")
+        .expect("rules.yml has a top-level `groups:`");
+    let cr_lines: Vec<&str> = cr.lines().collect();
+    let spec = cr_lines
+        .iter()
+        .position(|l| *l == "spec:")
+        .expect("prometheusrule.yaml has a top-level `spec:`");
+    let body = &cr_lines[spec + 1..];
+    // Everything after `spec:` is the groups block (nothing else in spec).
+    assert!(
+        body.iter().all(|l| l.is_empty() || l.starts_with("  ")),
+        "prometheusrule.yaml has top-level keys after `spec:`"
+    );
+    let first = body
+        .iter()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    assert_eq!(first.map(|l| l.trim()), Some("groups:"));
+    let ours = normalized(&rules_lines[start..], 0);
+    let theirs = normalized(body, 2);
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(
+            a, b,
+            "rules.yml and prometheusrule.yaml differ at line {i} of groups"
+        );
+    }
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "rules.yml and prometheusrule.yaml groups differ in length"
+    );
+}
+
+/// Metric names in README.md's generated metrics table.
+fn exporter_metrics() -> BTreeSet<String> {
+    let readme = read("README.md");
+    let table = readme
+        .split("<!-- metrics-table:begin -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- metrics-table:end -->").next())
+        .expect("README.md has the generated metrics table");
+    let names: BTreeSet<String> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect();
+    assert!(
+        names.contains("sockdiag_accept_queue_length"),
+        "metrics table: {names:?}"
+    );
+    names
+}
+
+const PROMQL_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "inf",
+    "nan",
+    "atan2",
+];
+
+/// Skips a quoted string starting at `i` (at the quote); returns the index after it.
+fn skip_string(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    let mut j = i + 1;
+    while j < b.len() && b[j] != q {
+        if b[j] == b'\\' {
+            j += 1;
+        }
+        j += 1;
+    }
+    j + 1
+}
+
+/// Skips from an opening bracket at `i` to after its closing `close`.
+fn skip_to(b: &[u8], i: usize, close: u8) -> usize {
+    let mut j = i + 1;
+    while j < b.len() && b[j] != close {
+        if b[j] == b'"' || b[j] == b'\'' || b[j] == b'`' {
+            j = skip_string(b, j);
+        } else {
+            j += 1;
+        }
+    }
+    j + 1
+}
+
+/// Metric names a PromQL expression selects (functions, keywords, label
+/// matchers, ranges, numbers, durations and `$variables` left out).
+fn metric_names_in(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\'' || c == b'`' {
+            i = skip_string(b, i);
+        } else if c == b'{' {
+            i = skip_to(b, i, b'}');
+        } else if c == b'[' {
+            i = skip_to(b, i, b']');
+        } else if c.is_ascii_digit() || c == b'.' || c == b'$' {
+            i += 1;
+            while i < b.len() && (ident(b[i]) || b[i] == b'.') && b[i] != b':' {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' {
+            let start = i;
+            while i < b.len() && ident(b[i]) {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let mut k = i;
+            while k < b.len() && b[k].is_ascii_whitespace() {
+                k += 1;
+            }
+            let call = k < b.len() && b[k] == b'(';
+            let lower = word.to_ascii_lowercase();
+            if [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ]
+            .contains(&lower.as_str())
+                && call
+            {
+                i = skip_to(b, k, b')');
+            } else if !call && !PROMQL_WORDS.contains(&lower.as_str()) {
+                out.push(word.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `expr:` values of a YAML file (single-line or folded `>-` blocks).
+fn yaml_exprs(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        if let Some(value) = trimmed.strip_prefix("expr:") {
+            let value = value.trim();
+            if value.starts_with('>') || value.starts_with('|') {
+                let indent = line.len() - line.trim_start().len();
+                let mut parts = Vec::new();
+                i += 1;
+                while i < lines.len()
+                    && (lines[i].trim().is_empty()
+                        || lines[i].len() - lines[i].trim_start().len() > indent)
+                {
+                    parts.push(lines[i].trim());
+                    i += 1;
+                }
+                out.push(parts.join(" "));
+                continue;
+            }
+            out.push(value.trim_matches('\'').to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every PromQL expression of the dashboard (targets and variable queries,
+/// `label_values(selector, label)` reduced to its selector).
+fn dashboard_exprs(dash: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(e)) = map.get("expr") {
+                    out.push(e.clone());
+                }
+                for v in map.values() {
+                    walk(v, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dash["panels"], &mut out);
+    for var in dash["templating"]["list"]
+        .as_array()
+        .expect("templating list")
+    {
+        if let Some(def) = var["definition"].as_str() {
+            out.push(label_values_selector(def));
+        }
+    }
+    out
+}
+
+fn label_values_selector(def: &str) -> String {
+    let inner = def
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("variable query is not label_values(...): {def}"));
+    let (selector, _label) = inner
+        .rsplit_once(',')
+        .unwrap_or_else(|| panic!("label_values without a selector: {def}"));
+    selector.trim().to_string()
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read("dashboards/sockdiag-exporter.json"))
+        .expect("dashboards/sockdiag-exporter.json is valid JSON")
+}
+
+#[test]
+fn metric_names_exist() {
+    let known = exporter_metrics();
+    let rules = read("deploy/prometheus/rules.yml");
+    let records = record_names(&rules);
+    let ok = |name: &str| name == "up" || known.contains(name) || records.contains(name);
+
+    // Any `sockdiag_...` or `sockdiag:...` word anywhere, prose included.
+    let files = [
+        "deploy/prometheus/rules.yml",
+        "deploy/prometheus/rules_test.yml",
+        "deploy/prometheus/README.md",
+        "dashboards/sockdiag-exporter.json",
+    ];
+    for file in files {
+        let text = read(file);
+        let b = text.as_bytes();
+        let mut i = 0;
+        while let Some(pos) = text[i..].find("sockdiag") {
+            let start = i + pos;
+            let mut end = start;
+            while end < b.len()
+                && (b[end].is_ascii_alphanumeric() || b[end] == b'_' || b[end] == b':')
+            {
+                end += 1;
+            }
+            let word = text[start..end].trim_end_matches(':');
+            let before_ok =
+                start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+            if before_ok && (word.starts_with("sockdiag_") || word.starts_with("sockdiag:")) {
+                assert!(
+                    ok(word),
+                    "{file}: `{word}` is neither an exporter metric nor a recording rule"
+                );
+            }
+            i = end.max(start + 1);
+        }
+    }
+
+    // Every selector of every expression.
+    let tests = read("deploy/prometheus/rules_test.yml");
+    let mut exprs = yaml_exprs(&rules);
+    exprs.extend(yaml_exprs(&tests));
+    for line in tests.lines() {
+        let t = line.trim().trim_start_matches("- ");
+        for key in ["series:", "labels:"] {
+            if let Some(v) = t.strip_prefix(key) {
+                exprs.push(v.trim().trim_matches('\'').to_string());
+            }
+        }
+    }
+    exprs.extend(dashboard_exprs(&dashboard()));
+    assert!(
+        exprs.len() > 40,
+        "too few expressions found: {}",
+        exprs.len()
+    );
+    for expr in &exprs {
+        let names = metric_names_in(expr);
+        for name in names {
+            assert!(
+                ok(&name),
+                "`{name}` in `{expr}` is not an exporter metric, `up` or a recording rule"
+            );
+        }
+    }
+}
+
+#[test]
+fn promql_tokenizer_finds_names() {
+    assert_eq!(
+        metric_names_in(
+            r#"sum without (member) (rate(a_total{x="y{z}"}[5m] offset 1h)) > 0.5 * on(i) group_left b and $v unless c"#
+        ),
+        ["a_total", "b", "c"]
+    );
+    assert_eq!(
+        metric_names_in("time() - sockdiag:x:y > 300"),
+        ["sockdiag:x:y"]
+    );
+}
+
+#[test]
+fn dashboard_is_importable() {
+    let dash = dashboard();
+    assert_eq!(dash["uid"].as_str(), Some("sockdiag-exporter"));
+    assert!(dash["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dash["schemaVersion"].as_u64().is_some_and(|v| v >= 30));
+    let vars = dash["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("dashboard variable `{name}` missing"))
+    };
+    let ds = var("datasource");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    for name in ["instance", "netns", "port"] {
+        let v = var(name);
+        assert_eq!(v["type"], "query", "variable {name}");
+        let def = v["definition"].as_str().unwrap_or_default();
+        assert!(def.starts_with("label_values("), "variable {name}: {def}");
+        assert!(
+            def.trim_end().ends_with(&format!("{name})")),
+            "variable {name}: {def}"
+        );
+        assert_eq!(v["datasource"]["uid"], "${datasource}", "variable {name}");
+    }
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut titles = Vec::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().expect("panel title");
+        titles.push(title.to_string());
+        assert!(
+            p["description"].as_str().is_some_and(|d| d.len() > 20),
+            "panel `{title}` has no description"
+        );
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel `{title}`");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel `{title}` has no query");
+        for t in targets {
+            assert_eq!(
+                t["datasource"]["uid"], "${datasource}",
+                "panel `{title}` target"
+            );
+        }
+        if p["type"] != "table" {
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"].as_str().is_some(),
+                "panel `{title}` has no unit"
+            );
+            assert!(
+                p["fieldConfig"]["defaults"]["thresholds"]["steps"].is_array(),
+                "panel `{title}` has no thresholds"
+            );
+        }
+        let gp = &p["gridPos"];
+        assert!(
+            gp["w"].as_u64().is_some_and(|w| w > 0 && w <= 24),
+            "panel `{title}` gridPos"
+        );
+    }
+    let exprs = dashboard_exprs(&dash).join("\n");
+    for metric in [
+        "sockdiag_accept_queue_length",
+        "sockdiag_accept_queue_peak_length",
+        "sockdiag_accept_queue_limit",
+        "sockdiag_listen_drops_total",
+        "sockdiag_netstat_listen_overflows_total",
+        "sockdiag_syn_queue_length",
+        "sockdiag_tcp_send_queue_bytes",
+        "sockdiag_tcp_recv_queue_bytes",
+        "sockdiag_tcp_connections",
+        "sockdiag_collector_success",
+        "sockdiag_collector_errors_total",
+        "sockdiag_collector_duration_seconds",
+    ] {
+        assert!(exprs.contains(metric), "dashboard never queries {metric}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// End to end: daemon + Prometheus server + a real overflow, in a private netns.
+
+/// Percent-encodes a query parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An HTTP/1.0 GET: the answer is never chunked (Prometheus chunks large
+/// HTTP/1.1 answers), the body ends with the connection.
+fn http10_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A Prometheus server killed (by its pid) when dropped.
+struct PromServer {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl PromServer {
+    fn get_json(&self, path: &str) -> Value {
+        let (status, body) = http10_get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path} from Prometheus: {e}\n{}", self.log_text()));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// States of alert `name` per value of label `port`.
+    fn alert_state(&self, name: &str, port: u16) -> Option<String> {
+        let v = self.get_json("/api/v1/alerts");
+        v["data"]["alerts"].as_array()?.iter().find_map(|a| {
+            (a["labels"]["alertname"] == name && a["labels"]["port"] == port.to_string().as_str())
+                .then(|| a["state"].as_str().unwrap_or("").to_string())
+        })
+    }
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_alerts_on_real_overflow() {
+    require_tool("prometheus", "prometheus");
+    common::in_netns("prometheus_alerts_on_real_overflow", || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let tmp = TempDir::new("e2e");
+        let daemon = common::Daemon::start(&[]);
+
+        // Rules with every `for:` shortened to one evaluation.
+        let rules: String = read("deploy/prometheus/rules.yml")
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("for:") {
+                    format!("{}for: 1s", &l[..l.len() - l.trim_start().len()])
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let rules_path = tmp.0.join("rules.yml");
+        std::fs::write(&rules_path, rules).expect("writing rules copy");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: sockdiag-exporter\n    static_configs:\n      - targets: ['{}']\n",
+            rules_path.display(),
+            daemon.addr
+        );
+        let config_path = tmp.0.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("writing prometheus.yml");
+        let port = common::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = tmp.0.join("prometheus.log");
+        let log_file = std::fs::File::create(&log).expect("prometheus log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tmp.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting prometheus");
+        let prom = PromServer { child, addr, log };
+        loop {
+            if let Ok((200, _)) = http10_get(addr, "/-/ready") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                prom.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // listen(5): the queue holds 6 (full: length > limit); the rest of
+        // the 10 clients sit in SYN-SENT.
+        let target: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+        let listener = common::listen(target, 5, false, None);
+        let clients: Vec<socket2::Socket> =
+            (0..10).map(|_| common::start_connect(target)).collect();
+
+        let fired = loop {
+            if prom
+                .alert_state("SockdiagAcceptQueueFull", target.port())
+                .as_deref()
+                == Some("firing")
+            {
+                break true;
+            }
+            if Instant::now() > deadline - Duration::from_secs(20) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert!(
+            fired,
+            "SockdiagAcceptQueueFull never fired for port {}: {}\n{}",
+            target.port(),
+            prom.get_json("/api/v1/alerts"),
+            prom.log_text()
+        );
+        // The alert is for our listener only, with its labels.
+        let alerts = prom.get_json("/api/v1/alerts");
+        let ours: Vec<&Value> = alerts["data"]["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "SockdiagAcceptQueueFull")
+            .collect();
+        assert_eq!(ours.len(), 1, "{alerts}");
+        assert_eq!(ours[0]["labels"]["address"], "127.0.0.1");
+        assert_eq!(ours[0]["labels"]["netns"], "host");
+        assert_eq!(ours[0]["labels"]["severity"], "critical");
+
+        // Every rule and dashboard expression parses and runs.
+        let mut exprs = yaml_exprs(&read("deploy/prometheus/rules.yml"));
+        for e in dashboard_exprs(&dashboard()) {
+            exprs.push(
+                e.replace("$__rate_interval", "1m")
+                    .replace("$__interval", "15s")
+                    .replace("$instance", ".*")
+                    .replace("$netns", ".*")
+                    .replace("$port", ".*"),
+            );
+        }
+        for e in &exprs {
+            let v = prom.get_json(&format!("/api/v1/query?query={}", urlencode(e)));
+            assert_eq!(v["status"], "success", "query `{e}`: {v}");
+        }
+        let v = prom.get_json(&format!(
+            "/api/v1/query?query={}",
+            urlencode("sockdiag:accept_queue_fill_ratio:max_by_address")
+        ));
+        let ratios = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        assert!(
+            ratios
+                .iter()
+                .any(|r| r["metric"]["port"] == target.port().to_string().as_str()),
+            "no fill ratio recorded for port {}: {v}",
+            target.port()
+        );
+
+        // Drain the queue (and the clients that get in later); the alert resolves.
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let mut accepted = Vec::new();
+        let resolved = loop {
+            while let Ok((s, _)) = listener.accept() {
+                accepted.push(s);
+            }
+            if prom
+                .alert_state("SockdiagAcceptQueueFull", target.port())
+                .is_none()
+            {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert!(
+            resolved,
+            "SockdiagAcceptQueueFull still active after draining: {}",
+            prom.get_json("/api/v1/alerts")
+        );
+        assert!(accepted.len() >= 6, "accepted only {}", accepted.len());
+        drop(clients);
+        drop(prom);
+        drop(daemon);
+    });
+}
