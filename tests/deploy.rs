@@ -876,3 +876,40 @@ fn prometheus_alerts_on_real_overflow() {
         drop(daemon);
     });
 }
+
+/// The core manifests against Kubernetes' own schemas, offline, strictly
+/// (unknown fields rejected). The prometheus-operator CRDs have no bundled
+/// schema; their content is covered by the rule checks above.
+#[test]
+fn kubernetes_manifests_validate() {
+    let probe = Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running python3");
+    assert!(
+        probe.status.success(),
+        "the PyPI package kubernetes-validate is not installed: \
+         python3 -m pip install kubernetes-validate"
+    );
+    for manifest in [
+        "deploy/kubernetes/daemonset.yaml",
+        "deploy/kubernetes/service.yaml",
+    ] {
+        let out = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", manifest])
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running kubernetes-validate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("passed"),
+            "{manifest}:\n{text}"
+        );
+    }
+}
