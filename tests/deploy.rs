@@ -817,21 +817,39 @@ fn prometheus_alerts_on_real_overflow() {
         assert_eq!(ours[0]["labels"]["netns"], "host");
         assert_eq!(ours[0]["labels"]["severity"], "critical");
 
-        // Every rule and dashboard expression parses and runs.
-        let mut exprs = yaml_exprs(&read("deploy/prometheus/rules.yml"));
-        for e in dashboard_exprs(&dashboard()) {
-            exprs.push(
-                e.replace("$__rate_interval", "1m")
-                    .replace("$__interval", "15s")
-                    .replace("$instance", ".*")
-                    .replace("$netns", ".*")
-                    .replace("$port", ".*"),
-            );
-        }
-        for e in &exprs {
+        // Every rule and dashboard expression parses and runs; every
+        // dashboard query and every recording rule also returns series
+        // (with a queue overflowing, each panel has something to show).
+        let query = |e: &str| {
             let v = prom.get_json(&format!("/api/v1/query?query={}", urlencode(e)));
             assert_eq!(v["status"], "success", "query `{e}`: {v}");
+            v["data"]["result"].as_array().map_or(0, Vec::len)
+        };
+        let rules = read("deploy/prometheus/rules.yml");
+        for e in yaml_exprs(&rules) {
+            query(&e);
         }
+        let mut empty = Vec::new();
+        for e in dashboard_exprs(&dashboard()) {
+            let e = e
+                .replace("$__rate_interval", "1m")
+                .replace("$__interval", "15s")
+                .replace("$instance", ".*")
+                .replace("$netns", ".*")
+                .replace("$port", ".*");
+            if query(&e) == 0 {
+                empty.push(e);
+            }
+        }
+        for name in record_names(&rules) {
+            if query(&name) == 0 {
+                empty.push(name);
+            }
+        }
+        assert!(
+            empty.is_empty(),
+            "queries with no data during an overflow: {empty:#?}"
+        );
         let v = prom.get_json(&format!(
             "/api/v1/query?query={}",
             urlencode("sockdiag:accept_queue_fill_ratio:max_by_address")
