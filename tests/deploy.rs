@@ -829,26 +829,30 @@ fn prometheus_alerts_on_real_overflow() {
         for e in yaml_exprs(&rules) {
             query(&e);
         }
-        let mut empty = Vec::new();
-        for e in dashboard_exprs(&dashboard()) {
-            let e = e
-                .replace("$__rate_interval", "1m")
-                .replace("$__interval", "15s")
-                .replace("$instance", ".*")
-                .replace("$netns", ".*")
-                .replace("$port", ".*");
-            if query(&e) == 0 {
-                empty.push(e);
+        let mut pending: Vec<String> = dashboard_exprs(&dashboard())
+            .into_iter()
+            .map(|e| {
+                e.replace("$__rate_interval", "1m")
+                    .replace("$__interval", "15s")
+                    .replace("$instance", ".*")
+                    .replace("$netns", ".*")
+                    .replace("$port", ".*")
+            })
+            .chain(record_names(&rules))
+            .collect();
+        // Rates need two scrapes and recording rules an evaluation after
+        // them: the alert can fire first, so wait (bounded) for data.
+        let data_deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            pending.retain(|e| query(e) == 0);
+            if pending.is_empty() || Instant::now() > data_deadline {
+                break;
             }
-        }
-        for name in record_names(&rules) {
-            if query(&name) == 0 {
-                empty.push(name);
-            }
+            std::thread::sleep(Duration::from_millis(500));
         }
         assert!(
-            empty.is_empty(),
-            "queries with no data during an overflow: {empty:#?}"
+            pending.is_empty(),
+            "queries with no data during an overflow: {pending:#?}"
         );
         let v = prom.get_json(&format!(
             "/api/v1/query?query={}",
