@@ -659,28 +659,6 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// An HTTP/1.0 GET: the answer is never chunked (Prometheus chunks large
-/// HTTP/1.1 answers), the body ends with the connection.
-fn http10_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// A Prometheus server killed (by its pid) when dropped.
 struct PromServer {
     child: Child,
@@ -690,7 +668,7 @@ struct PromServer {
 
 impl PromServer {
     fn get_json(&self, path: &str) -> Value {
-        let (status, body) = http10_get(self.addr, path)
+        let (status, body) = common::http_get(self.addr, path)
             .unwrap_or_else(|e| panic!("GET {path} from Prometheus: {e}\n{}", self.log_text()));
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
@@ -766,7 +744,7 @@ fn prometheus_alerts_on_real_overflow() {
             .expect("starting prometheus");
         let prom = PromServer { child, addr, log };
         loop {
-            if let Ok((200, _)) = http10_get(addr, "/-/ready") {
+            if let Ok((200, _)) = common::http_get(addr, "/-/ready") {
                 break;
             }
             assert!(
