@@ -699,9 +699,14 @@ impl Drop for PromServer {
 fn prometheus_alerts_on_real_overflow() {
     require_tool("prometheus", "prometheus");
     common::in_netns("prometheus_alerts_on_real_overflow", || {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(60);
+        // The timeline goes to the test output: it is what to read first
+        // when this test fails in CI.
+        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
         let tmp = TempDir::new("e2e");
         let daemon = common::Daemon::start(&[]);
+        mark("exporter healthy");
 
         // Rules with every `for:` shortened to one evaluation.
         let rules: String = read("deploy/prometheus/rules.yml")
@@ -754,6 +759,7 @@ fn prometheus_alerts_on_real_overflow() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        mark("prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s)");
 
         // listen(5): the queue holds 6 (full: length > limit); the rest of
         // the 10 clients sit in SYN-SENT.
@@ -761,6 +767,7 @@ fn prometheus_alerts_on_real_overflow() {
         let listener = common::listen(target, 5, false, None);
         let clients: Vec<socket2::Socket> =
             (0..10).map(|_| common::start_connect(target)).collect();
+        mark("listen(5) queue overflowed by 10 clients");
 
         let fired = loop {
             if prom
@@ -775,6 +782,7 @@ fn prometheus_alerts_on_real_overflow() {
             }
             std::thread::sleep(Duration::from_millis(250));
         };
+        mark("SockdiagAcceptQueueFull firing");
         assert!(
             fired,
             "SockdiagAcceptQueueFull never fired for port {}: {}\n{}",
@@ -832,6 +840,7 @@ fn prometheus_alerts_on_real_overflow() {
             pending.is_empty(),
             "queries with no data during an overflow: {pending:#?}"
         );
+        mark("every rule and dashboard query ran; every panel query and recording rule has data");
         let v = prom.get_json(&format!(
             "/api/v1/query?query={}",
             urlencode("sockdiag:accept_queue_fill_ratio:max_by_address")
@@ -865,6 +874,7 @@ fn prometheus_alerts_on_real_overflow() {
             }
             std::thread::sleep(Duration::from_millis(250));
         };
+        mark("queue drained; SockdiagAcceptQueueFull resolved");
         assert!(
             resolved,
             "SockdiagAcceptQueueFull still active after draining: {}",
