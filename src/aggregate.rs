@@ -256,10 +256,21 @@ impl ConnectionAggregator {
     /// Per-port figures, sorted by role then port, with client ports beyond
     /// `max_client_ports` (the busiest kept) folded into one `None` entry.
     /// Returns the figures and how many client ports were folded.
-    pub fn ports(&self, max_client_ports: usize) -> (Vec<PortEntry>, usize) {
+    ///
+    /// Only (role, port) pairs that `keep` accepts are reported or folded:
+    /// under a port filter the walk saw stray subsets of other ports.
+    pub fn ports(
+        &self,
+        max_client_ports: usize,
+        keep: impl Fn(Role, u16) -> bool,
+    ) -> (Vec<PortEntry>, usize) {
         let mut server: Vec<PortEntry> = Vec::new();
         let mut client: Vec<PortEntry> = Vec::new();
-        for (&(role, port), figures) in &self.ports {
+        for (&(role, port), figures) in self
+            .ports
+            .iter()
+            .filter(|((role, port), _)| keep(*role, *port))
+        {
             let entry = PortEntry {
                 role,
                 port: Some(port),
@@ -429,7 +440,7 @@ mod tests {
             (1, 6),
             "v4-mapped on dual stack"
         );
-        let (ports, _) = a.ports(10);
+        let (ports, _) = a.ports(10, |_, _| true);
         assert_eq!(ports.len(), 1);
         assert_eq!((ports[0].role, ports[0].port), (Role::Server, Some(80)));
         assert_eq!(ports[0].figures.recv_queue_bytes, 4 + 5 + 6 + 9);
@@ -473,7 +484,7 @@ mod tests {
                 ));
             }
         }
-        let (ports, folded) = a.ports(2);
+        let (ports, folded) = a.ports(2, |_, _| true);
         let got: Vec<_> = ports.iter().map(|p| (p.port, p.figures.total())).collect();
         assert_eq!(got, vec![(Some(80), 3), (Some(443), 5), (None, 2)]);
         assert_eq!(folded, 2);

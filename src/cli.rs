@@ -200,16 +200,19 @@ pub struct CollectorFlags {
     #[arg(long = "collector.connections.ports", value_name = "PORTS", value_parser = parse_ports, conflicts_with = "exclude_ports", global = true)]
     pub ports: Option<PortList>,
 
-    /// Walk every connection except those whose local or remote port is in
-    /// this comma-separated list (e.g. 22,2049 to leave out SSH and NFS).
+    /// Walk every connection except those whose local port is in this
+    /// comma-separated list: the servers on those ports (e.g. 22,2049 to
+    /// leave out SSH and NFS servers). Connections from this host to those
+    /// ports are still counted, and the listed ports get no per-listener
+    /// bytes, age or SYN queue.
     #[arg(long = "collector.connections.exclude-ports", value_name = "PORTS", value_parser = parse_ports, global = true)]
     pub exclude_ports: Option<PortList>,
 
     /// How to date connections waiting in accept queues
     /// (sockdiag_accept_queue_oldest_seconds). `exact` reads tcp_info in the
     /// connection walk while some queue is non-empty, which makes that walk
-    /// about 15% dearer; `off` skips it, and the age is not exported while
-    /// connections wait.
+    /// about 15% dearer; `off` skips it, and the age is then not exported
+    /// at all.
     #[arg(
         long = "collector.connections.queue-age",
         value_name = "MODE",
@@ -237,7 +240,7 @@ impl CollectorFlags {
             (None, Some(p)) => (Mode::Except, p),
             (None, None) => return None,
         };
-        PortFilter::new(mode, ports.0.clone()).ok()
+        PortFilter::new(mode, ports.0.clone()).ok().flatten()
     }
 
     /// The sampler settings these flags describe.
@@ -263,17 +266,19 @@ pub struct PortList(pub Vec<u16>);
 
 /// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`].
 fn parse_ports(text: &str) -> Result<PortList, String> {
-    let ports = text
+    let mut ports = text
         .split(',')
         .map(|p| {
             p.trim()
                 .parse::<u16>()
-                .map_err(|_| format!("{p:?} in {text:?} is not a port number (0-65535)"))
+                .map_err(|_| format!("{:?} is not a port number (0-65535)", p.trim()))
         })
         .collect::<Result<Vec<u16>, String>>()?;
+    ports.sort_unstable();
+    ports.dedup();
     if ports.len() > MAX_FILTER_PORTS {
         return Err(format!(
-            "{} ports listed; at most {MAX_FILTER_PORTS}",
+            "{} distinct ports listed; at most {MAX_FILTER_PORTS}",
             ports.len()
         ));
     }
@@ -330,8 +335,6 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A telemetry path: a plain URL path that does not shadow `/` or
-/// `/healthz` (the router would refuse a clash at start-up).
 /// An HTTP timeout: between 100 ms (less cannot carry a request) and one
 /// hour (more would let a client hold a connection slot indefinitely).
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -344,6 +347,8 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A telemetry path: a plain URL path that does not shadow `/` or
+/// `/healthz` (the router would refuse a clash at start-up).
 fn parse_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') || text.len() < 2 {
         return Err(format!(
@@ -460,7 +465,19 @@ mod tests {
 
     #[test]
     fn port_lists() {
-        assert_eq!(parse_ports("80, 443"), Ok(PortList(vec![80, 443])));
+        assert_eq!(parse_ports("443, 80, 80"), Ok(PortList(vec![80, 443])));
+        let many = vec!["80"; 3000].join(",");
+        assert_eq!(
+            parse_ports(&many),
+            Ok(PortList(vec![80])),
+            "duplicates do not count"
+        );
+        let long: String = (1..=3000)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = parse_ports(&long).unwrap_err();
+        assert!(e.len() < 100, "the error does not echo the list: {e}");
         assert!(parse_ports("80,http").unwrap_err().contains("not a port"));
         assert!(parse_ports("70000").is_err());
         assert!(parse_ports("").is_err());

@@ -52,6 +52,9 @@ pub struct ListenerTracker {
     tracked: HashMap<u64, Tracked>,
     /// Slots taken in each reuseport group.
     slots: HashMap<ListenKey, BTreeSet<u32>>,
+    /// Addresses labelled as groups: several members were seen together,
+    /// and more than one is still tracked.
+    grouped: HashSet<ListenKey>,
 }
 
 impl ListenerTracker {
@@ -64,6 +67,7 @@ impl ListenerTracker {
             max_gap: (interval * 2).max(Duration::from_secs(1)),
             tracked: HashMap::new(),
             slots: HashMap::new(),
+            grouped: HashSet::new(),
         }
     }
 
@@ -72,6 +76,38 @@ impl ListenerTracker {
         let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
         used.insert(slot);
         slot
+    }
+
+    /// Sorts listeners and keeps the `member` number only for groups, so
+    /// one stuck member of a `SO_REUSEPORT` group shows as its own series
+    /// while a lone listener keeps exactly the contract's labels.
+    ///
+    /// An address becomes a group when several members are seen together,
+    /// and stays one while more than one is tracked (members missing from
+    /// a dump included). So a member skipped by one dump does not turn the
+    /// others into lone listeners, which would put two sockets' counters on
+    /// one series in turn; and a lone listener restarted (the old socket
+    /// still tracked, the new one present) does not become a group.
+    fn label_members(&mut self, mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures> {
+        let mut present: HashMap<ListenKey, usize> = HashMap::new();
+        for f in &figures {
+            *present.entry(f.key()).or_default() += 1;
+        }
+        for (key, n) in &present {
+            if *n > 1 {
+                self.grouped.insert(*key);
+            }
+        }
+        let slots = &self.slots;
+        self.grouped
+            .retain(|key| slots.get(key).is_some_and(|used| used.len() > 1));
+        for f in &mut figures {
+            if !self.grouped.contains(&f.key()) {
+                f.member = None;
+            }
+        }
+        figures.sort_unstable_by_key(|f| (f.key(), f.member));
+        figures
     }
 
     fn free_slot(&mut self, key: ListenKey, slot: u32) {
@@ -96,6 +132,13 @@ impl ListenerTracker {
         for r in records {
             if !seen.insert(r.cookie) {
                 continue;
+            }
+            // A socket that listens again elsewhere keeps its cookie but
+            // changes address or port: it starts afresh in its new group.
+            if let Some(moved) = self.tracked.get(&r.cookie).filter(|t| t.key != r.key) {
+                let (key, slot) = (moved.key, moved.slot);
+                self.tracked.remove(&r.cookie);
+                self.free_slot(key, slot);
             }
             if !self.tracked.contains_key(&r.cookie) {
                 let slot = self.take_slot(r.key);
@@ -175,30 +218,9 @@ impl ListenerTracker {
         }
         ListenerSample {
             taken_at: wall,
-            listeners: label_members(figures),
+            listeners: self.label_members(figures),
         }
     }
-}
-
-/// Sorts listeners and keeps the `member` number only where several sockets
-/// share an address and port, so one stuck member of a `SO_REUSEPORT` group
-/// shows as its own series while a lone listener keeps exactly the
-/// contract's labels.
-fn label_members(mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures> {
-    figures.sort_unstable_by_key(|f| (f.key(), f.member));
-    let mut start = 0;
-    while start < figures.len() {
-        let key: ListenKey = figures[start].key();
-        let end = figures[start..]
-            .iter()
-            .position(|f| f.key() != key)
-            .map_or(figures.len(), |n| start + n);
-        if end - start == 1 {
-            figures[start].member = None;
-        }
-        start = end;
-    }
-    figures
 }
 
 #[cfg(test)]
@@ -306,6 +328,70 @@ mod tests {
             (one.full_seconds.unwrap() - 0.6).abs() < 1e-9,
             "kept and extended its full time"
         );
+    }
+
+    /// Regression: when the only other member of a pair is skipped by a
+    /// dump, the survivor must keep its `member` label, or two sockets'
+    /// counters would take turns on the lone-listener series.
+    #[test]
+    fn a_skipped_member_does_not_turn_the_survivor_into_a_loner() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        t.update(t0, wall, &[listener(1, 80, 0, 10), listener(2, 80, 0, 10)]);
+        let s = t.update(at(t0, 200), wall, &[listener(2, 80, 0, 10)]);
+        assert_eq!(s.listeners[0].member, Some(1));
+        for i in 2..=4 {
+            t.update(at(t0, 200 * i), wall, &[listener(2, 80, 0, 10)]);
+        }
+        let s = t.update(at(t0, 1000), wall, &[listener(2, 80, 0, 10)]);
+        assert_eq!(
+            s.listeners[0].member, None,
+            "alone once the other is gone for good"
+        );
+    }
+
+    /// A restarted lone listener (new socket present, old one still in its
+    /// grace period) stays a lone listener: no transient `member` series.
+    #[test]
+    fn a_restarted_lone_listener_stays_alone() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        t.update(t0, wall, &[listener(1, 80, 0, 10)]);
+        for i in 1..=4 {
+            let s = t.update(at(t0, 200 * i), wall, &[listener(2, 80, 0, 10)]);
+            assert_eq!(s.listeners[0].member, None, "sample {i}");
+        }
+    }
+
+    #[test]
+    fn a_socket_that_moves_starts_afresh_in_its_new_group() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        t.update(
+            t0,
+            wall,
+            &[
+                listener(1, 80, 0, 10),
+                listener(2, 80, 0, 10),
+                listener(3, 90, 0, 10),
+            ],
+        );
+        // Cookie 2 now listens on 90, beside cookie 3 (slot 0 there).
+        let s = t.update(
+            at(t0, 200),
+            wall,
+            &[
+                listener(1, 80, 0, 10),
+                listener(2, 90, 0, 10),
+                listener(3, 90, 0, 10),
+            ],
+        );
+        let got: Vec<_> = s
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.cookie, l.member))
+            .collect();
+        assert_eq!(got, vec![(80, 1, None), (90, 3, Some(0)), (90, 2, Some(1))]);
     }
 
     #[test]

@@ -86,7 +86,7 @@ defs! {
     ACCEPT_QUEUE_BYTES = "sockdiag_accept_queue_bytes", Gauge, ADDRESS,
         "Bytes already received on connections still waiting in the accept queue: requests clients have sent that nobody has read yet. For a SO_REUSEPORT group, the whole group.";
     ACCEPT_QUEUE_OLDEST = "sockdiag_accept_queue_oldest_seconds", Gauge, ADDRESS,
-        "How long the oldest connection still in the accept queue has waited (0 when empty). Seconds here mean clients waiting that long before the application sees them. For a SO_REUSEPORT group, the whole group.";
+        "How long the oldest connection still in the accept queue has waited (0 when empty). Seconds here mean clients waiting that long before the application sees them. For a SO_REUSEPORT group, the whole group. Not exported with --collector.connections.queue-age off.";
     SYN_QUEUE_LENGTH = "sockdiag_syn_queue_length", Gauge, ADDRESS,
         "Half-open connections (SYN-RECV requests) for this listener: handshakes waiting for the client's final ACK. A large or growing value suggests a SYN flood or lossy clients. For a SO_REUSEPORT group, the whole group.";
     LISTEN_DROPS = "sockdiag_listen_drops_total", Counter, SOCKET,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::aggregate::{ConnectionAggregator, ListenerRecord};
+use crate::aggregate::{ConnectionAggregator, ListenerRecord, Role};
 use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, PortFilter, StateSet};
 use crate::listeners::ListenerTracker;
 use crate::procfs::{NetnsProc, ProcError, read_tcp_ext, read_u64};
@@ -211,7 +211,13 @@ pub fn sample_connections(
 ) -> Result<ConnectionSample, DiagError> {
     let taken_at = SystemTime::now();
     dump_listeners(socket, false, &mut work.listeners)?;
-    let want_ages = queue_ages && work.listeners.iter().any(|l| l.length > 0);
+    // Only queues the walk sees in full are dated: ages for a listener
+    // whose connections are filtered out would never be exported.
+    let want_ages = queue_ages
+        && work
+            .listeners
+            .iter()
+            .any(|l| l.length > 0 && filter.is_none_or(|f| f.covers(true, l.key.port)));
     let agg = &mut work.aggregator;
     agg.reset(work.listeners.iter());
     let (mut sockets, mut walk_bytes, mut walk_datagrams) = (0u64, 0u64, 0u64);
@@ -231,14 +237,25 @@ pub fn sample_connections(
         walk_datagrams += stats.datagrams as u64;
     }
     agg.finish(queue_ages);
-    let (ports, folded) = agg.ports(max_client_ports);
+    let (ports, folded) = agg.ports(max_client_ports, |role, port| {
+        filter.is_none_or(|f| f.covers(role == Role::Server, port))
+    });
     Ok(ConnectionSample {
         taken_at,
         queues: agg
             .queues()
             .into_iter()
-            .filter(|(k, _)| filter.is_none_or(|f| f.covers_local(k.port)))
+            .filter(|(k, _)| filter.is_none_or(|f| f.covers(true, k.port)))
             .map(|(k, q)| QueueSummary::new(k, q))
+            .map(|mut q| {
+                // With ages off the series is never exported, so that a
+                // dashboard cannot read "0" across the very windows when
+                // connections waited.
+                if !queue_ages {
+                    q.oldest_seconds = None;
+                }
+                q
+            })
             .collect(),
         ports: ports.iter().map(PortSummary::new).collect(),
         sockets,

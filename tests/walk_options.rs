@@ -29,6 +29,18 @@ fn snapshot(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("snapshot JSON")
 }
 
+fn role_ports(v: &serde_json::Value, role: &str) -> Vec<u64> {
+    let mut p: Vec<u64> = v["connections"]["ports"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["role"] == role)
+        .filter_map(|e| e["port"].as_u64())
+        .collect();
+    p.sort_unstable();
+    p
+}
+
 fn ports_of(v: &serde_json::Value, list: &str) -> Vec<u64> {
     let mut p: Vec<u64> = v["connections"][list]
         .as_array()
@@ -85,8 +97,11 @@ fn port_filters_restrict_the_walk_not_the_listeners() {
 
         let except = snapshot(&["--collector.connections.exclude-ports", "5002"]);
         assert_eq!(ports_of(&except, "queues"), vec![5001, 5003]);
-        assert_eq!(ports_of(&except, "ports"), vec![5001, 5003]);
-        assert_eq!(except["connections"]["sockets"].as_u64(), Some(8));
+        // Exclusion is by local port: the servers on 5002 are skipped, the
+        // clients talking to it are still counted.
+        assert_eq!(role_ports(&except, "server"), vec![5001, 5003]);
+        assert_eq!(role_ports(&except, "client"), vec![5001, 5002, 5003]);
+        assert_eq!(except["connections"]["sockets"].as_u64(), Some(10));
         drop(keep);
     });
 }
@@ -128,8 +143,8 @@ fn queue_age_off_leaves_waiting_connections_undated() {
         assert_eq!(age(&off, 5001), (Some(2), None), "waiting, age unknown");
         assert_eq!(
             age(&off, 5002),
-            (Some(0), Some(0.0)),
-            "an empty queue is 0 either way"
+            (Some(0), None),
+            "with ages off the age is never exported"
         );
         drop((keep, clients));
     });
@@ -188,4 +203,53 @@ fn client_ports_beyond_the_cap_fold_into_other() {
         );
         drop(keep);
     });
+}
+
+/// Regression: a server connection whose client happens to use a filtered
+/// port as its source port. Excluding that port must not make the server's
+/// own figures short; including only it must not export a stray partial
+/// view of the server's port.
+#[test]
+fn filters_never_publish_partial_figures_for_unlisted_ports() {
+    in_netns(
+        "filters_never_publish_partial_figures_for_unlisted_ports",
+        || {
+            let server: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+            let listener = listen(server, 8, false, None);
+            let client =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            client
+                .bind(&SocketAddr::from(([127, 0, 0, 1], 40000)).into())
+                .expect("binding the client's source port");
+            client.connect(&server.into()).expect("connect");
+            (&client).write_all(b"8 bytes!").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+
+            let queue = |v: &serde_json::Value| {
+                v["connections"]["queues"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|q| q["port"] == 3000)
+                    .map(|q| (q["queued"].as_u64(), q["queued_bytes"].as_u64()))
+            };
+            let except = snapshot(&["--collector.connections.exclude-ports", "40000"]);
+            assert_eq!(
+                queue(&except),
+                Some((Some(1), Some(8))),
+                "server figures complete"
+            );
+            assert_eq!(role_ports(&except, "server"), vec![3000]);
+
+            let only = snapshot(&["--collector.connections.ports", "40000"]);
+            assert_eq!(
+                queue(&only),
+                None,
+                "3000 is not listed: no per-address figures"
+            );
+            assert!(role_ports(&only, "server").is_empty(), "{only}");
+            assert!(role_ports(&only, "client").is_empty(), "{only}");
+            drop((client, listener));
+        },
+    );
 }

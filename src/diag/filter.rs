@@ -30,14 +30,17 @@ pub const MAX_FILTER_PORTS: usize = 2048;
 /// What a filter does with sockets on its ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Keep only sockets whose local or remote port is listed.
+    /// Keep only sockets whose local or remote port is listed: the servers
+    /// on those ports and the clients talking to them.
     Only,
-    /// Keep every socket except those whose local or remote port is listed.
+    /// Keep every socket except those whose local port is listed: the
+    /// servers on those ports. Matching remote ports too would also drop
+    /// server sockets whose client happened to pick a listed port as its
+    /// ephemeral source port, leaving other ports' figures short.
     Except,
 }
 
-/// A set of ports to keep or drop, by local or remote port: a listed port
-/// covers both the servers on it and the clients talking to it.
+/// A set of ports to keep or drop (see [`Mode`] for which end is tested).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortFilter {
     mode: Mode,
@@ -50,14 +53,19 @@ pub struct PortFilter {
 pub struct TooManyPorts(pub usize);
 
 impl PortFilter {
-    /// A filter over `ports` (duplicates are dropped).
-    pub fn new(mode: Mode, mut ports: Vec<u16>) -> Result<Self, TooManyPorts> {
+    /// A filter over `ports` (duplicates are dropped); `None` for an empty
+    /// list, which is no filter at all.
+    pub fn new(mode: Mode, mut ports: Vec<u16>) -> Result<Option<Self>, TooManyPorts> {
         ports.sort_unstable();
         ports.dedup();
         if ports.len() > MAX_FILTER_PORTS {
             return Err(TooManyPorts(ports.len()));
         }
-        Ok(PortFilter { mode, ports })
+        Ok((!ports.is_empty()).then_some(PortFilter { mode, ports }))
+    }
+
+    fn listed(&self, port: u16) -> bool {
+        self.ports.binary_search(&port).is_ok()
     }
 
     /// The mode.
@@ -72,31 +80,42 @@ impl PortFilter {
 
     /// What the kernel program decides, for a socket with these ports.
     pub fn keeps(&self, local: u16, remote: u16) -> bool {
-        let listed =
-            self.ports.binary_search(&local).is_ok() || self.ports.binary_search(&remote).is_ok();
-        listed == (self.mode == Mode::Only)
+        match self.mode {
+            Mode::Only => self.listed(local) || self.listed(remote),
+            Mode::Except => !self.listed(local),
+        }
     }
 
-    /// Whether connections on local port `port` are all seen by a walk
-    /// under this filter (so per-listener figures built from the walk are
-    /// complete).
-    pub fn covers_local(&self, port: u16) -> bool {
+    /// Whether a walk under this filter sees every socket that counts for
+    /// (role, port): the servers on local `port`, or the clients talking to
+    /// remote `port`. Figures are exported only where it does; elsewhere
+    /// the walk saw a stray subset (e.g. a server socket kept because its
+    /// client's source port is listed) that must not pass for a total.
+    pub fn covers(&self, server: bool, port: u16) -> bool {
         match self.mode {
-            Mode::Only => self.ports.binary_search(&port).is_ok(),
-            Mode::Except => self.ports.binary_search(&port).is_err(),
+            Mode::Only => self.listed(port),
+            // Clients' local ports are ephemeral; one that happens to be
+            // listed is skipped, a loss too small and random to withhold
+            // every client figure for.
+            Mode::Except => !server || !self.listed(port),
         }
     }
 
     /// The bytecode program.
     pub fn program(&self) -> Vec<u8> {
-        let tests: Vec<(u8, u16)> = self
-            .ports
-            .iter()
-            .flat_map(|&p| [(BC_S_EQ, p), (BC_D_EQ, p)])
-            .collect();
         match self.mode {
-            Mode::Only => keep_on_match(&tests),
-            Mode::Except => reject_on_match(&tests),
+            Mode::Only => {
+                let tests: Vec<(u8, u16)> = self
+                    .ports
+                    .iter()
+                    .flat_map(|&p| [(BC_S_EQ, p), (BC_D_EQ, p)])
+                    .collect();
+                keep_on_match(&tests)
+            }
+            Mode::Except => {
+                let tests: Vec<(u8, u16)> = self.ports.iter().map(|&p| (BC_S_EQ, p)).collect();
+                reject_on_match(&tests)
+            }
         }
     }
 }
@@ -188,7 +207,7 @@ mod tests {
     #[test]
     fn programs_decide_like_the_userspace_mirror() {
         for mode in [Mode::Only, Mode::Except] {
-            let f = PortFilter::new(mode, vec![443, 80, 80]).unwrap();
+            let f = PortFilter::new(mode, vec![443, 80, 80]).unwrap().unwrap();
             assert_eq!(f.ports(), &[80, 443]);
             let p = f.program();
             for (s, d) in [(80, 5000), (5000, 80), (443, 443), (5000, 5001), (81, 79)] {
@@ -200,10 +219,17 @@ mod tests {
     #[test]
     fn too_many_ports_are_refused() {
         assert!(PortFilter::new(Mode::Only, (0..=MAX_FILTER_PORTS as u16).collect()).is_err());
-        let f = PortFilter::new(Mode::Except, (0..MAX_FILTER_PORTS as u16).collect()).unwrap();
+        let f = PortFilter::new(Mode::Only, (0..MAX_FILTER_PORTS as u16).collect())
+            .unwrap()
+            .unwrap();
         assert!(
             f.program().len() < 65536,
             "fits the attribute's 16-bit length"
+        );
+        assert_eq!(
+            PortFilter::new(Mode::Except, Vec::new()),
+            Ok(None),
+            "empty is no filter"
         );
     }
 }
