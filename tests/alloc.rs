@@ -36,6 +36,27 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Raises the soft open-file limit to the hard one (shells often start at
+/// 1024); fails clearly if even the hard limit is below what the test holds.
+fn raise_fd_limit(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(
+        lim.rlim_max >= needed,
+        "RLIMIT_NOFILE hard limit {} is below the {needed} descriptors this test holds",
+        lim.rlim_max
+    );
+    lim.rlim_cur = lim.rlim_max;
+    assert_eq!(
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) },
+        0,
+        "raising RLIMIT_NOFILE"
+    );
+}
+
 /// Opens `n` connections to `addr` and accepts them all, so nothing waits
 /// in a queue and every socket is an ordinary established one.
 fn connect_many(
@@ -65,6 +86,7 @@ fn allocations_of_one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork)
 #[test]
 fn sample_allocations_do_not_grow_with_sockets() {
     in_netns("sample_allocations_do_not_grow_with_sockets", || {
+        raise_fd_limit(2400);
         let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let listener = listen(addr, 128, false, None);
         let mut keep = Vec::new();
