@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,17 +146,12 @@ pub fn run(exporter: &Path, run_for: Duration) -> DaemonOutcome {
 fn run_inner(exporter: &Path, run_for: Duration) -> Result<DaemonStats> {
     let mut errfile = proc_util::memfd(c"daemon-stderr")?;
     let errdup = errfile.try_clone().context("duplicating the stderr file")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
     let mut cmd = Command::new(exporter);
     cmd.args(["--web.listen-address", LISTEN])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(errdup));
-    // SAFETY: die_with_parent only calls prctl and getppid.
-    unsafe {
-        cmd.pre_exec(move || proc_util::die_with_parent(me));
-    }
+    proc_util::tie_to_this_process(&mut cmd);
     let start = Instant::now();
     let child = cmd
         .spawn()

@@ -2,7 +2,6 @@
 //! from the child's own rusage (wait4), so every row pays the same fork/exec overhead and
 //! the bench's own memory never counts.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,17 +160,12 @@ fn run_once(spec: &Spec) -> Result<Sample, String> {
     let errdup = errfile
         .try_clone()
         .map_err(|e| format!("duplicating the stderr file: {e}"))?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(errdup));
-    // SAFETY: die_with_parent only calls prctl and getppid.
-    unsafe {
-        cmd.pre_exec(move || proc_util::die_with_parent(me));
-    }
+    proc_util::tie_to_this_process(&mut cmd);
     let start = Instant::now();
     let child = cmd
         .spawn()

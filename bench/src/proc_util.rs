@@ -71,6 +71,18 @@ pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the child that `cmd` starts die with this process, so that no measured command
+/// outlives the bench.
+pub fn tie_to_this_process(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: die_with_parent only calls prctl and getppid.
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(me));
+    }
+}
+
 /// An anonymous in-memory file, used to collect a child's stderr without a reader thread
 /// and without the risk of a full pipe blocking the child.
 pub fn memfd(name: &std::ffi::CStr) -> Result<std::fs::File> {

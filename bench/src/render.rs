@@ -61,7 +61,6 @@ pub fn internal_main(opts: &RenderOpts, exporter: &Path) -> Result<ExitCode> {
         keep.push(listener(port)?);
         keep.push(worker::connect_client(u64::from(i), port)?);
     }
-    let me = unsafe { libc::getpid() };
     let mut cmd = Command::new(exporter);
     cmd.args([
         "--web.listen-address",
@@ -73,12 +72,7 @@ pub fn internal_main(opts: &RenderOpts, exporter: &Path) -> Result<ExitCode> {
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::null());
-    // SAFETY: die_with_parent only calls prctl and getppid.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            proc_util::die_with_parent(me)
-        });
-    }
+    proc_util::tie_to_this_process(&mut cmd);
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", exporter.display()))?;
