@@ -66,22 +66,6 @@ pub enum DiagError {
     },
 }
 
-impl DiagError {
-    /// The kernel's errno, when the kernel itself refused the request.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            DiagError::Reply {
-                source: ParseError::Kernel { errno },
-                ..
-            } => Some(*errno),
-            DiagError::Send { source, .. } | DiagError::Recv { source, .. } => {
-                source.raw_os_error()
-            }
-            _ => None,
-        }
-    }
-}
-
 /// What one dump returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DumpStats {
