@@ -9,11 +9,14 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod diag;
 pub mod listeners;
 pub mod metrics;
+pub mod netns;
+pub mod owners;
 pub mod procfs;
 pub mod report;
 pub mod sampler;
