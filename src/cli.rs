@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use regex::Regex;
+
 use crate::diag::{MAX_FILTER_PORTS, Mode, PortFilter};
+use crate::netns::{DiscoveryConfig, NetnsFilter};
 use crate::sampler::SamplerConfig;
 
 /// Prometheus exporter for Linux socket queues.
@@ -164,6 +167,44 @@ pub struct CollectorFlags {
     #[arg(long = "no-collector.netstat", action = ArgAction::SetTrue, overrides_with = "netstat", global = true)]
     no_netstat: bool,
 
+    /// Enable the netns collector (default): find every network namespace
+    /// on the node (from /proc/*/ns/net and the ip netns directory) and
+    /// collect each one; without it only the daemon's own namespace is
+    /// collected. Entering others needs CAP_SYS_ADMIN; without it they are
+    /// skipped (logged once, sockdiag_netns_up 0).
+    #[arg(long = "collector.netns", action = ArgAction::SetTrue, overrides_with = "no_netns", global = true)]
+    netns: bool,
+    /// Disable the netns collector: only the daemon's own namespace.
+    #[arg(long = "no-collector.netns", action = ArgAction::SetTrue, overrides_with = "netns", global = true)]
+    no_netns: bool,
+
+    /// Enable the processes collector (default): which process (command,
+    /// pid, systemd unit, container) owns each listener, as
+    /// sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new
+    /// listener appears; other users' processes need CAP_SYS_PTRACE and
+    /// CAP_DAC_READ_SEARCH.
+    #[arg(long = "collector.processes", action = ArgAction::SetTrue, overrides_with = "no_processes", global = true)]
+    processes: bool,
+    /// Disable the processes collector.
+    #[arg(long = "no-collector.processes", action = ArgAction::SetTrue, overrides_with = "processes", global = true)]
+    no_processes: bool,
+
+    /// How often to look for network namespaces that appeared or vanished.
+    /// A vanished namespace's series go at the next look; one look stats
+    /// /proc/<pid>/ns/net of every process.
+    #[arg(long = "collector.netns.rescan-interval", value_name = "DURATION", default_value = "10s", value_parser = parse_interval, global = true)]
+    pub netns_rescan_interval: Duration,
+
+    /// Collect only namespaces whose netns label matches this regular
+    /// expression (whole name), e.g. 'host|pod:.*'.
+    #[arg(long = "collector.netns.include", value_name = "REGEX", value_parser = parse_regex, global = true)]
+    pub netns_include: Option<Regex>,
+
+    /// Skip namespaces whose netns label matches this regular expression
+    /// (whole name), e.g. 'pod:kube-system/.*'. Applied after include.
+    #[arg(long = "collector.netns.exclude", value_name = "REGEX", value_parser = parse_regex, global = true)]
+    pub netns_exclude: Option<Regex>,
+
     /// How often the listeners collector samples. Shorter catches shorter
     /// bursts in the peak and full-time figures; each sample costs one dump
     /// of the listening sockets only (tens of microseconds for a few hundred
@@ -221,7 +262,8 @@ pub struct CollectorFlags {
     )]
     pub queue_age: QueueAge,
 
-    /// Where procfs is mounted.
+    /// Where procfs is mounted. In a container, mount the host's /proc here
+    /// (with the host's pid namespace) to see every namespace and process.
     #[arg(
         long = "path.procfs",
         value_name = "PATH",
@@ -229,6 +271,25 @@ pub struct CollectorFlags {
         global = true
     )]
     pub procfs: PathBuf,
+
+    /// Where `ip netns` keeps named namespaces; their names label them.
+    #[arg(
+        long = "path.run-netns",
+        value_name = "PATH",
+        default_value = "/run/netns",
+        global = true
+    )]
+    pub run_netns: PathBuf,
+
+    /// The kubelet's pod log directory (entries <namespace>_<pod>_<uid>),
+    /// which turns pod UIDs into pod:<namespace>/<name> labels.
+    #[arg(
+        long = "path.pod-logs",
+        value_name = "PATH",
+        default_value = "/var/log/pods",
+        global = true
+    )]
+    pub pod_logs: PathBuf,
 }
 
 impl CollectorFlags {
@@ -255,6 +316,18 @@ impl CollectorFlags {
             port_filter: self.port_filter(),
             queue_ages: self.queue_age == QueueAge::Exact,
             netstat: !self.no_netstat,
+            processes: !self.no_processes,
+            discovery: DiscoveryConfig {
+                enabled: !self.no_netns,
+                rescan_interval: self.netns_rescan_interval,
+                filter: NetnsFilter {
+                    include: self.netns_include.clone(),
+                    exclude: self.netns_exclude.clone(),
+                },
+                procfs: self.procfs.clone(),
+                run_netns: self.run_netns.clone(),
+                pod_logs: self.pod_logs.clone(),
+            },
             procfs: self.procfs.clone(),
         }
     }
@@ -265,6 +338,10 @@ impl CollectorFlags {
 pub struct PortList(pub Vec<u16>);
 
 /// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`].
+fn parse_regex(text: &str) -> Result<Regex, String> {
+    NetnsFilter::pattern(text).map_err(|e| format!("not a valid regular expression: {e}"))
+}
+
 fn parse_ports(text: &str) -> Result<PortList, String> {
     let mut ports = text
         .split(',')

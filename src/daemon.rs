@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::{Cli, Command, Format, resolve_listen_address};
 use crate::metrics::Exposition;
-use crate::sampler::{CONNECTIONS, LISTENERS, NETSTAT, Sampler, Store, sample_once};
+use crate::sampler::{
+    CONNECTIONS, LISTENERS, NETNS, NETSTAT, PROCESSES, Sampler, Store, sample_once,
+};
 use crate::server::{ServerConfig, serve};
 
 /// Runs what the command line asks for.
@@ -113,6 +115,9 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
     if config.netstat {
         enabled.push(NETSTAT);
     }
+    if config.processes {
+        enabled.push(PROCESSES);
+    }
     if enabled.is_empty() {
         bail!("every collector is disabled: nothing to export");
     }
@@ -121,6 +126,9 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         .local_addr()
         .context("reading the HTTP socket's address")?;
 
+    if config.discovery.enabled {
+        enabled.push(NETNS);
+    }
     let store = Arc::new(Store::new(&enabled));
     let exposition = Arc::new(Exposition::new(store.clone()).context("registering metrics")?);
     let sampler = Sampler::start(&config, store.clone()).context("starting sampler threads")?;
@@ -130,6 +138,7 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         collectors = ?enabled,
         listener_interval = ?config.listener_interval,
         connection_interval = ?config.connection_interval,
+        namespaces = store.targets().targets.list.len(),
         "sockdiag-exporter {} listening", env!("CARGO_PKG_VERSION")
     );
 

@@ -105,6 +105,18 @@ defs! {
         "TcpExt ListenDrops of the namespace: every drop at any listener, overflows included.";
     SOMAXCONN = "sockdiag_somaxconn", Gauge, (NETNS, false),
         "net.core.somaxconn of the namespace: the ceiling on every listen() backlog.";
+    NETNS_INFO = "sockdiag_netns_info", Gauge, (&["netns", "source", "inode", "pid", "ip_netns", "pod_namespace", "pod_name", "pod_uid", "container_id"], false),
+        "Always 1, for every network namespace being collected: joins the netns label to the namespace's inode (as in ls -l /proc/PID/ns/net), its lowest pid, and the ip netns name, Kubernetes pod or container it belongs to. source says which of these named it (host, pod, ip_netns, container, inode).";
+    NETNS_UNREADABLE = "sockdiag_netns_processes_unreadable", Gauge, (NO_LABELS, false),
+        "Processes whose network namespace the last discovery pass could not see (reading /proc/PID/ns/net of another user's process needs CAP_SYS_PTRACE); namespaces only such processes live in are not collected. Only exported with the netns collector.";
+    NETNS_UP = "sockdiag_netns_up", Gauge, (NETNS, false),
+        "1 if the last sample of every enabled collector in this namespace succeeded; 0 if the namespace could not be entered (the exporter lacks CAP_SYS_ADMIN) or a sample failed. A namespace at 0 has no other series.";
+    NETNS_SAMPLE_DURATION = "sockdiag_netns_sample_duration_seconds", Gauge, (&["netns", "collector"], false),
+        "How long the last sample of this collector in this namespace took; the sum over namespaces is sockdiag_collector_duration_seconds. Every namespace's dump walks the host-wide socket tables, so this grows with all sockets on the node.";
+    LISTENER_PROCESS_INFO = "sockdiag_listener_process_info", Gauge, (&["netns", "family", "address", "port", "pid", "comm", "unit", "container_id"], true),
+        "Always 1: the process owning this listening socket (the lowest pid holding it), its command name, systemd unit and container. Join on netns, family, address, port (and member) to name the owner of a full queue.";
+    LISTENER_OWNER_UNKNOWN = "sockdiag_listener_owner_unknown", Gauge, (NETNS, false),
+        "Listening sockets of the namespace whose owning process is not known: the exporter may not read other users' /proc/PID/fd (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH), or the owner is outside the namespace.";
     BUILD_INFO = "sockdiag_build_info", Gauge, (&["version"], false),
         "Always 1; the labels say which build of sockdiag-exporter is running.";
     COLLECTOR_DURATION = "sockdiag_collector_duration_seconds", Gauge, (COLLECTOR, false),
@@ -224,7 +236,38 @@ fn render_netns(f: &mut Families, view: &NetnsView) {
             if let Some(d) = l.drops {
                 f.push(&LISTEN_DROPS, &labels, d as f64);
             }
+            if let Some(owner) = view.owners.as_ref().and_then(|o| o.get(l.cookie)) {
+                let pid = owner.pid.to_string();
+                let w = &owner.workload;
+                let mut info = labels[..4].to_vec();
+                info.extend([
+                    ("pid", pid.as_str()),
+                    ("comm", owner.comm.as_str()),
+                    ("unit", w.unit.as_deref().unwrap_or("")),
+                    ("container_id", w.container_id.as_deref().unwrap_or("")),
+                ]);
+                info.extend(labels.get(4).copied());
+                f.push(&LISTENER_PROCESS_INFO, &info, 1.0);
+            }
         }
+    }
+    if let Some(o) = &view.owners {
+        f.push(
+            &LISTENER_OWNER_UNKNOWN,
+            &[("netns", netns)],
+            o.unknown as f64,
+        );
+    }
+    if !view.status.is_empty() {
+        for (collector, st) in &view.status {
+            f.push(
+                &NETNS_SAMPLE_DURATION,
+                &[("netns", netns), ("collector", collector)],
+                st.duration.as_secs_f64(),
+            );
+        }
+        let up = view.status.values().all(|st| st.ok);
+        f.push(&NETNS_UP, &[("netns", netns)], if up { 1.0 } else { 0.0 });
     }
     // Figures the kernel keeps per address rather than per socket come from
     // the connection tier, once per address. While the listener tier runs,
@@ -301,6 +344,39 @@ impl Collector for SnapshotCollector {
         let mut f = Families::new();
         for view in self.store.views() {
             render_netns(&mut f, &view);
+        }
+        let set = self.store.targets();
+        if set.targets.discovery {
+            f.push(&NETNS_UNREADABLE, &[], set.targets.denied as f64);
+        }
+        for info in &set.targets.list {
+            let (inode, pid) = (
+                info.inode().to_string(),
+                info.pid.map(|p| p.to_string()).unwrap_or_default(),
+            );
+            let o = |v: &Option<String>| v.clone().unwrap_or_default();
+            let (ip, pns, pname, puid, cid) = (
+                o(&info.ip_netns),
+                o(&info.pod_namespace),
+                o(&info.pod_name),
+                o(&info.pod_uid),
+                o(&info.container_id),
+            );
+            f.push(
+                &NETNS_INFO,
+                &[
+                    ("netns", info.name.as_str()),
+                    ("source", info.source.as_str()),
+                    ("inode", &inode),
+                    ("pid", &pid),
+                    ("ip_netns", &ip),
+                    ("pod_namespace", &pns),
+                    ("pod_name", &pname),
+                    ("pod_uid", &puid),
+                    ("container_id", &cid),
+                ],
+                1.0,
+            );
         }
         f.push(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         for (name, h) in self.store.health() {

@@ -1,6 +1,7 @@
 //! Namespace-wide figures from procfs: TcpExt counters and somaxconn.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// A procfs file that could not be used.
@@ -85,28 +86,106 @@ pub fn read_u64(path: &Path) -> Result<u64, ProcError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_u64(path, &text)
+}
+
+fn parse_u64(path: &Path, text: &str) -> Result<u64, ProcError> {
     text.trim().parse().map_err(|_| ProcError::Parse {
         path: path.to_path_buf(),
         what: format!("not a number: {:?}", text.trim()),
     })
 }
 
+/// A procfs file read again at every sample: by path for the daemon's own
+/// namespace, or through a descriptor opened inside another namespace
+/// (procfs `net/` files and net sysctls answer for the namespace of the
+/// task that opened them, and keep doing so).
+#[derive(Debug)]
+pub struct ProcFile {
+    path: PathBuf,
+    held: Option<io::Result<File>>,
+}
+
+impl ProcFile {
+    /// Read by path each time.
+    pub fn at(path: PathBuf) -> Self {
+        ProcFile { path, held: None }
+    }
+
+    /// Opened now, from the calling thread's namespace, and read through
+    /// that descriptor from then on. A failure to open is reported by every
+    /// read: reading by path instead would answer for the wrong namespace.
+    pub fn open_here(path: PathBuf) -> Self {
+        let held = Some(File::open(&path));
+        ProcFile { path, held }
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole content, read afresh.
+    pub fn read(&mut self) -> Result<String, ProcError> {
+        let fail = |path: &Path, source| ProcError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        match &mut self.held {
+            None => std::fs::read_to_string(&self.path).map_err(|e| fail(&self.path, e)),
+            Some(Err(e)) => Err(fail(&self.path, io::Error::new(e.kind(), e.to_string()))),
+            Some(Ok(file)) => {
+                let mut text = String::new();
+                file.seek(SeekFrom::Start(0))
+                    .and_then(|_| file.read_to_string(&mut text))
+                    .map_err(|e| fail(&self.path, e))?;
+                Ok(text)
+            }
+        }
+    }
+}
+
 /// Where one namespace's procfs files are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct NetnsProc {
-    /// `<procfs>/<pid>/net/netstat` or `<procfs>/self/net/netstat`.
-    pub netstat: PathBuf,
-    /// `<procfs>/sys/net/core/somaxconn`.
-    pub somaxconn: PathBuf,
+    /// Its `net/netstat`.
+    pub netstat: ProcFile,
+    /// Its `net.core.somaxconn`.
+    pub somaxconn: ProcFile,
 }
 
 impl NetnsProc {
-    /// The files for the daemon's own namespace under a procfs mount.
+    /// The files of the daemon's own namespace under a procfs mount.
     pub fn own(procfs: &Path) -> Self {
         NetnsProc {
-            netstat: procfs.join("self/net/netstat"),
-            somaxconn: procfs.join("sys/net/core/somaxconn"),
+            netstat: ProcFile::at(procfs.join("self/net/netstat")),
+            somaxconn: ProcFile::at(procfs.join("sys/net/core/somaxconn")),
         }
+    }
+
+    /// The files of the calling thread's namespace, opened now. Only
+    /// `thread-self` follows a thread that entered another namespace;
+    /// `self` would still show the process's.
+    pub fn open_here(procfs: &Path) -> Self {
+        NetnsProc {
+            netstat: ProcFile::open_here(procfs.join("thread-self/net/netstat")),
+            somaxconn: ProcFile::open_here(procfs.join("sys/net/core/somaxconn")),
+        }
+    }
+
+    /// Reads TcpExt.
+    pub fn tcp_ext(&mut self) -> Result<TcpExt, ProcError> {
+        let text = self.netstat.read()?;
+        parse_tcp_ext(&text).map_err(|what| ProcError::Parse {
+            path: self.netstat.path().to_path_buf(),
+            what,
+        })
+    }
+
+    /// Reads somaxconn.
+    pub fn somaxconn(&mut self) -> Result<u64, ProcError> {
+        let text = self.somaxconn.read()?;
+        parse_u64(self.somaxconn.path(), &text)
     }
 }
 

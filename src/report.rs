@@ -26,12 +26,31 @@ fn fill(l: &ListenerFigures) -> String {
     }
 }
 
+/// `comm/pid` of a listener's owner, like `ss -p`, with its unit or
+/// container when known; `-` when not known.
+fn process(view: &NetnsView, cookie: u64) -> String {
+    let Some(o) = view.owners.as_ref().and_then(|o| o.get(cookie)) else {
+        return "-".to_string();
+    };
+    let w = &o.workload;
+    match (&w.unit, &w.container_id) {
+        (_, Some(c)) => format!(
+            "{}/{} ({})",
+            o.comm,
+            o.pid,
+            c.chars().take(12).collect::<String>()
+        ),
+        (Some(u), None) => format!("{}/{} ({u})", o.comm, o.pid),
+        (None, None) => format!("{}/{}", o.comm, o.pid),
+    }
+}
+
 /// Renders a view as aligned text: listeners first, then ports by role.
 pub fn table(view: &NetnsView, errors: &[(&str, String)]) -> String {
     let mut rows: Vec<Vec<String>> = vec![
         [
             "LISTEN", "MEMBER", "QUEUE", "LIMIT", "FILL", "DROPS", "SYN-Q", "BYTES", "OLDEST",
-            "INODE",
+            "INODE", "PROCESS",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -61,6 +80,7 @@ pub fn table(view: &NetnsView, errors: &[(&str, String)]) -> String {
                         .map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"))
                 }),
                 l.inode.to_string(),
+                process(view, l.cookie),
             ]);
         }
     }

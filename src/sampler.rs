@@ -8,9 +8,9 @@
 //! [`Store`]; scrapes only read the store, so no number of scrapers can make
 //! the kernel do more work.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,8 +18,15 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::aggregate::{ConnectionAggregator, ListenerRecord, Role};
 use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, PortFilter, StateSet};
 use crate::listeners::ListenerTracker;
-use crate::procfs::{NetnsProc, ProcError, read_tcp_ext, read_u64};
-use crate::snapshot::{ConnectionSample, NetnsView, NetstatSample, PortSummary, QueueSummary};
+use crate::netns::{
+    DiscoveryConfig, EnterError, NameSource, NetnsInfo, NsId, Targets, discover, ns_id, run_in,
+};
+use crate::owners::{Owner, OwnerCache};
+use crate::procfs::{NetnsProc, ProcError};
+use crate::snapshot::{
+    ConnectionSample, NetnsView, NetstatSample, OwnerSample, PortSummary, QueueSummary,
+    SampleStatus,
+};
 
 /// The `netns` label of the daemon's own namespace.
 pub const HOST_NETNS: &str = "host";
@@ -30,6 +37,10 @@ pub const LISTENERS: &str = "listeners";
 pub const CONNECTIONS: &str = "connections";
 /// See [`LISTENERS`].
 pub const NETSTAT: &str = "netstat";
+/// See [`LISTENERS`]: namespace discovery.
+pub const NETNS: &str = "netns";
+/// See [`LISTENERS`]: which process owns each listener.
+pub const PROCESSES: &str = "processes";
 
 /// What to sample and how often.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +64,10 @@ pub struct SamplerConfig {
     pub queue_ages: bool,
     /// Read namespace counters from procfs.
     pub netstat: bool,
+    /// Attribute listeners to processes.
+    pub processes: bool,
+    /// Which namespaces to collect.
+    pub discovery: DiscoveryConfig,
     /// Where procfs is mounted.
     pub procfs: PathBuf,
 }
@@ -74,13 +89,36 @@ pub struct CollectorHealth {
     pub last_error: Option<String>,
 }
 
+/// The namespaces being collected, as the last discovery pass found them.
+#[derive(Debug, Clone, Default)]
+pub struct TargetSet {
+    /// Bumped by every discovery pass: a namespace that could not be
+    /// entered is tried again only after the next one.
+    pub generation: u64,
+    /// The namespaces, with their names and what they join to.
+    pub targets: Targets,
+}
+
 /// Where the tiers publish and renderers read.
 #[derive(Debug, Default)]
 pub struct Store {
-    netns: Mutex<BTreeMap<String, NetnsView>>,
+    netns: Mutex<NetnsState>,
     health: Mutex<BTreeMap<&'static str, CollectorHealth>>,
     /// HTTP requests refused because too many were in flight.
     pub rejected_requests: AtomicU64,
+    /// Set once a namespace could not be entered for lack of privilege, so
+    /// that is logged once, not once per namespace per sample.
+    denial_logged: AtomicBool,
+    /// Same for process fds that could not be read.
+    owner_denial_logged: AtomicBool,
+    /// Same for processes whose namespace could not be seen.
+    discovery_denial_logged: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct NetnsState {
+    set: Arc<TargetSet>,
+    views: BTreeMap<String, NetnsView>,
 }
 
 /// Locks a mutex even if a thread panicked while holding it: every value
@@ -104,7 +142,12 @@ impl Store {
 
     /// Every namespace's latest parts (cheap: clones `Arc`s).
     pub fn views(&self) -> Vec<NetnsView> {
-        lock(&self.netns).values().cloned().collect()
+        lock(&self.netns).views.values().cloned().collect()
+    }
+
+    /// The namespaces being collected.
+    pub fn targets(&self) -> Arc<TargetSet> {
+        lock(&self.netns).set.clone()
     }
 
     /// Every enabled collector's health.
@@ -115,32 +158,74 @@ impl Store {
             .collect()
     }
 
-    fn publish(&self, netns: &str, update: impl FnOnce(&mut NetnsView)) {
-        let mut map = lock(&self.netns);
-        let view = map.entry(netns.to_string()).or_insert_with(|| NetnsView {
-            netns: netns.to_string(),
-            ..NetnsView::default()
+    /// Replaces the namespaces being collected. Figures of namespaces no
+    /// longer listed (vanished, renamed or excluded) go at once, so none
+    /// outlives its namespace by more than one discovery interval.
+    pub fn set_targets(&self, targets: Targets) {
+        let mut state = lock(&self.netns);
+        let generation = state.set.generation + 1;
+        state
+            .views
+            .retain(|name, _| targets.list.iter().any(|t| t.name == *name));
+        state.set = Arc::new(TargetSet {
+            generation,
+            targets,
         });
+    }
+
+    /// Updates the view of namespace `info`, unless it stopped being
+    /// collected meanwhile: a tier finishing a sample of a namespace that
+    /// just vanished must not bring its series back.
+    fn publish(&self, info: &NetnsInfo, update: impl FnOnce(&mut NetnsView)) {
+        let mut state = lock(&self.netns);
+        if !state
+            .set
+            .targets
+            .list
+            .iter()
+            .any(|t| t.id == info.id && t.name == info.name)
+        {
+            return;
+        }
+        let view = state
+            .views
+            .entry(info.name.clone())
+            .or_insert_with(|| NetnsView {
+                netns: info.name.clone(),
+                ..NetnsView::default()
+            });
         update(view);
     }
 
-    /// Records one sample's outcome; logs failures once per streak, not once
-    /// per sample, so a persistent error cannot flood the journal.
-    fn record(
+    /// Records one namespace's sample outcome for `collector`.
+    fn publish_status(
         &self,
+        info: &NetnsInfo,
         collector: &'static str,
-        netns: &str,
         started: Instant,
-        result: Result<(), String>,
+        error: Option<String>,
     ) {
+        let status = SampleStatus {
+            ok: error.is_none(),
+            duration: started.elapsed(),
+            error,
+        };
+        self.publish(info, |v| {
+            v.status.insert(collector, status);
+        });
+    }
+
+    /// Records one pass's outcome; logs failures once per streak, not once
+    /// per sample, so a persistent error cannot flood the journal.
+    fn record(&self, collector: &'static str, took: Duration, result: Result<(), String>) {
         let mut health = lock(&self.health);
         let h = health.entry(collector).or_default();
         h.samples_total += 1;
-        h.last_duration = Some(started.elapsed());
+        h.last_duration = Some(took);
         match result {
             Ok(()) => {
                 if !h.last_ok && h.errors_total > 0 {
-                    tracing::info!(collector, netns, "collector recovered");
+                    tracing::info!(collector, "collector recovered");
                 }
                 h.last_ok = true;
                 h.last_success = Some(SystemTime::now());
@@ -148,14 +233,56 @@ impl Store {
             }
             Err(e) => {
                 if h.last_ok || h.errors_total == 0 {
-                    tracing::warn!(collector, netns, error = %e, "sample failed; serving the last good figures");
+                    tracing::warn!(collector, error = %e, "sample failed; serving the last good figures");
                 } else {
-                    tracing::debug!(collector, netns, error = %e, "sample failed again");
+                    tracing::debug!(collector, error = %e, "sample failed again");
                 }
                 h.errors_total += 1;
                 h.last_ok = false;
                 h.last_error = Some(e);
             }
+        }
+    }
+
+    /// Notes a namespace that cannot be entered for lack of privilege:
+    /// logged once for the daemon's life, shown per namespace by
+    /// `sockdiag_netns_up`.
+    fn note_denied(&self, info: &NetnsInfo, error: &EnterError) {
+        if !self.denial_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                netns = %info.name,
+                error = %error,
+                "cannot enter other network namespaces (setns needs CAP_SYS_ADMIN); \
+                 collecting only those that can be entered; sockdiag_netns_up shows which \
+                 (logged once)"
+            );
+        } else {
+            tracing::debug!(netns = %info.name, error = %error, "cannot enter namespace");
+        }
+    }
+
+    /// Notes processes whose namespace could not be seen, once.
+    fn note_discovery_denied(&self, processes: u64) {
+        if processes > 0 && !self.discovery_denial_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                processes,
+                "cannot see the network namespace of some processes (needs CAP_SYS_PTRACE): \
+                 namespaces only they live in are not collected; \
+                 sockdiag_netns_processes_unreadable counts them (logged once)"
+            );
+        }
+    }
+
+    /// Notes process fds that could not be read, once for the daemon's life.
+    fn note_owner_denied(&self, info: &NetnsInfo, processes: u64) {
+        if processes > 0 && !self.owner_denial_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                netns = %info.name,
+                processes,
+                "cannot read the open files of some processes (needs CAP_SYS_PTRACE and \
+                 CAP_DAC_READ_SEARCH): their listeners get no process name; \
+                 sockdiag_listener_owner_unknown counts them (logged once)"
+            );
         }
     }
 }
@@ -270,7 +397,7 @@ pub fn sample_connections(
 /// `previous`, so one unreadable file does not blank the others; the errors
 /// are returned for counting.
 pub fn sample_netstat(
-    files: &NetnsProc,
+    files: &mut NetnsProc,
     previous: Option<&NetstatSample>,
 ) -> (NetstatSample, Vec<ProcError>) {
     let mut errors = Vec::new();
@@ -278,14 +405,14 @@ pub fn sample_netstat(
         previous.and_then(|p| p.listen_overflows),
         previous.and_then(|p| p.listen_drops),
     );
-    match read_tcp_ext(&files.netstat) {
+    match files.tcp_ext() {
         Ok(ext) => {
             overflows = ext.listen_overflows;
             drops = ext.listen_drops;
         }
         Err(e) => errors.push(e),
     }
-    let somaxconn = match read_u64(&files.somaxconn) {
+    let somaxconn = match files.somaxconn() {
         Ok(v) => Some(v),
         Err(e) => {
             errors.push(e);
@@ -353,42 +480,145 @@ fn every(interval: Duration, shutdown: &Shutdown, mut tick: impl FnMut()) {
     }
 }
 
-/// Opens the socket if needed; a failure is reported as this tick's error.
-fn ensure_socket(socket: &mut Option<DiagSocket>) -> Result<&mut DiagSocket, String> {
-    if socket.is_none() {
-        *socket = Some(DiagSocket::open().map_err(|e| e.to_string())?);
+/// Runs `open` inside namespace `info`: in place for the daemon's own,
+/// else on a thread that enters it through the first of its nsfs paths
+/// that still names it.
+fn open_in<T: Send>(info: &NetnsInfo, open: impl Fn() -> T + Send + Sync) -> Result<T, EnterError> {
+    if info.source == NameSource::Host {
+        return Ok(open());
     }
-    socket
-        .as_mut()
-        .ok_or_else(|| "socket unavailable".to_string())
+    let mut last = None;
+    for path in &info.entries {
+        match run_in(path, info.id, &open) {
+            Ok(v) => return Ok(v),
+            // That process is gone; another in the namespace may remain.
+            Err(e) if e.is_gone() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| EnterError::Gone {
+        path: PathBuf::from(format!("netns {}", info.name)),
+    }))
 }
 
-/// The running sampler threads of the daemon's own namespace.
+/// Per-namespace state a tier keeps between samples.
+struct Slot<S> {
+    state: S,
+    /// The discovery generation in which entering was refused; not retried
+    /// before the next one.
+    refused_in: Option<u64>,
+}
+
+/// A tier's per-namespace states, following the target list.
+struct Slots<S> {
+    by_id: HashMap<NsId, Slot<S>>,
+}
+
+impl<S> Slots<S> {
+    fn new() -> Self {
+        Slots {
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Drops the state of namespaces no longer collected: their sockets and
+    /// files are what keeps a deleted namespace alive in the kernel.
+    fn follow(&mut self, set: &TargetSet) {
+        self.by_id
+            .retain(|id, _| set.targets.list.iter().any(|t| t.id == *id));
+    }
+
+    fn get(&mut self, info: &NetnsInfo, new: impl FnOnce() -> S) -> &mut Slot<S> {
+        self.by_id.entry(info.id).or_insert_with(|| Slot {
+            state: new(),
+            refused_in: None,
+        })
+    }
+}
+
+/// What one namespace's sample came to, for the pass's outcome.
+enum Outcome {
+    Done,
+    /// Not a fault: the namespace vanished, or cannot be entered (shown by
+    /// `sockdiag_netns_up`).
+    Skipped,
+    Failed(String),
+}
+
+/// Sums the outcomes of a pass over every namespace: it fails if any
+/// namespace's sample failed, naming them.
+#[derive(Default)]
+struct Pass {
+    errors: Vec<String>,
+}
+
+impl Pass {
+    fn add(&mut self, info: &NetnsInfo, outcome: Outcome) {
+        if let Outcome::Failed(e) = outcome {
+            self.errors.push(format!("netns {}: {e}", info.name));
+        }
+    }
+
+    fn result(self) -> Result<(), String> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors.join("; "))
+        }
+    }
+}
+
+/// Handles an entering failure: vanished namespaces are dropped quietly,
+/// refused ones wait for the next discovery pass.
+fn entering_failed<S>(
+    store: &Store,
+    info: &NetnsInfo,
+    collector: &'static str,
+    started: Instant,
+    slot: &mut Slot<S>,
+    generation: u64,
+    e: EnterError,
+) -> Outcome {
+    if e.is_gone() {
+        tracing::debug!(netns = %info.name, error = %e, "namespace vanished");
+        return Outcome::Skipped;
+    }
+    store.publish_status(info, collector, started, Some(e.to_string()));
+    if e.is_denied() {
+        store.note_denied(info, &e);
+        slot.refused_in = Some(generation);
+        return Outcome::Skipped;
+    }
+    Outcome::Failed(e.to_string())
+}
+
+/// The running sampler threads.
 pub struct Sampler {
     shutdown: Arc<Shutdown>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Sampler {
-    /// Starts the enabled tiers for the namespace the daemon runs in.
+    /// Finds the namespaces to collect, then starts discovery (if enabled)
+    /// and the enabled tiers.
     pub fn start(config: &SamplerConfig, store: Arc<Store>) -> std::io::Result<Self> {
         let shutdown = Arc::new(Shutdown::default());
         let mut threads = Vec::new();
-        if config.listeners {
+        discovery_pass(config, &store);
+        let spawn = |name: &str, tier: fn(&SamplerConfig, &Store, &Shutdown)| {
             let (store, shutdown, config) = (store.clone(), shutdown.clone(), config.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("sample-listeners".into())
-                    .spawn(move || listener_tier(&config, &store, &shutdown))?,
-            );
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || tier(&config, &store, &shutdown))
+        };
+        if config.discovery.enabled {
+            threads.push(spawn("discover-netns", discovery_tier)?);
         }
-        if config.connections || config.netstat {
-            let (store, shutdown, config) = (store.clone(), shutdown.clone(), config.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("sample-connections".into())
-                    .spawn(move || connection_tier(&config, &store, &shutdown))?,
-            );
+        if config.listeners {
+            threads.push(spawn("sample-listeners", listener_tier)?);
+        }
+        if config.connections || config.netstat || config.processes {
+            threads.push(spawn("sample-connections", connection_tier)?);
         }
         Ok(Sampler { shutdown, threads })
     }
@@ -409,70 +639,317 @@ impl Sampler {
     }
 }
 
-fn listener_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
-    let mut socket = None;
-    let mut records = Vec::new();
-    let mut tracker = ListenerTracker::new(config.peak_window, config.listener_interval);
-    every(config.listener_interval, shutdown, || {
-        let started = Instant::now();
-        let result = ensure_socket(&mut socket)
-            .and_then(|s| dump_listeners(s, true, &mut records).map_err(|e| e.to_string()));
-        let result = result.map(|()| {
-            let sample = tracker.update(started, SystemTime::now(), &records);
-            store.publish(HOST_NETNS, |v| v.listeners = Some(Arc::new(sample)));
-        });
-        if result.is_err() {
-            // A socket that failed once may be in any state: start afresh.
-            socket = None;
+fn discovery_pass(config: &SamplerConfig, store: &Store) {
+    let started = Instant::now();
+    let (targets, error) = discover(&config.discovery);
+    let (found, excluded) = (targets.list.len(), targets.excluded);
+    store.note_discovery_denied(targets.denied);
+    store.set_targets(targets);
+    if config.discovery.enabled {
+        tracing::debug!(found, excluded, "namespaces discovered");
+        store.record(
+            NETNS,
+            started.elapsed(),
+            error.map_or(Ok(()), |e| Err(e.to_string())),
+        );
+    }
+}
+
+fn discovery_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
+    // The first pass ran before the tiers started.
+    let mut first = true;
+    every(config.discovery.rescan_interval, shutdown, || {
+        if !std::mem::take(&mut first) {
+            discovery_pass(config, store);
         }
-        store.record(LISTENERS, HOST_NETNS, started, result);
     });
 }
 
-fn connection_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
-    let mut socket = None;
-    let mut work = ConnectionWork::default();
-    let files = NetnsProc::own(&config.procfs);
-    let mut last_netstat: Option<Arc<NetstatSample>> = None;
-    every(config.connection_interval, shutdown, || {
-        if config.connections {
-            let started = Instant::now();
-            let result = ensure_socket(&mut socket).and_then(|s| {
-                sample_connections(
-                    s,
-                    &mut work,
-                    config.max_client_ports,
-                    config.port_filter.as_ref(),
-                    config.queue_ages,
-                )
-                .map_err(|e| e.to_string())
+struct ListenerNs {
+    socket: Option<DiagSocket>,
+    tracker: ListenerTracker,
+}
+
+fn listener_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
+    let mut slots = Slots::new();
+    let mut records = Vec::new();
+    every(config.listener_interval, shutdown, || {
+        let started = Instant::now();
+        let set = store.targets();
+        slots.follow(&set);
+        let mut pass = Pass::default();
+        for info in &set.targets.list {
+            let slot = slots.get(info, || ListenerNs {
+                socket: None,
+                tracker: ListenerTracker::new(config.peak_window, config.listener_interval),
             });
-            let result = result.map(|sample| {
-                store.publish(HOST_NETNS, |v| v.connections = Some(Arc::new(sample)));
-            });
-            if result.is_err() {
-                socket = None;
+            if slot.refused_in == Some(set.generation) {
+                continue;
             }
-            store.record(CONNECTIONS, HOST_NETNS, started, result);
+            let outcome = sample_listeners_in(store, info, slot, set.generation, &mut records);
+            pass.add(info, outcome);
         }
-        if config.netstat {
-            let started = Instant::now();
-            let (sample, errors) = sample_netstat(&files, last_netstat.as_deref());
-            let sample = Arc::new(sample);
-            last_netstat = Some(sample.clone());
-            store.publish(HOST_NETNS, |v| v.netstat = Some(sample));
-            let result = if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "))
+        store.record(LISTENERS, started.elapsed(), pass.result());
+    });
+}
+
+fn sample_listeners_in(
+    store: &Store,
+    info: &NetnsInfo,
+    slot: &mut Slot<ListenerNs>,
+    generation: u64,
+    records: &mut Vec<ListenerRecord>,
+) -> Outcome {
+    let started = Instant::now();
+    if slot.state.socket.is_none() {
+        match open_in(info, DiagSocket::open) {
+            Ok(Ok(s)) => slot.state.socket = Some(s),
+            Ok(Err(e)) => {
+                store.publish_status(info, LISTENERS, started, Some(e.to_string()));
+                return Outcome::Failed(e.to_string());
+            }
+            Err(e) => {
+                return entering_failed(store, info, LISTENERS, started, slot, generation, e);
+            }
+        }
+    }
+    let Some(socket) = slot.state.socket.as_mut() else {
+        return Outcome::Skipped;
+    };
+    match dump_listeners(socket, true, records) {
+        Ok(()) => {
+            let sample = slot
+                .state
+                .tracker
+                .update(started, SystemTime::now(), records);
+            store.publish(info, |v| v.listeners = Some(Arc::new(sample)));
+            store.publish_status(info, LISTENERS, started, None);
+            Outcome::Done
+        }
+        Err(e) => {
+            // A socket that failed once may be in any state: start afresh.
+            slot.state.socket = None;
+            store.publish_status(info, LISTENERS, started, Some(e.to_string()));
+            Outcome::Failed(e.to_string())
+        }
+    }
+}
+
+struct ConnectionNs {
+    socket: Option<DiagSocket>,
+    files: Option<NetnsProc>,
+    last_netstat: Option<Arc<NetstatSample>>,
+    owners: OwnerCache,
+}
+
+fn connection_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
+    let mut slots = Slots::new();
+    let mut work = ConnectionWork::default();
+    every(config.connection_interval, shutdown, || {
+        let set = store.targets();
+        slots.follow(&set);
+        let mut passes = [
+            (
+                CONNECTIONS,
+                config.connections,
+                Pass::default(),
+                Duration::ZERO,
+            ),
+            (NETSTAT, config.netstat, Pass::default(), Duration::ZERO),
+            (PROCESSES, config.processes, Pass::default(), Duration::ZERO),
+        ];
+        for info in &set.targets.list {
+            let slot = slots.get(info, || ConnectionNs {
+                socket: None,
+                files: None,
+                last_netstat: None,
+                owners: OwnerCache::new(config.procfs.clone(), config.discovery.rescan_interval),
+            });
+            if slot.refused_in == Some(set.generation) {
+                continue;
+            }
+            if let Err(outcome) = enter_for_connections(config, store, info, slot, set.generation) {
+                // Counted once, under the first enabled collector.
+                if let Some(p) = passes.iter_mut().find(|p| p.1) {
+                    p.2.add(info, outcome);
+                }
+                continue;
+            }
+            let timed = |f: &mut dyn FnMut() -> Outcome, spent: &mut Duration| {
+                let t = Instant::now();
+                let o = f();
+                *spent += t.elapsed();
+                o
             };
-            store.record(NETSTAT, HOST_NETNS, started, result);
+            let [conn, netstat, procs] = &mut passes;
+            if conn.1 {
+                let o = timed(
+                    &mut || sample_connections_in(config, store, info, slot, &mut work),
+                    &mut conn.3,
+                );
+                conn.2.add(info, o);
+            }
+            if netstat.1 {
+                let o = timed(&mut || sample_netstat_in(store, info, slot), &mut netstat.3);
+                netstat.2.add(info, o);
+            }
+            if procs.1 {
+                let o = timed(
+                    &mut || sample_owners_in(config, store, info, slot, &mut work),
+                    &mut procs.3,
+                );
+                procs.2.add(info, o);
+            }
+        }
+        for (collector, enabled, pass, spent) in passes {
+            if enabled {
+                // Each collector's duration is its own share of the pass.
+                store.record(collector, spent, pass.result());
+            }
         }
     });
+}
+
+/// Makes sure the namespace's socket and procfs files exist, entering it
+/// once for both.
+fn enter_for_connections(
+    config: &SamplerConfig,
+    store: &Store,
+    info: &NetnsInfo,
+    slot: &mut Slot<ConnectionNs>,
+    generation: u64,
+) -> Result<(), Outcome> {
+    let st = &mut slot.state;
+    if st.socket.is_some() && st.files.is_some() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let procfs = config.procfs.clone();
+    let host = info.source == NameSource::Host;
+    let opened = open_in(info, || {
+        let files = if host {
+            NetnsProc::own(&procfs)
+        } else {
+            NetnsProc::open_here(&procfs)
+        };
+        (DiagSocket::open(), files)
+    });
+    match opened {
+        Ok((socket, files)) => {
+            if st.files.is_none() {
+                st.files = Some(files);
+            }
+            match socket {
+                Ok(s) => st.socket = Some(s),
+                // Reported by the collectors that need it.
+                Err(e) => tracing::debug!(netns = %info.name, error = %e, "cannot open socket"),
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let collector = if config.connections {
+                CONNECTIONS
+            } else {
+                NETSTAT
+            };
+            Err(entering_failed(
+                store, info, collector, started, slot, generation, e,
+            ))
+        }
+    }
+}
+
+fn sample_connections_in(
+    config: &SamplerConfig,
+    store: &Store,
+    info: &NetnsInfo,
+    slot: &mut Slot<ConnectionNs>,
+    work: &mut ConnectionWork,
+) -> Outcome {
+    let started = Instant::now();
+    let result = match slot.state.socket.as_mut() {
+        None => Err("no sock_diag socket (see the log)".to_string()),
+        Some(s) => sample_connections(
+            s,
+            work,
+            config.max_client_ports,
+            config.port_filter.as_ref(),
+            config.queue_ages,
+        )
+        .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(sample) => {
+            store.publish(info, |v| v.connections = Some(Arc::new(sample)));
+            store.publish_status(info, CONNECTIONS, started, None);
+            Outcome::Done
+        }
+        Err(e) => {
+            slot.state.socket = None;
+            store.publish_status(info, CONNECTIONS, started, Some(e.clone()));
+            Outcome::Failed(e)
+        }
+    }
+}
+
+fn sample_netstat_in(store: &Store, info: &NetnsInfo, slot: &mut Slot<ConnectionNs>) -> Outcome {
+    let started = Instant::now();
+    let st = &mut slot.state;
+    let Some(files) = st.files.as_mut() else {
+        return Outcome::Skipped;
+    };
+    let (sample, errors) = sample_netstat(files, st.last_netstat.as_deref());
+    let sample = Arc::new(sample);
+    st.last_netstat = Some(sample.clone());
+    store.publish(info, |v| v.netstat = Some(sample));
+    let error = (!errors.is_empty()).then(|| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    store.publish_status(info, NETSTAT, started, error.clone());
+    error.map_or(Outcome::Done, Outcome::Failed)
+}
+
+/// Attributes the namespace's listeners to processes. Uses the listener
+/// list the connection sample just took, or dumps one if that collector is
+/// off.
+fn sample_owners_in(
+    config: &SamplerConfig,
+    store: &Store,
+    info: &NetnsInfo,
+    slot: &mut Slot<ConnectionNs>,
+    work: &mut ConnectionWork,
+) -> Outcome {
+    let started = Instant::now();
+    let st = &mut slot.state;
+    if !config.connections {
+        let Some(socket) = st.socket.as_mut() else {
+            return Outcome::Skipped;
+        };
+        if let Err(e) = dump_listeners(socket, false, &mut work.listeners) {
+            st.socket = None;
+            store.publish_status(info, PROCESSES, started, Some(e.to_string()));
+            return Outcome::Failed(e.to_string());
+        }
+    }
+    let wanted: Vec<(u64, u32)> = work.listeners.iter().map(|l| (l.cookie, l.inode)).collect();
+    let netns = (info.id != (0, 0)).then_some(info.id);
+    let stats = st.owners.refresh(Instant::now(), netns, &wanted);
+    store.note_owner_denied(info, stats.denied);
+    let owners: Vec<(u64, Arc<Owner>)> = wanted
+        .iter()
+        .filter_map(|(cookie, _)| Some((*cookie, st.owners.get(*cookie)?.clone())))
+        .collect();
+    let sample = OwnerSample {
+        owners,
+        unknown: stats.unknown,
+    };
+    store.publish(info, |v| v.owners = Some(Arc::new(sample)));
+    store.publish_status(info, PROCESSES, started, None);
+    Outcome::Done
 }
 
 /// One full sample of the calling thread's namespace, for `snapshot`.
@@ -485,10 +962,10 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
     let mut errors = Vec::new();
     // Each collector gets a fresh socket: after a failed dump the kernel may
     // still be dumping on the old one and would refuse the next request.
-    if config.listeners {
-        let mut records = Vec::new();
+    let mut records = Vec::new();
+    if config.listeners || config.processes {
         match DiagSocket::open().and_then(|mut s| dump_listeners(&mut s, true, &mut records)) {
-            Ok(()) => {
+            Ok(()) if config.listeners => {
                 let mut tracker =
                     ListenerTracker::new(config.peak_window, config.listener_interval);
                 let mut sample = tracker.update(Instant::now(), SystemTime::now(), &records);
@@ -499,6 +976,7 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
                 }
                 view.listeners = Some(Arc::new(sample));
             }
+            Ok(()) => {}
             Err(e) => errors.push((LISTENERS, e.to_string())),
         }
     }
@@ -518,9 +996,23 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
         }
     }
     if config.netstat {
-        let (sample, errs) = sample_netstat(&NetnsProc::own(&config.procfs), None);
+        let (sample, errs) = sample_netstat(&mut NetnsProc::own(&config.procfs), None);
         view.netstat = Some(Arc::new(sample));
         errors.extend(errs.into_iter().map(|e| (NETSTAT, e.to_string())));
+    }
+    if config.processes && !records.is_empty() {
+        let mut cache = OwnerCache::new(config.procfs.clone(), Duration::ZERO);
+        let wanted: Vec<(u64, u32)> = records.iter().map(|l| (l.cookie, l.inode)).collect();
+        let netns = ns_id(&config.procfs.join("self/ns/net")).ok();
+        let stats = cache.refresh(Instant::now(), netns, &wanted);
+        let owners = wanted
+            .iter()
+            .filter_map(|(cookie, _)| Some((*cookie, cache.get(*cookie)?.clone())))
+            .collect();
+        view.owners = Some(Arc::new(OwnerSample {
+            owners,
+            unknown: stats.unknown,
+        }));
     }
     (view, errors)
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::aggregate::{ListenKey, PortEntry, QueueFigures, Role};
 use crate::diag::{Family, TcpState};
+use crate::owners::Owner;
 
 /// One listening socket, as the fast listener tier last saw it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -202,6 +203,38 @@ pub struct NetstatSample {
     pub somaxconn: Option<u64>,
 }
 
+/// How the last sample of one collector in one namespace went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SampleStatus {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// How long it took (entering the namespace included, when that was
+    /// needed).
+    pub duration: std::time::Duration,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// Which process owns each listening socket of a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OwnerSample {
+    /// Owner by socket cookie, for listeners whose owner is known.
+    pub owners: Vec<(u64, Arc<Owner>)>,
+    /// Listeners with a file whose owner is not known (no process found,
+    /// or no permission to read the fds of the one that has it).
+    pub unknown: u64,
+}
+
+impl OwnerSample {
+    /// The owner of the socket with this cookie.
+    pub fn get(&self, cookie: u64) -> Option<&Owner> {
+        self.owners
+            .iter()
+            .find(|(c, _)| *c == cookie)
+            .map(|(_, o)| o.as_ref())
+    }
+}
+
 /// Everything known about one namespace, each part from its own tier.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetnsView {
@@ -213,6 +246,10 @@ pub struct NetnsView {
     pub connections: Option<Arc<ConnectionSample>>,
     /// Latest procfs sample.
     pub netstat: Option<Arc<NetstatSample>>,
+    /// Latest process attribution.
+    pub owners: Option<Arc<OwnerSample>>,
+    /// Last outcome of each collector here.
+    pub status: std::collections::BTreeMap<&'static str, SampleStatus>,
 }
 
 impl NetnsView {

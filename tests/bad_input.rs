@@ -549,6 +549,7 @@ fn all_collectors_disabled_exits_nonzero() {
                 "--no-collector.listeners",
                 "--no-collector.connections",
                 "--no-collector.netstat",
+                "--no-collector.processes",
             ],
             Duration::from_secs(5),
         );
@@ -1057,8 +1058,8 @@ fn http_routes_404_405_landing_and_healthz() {
         let (status, body) = daemon.get("/healthz");
         assert_eq!(status, 200, "{body}");
         let lines: Vec<&str> = body.lines().collect();
-        assert_eq!(lines.len(), 3, "one line per enabled collector: {body}");
-        for c in ["listeners", "connections", "netstat"] {
+        assert_eq!(lines.len(), 5, "one line per enabled collector: {body}");
+        for c in ["listeners", "connections", "netstat", "processes", "netns"] {
             assert!(
                 lines.iter().any(|l| l.starts_with(&format!("{c}: ok"))),
                 "healthz line for {c}: {body}"
@@ -1090,7 +1091,7 @@ fn http_custom_telemetry_path_and_healthz_follow_flags() {
             let (status, body) = daemon.get("/healthz");
             assert_eq!(status, 200, "{body}");
             let lines: Vec<&str> = body.lines().collect();
-            assert_eq!(lines.len(), 2, "two collectors enabled: {body}");
+            assert_eq!(lines.len(), 4, "four collectors enabled: {body}");
             assert!(
                 lines.iter().any(|l| l.starts_with("listeners: ok")),
                 "{body}"

@@ -172,9 +172,16 @@ impl Daemon {
     /// Starts the daemon with fast intervals plus `args`, waits for
     /// `/healthz` to answer 200.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_command(Command::new(exporter_bin()), args)
+    }
+
+    /// Like [`Daemon::start`], from a command prepared by the caller: the
+    /// exporter itself, or a wrapper that execs it (e.g. to start it with
+    /// fewer privileges).
+    pub fn start_command(mut cmd: Command, args: &[&str]) -> Daemon {
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(exporter_bin())
+        let child = cmd
             .arg("--web.listen-address")
             .arg(addr.to_string())
             .args([
@@ -476,4 +483,134 @@ pub fn listen(
         .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     s.listen(backlog).expect("listen");
     s
+}
+
+/// Python run by [`NetnsProcess`]: a listener on 127.0.0.1:PORT with
+/// BACKLOG, and CLIENTS connections to it that it never accepts.
+const NETNS_HELPER: &str = r#"
+import socket, sys
+port, backlog, clients = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(backlog)
+held = []
+for _ in range(clients):
+    c = socket.socket()
+    c.setblocking(False)
+    c.connect_ex(("127.0.0.1", port))
+    held.append(c)
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// A process alone in a network namespace it created, holding a listener
+/// (and optionally connections stuck in its accept queue). Killed, by pid,
+/// when dropped.
+pub struct NetnsProcess {
+    pub child: Child,
+}
+
+impl NetnsProcess {
+    /// Starts `python3` in a new network namespace (the test's user
+    /// namespace makes that allowed without root) listening on `port`.
+    pub fn start(port: u16, backlog: u32, clients: u32) -> NetnsProcess {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "ip link set lo up && exec python3 -c \"$0\" \"$@\"",
+            NETNS_HELPER,
+            &port.to_string(),
+            &backlog.to_string(),
+            &clients.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("starting python3 in a new netns");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        std::io::BufRead::read_line(&mut out, &mut line).expect("reading the helper's stdout");
+        assert_eq!(line.trim(), "ready", "netns helper did not start");
+        NetnsProcess { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The inode of its network namespace, as `ls -l /proc/PID/ns/net`.
+    pub fn netns_inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
+            .expect("stat of the helper's netns")
+            .ino()
+    }
+
+    /// Kills it (by pid) and waits, so its namespace is gone when this
+    /// returns (nothing else holds it but the daemon's handles).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NetnsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes `cmd` start in a user namespace of its own, nested in the test's:
+/// it keeps the same uid but holds no capability over the test's
+/// namespaces, like an exporter run without CAP_SYS_ADMIN/CAP_SYS_PTRACE.
+pub fn without_privileges(cmd: &mut Command) {
+    let uid = unsafe { libc::geteuid() };
+    let gid = unsafe { libc::getegid() };
+    let files = [
+        (c"/proc/self/setgroups", CString::new("deny").unwrap()),
+        (
+            c"/proc/self/uid_map",
+            CString::new(format!("{uid} {uid} 1")).unwrap(),
+        ),
+        (
+            c"/proc/self/gid_map",
+            CString::new(format!("{gid} {gid} 1")).unwrap(),
+        ),
+    ];
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (path, content) in &files {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let bytes = content.as_bytes();
+                let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+                libc::close(fd);
+                if n != bytes.len() as isize {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("listing the daemon's fds")
+        .count()
 }
