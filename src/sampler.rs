@@ -643,8 +643,13 @@ fn discovery_pass(config: &SamplerConfig, store: &Store) {
     let started = Instant::now();
     let (targets, error) = discover(&config.discovery);
     let (found, excluded) = (targets.list.len(), targets.excluded);
-    store.note_discovery_denied(targets.denied);
-    store.set_targets(targets);
+    // A failed scan knows only the daemon's own namespace; dropping every
+    // other one's series for a passing procfs hiccup would be a lie of
+    // omission, so the last good list stands (the first pass must set one).
+    if error.is_none() || store.targets().generation == 0 {
+        store.note_discovery_denied(targets.denied);
+        store.set_targets(targets);
+    }
     if config.discovery.enabled {
         tracing::debug!(found, excluded, "namespaces discovered");
         store.record(
