@@ -747,22 +747,54 @@ struct ConnectionNs {
     owners: OwnerCache,
 }
 
+/// One collector's part of a connection-tier pass: its outcome and the
+/// time it took, summed over namespaces.
+struct Share {
+    collector: &'static str,
+    enabled: bool,
+    pass: Pass,
+    spent: Duration,
+}
+
+impl Share {
+    fn new(collector: &'static str, enabled: bool) -> Self {
+        Share {
+            collector,
+            enabled,
+            pass: Pass::default(),
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// Runs `sample` for namespace `info` if this collector is enabled.
+    fn run(&mut self, info: &NetnsInfo, sample: impl FnOnce() -> Outcome) -> Option<bool> {
+        if !self.enabled {
+            return None;
+        }
+        let t = Instant::now();
+        let outcome = sample();
+        self.spent += t.elapsed();
+        let done = matches!(outcome, Outcome::Done);
+        self.pass.add(info, outcome);
+        Some(done)
+    }
+
+    fn record(self, store: &Store) {
+        if self.enabled {
+            store.record(self.collector, self.spent, self.pass.result());
+        }
+    }
+}
+
 fn connection_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
     let mut slots = Slots::new();
     let mut work = ConnectionWork::default();
     every(config.connection_interval, shutdown, || {
         let set = store.targets();
         slots.follow(&set);
-        let mut passes = [
-            (
-                CONNECTIONS,
-                config.connections,
-                Pass::default(),
-                Duration::ZERO,
-            ),
-            (NETSTAT, config.netstat, Pass::default(), Duration::ZERO),
-            (PROCESSES, config.processes, Pass::default(), Duration::ZERO),
-        ];
+        let mut conn = Share::new(CONNECTIONS, config.connections);
+        let mut netstat = Share::new(NETSTAT, config.netstat);
+        let mut procs = Share::new(PROCESSES, config.processes);
         for info in &set.targets.list {
             let slot = slots.get(info, || ConnectionNs {
                 socket: None,
@@ -775,43 +807,28 @@ fn connection_tier(config: &SamplerConfig, store: &Store, shutdown: &Shutdown) {
             }
             if let Err(outcome) = enter_for_connections(config, store, info, slot, set.generation) {
                 // Counted once, under the first enabled collector.
-                if let Some(p) = passes.iter_mut().find(|p| p.1) {
-                    p.2.add(info, outcome);
+                if let Some(share) = [&mut conn, &mut netstat, &mut procs]
+                    .into_iter()
+                    .find(|s| s.enabled)
+                {
+                    share.pass.add(info, outcome);
                 }
                 continue;
             }
-            let timed = |f: &mut dyn FnMut() -> Outcome, spent: &mut Duration| {
-                let t = Instant::now();
-                let o = f();
-                *spent += t.elapsed();
-                o
-            };
-            let [conn, netstat, procs] = &mut passes;
-            if conn.1 {
-                let o = timed(
-                    &mut || sample_connections_in(config, store, info, slot, &mut work),
-                    &mut conn.3,
-                );
-                conn.2.add(info, o);
-            }
-            if netstat.1 {
-                let o = timed(&mut || sample_netstat_in(store, info, slot), &mut netstat.3);
-                netstat.2.add(info, o);
-            }
-            if procs.1 {
-                let o = timed(
-                    &mut || sample_owners_in(config, store, info, slot, &mut work),
-                    &mut procs.3,
-                );
-                procs.2.add(info, o);
-            }
+            // Whether `work` now holds this namespace's listeners, fresh.
+            let listed = conn
+                .run(info, || {
+                    sample_connections_in(config, store, info, slot, &mut work)
+                })
+                .unwrap_or(false);
+            netstat.run(info, || sample_netstat_in(store, info, slot));
+            procs.run(info, || {
+                sample_owners_in(store, info, slot, &mut work, listed)
+            });
         }
-        for (collector, enabled, pass, spent) in passes {
-            if enabled {
-                // Each collector's duration is its own share of the pass.
-                store.record(collector, spent, pass.result());
-            }
-        }
+        conn.record(store);
+        netstat.record(store);
+        procs.record(store);
     });
 }
 
@@ -919,18 +936,18 @@ fn sample_netstat_in(store: &Store, info: &NetnsInfo, slot: &mut Slot<Connection
 }
 
 /// Attributes the namespace's listeners to processes. Uses the listener
-/// list the connection sample just took, or dumps one if that collector is
-/// off.
+/// list the connection sample just took (`listed`), or dumps one: the
+/// shared work area may still hold another namespace's.
 fn sample_owners_in(
-    config: &SamplerConfig,
     store: &Store,
     info: &NetnsInfo,
     slot: &mut Slot<ConnectionNs>,
     work: &mut ConnectionWork,
+    listed: bool,
 ) -> Outcome {
     let started = Instant::now();
     let st = &mut slot.state;
-    if !config.connections {
+    if !listed {
         let Some(socket) = st.socket.as_mut() else {
             return Outcome::Skipped;
         };
