@@ -12,7 +12,25 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const FAST: &[&str] = &["--collector.netns.rescan-interval", "100ms"];
+/// Fast rescans, and no names or pods from the machine the test runs on:
+/// its /run/netns may hold namespaces nobody in this test made.
+const FAST: &[&str] = &[
+    "--collector.netns.rescan-interval",
+    "100ms",
+    "--path.pod-logs",
+    "/nonexistent/pods",
+];
+const NO_NAMES: &[&str] = &["--path.run-netns", "/nonexistent/run-netns"];
+
+/// [`FAST`] and [`NO_NAMES`] plus `extra`.
+fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = FAST.to_vec();
+    if !extra.contains(&"--path.run-netns") {
+        v.extend(NO_NAMES);
+    }
+    v.extend(extra);
+    v
+}
 
 /// A TcpExt counter of the namespace of process `pid`, read from procfs.
 fn tcp_ext(pid: u32, name: &str) -> f64 {
@@ -82,9 +100,7 @@ fn namespaces_are_found_named_and_collected_apart() {
         .expect("naming the namespace");
         let full_name = format!("ino:{}", full.netns_inode());
         let names_arg = names_dir.to_str().unwrap();
-        let mut args = FAST.to_vec();
-        args.extend(["--path.run-netns", names_arg]);
-        let daemon = Daemon::start(&args);
+        let daemon = Daemon::start(&flags(&["--path.run-netns", names_arg]));
 
         let m = wait_for(&daemon, "three namespaces with their listeners", |m| {
             ["host", "blue", full_name.as_str()].iter().all(|ns| {
@@ -225,7 +241,7 @@ fn a_vanished_namespace_leaves_no_series_errors_or_descriptors() {
         || {
             let stays = NetnsProcess::start(7071, 4, 0);
             let stays_name = format!("ino:{}", stays.netns_inode());
-            let daemon = Daemon::start(FAST);
+            let daemon = Daemon::start(&flags(&[]));
             let present = |m: &Metrics, ns: &str| {
                 !m.find("sockdiag_accept_queue_length", &[("netns", ns)])
                     .is_empty()
@@ -292,12 +308,8 @@ fn include_and_exclude_select_namespaces_by_name() {
     in_netns("include_and_exclude_select_namespaces_by_name", || {
         let _other = NetnsProcess::start(7073, 4, 0);
         let _l = listen(([127, 0, 0, 1], 7073).into(), 4, false, None);
-        let mut args = FAST.to_vec();
-        args.extend(["--collector.netns.include", "host"]);
-        let only_host = Daemon::start(&args);
-        let mut args = FAST.to_vec();
-        args.extend(["--collector.netns.exclude", "host"]);
-        let no_host = Daemon::start(&args);
+        let only_host = Daemon::start(&flags(&["--collector.netns.include", "host"]));
+        let no_host = Daemon::start(&flags(&["--collector.netns.exclude", "host"]));
         let m = wait_for(&only_host, "host listeners", |m| {
             !m.find("sockdiag_accept_queue_length", &[]).is_empty()
         });
@@ -325,7 +337,7 @@ fn include_and_exclude_select_namespaces_by_name() {
 fn start_logged(mut cmd: Command, what: &str) -> (Daemon, std::path::PathBuf) {
     let log = tempdir(what).join("stderr");
     cmd.stderr(std::fs::File::create(&log).expect("log file"));
-    (Daemon::start_command(cmd, FAST), log)
+    (Daemon::start_command(cmd, &flags(&[])), log)
 }
 
 /// How often `needle` occurs in the daemon's log.
