@@ -47,7 +47,7 @@ pub enum DaemonOutcome {
 }
 
 /// utime + stime of `pid` in seconds, from /proc/<pid>/stat.
-fn cpu_seconds(pid: i32) -> Result<f64> {
+pub fn cpu_seconds(pid: i32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces and parentheses; fields are counted after its last ')'.
@@ -73,7 +73,8 @@ fn cpu_seconds(pid: i32) -> Result<f64> {
     Ok((tick(11)? + tick(12)?) / hz as f64)
 }
 
-fn vm_hwm_bytes(pid: i32) -> Result<u64> {
+/// Peak resident set size of `pid` in bytes, from /proc/<pid>/status.
+pub fn vm_hwm_bytes(pid: i32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let line = status
@@ -92,6 +93,12 @@ fn vm_hwm_bytes(pid: i32) -> Result<u64> {
 
 /// One `GET /metrics` against the daemon on [`LISTEN`], timed.
 pub fn scrape_once() -> Result<Scrape, String> {
+    fetch_metrics().map(|(scrape, _)| scrape)
+}
+
+/// One `GET /metrics` against the daemon on [`LISTEN`], timed, with the body for callers
+/// that read the figures in it.
+pub fn fetch_metrics() -> Result<(Scrape, String), String> {
     let addr: SocketAddr = LISTEN.parse().map_err(|e| format!("{e}"))?;
     let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -108,20 +115,20 @@ pub fn scrape_once() -> Result<Scrape, String> {
         .trim()
         .to_string();
     let seconds = start.elapsed().as_secs_f64();
-    let series = String::from_utf8_lossy(&body)
-        .split("\r\n\r\n")
-        .nth(1)
-        .map_or(0, |b| {
-            b.lines()
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .count()
-        });
-    Ok(Scrape {
+    let bytes = body.len();
+    let text = String::from_utf8_lossy(&body);
+    let payload = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let series = payload
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    let scrape = Scrape {
         seconds,
         series,
-        bytes: body.len(),
+        bytes,
         status_line,
-    })
+    };
+    Ok((scrape, payload.to_string()))
 }
 
 /// Starts the daemon, lets it run for `run_for`, reads its CPU time and peak RSS, scrapes it
@@ -143,54 +150,92 @@ pub fn run(exporter: &Path, run_for: Duration) -> DaemonOutcome {
     }
 }
 
-fn run_inner(exporter: &Path, run_for: Duration) -> Result<DaemonStats> {
-    let mut errfile = proc_util::memfd(c"daemon-stderr")?;
-    let errdup = errfile.try_clone().context("duplicating the stderr file")?;
-    let mut cmd = Command::new(exporter);
-    cmd.args(["--web.listen-address", LISTEN])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(errdup));
-    proc_util::tie_to_this_process(&mut cmd);
-    let start = Instant::now();
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", exporter.display()))?;
-    let pid = i32::try_from(child.id()).context("pid out of range")?;
-    drop(child);
-    // Whatever happens below, the daemon does not outlive this function.
-    struct KillOnDrop(i32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            proc_util::kill(self.0, libc::SIGTERM);
-            match proc_util::wait_with_timeout(self.0, Duration::from_secs(5)) {
-                Ok(Some(_)) => {}
-                _ => proc_util::kill_and_reap(self.0),
-            }
-        }
-    }
-    let guard = KillOnDrop(pid);
+/// The daemon as a child of this process, listening on [`LISTEN`]. Dropping it stops it
+/// (SIGTERM, then SIGKILL after 5 s) and reaps it, on success and on every error path alike.
+pub struct Running {
+    pub pid: i32,
+    pub started: Instant,
+    errfile: std::fs::File,
+    reaped: bool,
+}
 
-    let deadline = start + run_for;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200).min(deadline - Instant::now()));
-        if let Some(r) = proc_util::try_reap(pid).context("checking on the daemon")? {
-            std::mem::forget(guard);
-            let tail = proc_util::read_tail(&mut errfile, 800);
+impl Running {
+    /// Starts `exporter --web.listen-address LISTEN args...`, tied to this process's life.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(exporter: &Path, args: &[S]) -> Result<Running> {
+        let errfile = proc_util::memfd(c"daemon-stderr")?;
+        let errdup = errfile.try_clone().context("duplicating the stderr file")?;
+        let mut cmd = Command::new(exporter);
+        cmd.args(["--web.listen-address", LISTEN])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(errdup));
+        proc_util::tie_to_this_process(&mut cmd);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", exporter.display()))?;
+        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        drop(child);
+        Ok(Running {
+            pid,
+            started,
+            errfile,
+            reaped: false,
+        })
+    }
+
+    /// Fails, with the end of what the daemon wrote to stderr, once it has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if self.reaped {
+            bail!("the daemon has exited");
+        }
+        if let Some(r) = proc_util::try_reap(self.pid).context("checking on the daemon")? {
+            self.reaped = true;
+            let tail = proc_util::read_tail(&mut self.errfile, 800);
             bail!(
                 "the daemon exited after {:.1} s ({}){}{tail}",
-                start.elapsed().as_secs_f64(),
+                self.started.elapsed().as_secs_f64(),
                 r.describe(),
                 if tail.is_empty() { "" } else { ": " }
             );
         }
+        Ok(())
     }
-    let cpu = cpu_seconds(pid)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let hwm = vm_hwm_bytes(pid)?;
+
+    /// The end of what the daemon wrote to stderr so far, for error messages.
+    pub fn stderr_tail(&mut self, max: usize) -> String {
+        proc_util::read_tail(&mut self.errfile, max)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        proc_util::kill(self.pid, libc::SIGTERM);
+        match proc_util::wait_with_timeout(self.pid, Duration::from_secs(5)) {
+            Ok(Some(_)) => {}
+            _ => proc_util::kill_and_reap(self.pid),
+        }
+    }
+}
+
+fn run_inner(exporter: &Path, run_for: Duration) -> Result<DaemonStats> {
+    let no_args: [&str; 0] = [];
+    let mut daemon = Running::start(exporter, &no_args)?;
+    let deadline = daemon.started + run_for;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200).min(deadline - Instant::now()));
+        daemon.check_alive()?;
+    }
+    let cpu = cpu_seconds(daemon.pid)?;
+    let seconds = daemon.started.elapsed().as_secs_f64();
+    let hwm = vm_hwm_bytes(daemon.pid)?;
     let scrape = scrape_once();
-    let hwm_after = vm_hwm_bytes(pid).ok();
-    drop(guard);
+    let hwm_after = vm_hwm_bytes(daemon.pid).ok();
+    drop(daemon);
     Ok(DaemonStats {
         seconds,
         cpu_seconds: cpu,

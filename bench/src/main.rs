@@ -7,12 +7,15 @@
 //!   namespace and forwards Ctrl-C / SIGTERM to it;
 //! - `internal-namespace` is the coordinator inside that namespace: it builds the
 //!   connections with help of `internal-worker` processes, measures, and reports;
-//! - `floor` is the minimal inet_diag dump every netlink collector is compared with.
+//! - `floor` is the minimal inet_diag dump every netlink collector is compared with;
+//! - `namespaces` measures what collecting many network namespaces costs per sample, with
+//!   `internal-netns-holder` processes each holding a child namespace.
 
 mod daemon;
 mod diag;
 mod measure;
 mod namespace;
+mod netns_bench;
 mod proc_util;
 mod render;
 mod report;
@@ -83,6 +86,12 @@ enum Cmd {
     /// queued connection each, in a private namespace.
     Render(render::RenderOpts),
 
+    /// Per-sample cost of collecting many network namespaces: K small child namespaces
+    /// (the daemon on all of them against the daemon on its own only), or one big namespace
+    /// next to small ones with shared and with per-namespace hash tables
+    /// (--big-ns-connections), inside a private namespace.
+    Namespaces(netns_bench::NamespacesOpts),
+
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
     InternalNamespace,
@@ -90,6 +99,14 @@ enum Cmd {
     /// The render benchmark inside the private namespace.
     #[command(hide = true)]
     InternalRender(render::RenderOpts),
+
+    /// The namespaces benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalNamespaces(netns_bench::NamespacesOpts),
+
+    /// Holder of one child network namespace (started by the namespaces benchmark).
+    #[command(hide = true)]
+    InternalNetnsHolder(netns_bench::HolderArgs),
 
     /// Connection holder inside the private namespace (started by the coordinator).
     #[command(hide = true)]
@@ -140,6 +157,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(default_exporter_path);
             render::internal_main(&r, &exporter)
         }
+        Some(Cmd::Namespaces(n)) => netns_bench::run_outer(cli.opts, n),
+        Some(Cmd::InternalNamespaces(n)) => {
+            let exporter = cli.opts.exporter.unwrap_or_else(default_exporter_path);
+            netns_bench::internal_main(&n, &exporter)
+        }
+        Some(Cmd::InternalNetnsHolder(args)) => netns_bench::holder_main(&args),
         Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
     };
     match result {

@@ -22,8 +22,10 @@ const FD_HEADROOM: u64 = 100;
 /// About 18,000 descriptors per worker, as the machine's 20,000 limit allows.
 const MAX_PER_WORKER: u64 = 8_950;
 
-fn create_listeners() -> Result<Vec<OwnedFd>> {
-    (0..LISTENERS)
+/// Opens `count` non-blocking listeners on 127.0.0.1, ports [`FIRST_PORT`] onwards, in the
+/// caller's network namespace.
+pub fn create_listeners(count: u16) -> Result<Vec<OwnedFd>> {
+    (0..count)
         .map(|i| {
             let port = FIRST_PORT + i;
             let fd = proc_util::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
@@ -64,7 +66,7 @@ struct WorkerProc {
 /// Every worker started so far. Dropping it kills and reaps them all, on success and on
 /// every error path alike.
 #[derive(Default)]
-struct Fleet {
+pub struct Fleet {
     workers: Vec<WorkerProc>,
 }
 
@@ -169,8 +171,9 @@ impl Fleet {
     }
 
     /// Starts workers for `total` connections, at most `parallel` at a time, and returns
-    /// when all of them hold their share.
-    fn build(
+    /// when all of them hold their share. Workers connect in the caller's network
+    /// namespace, so `listeners` must have been opened there.
+    pub fn build(
         &mut self,
         listeners: &[OwnedFd],
         total: u64,
@@ -278,8 +281,24 @@ fn fill_accept_queues(first: u64, count: u64) -> Result<Vec<OwnedFd>> {
         .collect()
 }
 
+/// Connections one worker can hold under an RLIMIT_NOFILE of `nofile` (two descriptors
+/// each).
+pub fn per_worker(nofile: u64) -> Result<u64> {
+    let per_worker = (nofile.saturating_sub(FD_HEADROOM) / 2).min(MAX_PER_WORKER);
+    if per_worker == 0 {
+        bail!("RLIMIT_NOFILE is {nofile}: too low to hold any connection");
+    }
+    Ok(per_worker)
+}
+
+/// Workers building at once: one per core builds fastest; more only add wake-ups on the
+/// shared listeners.
+pub fn parallel_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |p| p.get().clamp(1, 4))
+}
+
 /// Checks that the namespace holds what the bench claims to measure.
-fn verify(c: &Census, n: u64, queued: u64) -> Result<()> {
+pub fn verify(c: &Census, n: u64, queued: u64) -> Result<()> {
     let listeners = u64::from(LISTENERS);
     let data_bytes = n.div_ceil(DATA_EVERY) * DATA.len() as u64;
     if c.listeners != listeners || c.accept_queued != queued || c.established != 2 * n {
@@ -305,22 +324,18 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
     let exporter = opts.exporter.clone().unwrap_or_else(default_exporter_path);
     let n = opts.connections;
 
-    let per_worker = (nofile.saturating_sub(FD_HEADROOM) / 2).min(MAX_PER_WORKER);
-    if per_worker == 0 {
-        bail!("RLIMIT_NOFILE is {nofile}: too low to hold any connection");
-    }
+    let per_worker = per_worker(nofile)?;
     let queued = opts.queued.min(n);
     if queued + u64::from(LISTENERS) + FD_HEADROOM > nofile {
         bail!("RLIMIT_NOFILE is {nofile}: too low to hold {queued} queued connections");
     }
-    // One worker per core builds fastest; more only add wake-ups on the shared listeners.
-    let parallel = std::thread::available_parallelism().map_or(2, |p| p.get().clamp(1, 4));
+    let parallel = parallel_workers();
 
     eprintln!(
         "sockdiag-bench: setting up {n} loopback connections ({} workers of up to {per_worker})",
         (n - queued).div_ceil(per_worker)
     );
-    let listeners = create_listeners()?;
+    let listeners = create_listeners(LISTENERS)?;
     let start = Instant::now();
     let mut fleet = Fleet::default();
     fleet.build(&listeners, n - queued, per_worker, parallel)?;

@@ -118,7 +118,7 @@ pub fn connect_client(k: u64, port: u16) -> Result<OwnedFd> {
 
 /// Accepts up to `want` connections from the (non-blocking) listeners, until each of them
 /// would block.
-fn drain(listeners: &[RawFd], want: u64, into: &mut Vec<OwnedFd>) -> Result<u64> {
+pub fn drain(listeners: &[RawFd], want: u64, into: &mut Vec<OwnedFd>) -> Result<u64> {
     let mut got = 0;
     for &l in listeners {
         while got < want {
@@ -149,7 +149,8 @@ fn drain(listeners: &[RawFd], want: u64, into: &mut Vec<OwnedFd>) -> Result<u64>
     Ok(got)
 }
 
-fn wait_readable(listeners: &[RawFd], timeout: Duration) {
+/// Waits at most `timeout` for any of `listeners` to have a connection to accept.
+pub fn wait_readable(listeners: &[RawFd], timeout: Duration) {
     let mut pfds: Vec<libc::pollfd> = listeners
         .iter()
         .map(|&fd| libc::pollfd {
