@@ -32,18 +32,6 @@ fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// A TcpExt counter of the namespace of process `pid`, read from procfs.
-fn tcp_ext(pid: u32, name: &str) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/net/netstat")).expect("netstat");
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == name)
-        .expect("counter present");
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
-
 /// Polls `/metrics` until `ready` holds, for at most 15 s.
 fn wait_for(daemon: &Daemon, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
     let start = Instant::now();
@@ -60,6 +48,17 @@ fn wait_for(daemon: &Daemon, what: &str, ready: impl Fn(&Metrics) -> bool) -> Me
             panic!("timed out waiting for {what}; series with a netns: {netns:#?}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every collector's last sample succeeded and none ever failed: neither
+/// a vanished namespace nor a missing privilege is a collector failure.
+fn assert_every_collector_healthy(m: &Metrics) {
+    for c in ["listeners", "connections", "netstat", "processes", "netns"] {
+        let errors = m.value("sockdiag_collector_errors_total", &[("collector", c)]);
+        assert_eq!(errors, 0.0, "{c}");
+        let success = m.value("sockdiag_collector_success", &[("collector", c)]);
+        assert_eq!(success, 1.0, "{c}");
     }
 }
 
@@ -176,7 +175,10 @@ fn namespaces_are_found_named_and_collected_apart() {
         // only where the queue is full.
         let overflows =
             |ns: &str| m.value("sockdiag_netstat_listen_overflows_total", &[("netns", ns)]);
-        let after = tcp_ext(full.pid(), "ListenOverflows");
+        let after = tcp_ext_at(
+            &format!("/proc/{}/net/netstat", full.pid()),
+            "ListenOverflows",
+        );
         assert!(overflows(&full_name) >= 1.0 && overflows(&full_name) <= after);
         assert_eq!(overflows("blue"), 0.0);
         assert_eq!(overflows("host"), 0.0);
@@ -223,13 +225,7 @@ fn namespaces_are_found_named_and_collected_apart() {
                 0.0
             );
         }
-        for c in ["listeners", "connections", "netstat", "processes", "netns"] {
-            assert_eq!(
-                m.value("sockdiag_collector_errors_total", &[("collector", c)]),
-                0.0,
-                "{c}"
-            );
-        }
+        assert_every_collector_healthy(&m);
         let _ = std::fs::remove_dir_all(&names_dir);
     });
 }
@@ -288,17 +284,7 @@ fn a_vanished_namespace_leaves_no_series_errors_or_descriptors() {
                 assert_eq!(settle(), baseline, "round {round}: fds after it vanished");
             }
             let m = daemon.metrics();
-            for c in ["listeners", "connections", "netstat", "processes", "netns"] {
-                assert_eq!(
-                    m.value("sockdiag_collector_errors_total", &[("collector", c)]),
-                    0.0,
-                    "{c}"
-                );
-                assert_eq!(
-                    m.value("sockdiag_collector_success", &[("collector", c)]),
-                    1.0
-                );
-            }
+            assert_every_collector_healthy(&m);
         },
     );
 }
@@ -403,13 +389,7 @@ fn without_privileges_only_the_own_namespace_is_collected() {
                 1.0
             );
             // Not a collector failure: nothing to page on but the coverage.
-            for c in ["listeners", "connections", "netstat", "processes", "netns"] {
-                assert_eq!(
-                    m.value("sockdiag_collector_success", &[("collector", c)]),
-                    1.0,
-                    "{c}"
-                );
-            }
+            assert_every_collector_healthy(&m);
             // Said once, not once per sample.
             std::thread::sleep(Duration::from_millis(600));
             drop(daemon);
@@ -465,13 +445,7 @@ fn without_cap_sys_admin_other_namespaces_show_as_down() {
                 &[("netns", "host"), ("port", "7075")],
             )[0];
             assert_eq!(owner.labels["pid"], std::process::id().to_string());
-            for c in ["listeners", "connections", "netstat", "processes", "netns"] {
-                assert_eq!(
-                    m.value("sockdiag_collector_success", &[("collector", c)]),
-                    1.0,
-                    "{c}"
-                );
-            }
+            assert_every_collector_healthy(&m);
             std::thread::sleep(Duration::from_millis(600));
             drop(daemon);
             assert_eq!(logged(&log, "cannot enter other network namespaces"), 1);

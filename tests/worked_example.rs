@@ -13,14 +13,7 @@ use common::*;
 
 /// A TcpExt counter of this namespace, read straight from procfs.
 fn tcp_ext(name: &str) -> f64 {
-    let text = std::fs::read_to_string("/proc/self/net/netstat").expect("reading netstat");
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == name)
-        .expect("counter present");
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    tcp_ext_at("/proc/self/net/netstat", name)
 }
 
 #[test]

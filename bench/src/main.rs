@@ -123,6 +123,23 @@ fn default_exporter_path() -> PathBuf {
         .join("target/release/sockdiag-exporter")
 }
 
+/// The exporter to measure: `--exporter` made absolute (so messages name the file the user
+/// meant), else the workspace's release build; it must exist.
+pub fn resolve_exporter(given: Option<&Path>) -> Result<PathBuf> {
+    let exporter = match given {
+        Some(p) => std::path::absolute(p)
+            .with_context(|| format!("resolving --exporter {}", p.display()))?,
+        None => default_exporter_path(),
+    };
+    if !exporter.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release`",
+            exporter.display()
+        );
+    }
+    Ok(exporter)
+}
+
 fn parse_count(text: &str) -> Result<u64, String> {
     let t = text.trim().replace('_', "");
     let (digits, mult) = match t.char_indices().last() {
@@ -223,17 +240,7 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
 
 /// Hands `render` over to a coordinator inside a new namespace.
 fn run_render(opts: BenchOpts, render: render::RenderOpts) -> Result<ExitCode> {
-    let exporter = match opts.exporter {
-        Some(p) => std::path::absolute(&p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
-    }
+    let exporter = resolve_exporter(opts.exporter.as_deref())?;
     let args: Vec<OsString> = vec![
         "--exporter".into(),
         exporter.into(),

@@ -35,7 +35,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::{BenchOpts, default_exporter_path, diag, measure, namespace, proc_util, setup, worker};
+use crate::{BenchOpts, diag, measure, namespace, proc_util, setup, worker};
 
 /// The daemon's connections interval here: several full passes within one window.
 const CONNECTIONS_INTERVAL: &str = "2s";
@@ -240,16 +240,7 @@ pub fn holder_main(args: &HolderArgs) -> Result<ExitCode> {
         .context("reporting to the coordinator (is it gone?)")?;
     drop(out);
 
-    let mut sink = [0u8; 64];
-    let mut stdin = io::stdin().lock();
-    loop {
-        match stdin.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    worker::hold_until_stdin_closes();
     drop(fleet);
     drop(held);
     // The kernel closes what is left faster than we would one by one.
@@ -1383,17 +1374,7 @@ fn text_row(name: &str, halves: &[&Half], f: impl Fn(&Half) -> String) -> String
 /// `namespaces`: resolves paths against the user's working directory, then hands over to
 /// a coordinator inside a new user + network namespace.
 pub fn run_outer(opts: BenchOpts, mut ns: NamespacesOpts) -> Result<ExitCode> {
-    let exporter = match opts.exporter {
-        Some(p) => std::path::absolute(&p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
-    }
+    let exporter = crate::resolve_exporter(opts.exporter.as_deref())?;
     if let Some(p) = ns.json.take().or(opts.json) {
         ns.json = Some(
             std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,

@@ -236,6 +236,14 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
     drop(out);
 
     // Hold every socket until the coordinator closes our stdin (or dies: PDEATHSIG).
+    hold_until_stdin_closes();
+    // Exit without closing 18,000 sockets one by one; the kernel does it faster.
+    std::process::exit(0);
+}
+
+/// Blocks until the coordinator closes our stdin (or dies: PDEATHSIG ends us first). Used by
+/// every process whose only job left is to keep its sockets open.
+pub fn hold_until_stdin_closes() {
     let mut sink = [0u8; 64];
     let mut stdin = io::stdin().lock();
     loop {
@@ -246,6 +254,4 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
             Err(_) => break,
         }
     }
-    // Exit without closing 18,000 sockets one by one; the kernel does it faster.
-    std::process::exit(0);
 }

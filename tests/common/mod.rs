@@ -52,19 +52,7 @@ pub fn in_netns(name: &str, body: impl FnOnce()) {
     .stderr(Stdio::piped());
     // Everything the child writes between fork and exec is prepared here:
     // only async-signal-safe calls may run there.
-    let uid = unsafe { libc::getuid() };
-    let gid = unsafe { libc::getgid() };
-    let files = [
-        (c"/proc/self/setgroups", CString::new("deny").unwrap()),
-        (
-            c"/proc/self/uid_map",
-            CString::new(format!("0 {uid} 1")).unwrap(),
-        ),
-        (
-            c"/proc/self/gid_map",
-            CString::new(format!("0 {gid} 1")).unwrap(),
-        ),
-    ];
+    let maps = IdMaps::to_root();
     unsafe {
         cmd.pre_exec(move || {
             // Its own process group, so whatever the test starts (daemons,
@@ -75,19 +63,7 @@ pub fn in_netns(name: &str, body: impl FnOnce()) {
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for (path, content) in &files {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let bytes = content.as_bytes();
-                let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-                libc::close(fd);
-                if n != bytes.len() as isize {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+            maps.write()
         });
     }
     let child = cmd
@@ -107,6 +83,50 @@ pub fn in_netns(name: &str, body: impl FnOnce()) {
         stdout.contains("1 passed"),
         "test {name} did not run in its namespace:\n{stdout}"
     );
+}
+
+/// The id maps a process writes for the user namespace it just created,
+/// prepared before fork: between fork and exec only async-signal-safe
+/// calls may run.
+struct IdMaps([(&'static std::ffi::CStr, CString); 3]);
+
+impl IdMaps {
+    fn new(uid_map: String, gid_map: String) -> Self {
+        IdMaps([
+            (c"/proc/self/setgroups", CString::new("deny").unwrap()),
+            (c"/proc/self/uid_map", CString::new(uid_map).unwrap()),
+            (c"/proc/self/gid_map", CString::new(gid_map).unwrap()),
+        ])
+    }
+
+    /// The caller's ids become root inside.
+    fn to_root() -> Self {
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        IdMaps::new(format!("0 {uid} 1"), format!("0 {gid} 1"))
+    }
+
+    /// The caller's ids stay what they are inside.
+    fn same_ids() -> Self {
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        IdMaps::new(format!("{uid} {uid} 1"), format!("{gid} {gid} 1"))
+    }
+
+    /// Writes the maps; only raw syscalls, so it may run after fork.
+    fn write(&self) -> std::io::Result<()> {
+        for (path, content) in &self.0 {
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let bytes = content.as_bytes();
+            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+            unsafe { libc::close(fd) };
+            if n != bytes.len() as isize {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
 }
 
 fn wait_with_deadline(mut child: Child, deadline: Duration) -> std::process::Output {
@@ -573,37 +593,13 @@ impl Drop for NetnsProcess {
 /// it keeps the same uid but holds no capability over the test's
 /// namespaces, like an exporter run without CAP_SYS_ADMIN/CAP_SYS_PTRACE.
 pub fn without_privileges(cmd: &mut Command) {
-    let uid = unsafe { libc::geteuid() };
-    let gid = unsafe { libc::getegid() };
-    let files = [
-        (c"/proc/self/setgroups", CString::new("deny").unwrap()),
-        (
-            c"/proc/self/uid_map",
-            CString::new(format!("{uid} {uid} 1")).unwrap(),
-        ),
-        (
-            c"/proc/self/gid_map",
-            CString::new(format!("{gid} {gid} 1")).unwrap(),
-        ),
-    ];
+    let maps = IdMaps::same_ids();
     unsafe {
         cmd.pre_exec(move || {
             if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            for (path, content) in &files {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let bytes = content.as_bytes();
-                let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-                libc::close(fd);
-                if n != bytes.len() as isize {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+            maps.write()
         });
     }
 }
@@ -613,4 +609,17 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("listing the daemon's fds")
         .count()
+}
+
+/// A TcpExt counter from a procfs `netstat` file (e.g. `/proc/self/net/netstat`
+/// or `/proc/PID/net/netstat` for another process's namespace).
+pub fn tcp_ext_at(path: &str, name: &str) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .expect("counter present");
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
