@@ -114,7 +114,7 @@ defs! {
     NETNS_SAMPLE_DURATION = "sockdiag_netns_sample_duration_seconds", Gauge, (&["netns", "collector"], false),
         "How long the last sample of this collector in this namespace took; the sum over namespaces is sockdiag_collector_duration_seconds. Every namespace's dump walks the host-wide socket tables, so this grows with all sockets on the node.";
     LISTENER_PROCESS_INFO = "sockdiag_listener_process_info", Gauge, (&["netns", "family", "address", "port", "pid", "comm", "unit", "container_id"], true),
-        "Always 1: the process owning this listening socket (the lowest pid holding it), its command name, systemd unit and container. Join on netns, family, address, port (and member) to name the owner of a full queue.";
+        "Always 1: the process owning this listening socket (the lowest pid holding it), its command name, systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue.";
     LISTENER_OWNER_UNKNOWN = "sockdiag_listener_owner_unknown", Gauge, (NETNS, false),
         "Listening sockets of the namespace whose owning process is not known: the exporter may not read other users' /proc/PID/fd (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH), or the owner is outside the namespace.";
     BUILD_INFO = "sockdiag_build_info", Gauge, (&["version"], false),
