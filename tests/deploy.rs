@@ -179,8 +179,10 @@ fn systemd_unit_verifies() {
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "DynamicUser=yes",
-        "CapabilityBoundingSet=\n",
-        "AmbientCapabilities=\n",
+        // Exactly the three capabilities the Privileges table names.
+        "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n",
+        "AmbientCapabilities=\nAmbientCapabilities=CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_DAC_READ_SEARCH\n",
+        "RestrictNamespaces=net\n",
         "RestrictAddressFamilies=AF_NETLINK AF_INET AF_INET6 AF_UNIX",
         "SystemCallFilter=@system-service",
         "Restart=on-failure",
@@ -902,6 +904,30 @@ fn kubernetes_manifests_validate() {
         "the PyPI package kubernetes-validate is not installed: \
          python3 -m pip install kubernetes-validate"
     );
+    // What namespace discovery and process attribution need, and the
+    // --path flags pointing where the host directories are mounted.
+    let ds = read("deploy/kubernetes/daemonset.yaml");
+    for needed in [
+        "hostPID: true",
+        "--path.run-netns=/host/run/netns",
+        "mountPath: /host/run/netns",
+        "--path.pod-logs=/host/var/log/pods",
+        "mountPath: /host/var/log/pods",
+        "mountPropagation: HostToContainer",
+    ] {
+        assert!(ds.contains(needed), "daemonset lacks `{needed}`");
+    }
+    // The whole `add:` list, no more: its items are the lines after it
+    // that are list items.
+    let added: Vec<&str> = ds
+        .lines()
+        .skip_while(|l| l.trim() != "add:")
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| l.starts_with("- "))
+        .collect();
+    assert_eq!(added, ["- SYS_ADMIN", "- SYS_PTRACE", "- DAC_READ_SEARCH"]);
+    assert!(ds.contains("drop:\n                - ALL\n"), "drop ALL");
     for manifest in [
         "deploy/kubernetes/daemonset.yaml",
         "deploy/kubernetes/service.yaml",
