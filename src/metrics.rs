@@ -106,11 +106,11 @@ defs! {
     SOMAXCONN = "sockdiag_somaxconn", Gauge, (NETNS, false),
         "net.core.somaxconn of the namespace: the ceiling on every listen() backlog.";
     NETNS_INFO = "sockdiag_netns_info", Gauge, (&["netns", "source", "inode", "pid", "ip_netns", "pod_namespace", "pod_name", "pod_uid", "container_id"], false),
-        "Always 1, for every network namespace being collected: joins the netns label to the namespace's inode (as in ls -l /proc/PID/ns/net), its lowest pid, and the ip netns name, Kubernetes pod or container it belongs to. source says which of these named it (host, pod, ip_netns, container, inode).";
+        "Always 1, for every network namespace found and not excluded (also those that cannot be entered; see sockdiag_netns_up): joins the netns label to the namespace's inode (as in ls -l /proc/PID/ns/net), its lowest pid, and the ip netns name, Kubernetes pod or container it belongs to. source says which of these named it (host, pod, ip_netns, container, inode).";
     NETNS_UNREADABLE = "sockdiag_netns_processes_unreadable", Gauge, (NO_LABELS, false),
         "Processes whose network namespace the last discovery pass could not see (reading /proc/PID/ns/net of another user's process needs CAP_SYS_PTRACE); namespaces only such processes live in are not collected. Only exported with the netns collector.";
     NETNS_UP = "sockdiag_netns_up", Gauge, (NETNS, false),
-        "1 if the last sample of every enabled collector in this namespace succeeded; 0 if the namespace could not be entered (the exporter lacks CAP_SYS_ADMIN) or a sample failed. A namespace at 0 has no other series.";
+        "1 if the last sample of every enabled collector in this namespace succeeded; 0 if the namespace could not be entered (the exporter lacks CAP_SYS_ADMIN) or a sample failed. A namespace that cannot be entered has no other series; one whose sample failed keeps its last good figures.";
     NETNS_SAMPLE_DURATION = "sockdiag_netns_sample_duration_seconds", Gauge, (&["netns", "collector"], false),
         "How long the last sample of this collector in this namespace took; the sum over namespaces is sockdiag_collector_duration_seconds. Every namespace's dump walks the host-wide socket tables, so this grows with all sockets on the node.";
     LISTENER_PROCESS_INFO = "sockdiag_listener_process_info", Gauge, (&["netns", "family", "address", "port", "pid", "comm", "unit", "container_id"], true),
