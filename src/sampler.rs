@@ -21,7 +21,7 @@ use crate::listeners::ListenerTracker;
 use crate::netns::{
     DiscoveryConfig, EnterError, NameSource, NetnsInfo, NsId, Targets, discover, ns_id, run_in,
 };
-use crate::owners::{Owner, OwnerCache};
+use crate::owners::OwnerCache;
 use crate::procfs::{NetnsProc, ProcError};
 use crate::snapshot::{
     ConnectionSample, NetnsView, NetstatSample, OwnerSample, PortSummary, QueueSummary,
@@ -957,21 +957,32 @@ fn sample_owners_in(
             return Outcome::Failed(e.to_string());
         }
     }
-    let wanted: Vec<(u64, u32)> = work.listeners.iter().map(|l| (l.cookie, l.inode)).collect();
     let netns = (info.id != (0, 0)).then_some(info.id);
-    let stats = st.owners.refresh(Instant::now(), netns, &wanted);
-    store.note_owner_denied(info, stats.denied);
-    let owners: Vec<(u64, Arc<Owner>)> = wanted
+    let (sample, denied) = attribute(&mut st.owners, netns, &work.listeners);
+    store.note_owner_denied(info, denied);
+    store.publish(info, |v| v.owners = Some(Arc::new(sample)));
+    store.publish_status(info, PROCESSES, started, None);
+    Outcome::Done
+}
+
+/// Brings `cache` in line with one namespace's `listeners` and returns
+/// their owners, with the number of processes whose fds could not be read.
+fn attribute(
+    cache: &mut OwnerCache,
+    netns: Option<NsId>,
+    listeners: &[ListenerRecord],
+) -> (OwnerSample, u64) {
+    let wanted: Vec<(u64, u32)> = listeners.iter().map(|l| (l.cookie, l.inode)).collect();
+    let stats = cache.refresh(Instant::now(), netns, &wanted);
+    let owners = wanted
         .iter()
-        .filter_map(|(cookie, _)| Some((*cookie, st.owners.get(*cookie)?.clone())))
+        .filter_map(|(cookie, _)| Some((*cookie, cache.get(*cookie)?.clone())))
         .collect();
     let sample = OwnerSample {
         owners,
         unknown: stats.unknown,
     };
-    store.publish(info, |v| v.owners = Some(Arc::new(sample)));
-    store.publish_status(info, PROCESSES, started, None);
-    Outcome::Done
+    (sample, stats.denied)
 }
 
 /// One full sample of the calling thread's namespace, for `snapshot`.
@@ -1024,17 +1035,9 @@ pub fn sample_once(config: &SamplerConfig) -> (NetnsView, Vec<(&'static str, Str
     }
     if config.processes && !records.is_empty() {
         let mut cache = OwnerCache::new(config.procfs.clone(), Duration::ZERO);
-        let wanted: Vec<(u64, u32)> = records.iter().map(|l| (l.cookie, l.inode)).collect();
         let netns = ns_id(&config.procfs.join("self/ns/net")).ok();
-        let stats = cache.refresh(Instant::now(), netns, &wanted);
-        let owners = wanted
-            .iter()
-            .filter_map(|(cookie, _)| Some((*cookie, cache.get(*cookie)?.clone())))
-            .collect();
-        view.owners = Some(Arc::new(OwnerSample {
-            owners,
-            unknown: stats.unknown,
-        }));
+        let (sample, _) = attribute(&mut cache, netns, &records);
+        view.owners = Some(Arc::new(sample));
     }
     (view, errors)
 }

@@ -228,14 +228,7 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
     args.push("internal-namespace".into());
 
     let status = namespace::run_in_new_namespace(&args)?;
-    if let Some(code) = status.code() {
-        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
-    }
-    if namespace::interrupted() {
-        eprintln!("sockdiag-bench: interrupted; the namespace and its processes are gone");
-        return Ok(ExitCode::from(130));
-    }
-    bail!("the namespace coordinator died: {status}");
+    namespace::exit_code_of(status, "the namespace coordinator")
 }
 
 /// Hands `render` over to a coordinator inside a new namespace.

@@ -216,3 +216,19 @@ pub fn raise_nofile_limit() -> Result<u64> {
         Ok(rl.rlim_cur)
     }
 }
+
+/// The bench's exit code from the coordinator's `status`: its own code when it exited, 130
+/// when the user interrupted it (the namespace and its processes are gone with it), else an
+/// error naming `what` died.
+pub fn exit_code_of(status: ExitStatus, what: &str) -> Result<std::process::ExitCode> {
+    if let Some(code) = status.code() {
+        return Ok(std::process::ExitCode::from(
+            u8::try_from(code).unwrap_or(1),
+        ));
+    }
+    if interrupted() {
+        eprintln!("sockdiag-bench: interrupted; the namespace and its processes are gone");
+        return Ok(std::process::ExitCode::from(130));
+    }
+    anyhow::bail!("{what} died: {status}");
+}

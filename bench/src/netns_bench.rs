@@ -1389,15 +1389,7 @@ pub fn run_outer(opts: BenchOpts, mut ns: NamespacesOpts) -> Result<ExitCode> {
     args.extend(ns.to_args());
     let status = namespace::run_in_new_namespace(&args);
     let _ = std::fs::remove_dir(&run_netns);
-    let status = status?;
-    if let Some(code) = status.code() {
-        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
-    }
-    if namespace::interrupted() {
-        eprintln!("sockdiag-bench: interrupted; the namespaces and their processes are gone");
-        return Ok(ExitCode::from(130));
-    }
-    bail!("the namespace coordinator died: {status}");
+    namespace::exit_code_of(status?, "the namespace coordinator")
 }
 
 #[cfg(test)]
