@@ -1,0 +1,191 @@
+//! The whole `/metrics` page for one fixed scenario, compared line by line
+//! with `tests/fixtures/golden_metrics.txt`: every family, HELP and TYPE
+//! line, label set and value. A restructure of the sampler, the store or the
+//! renderers must leave it unchanged; a deliberate change of the output
+//! shows up as a diff of that file in review.
+//!
+//! Only what differs between runs or machines is normalized: durations and
+//! timestamps, the time a queue has been full or waited, pids, inodes and
+//! the names of the test's own process and unit. Everything else is compared
+//! exactly. Run with `SOCKDIAG_UPDATE_GOLDEN=1` to rewrite the file.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Families whose values are time measurements.
+const TIMED: &[&str] = &[
+    "sockdiag_collector_duration_seconds",
+    "sockdiag_collector_last_success_timestamp_seconds",
+    "sockdiag_netns_sample_duration_seconds",
+    "sockdiag_netns_last_sample_timestamp_seconds",
+    "sockdiag_accept_queue_full_seconds_total",
+    "sockdiag_accept_queue_oldest_seconds",
+];
+
+/// Families whose value depends on the machine rather than the scenario.
+const MACHINE: &[&str] = &["sockdiag_netns_processes_unreadable"];
+
+/// Labels whose values differ between runs or machines.
+const VOLATILE_LABELS: &[&str] = &["pid", "inode", "unit", "container_id", "exe", "cmdline"];
+
+fn golden_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden_metrics.txt")
+}
+
+/// Rewrites one exposition line so that it no longer depends on timing or
+/// on the machine.
+fn normalize(line: &str, own_comm: &str) -> String {
+    if line.starts_with('#') {
+        return line.to_string();
+    }
+    let Some((series, value)) = line.rsplit_once(' ') else {
+        return line.to_string();
+    };
+    let name = series.split('{').next().unwrap_or(series);
+    let value = if TIMED.contains(&name) || MACHINE.contains(&name) {
+        "<v>"
+    } else {
+        value
+    };
+    let Some((name, labels)) = series.split_once('{') else {
+        return format!("{series} {value}");
+    };
+    let labels = labels.trim_end_matches('}');
+    let mut out = Vec::new();
+    for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once("=\"").expect("label pair");
+        let v = v.trim_end_matches('"');
+        let v = if (VOLATILE_LABELS.contains(&k) && !v.is_empty()) || (k == "comm" && v == own_comm)
+        {
+            format!("<{k}>")
+        } else {
+            v.to_string()
+        };
+        out.push(format!("{k}=\"{v}\""));
+    }
+    format!("{name}{{{}}} {value}", out.join(","))
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    dir
+}
+
+/// Connects and sends `bytes` bytes, without anyone accepting.
+fn client(addr: SocketAddr, bytes: usize) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.write_all(&vec![b'x'; bytes]).expect("client write");
+    s
+}
+
+#[test]
+fn metrics_page_matches_the_golden_file() {
+    in_netns("metrics_page_matches_the_golden_file", || {
+        // A full queue: backlog 2, three clients with 4 bytes each, none
+        // accepted (limit + 1 is full; a fourth would be dropped).
+        let full_addr: SocketAddr = ([127, 0, 0, 1], 4444).into();
+        let _full = listen(full_addr, 2, false, None);
+        let _waiting: Vec<_> = (0..3).map(|_| client(full_addr, 4)).collect();
+
+        // IPv6 with two accepted connections holding 10 unread bytes each.
+        let v6_addr: SocketAddr = "[::1]:5555".parse().unwrap();
+        let v6 = listen(v6_addr, 16, false, None);
+        let _v6_clients: Vec<_> = (0..2).map(|_| client(v6_addr, 10)).collect();
+        let _v6_accepted: Vec<_> = (0..2).map(|_| v6.accept().expect("accept")).collect();
+
+        // A reuseport group of two.
+        let group_addr: SocketAddr = ([0, 0, 0, 0], 6666).into();
+        let _group = [
+            listen(group_addr, 4, true, None),
+            listen(group_addr, 4, true, None),
+        ];
+
+        // Dual-stack wildcard with a v4-mapped connection waiting.
+        let dual = listen("[::]:7777".parse().unwrap(), 8, false, Some(false));
+        let _mapped = client(([127, 0, 0, 1], 7777).into(), 1);
+
+        // Another namespace, named by a symlink like `ip netns` makes.
+        let blue = NetnsProcess::start(8080, 8, 0);
+        let names = tempdir("golden-run-netns");
+        std::os::unix::fs::symlink(format!("/proc/{}/ns/net", blue.pid()), names.join("blue"))
+            .expect("naming the namespace");
+
+        let daemon = Daemon::start(&[
+            "--collector.netns.rescan-interval",
+            "100ms",
+            "--path.pod-logs",
+            "/nonexistent/pods",
+            "--path.run-netns",
+            names.to_str().unwrap(),
+        ]);
+        // Until every part of both namespaces is in: owners (the daemon's
+        // own listener is the sixth at home), connection figures and
+        // procfs counters.
+        let start = Instant::now();
+        let body = loop {
+            let (status, body) = daemon.get("/metrics");
+            assert_eq!(status, 200);
+            let m = Metrics::parse(&body);
+            let ready = ["host", "blue"].iter().all(|ns| {
+                m.find("sockdiag_listener_process_info", &[("netns", ns)])
+                    .len()
+                    == if *ns == "host" { 6 } else { 1 }
+                    && !m.find("sockdiag_somaxconn", &[("netns", ns)]).is_empty()
+                    && !m
+                        .find("sockdiag_tcp_client_ports_folded", &[("netns", ns)])
+                        .is_empty()
+            }) && m.value_or_zero(
+                "sockdiag_accept_queue_bytes",
+                &[("netns", "host"), ("port", "4444")],
+            ) == 12.0;
+            if ready {
+                break body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "scenario not complete within 20 s:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        drop(dual);
+        let own_comm = std::fs::read_to_string("/proc/self/comm")
+            .expect("own comm")
+            .trim()
+            .to_string();
+        // The test's own scrapes are connections too: drop the exporter's
+        // port, which differs each run, from the comparison.
+        let scrape_port = daemon.addr.port().to_string();
+        let got: String = body
+            .lines()
+            .filter(|l| !l.contains(&format!("port=\"{scrape_port}\"")))
+            .map(|l| normalize(l, &own_comm) + "\n")
+            .collect();
+        let _ = std::fs::remove_dir_all(&names);
+        let path = golden_path();
+        if std::env::var_os("SOCKDIAG_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &got).expect("writing the golden file");
+            return;
+        }
+        let want = std::fs::read_to_string(&path).expect("reading the golden file");
+        if got != want {
+            let (g, w): (Vec<_>, Vec<_>) = (got.lines().collect(), want.lines().collect());
+            let missing: Vec<_> = w.iter().filter(|l| !g.contains(l)).collect();
+            let extra: Vec<_> = g.iter().filter(|l| !w.contains(l)).collect();
+            panic!(
+                "/metrics differs from {} (rewrite with SOCKDIAG_UPDATE_GOLDEN=1 if intended)\n\
+                 missing: {missing:#?}\nunexpected: {extra:#?}\norder differs: {}",
+                path.display(),
+                missing.is_empty() && extra.is_empty()
+            );
+        }
+    });
+}
