@@ -1,17 +1,19 @@
 //! Command-line flags: one definition drives parsing, `--help` and the
 //! README's flags table (checked by a test so they cannot drift).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgAction, ArgMatches, Parser, Subcommand, ValueEnum};
 
 use regex::Regex;
 
-use crate::diag::{MAX_FILTER_PORTS, Mode, PortFilter};
+use crate::collect::{Collector, Common, REGISTRY};
 use crate::netns::{DiscoveryConfig, NetnsFilter};
-use crate::sampler::SamplerConfig;
+use crate::sampler::{Config as SamplerConfig, NETNS};
 
 /// Prometheus exporter for Linux socket queues.
 ///
@@ -103,15 +105,6 @@ pub enum Format {
     Json,
 }
 
-/// How queued connections are dated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum QueueAge {
-    /// From `tcp_info`, to the millisecond.
-    Exact,
-    /// Not at all.
-    Off,
-}
-
 /// Log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -137,58 +130,118 @@ impl LogLevel {
     }
 }
 
-/// Collector switches and settings, shared by the daemon and `snapshot`.
-#[derive(Debug, clap::Args)]
+/// Collector switches and settings, shared by the daemon and `snapshot`:
+/// the driver's own flags, then a `--collector.<name>` /
+/// `--no-collector.<name>` pair and the settings of every collector in
+/// the registry, each declared by its collector.
+#[derive(Debug, Clone)]
 pub struct CollectorFlags {
-    /// Enable the listeners collector (default): accept queues, limits,
-    /// peaks, full time and drops of every LISTEN socket, sampled fast. Its
-    /// cost grows with listeners, not connections.
-    #[arg(long = "collector.listeners", action = ArgAction::SetTrue, overrides_with = "no_listeners", global = true)]
-    listeners: bool,
-    /// Disable the listeners collector.
-    #[arg(long = "no-collector.listeners", action = ArgAction::SetTrue, overrides_with = "listeners", global = true)]
-    no_listeners: bool,
+    /// The driver's settings.
+    pub driver: DriverFlags,
+    /// Whether each switchable name (every collector, and `netns`) is on.
+    enabled: BTreeMap<&'static str, bool>,
+    /// Everything parsed, for the collectors to read their own flags.
+    matches: ArgMatches,
+}
 
-    /// Enable the connections collector (default): states and Send-Q/Recv-Q
-    /// per port, and bytes, age and SYN-RECV requests of each listener. Walks
-    /// every TCP socket: cost grows with connections (about 0.2 s of kernel
-    /// time per 100k).
-    #[arg(long = "collector.connections", action = ArgAction::SetTrue, overrides_with = "no_connections", global = true)]
-    connections: bool,
-    /// Disable the connections collector.
-    #[arg(long = "no-collector.connections", action = ArgAction::SetTrue, overrides_with = "connections", global = true)]
-    no_connections: bool,
+/// A `--collector.<name>` switch.
+struct Switch {
+    name: &'static str,
+    default_enabled: bool,
+    help: &'static str,
+}
 
-    /// Enable the netstat collector (default): the namespace's TcpExt
-    /// ListenOverflows/ListenDrops and net.core.somaxconn from procfs.
-    #[arg(long = "collector.netstat", action = ArgAction::SetTrue, overrides_with = "no_netstat", global = true)]
-    netstat: bool,
-    /// Disable the netstat collector.
-    #[arg(long = "no-collector.netstat", action = ArgAction::SetTrue, overrides_with = "netstat", global = true)]
-    no_netstat: bool,
+/// Namespace discovery is switched like a collector.
+const NETNS_SWITCH: Switch = Switch {
+    name: NETNS,
+    default_enabled: true,
+    help: "find every network namespace on the node (from /proc/*/ns/net and the ip netns \
+           directory) and collect each one; without it only the daemon's own namespace is \
+           collected. Entering others needs CAP_SYS_ADMIN; without it they are skipped (logged \
+           once, sockdiag_netns_up 0).",
+};
 
-    /// Enable the netns collector (default): find every network namespace
-    /// on the node (from /proc/*/ns/net and the ip netns directory) and
-    /// collect each one; without it only the daemon's own namespace is
-    /// collected. Entering others needs CAP_SYS_ADMIN; without it they are
-    /// skipped (logged once, sockdiag_netns_up 0).
-    #[arg(long = "collector.netns", action = ArgAction::SetTrue, overrides_with = "no_netns", global = true)]
-    netns: bool,
-    /// Disable the netns collector: only the daemon's own namespace.
-    #[arg(long = "no-collector.netns", action = ArgAction::SetTrue, overrides_with = "netns", global = true)]
-    no_netns: bool,
+fn switches() -> impl Iterator<Item = Switch> {
+    REGISTRY
+        .iter()
+        .map(|r| Switch {
+            name: r.name,
+            default_enabled: r.default_enabled,
+            help: r.help,
+        })
+        .chain(std::iter::once(NETNS_SWITCH))
+}
 
-    /// Enable the processes collector (default): which process (command,
-    /// pid, systemd unit, container) owns each listener, as
-    /// sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new
-    /// listener appears; other users' processes need CAP_SYS_PTRACE and
-    /// CAP_DAC_READ_SEARCH.
-    #[arg(long = "collector.processes", action = ArgAction::SetTrue, overrides_with = "no_processes", global = true)]
-    processes: bool,
-    /// Disable the processes collector.
-    #[arg(long = "no-collector.processes", action = ArgAction::SetTrue, overrides_with = "processes", global = true)]
-    no_processes: bool,
+impl clap::FromArgMatches for CollectorFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let driver = DriverFlags::from_arg_matches(m)?;
+        let enabled = switches()
+            .map(|s| {
+                let on = m.get_flag(&format!("collector.{}", s.name));
+                let off = m.get_flag(&format!("no-collector.{}", s.name));
+                // The later of the two wins (they override each other), so
+                // at most one is set.
+                (s.name, if on || off { on } else { s.default_enabled })
+            })
+            .collect();
+        Ok(CollectorFlags {
+            driver,
+            enabled,
+            matches: m.clone(),
+        })
+    }
 
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for CollectorFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let mut cmd = cmd;
+        for s in switches() {
+            let (on, off) = (
+                format!("collector.{}", s.name),
+                format!("no-collector.{}", s.name),
+            );
+            let default = if s.default_enabled { " (default)" } else { "" };
+            cmd = cmd
+                .arg(
+                    Arg::new(on.clone())
+                        .long(on.clone())
+                        .action(ArgAction::SetTrue)
+                        .overrides_with(off.clone())
+                        .global(true)
+                        .help(format!(
+                            "Enable the {} collector{default}: {}",
+                            s.name, s.help
+                        )),
+                )
+                .arg(
+                    Arg::new(off.clone())
+                        .long(off)
+                        .action(ArgAction::SetTrue)
+                        .overrides_with(on)
+                        .global(true)
+                        .help(format!("Disable the {} collector.", s.name)),
+                );
+        }
+        cmd = DriverFlags::augment_args(cmd);
+        for r in REGISTRY {
+            cmd = cmd.args((r.args)());
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The driver's settings: tier intervals, namespaces, paths.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriverFlags {
     /// How often to look for network namespaces that appeared or vanished.
     /// A vanished namespace's series go at the next look; one look stats
     /// /proc/<pid>/ns/net of every process.
@@ -223,45 +276,6 @@ pub struct CollectorFlags {
     #[arg(long = "collector.connections.interval", value_name = "DURATION", default_value = "15s", value_parser = parse_interval, global = true)]
     pub connection_interval: Duration,
 
-    /// Most remote ports exported as their own role="client" series; the
-    /// rest (those with the fewest sockets) are summed into port="other".
-    #[arg(
-        long = "collector.connections.max-client-ports",
-        value_name = "N",
-        default_value_t = 256,
-        global = true
-    )]
-    pub max_client_ports: usize,
-
-    /// Walk only connections whose local or remote port is in this
-    /// comma-separated list (e.g. 80,443): the kernel skips the others
-    /// before building replies. Per-listener bytes, age and SYN queue are
-    /// exported only for listed ports; listener queues, limits and drops are
-    /// not affected.
-    #[arg(long = "collector.connections.ports", value_name = "PORTS", value_parser = parse_ports, conflicts_with = "exclude_ports", global = true)]
-    pub ports: Option<PortList>,
-
-    /// Walk every connection except those whose local port is in this
-    /// comma-separated list: the servers on those ports (e.g. 22,2049 to
-    /// leave out SSH and NFS servers). Connections from this host to those
-    /// ports are still counted, and the listed ports get no per-listener
-    /// bytes, age or SYN queue.
-    #[arg(long = "collector.connections.exclude-ports", value_name = "PORTS", value_parser = parse_ports, global = true)]
-    pub exclude_ports: Option<PortList>,
-
-    /// How to date connections waiting in accept queues
-    /// (sockdiag_accept_queue_oldest_seconds). `exact` reads tcp_info in the
-    /// connection walk while some queue is non-empty, which makes that walk
-    /// about 15% dearer; `off` skips it, and the age is then not exported
-    /// at all.
-    #[arg(
-        long = "collector.connections.queue-age",
-        value_name = "MODE",
-        default_value = "exact",
-        global = true
-    )]
-    pub queue_age: QueueAge,
-
     /// Where procfs is mounted. In a container, mount the host's /proc here
     /// (with the host's pid namespace) to see every namespace and process.
     #[arg(
@@ -293,73 +307,55 @@ pub struct CollectorFlags {
 }
 
 impl CollectorFlags {
-    /// The kernel-side port filter these flags describe. The lists were
-    /// bounded when parsed, so building the filter cannot fail.
-    fn port_filter(&self) -> Option<PortFilter> {
-        let (mode, ports) = match (&self.ports, &self.exclude_ports) {
-            (Some(p), _) => (Mode::Only, p),
-            (None, Some(p)) => (Mode::Except, p),
-            (None, None) => return None,
-        };
-        PortFilter::new(mode, ports.0.clone()).ok().flatten()
+    /// Whether collector (or `netns`) `name` is on.
+    pub fn enabled(&self, name: &str) -> bool {
+        self.enabled.get(name).copied().unwrap_or(false)
     }
 
-    /// The sampler settings these flags describe.
+    /// The driver's settings.
     pub fn sampler_config(&self) -> SamplerConfig {
+        let d = &self.driver;
         SamplerConfig {
-            listeners: !self.no_listeners,
-            listener_interval: self.listener_interval,
-            peak_window: self.peak_window,
-            connections: !self.no_connections,
-            connection_interval: self.connection_interval,
-            max_client_ports: self.max_client_ports,
-            port_filter: self.port_filter(),
-            queue_ages: self.queue_age == QueueAge::Exact,
-            netstat: !self.no_netstat,
-            processes: !self.no_processes,
+            fast_interval: d.listener_interval,
+            full_interval: d.connection_interval,
             discovery: DiscoveryConfig {
-                enabled: !self.no_netns,
-                rescan_interval: self.netns_rescan_interval,
+                enabled: self.enabled(NETNS),
+                rescan_interval: d.netns_rescan_interval,
                 filter: NetnsFilter {
-                    include: self.netns_include.clone(),
-                    exclude: self.netns_exclude.clone(),
+                    include: d.netns_include.clone(),
+                    exclude: d.netns_exclude.clone(),
                 },
-                procfs: self.procfs.clone(),
-                run_netns: self.run_netns.clone(),
-                pod_logs: self.pod_logs.clone(),
+                procfs: d.procfs.clone(),
+                run_netns: d.run_netns.clone(),
+                pod_logs: d.pod_logs.clone(),
             },
-            procfs: self.procfs.clone(),
+            procfs: d.procfs.clone(),
         }
     }
+
+    /// The enabled collectors, built from their flags, in registry order.
+    /// `one_shot` is for `snapshot`, which looks once.
+    pub fn build(&self, one_shot: bool) -> Vec<Arc<dyn Collector>> {
+        let d = &self.driver;
+        let common = Common {
+            procfs: d.procfs.clone(),
+            fast_interval: d.listener_interval,
+            full_interval: d.connection_interval,
+            peak_window: d.peak_window,
+            owner_retry: d.netns_rescan_interval,
+            one_shot,
+        };
+        REGISTRY
+            .iter()
+            .filter(|r| self.enabled(r.name))
+            .map(|r| Arc::from((r.build)(&self.matches, &common)))
+            .collect()
+    }
 }
 
-/// A comma-separated port list as one flag value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortList(pub Vec<u16>);
-
-/// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`].
+/// Parses a regular expression that must match a whole name.
 fn parse_regex(text: &str) -> Result<Regex, String> {
     NetnsFilter::pattern(text).map_err(|e| format!("not a valid regular expression: {e}"))
-}
-
-fn parse_ports(text: &str) -> Result<PortList, String> {
-    let mut ports = text
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("{:?} is not a port number (0-65535)", p.trim()))
-        })
-        .collect::<Result<Vec<u16>, String>>()?;
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.len() > MAX_FILTER_PORTS {
-        return Err(format!(
-            "{} distinct ports listed; at most {MAX_FILTER_PORTS}",
-            ports.len()
-        ));
-    }
-    Ok(PortList(ports))
 }
 
 /// Parses `500ms`, `15s`, `2m`, `1h` (one number, one unit).
@@ -541,40 +537,6 @@ mod tests {
     }
 
     #[test]
-    fn port_lists() {
-        assert_eq!(parse_ports("443, 80, 80"), Ok(PortList(vec![80, 443])));
-        let many = vec!["80"; 3000].join(",");
-        assert_eq!(
-            parse_ports(&many),
-            Ok(PortList(vec![80])),
-            "duplicates do not count"
-        );
-        let long: String = (1..=3000)
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let e = parse_ports(&long).unwrap_err();
-        assert!(e.len() < 100, "the error does not echo the list: {e}");
-        assert!(parse_ports("80,http").unwrap_err().contains("not a port"));
-        assert!(parse_ports("70000").is_err());
-        assert!(parse_ports("").is_err());
-        let cli = |args: &[&str]| Cli::try_parse_from([&["sockdiag-exporter"], args].concat());
-        let only = cli(&["--collector.connections.ports", "443,80"]).unwrap();
-        let f = only.collectors.sampler_config().port_filter.unwrap();
-        assert_eq!((f.mode(), f.ports()), (Mode::Only, &[80, 443][..]));
-        assert!(
-            cli(&[
-                "--collector.connections.ports",
-                "80",
-                "--collector.connections.exclude-ports",
-                "22"
-            ])
-            .is_err(),
-            "include and exclude are exclusive"
-        );
-    }
-
-    #[test]
     fn telemetry_paths_cannot_clash_with_other_routes() {
         assert_eq!(parse_path("/metrics"), Ok("/metrics".to_string()));
         assert!(parse_path("/a/b-c_d.e~f").is_ok());
@@ -608,22 +570,61 @@ mod tests {
 
     #[test]
     fn collector_switches_default_on_and_last_one_wins() {
-        let cfg = |args: &[&str]| {
+        let flags = |args: &[&str]| {
             let mut all = vec!["sockdiag-exporter"];
             all.extend_from_slice(args);
-            Cli::try_parse_from(all)
-                .unwrap()
-                .collectors
-                .sampler_config()
+            Cli::try_parse_from(all).unwrap().collectors
         };
-        let c = cfg(&[]);
-        assert!(c.listeners && c.connections && c.netstat);
-        assert!(!cfg(&["--no-collector.connections"]).connections);
-        assert!(cfg(&["--no-collector.netstat", "--collector.netstat"]).netstat);
-        assert!(!cfg(&["--collector.netstat", "--no-collector.netstat"]).netstat);
+        let c = flags(&[]);
+        for r in REGISTRY {
+            assert_eq!(c.enabled(r.name), r.default_enabled, "{}", r.name);
+        }
+        assert!(c.enabled("netns"));
+        assert!(!flags(&["--no-collector.connections"]).enabled("connections"));
+        assert!(flags(&["--no-collector.netstat", "--collector.netstat"]).enabled("netstat"));
+        assert!(!flags(&["--collector.netstat", "--no-collector.netstat"]).enabled("netstat"));
         assert!(
-            !cfg(&["snapshot", "--no-collector.listeners"]).listeners,
+            !flags(&["snapshot", "--no-collector.listeners"]).enabled("listeners"),
             "global in subcommand"
+        );
+        let built = flags(&["--no-collector.netstat"]).build(false);
+        let names: Vec<_> = built.iter().map(|c| c.registration().name).collect();
+        assert!(!names.contains(&"netstat") && names.contains(&"listeners"));
+        assert!(
+            !flags(&["--no-collector.netns"])
+                .sampler_config()
+                .discovery
+                .enabled
+        );
+    }
+
+    #[test]
+    fn every_registered_collector_has_its_switches_and_settings() {
+        let cmd = Cli::command();
+        let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
+        for r in REGISTRY {
+            assert!(longs.contains(&format!("collector.{}", r.name).as_str()));
+            assert!(longs.contains(&format!("no-collector.{}", r.name).as_str()));
+            for a in (r.args)() {
+                assert!(longs.contains(&a.get_long().unwrap()));
+            }
+        }
+    }
+
+    #[test]
+    fn collector_settings_are_read_after_a_subcommand_too() {
+        let cli = Cli::try_parse_from([
+            "sockdiag-exporter",
+            "snapshot",
+            "--collector.connections.max-client-ports",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.collectors
+                .matches
+                .get_one::<usize>("collector.connections.max-client-ports"),
+            Some(&7)
         );
     }
 }

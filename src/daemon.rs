@@ -9,11 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{Cli, Command, Format, resolve_listen_address};
+use crate::collect::Collector;
 use crate::metrics::Exposition;
-use crate::sampler::{
-    CONNECTIONS, LISTENERS, NETNS, NETSTAT, PROCESSES, Sampler, Store, sample_once,
-};
+use crate::sampler::{NETNS, Sampler, run_once};
 use crate::server::{ServerConfig, serve};
+use crate::store::Store;
 
 /// Runs what the command line asks for.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -29,21 +29,34 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Names of the enabled collectors, plus `netns` when discovery is on: the
+/// `collector` label values of the exporter's own health metrics.
+fn health_names(cli: &Cli, collectors: &[Arc<dyn Collector>]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = collectors.iter().map(|c| c.registration().name).collect();
+    if cli.collectors.enabled(NETNS) {
+        names.push(NETNS);
+    }
+    names
+}
+
 fn snapshot(cli: &Cli, format: Format) -> Result<ExitCode> {
     let config = cli.collectors.sampler_config();
-    let (view, errors) = sample_once(&config);
+    let collectors = cli.collectors.build(true);
+    let store = Store::new(&health_names(cli, &collectors));
+    run_once(&config, &collectors, &store);
+    let snapshot = store.snapshot();
     let text = match format {
-        Format::Table => crate::report::table(&view, &errors),
-        Format::Json => crate::report::json(&view, &errors),
+        Format::Table => crate::report::table(&snapshot, &collectors),
+        Format::Json => crate::report::json(&snapshot, &collectors),
     };
     print_ignoring_broken_pipe(&text)?;
-    for (collector, e) in &errors {
+    for (collector, e) in crate::report::problems(&snapshot) {
         eprintln!("sockdiag-exporter: snapshot: {collector}: {e}");
     }
     // Without the kernel's answer there is nothing to show; a missing procfs
-    // file only blanks its own figures.
-    let failed = errors.iter().any(|(c, _)| *c != NETSTAT);
-    Ok(if failed {
+    // file only blanks its own figures, and a namespace that may not be
+    // entered is a lack of privilege, told but not a failure.
+    Ok(if crate::report::failed(&snapshot) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -105,20 +118,8 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 fn daemon(cli: &Cli) -> Result<ExitCode> {
     let config = cli.collectors.sampler_config();
-    let mut enabled = Vec::new();
-    if config.listeners {
-        enabled.push(LISTENERS);
-    }
-    if config.connections {
-        enabled.push(CONNECTIONS);
-    }
-    if config.netstat {
-        enabled.push(NETSTAT);
-    }
-    if config.processes {
-        enabled.push(PROCESSES);
-    }
-    if enabled.is_empty() {
+    let collectors: Arc<[Arc<dyn Collector>]> = cli.collectors.build(false).into();
+    if collectors.is_empty() {
         bail!("every collector is disabled: nothing to export");
     }
     let listener = bind(&cli.listen_address)?;
@@ -126,18 +127,19 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         .local_addr()
         .context("reading the HTTP socket's address")?;
 
-    if config.discovery.enabled {
-        enabled.push(NETNS);
-    }
+    let enabled = health_names(cli, &collectors);
     let store = Arc::new(Store::new(&enabled));
-    let exposition = Arc::new(Exposition::new(store.clone()).context("registering metrics")?);
-    let sampler = Sampler::start(&config, store.clone()).context("starting sampler threads")?;
+    let exposition = Arc::new(
+        Exposition::new(store.clone(), collectors.clone()).context("registering metrics")?,
+    );
+    let sampler =
+        Sampler::start(&config, &collectors, store.clone()).context("starting sampler threads")?;
     tracing::info!(
         address = %local,
         path = %cli.telemetry_path,
         collectors = ?enabled,
-        listener_interval = ?config.listener_interval,
-        connection_interval = ?config.connection_interval,
+        listener_interval = ?config.fast_interval,
+        connection_interval = ?config.full_interval,
         namespaces = store.targets().targets.list.len(),
         "sockdiag-exporter {} listening", env!("CARGO_PKG_VERSION")
     );

@@ -1,24 +1,31 @@
-//! sockdiag-exporter: per-listener accept queues, SYN queues, drops and
-//! per-port Send-Q/Recv-Q, read from the kernel over NETLINK_SOCK_DIAG.
+//! sockdiag-exporter: per-listener accept queues (TCP and unix), SYN
+//! queues, drops and per-port Send-Q/Recv-Q, read from the kernel over
+//! NETLINK_SOCK_DIAG, in every network namespace.
 //!
-//! Data flows one way: [`diag`] dumps sockets into records, [`aggregate`] folds
-//! them into per-listener and per-port figures while they stream, [`sampler`]
-//! runs the sampling tiers and publishes immutable [`snapshot`]s, and
-//! [`metrics`], [`report`] and [`server`] render those.
+//! Data flows one way: [`diag`] dumps sockets into records; the collectors
+//! in [`collect`] fold them ([`aggregate`], [`tracker`]) into immutable
+//! [`model`] parts, one per collector and namespace; the [`sampler`] runs
+//! them on their tiers in every namespace ([`netns`]) and publishes to the
+//! [`store`]; [`metrics`], [`report`] and [`server`] render the store's
+//! snapshots.
 
 #![warn(missing_docs)]
 
 pub mod aggregate;
 pub mod cgroup;
 pub mod cli;
+pub mod collect;
 pub mod daemon;
 pub mod diag;
-pub mod listeners;
+pub mod family;
 pub mod metrics;
+pub mod model;
 pub mod netns;
 pub mod owners;
 pub mod procfs;
 pub mod report;
 pub mod sampler;
 pub mod server;
-pub mod snapshot;
+pub mod store;
+pub mod table;
+pub mod tracker;

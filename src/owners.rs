@@ -49,6 +49,13 @@ const REL_PATH_BYTES: usize = 32;
 /// `comm` is at most 16 bytes today; the cap only bounds a damaged file.
 const MAX_COMM_BYTES: u64 = 256;
 
+/// The most of `/proc/<pid>/cmdline` read.
+const MAX_CMDLINE_READ: u64 = 4096;
+
+/// The most characters of a command line kept: enough to tell
+/// `gunicorn: master [app]` from `celery worker`, short enough for a label.
+pub const MAX_CMDLINE_CHARS: usize = 128;
+
 /// The process behind a listening socket.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Owner {
@@ -56,6 +63,13 @@ pub struct Owner {
     pub pid: u32,
     /// Its command name, from `/proc/<pid>/comm`.
     pub comm: String,
+    /// Its executable, from the `/proc/<pid>/exe` link (`None` if it cannot
+    /// be read); what tells `python3` running gunicorn from any other.
+    pub exe: Option<String>,
+    /// Its command line, arguments separated by spaces, control characters
+    /// replaced and cut at [`MAX_CMDLINE_CHARS`] (see [`sanitize_cmdline`]);
+    /// empty for kernel threads or when it cannot be read.
+    pub cmdline: String,
     /// Its unit, container and pod, from `/proc/<pid>/cgroup`.
     pub workload: Workload,
 }
@@ -124,22 +138,36 @@ impl OwnerCache {
         }
     }
 
+    /// [`OwnerCache::refresh_with`], listing processes afresh.
+    pub fn refresh(
+        &mut self,
+        now: Instant,
+        netns: Option<NsId>,
+        listeners: &[(u64, u32)],
+    ) -> RefreshStats {
+        let mut index = ProcessIndex::new(self.procfs.clone());
+        self.refresh_with(now, netns, listeners, &mut index)
+    }
+
     /// Brings the cache in line with the listeners seen now.
     ///
     /// `listeners` is (cookie, inode) of each listening socket of one
     /// namespace; `netns` is that namespace's id, used to read only the fds
-    /// of processes in it (`None`: read every process's). Entries for
+    /// of processes in it (`None`: read every process's), as `index` lists
+    /// them: one index serves every namespace of a pass, so finding owners
+    /// in many namespaces lists /proc once, not once per namespace. Entries for
     /// cookies no longer listed are dropped; each cached owner is confirmed
     /// with one `readlinkat` of its fd, and dropped if that fd no longer is
     /// the socket; then /proc is walked once, by ascending pid, for the
     /// listeners not cached, except those searched for less than `retry`
     /// ago without success. Listeners with inode 0 have no file for any
     /// process to hold, and are neither searched for nor counted.
-    pub fn refresh(
+    pub fn refresh_with(
         &mut self,
         now: Instant,
         netns: Option<NsId>,
         listeners: &[(u64, u32)],
+        index: &mut ProcessIndex,
     ) -> RefreshStats {
         let started = Instant::now();
         let mut stats = RefreshStats::default();
@@ -184,7 +212,9 @@ impl OwnerCache {
             wanted.dedup_by_key(|w| w.inode);
             if let Ok(dir) = &proc_dir {
                 stats.searched = true;
-                search(dir.as_fd(), netns, &mut wanted, &mut stats);
+                let (pids, denied) = index.pids(dir.as_fd(), netns);
+                stats.denied += denied;
+                search(dir.as_fd(), pids, &mut wanted, &mut stats);
             }
             // Several listeners of one process share one read of its
             // comm and cgroup, and one Owner.
@@ -241,16 +271,73 @@ impl OwnerCache {
     }
 }
 
-/// Walks the processes under `proc_dir` by ascending pid, recording in
-/// `wanted` the first (pid, fd) holding each inode, until all are found.
-fn search(
-    proc_dir: BorrowedFd<'_>,
-    netns: Option<NsId>,
-    wanted: &mut [Wanted],
-    stats: &mut RefreshStats,
-) {
+/// The processes under a procfs mount, by network namespace: listed once
+/// and shared by the owner searches of every namespace in one pass.
+#[derive(Debug)]
+pub struct ProcessIndex {
+    procfs: PathBuf,
+    /// Every pid, ascending; `None` until asked for.
+    all: Option<Vec<u32>>,
+    /// Pids by namespace, ascending, and the processes whose namespace
+    /// could not be read; `None` until asked for.
+    by_netns: Option<(HashMap<NsId, Vec<u32>>, u64)>,
+}
+
+impl ProcessIndex {
+    /// An index of the processes under `procfs`, built when first asked.
+    pub fn new(procfs: PathBuf) -> Self {
+        ProcessIndex {
+            procfs,
+            all: None,
+            by_netns: None,
+        }
+    }
+
+    /// Forgets what was listed, so the next question lists afresh (at the
+    /// start of each pass).
+    pub fn clear(&mut self) {
+        self.all = None;
+        self.by_netns = None;
+    }
+
+    /// The pids to search for listeners of namespace `netns` (every pid for
+    /// `None`), ascending, and the processes whose namespace could not be
+    /// read for lack of privilege.
+    fn pids(&mut self, proc_dir: BorrowedFd<'_>, netns: Option<NsId>) -> (&[u32], u64) {
+        let all = self.all.get_or_insert_with(|| list_pids(proc_dir));
+        let Some(want) = netns else {
+            return (all, 0);
+        };
+        let (by_netns, denied) = self.by_netns.get_or_insert_with(|| {
+            let mut map: HashMap<NsId, Vec<u32>> = HashMap::new();
+            let mut denied = 0;
+            let mut path = [0u8; REL_PATH_BYTES];
+            for &pid in all.iter() {
+                let Some(ns_path) = rel_path(&mut path, format_args!("{pid}/ns/net\0")) else {
+                    continue;
+                };
+                match stat_at(proc_dir, ns_path) {
+                    Ok(id) => map.entry(id).or_default().push(pid),
+                    Err(e) if is_denied(&e) => denied += 1,
+                    // Gone meanwhile: the normal churn of a busy host.
+                    Err(_) => {}
+                }
+            }
+            (map, denied)
+        });
+        (by_netns.get(&want).map_or(&[][..], Vec::as_slice), *denied)
+    }
+
+    /// Where procfs is mounted.
+    pub fn procfs(&self) -> &Path {
+        &self.procfs
+    }
+}
+
+/// Every pid under `proc_dir`, ascending: readdir order is the kernel's
+/// business, lowest pid first is ours.
+fn list_pids(proc_dir: BorrowedFd<'_>) -> Vec<u32> {
     let mut dir_buf = DirBuf::new();
-    // readdir order is the kernel's business; lowest pid first is ours.
     let mut pids = Vec::new();
     // A listing cut short by an error still names processes worth reading.
     let _ = for_each_name(proc_dir, &mut dir_buf, |name| {
@@ -261,27 +348,18 @@ fn search(
     });
     pids.sort_unstable();
     pids.dedup();
+    pids
+}
 
+/// Walks the processes `pids` under `proc_dir` in order, recording in
+/// `wanted` the first (pid, fd) holding each inode, until all are found.
+fn search(proc_dir: BorrowedFd<'_>, pids: &[u32], wanted: &mut [Wanted], stats: &mut RefreshStats) {
+    let mut dir_buf = DirBuf::new();
     let mut remaining = wanted.len();
     let mut path = [0u8; REL_PATH_BYTES];
-    for pid in pids {
+    for &pid in pids {
         if remaining == 0 {
             break;
-        }
-        if let Some(want) = netns {
-            let Some(ns_path) = rel_path(&mut path, format_args!("{pid}/ns/net\0")) else {
-                continue;
-            };
-            match stat_at(proc_dir, ns_path) {
-                Ok(id) if id == want => {}
-                Ok(_) => continue,
-                Err(e) => {
-                    if is_denied(&e) {
-                        stats.denied += 1;
-                    }
-                    continue;
-                }
-            }
         }
         let Some(fd_path) = rel_path(&mut path, format_args!("{pid}/fd\0")) else {
             continue;
@@ -358,11 +436,44 @@ fn read_owner(procfs: &Path, pid: u32) -> Option<Owner> {
         .ok()?;
     // Only the kernel's newline goes: a comm may end in a space.
     let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+    let dir = procfs.join(pid.to_string());
+    let exe = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let mut cmdline = Vec::new();
+    let _ = std::fs::File::open(dir.join("cmdline"))
+        .and_then(|f| f.take(MAX_CMDLINE_READ).read_to_end(&mut cmdline));
     Some(Owner {
         pid,
         comm: String::from_utf8_lossy(comm).into_owned(),
+        exe,
+        cmdline: sanitize_cmdline(&cmdline),
         workload: cgroup::read(procfs, pid).unwrap_or_default(),
     })
+}
+
+/// A command line as a label can carry it: the NULs between arguments
+/// become spaces, trailing ones go, other control characters and invalid
+/// UTF-8 become `?`, and past [`MAX_CMDLINE_CHARS`] it is cut with `...`.
+/// (`setproctitle` rewrites the whole area, so a title like
+/// `gunicorn: master [app]` arrives as one argument padded with NULs.)
+pub fn sanitize_cmdline(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let text = text.trim_end_matches(['\0', ' ']);
+    let mut out = String::with_capacity(text.len().min(MAX_CMDLINE_CHARS + 3));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_CMDLINE_CHARS {
+            out.push_str("...");
+            break;
+        }
+        out.push(match c {
+            '\0' => ' ',
+            '\u{fffd}' => '?',
+            c if c.is_control() => '?',
+            c => c,
+        });
+    }
+    out
 }
 
 /// The inode of a `socket:[<inode>]` fd link, without allocating.
@@ -772,6 +883,59 @@ mod tests {
                 .refresh(t0 + RETRY + RETRY / 2, None, &[gone])
                 .searched
         );
+    }
+
+    #[test]
+    fn command_lines_are_bounded_and_printable() {
+        assert_eq!(
+            sanitize_cmdline(b"/usr/bin/python3\0-m\0app\0"),
+            "/usr/bin/python3 -m app"
+        );
+        assert_eq!(
+            sanitize_cmdline(b"gunicorn: master [app]\0\0\0\0"),
+            "gunicorn: master [app]"
+        );
+        assert_eq!(sanitize_cmdline(b"a\nb\x1b[31m\xff"), "a?b?[31m?");
+        assert_eq!(sanitize_cmdline(b""), "");
+        let long = sanitize_cmdline(&[b'x'; 1000]);
+        assert_eq!(long.len(), MAX_CMDLINE_CHARS + 3);
+        assert!(long.ends_with("..."));
+        let wide = sanitize_cmdline("é".repeat(200).as_bytes());
+        assert_eq!(wide.chars().count(), MAX_CMDLINE_CHARS + 3);
+    }
+
+    #[test]
+    fn owners_name_their_executable_and_command_line() {
+        let (_l, cookie, inode) = listener();
+        let mut cache = OwnerCache::new(PathBuf::from("/proc"), RETRY);
+        cache.refresh(Instant::now(), None, &[(cookie, inode)]);
+        let owner = cache.get(cookie).expect("owner found");
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(owner.exe.as_deref(), exe.to_str());
+        let first_arg = std::env::args().next().unwrap();
+        assert!(owner.cmdline.starts_with(&first_arg), "{}", owner.cmdline);
+    }
+
+    #[test]
+    fn one_index_serves_every_namespace_of_a_pass() {
+        let (_l, cookie, inode) = listener();
+        let proc_dir = open_dir(Path::new("/proc")).unwrap();
+        let mut index = ProcessIndex::new(PathBuf::from("/proc"));
+        let (pids, _) = index.pids(proc_dir.as_fd(), Some(own_netns()));
+        assert!(pids.contains(&std::process::id()));
+        assert!(pids.windows(2).all(|w| w[0] < w[1]), "ascending");
+        let (none, _) = index.pids(proc_dir.as_fd(), Some((0, 0)));
+        assert!(none.is_empty());
+        let mut cache = OwnerCache::new(PathBuf::from("/proc"), RETRY);
+        let stats = cache.refresh_with(
+            Instant::now(),
+            Some(own_netns()),
+            &[(cookie, inode)],
+            &mut index,
+        );
+        assert_eq!(stats.known, 1);
+        index.clear();
+        assert!(index.all.is_none() && index.by_netns.is_none());
     }
 
     #[test]

@@ -103,7 +103,7 @@ fn parse_u64(path: &Path, text: &str) -> Result<u64, ProcError> {
 #[derive(Debug)]
 pub struct ProcFile {
     path: PathBuf,
-    held: Option<io::Result<File>>,
+    held: Option<File>,
 }
 
 impl ProcFile {
@@ -113,11 +113,16 @@ impl ProcFile {
     }
 
     /// Opened now, from the calling thread's namespace, and read through
-    /// that descriptor from then on. A failure to open is reported by every
-    /// read: reading by path instead would answer for the wrong namespace.
-    pub fn open_here(path: PathBuf) -> Self {
-        let held = Some(File::open(&path));
-        ProcFile { path, held }
+    /// that descriptor from then on: reading by path later would answer for
+    /// the reading thread's namespace instead.
+    pub fn open_here(path: PathBuf) -> Result<Self, ProcError> {
+        match File::open(&path) {
+            Ok(file) => Ok(ProcFile {
+                path,
+                held: Some(file),
+            }),
+            Err(source) => Err(ProcError::Read { path, source }),
+        }
     }
 
     /// The file's path, for messages.
@@ -133,8 +138,7 @@ impl ProcFile {
         };
         match &mut self.held {
             None => std::fs::read_to_string(&self.path).map_err(|e| fail(&self.path, e)),
-            Some(Err(e)) => Err(fail(&self.path, io::Error::new(e.kind(), e.to_string()))),
-            Some(Ok(file)) => {
+            Some(file) => {
                 let mut text = String::new();
                 file.seek(SeekFrom::Start(0))
                     .and_then(|_| file.read_to_string(&mut text))
@@ -145,48 +149,19 @@ impl ProcFile {
     }
 }
 
-/// Where one namespace's procfs files are.
-#[derive(Debug)]
-pub struct NetnsProc {
-    /// Its `net/netstat`.
-    pub netstat: ProcFile,
-    /// Its `net.core.somaxconn`.
-    pub somaxconn: ProcFile,
+/// Parses a file holding one unsigned number (a sysctl such as
+/// `net.core.somaxconn`), naming `path` in the error.
+pub fn parse_number(path: &Path, text: &str) -> Result<u64, ProcError> {
+    parse_u64(path, text)
 }
 
-impl NetnsProc {
-    /// The files of the daemon's own namespace under a procfs mount.
-    pub fn own(procfs: &Path) -> Self {
-        NetnsProc {
-            netstat: ProcFile::at(procfs.join("self/net/netstat")),
-            somaxconn: ProcFile::at(procfs.join("sys/net/core/somaxconn")),
-        }
-    }
-
-    /// The files of the calling thread's namespace, opened now. Only
-    /// `thread-self` follows a thread that entered another namespace;
-    /// `self` would still show the process's.
-    pub fn open_here(procfs: &Path) -> Self {
-        NetnsProc {
-            netstat: ProcFile::open_here(procfs.join("thread-self/net/netstat")),
-            somaxconn: ProcFile::open_here(procfs.join("sys/net/core/somaxconn")),
-        }
-    }
-
-    /// Reads TcpExt.
-    pub fn tcp_ext(&mut self) -> Result<TcpExt, ProcError> {
-        let text = self.netstat.read()?;
-        parse_tcp_ext(&text).map_err(|what| ProcError::Parse {
-            path: self.netstat.path().to_path_buf(),
-            what,
-        })
-    }
-
-    /// Reads somaxconn.
-    pub fn somaxconn(&mut self) -> Result<u64, ProcError> {
-        let text = self.somaxconn.read()?;
-        parse_u64(self.somaxconn.path(), &text)
-    }
+/// Parses a file holding one signed number (a sysctl such as
+/// `net.ipv4.tcp_ehash_entries`, negative when the hash is shared).
+pub fn parse_signed(path: &Path, text: &str) -> Result<i64, ProcError> {
+    text.trim().parse().map_err(|_| ProcError::Parse {
+        path: path.to_path_buf(),
+        what: format!("not a number: {:?}", text.trim()),
+    })
 }
 
 #[cfg(test)]

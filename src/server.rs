@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Exposition;
-use crate::sampler::{Store, count_rejected};
+use crate::store::Store;
 
 /// Longest life of one HTTP connection. Past it the connection is shut down
 /// gracefully (a response in flight finishes, with `Connection: close`), so
@@ -71,7 +71,7 @@ fn router(state: AppState) -> Router {
 
 async fn metrics(state: AppState) -> Response {
     let Ok(permit) = state.requests.clone().try_acquire_owned() else {
-        count_rejected(&state.store);
+        state.store.count_rejected();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many concurrent requests; retry later\n",

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sockdiag_exporter::collect::connections::{ConnectionWork, Settings, sample_connections};
+use sockdiag_exporter::collect::listeners::dump_listeners;
 use sockdiag_exporter::diag::DiagSocket;
-use sockdiag_exporter::sampler::{ConnectionWork, dump_listeners, sample_connections};
 
 use common::*;
 
@@ -78,7 +79,12 @@ fn connect_many(
 
 fn allocations_of_one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> (u64, u64) {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    let sample = sample_connections(socket, work, 256, None, true).expect("connection sample");
+    let settings = Settings {
+        max_client_ports: 256,
+        filter: None,
+        queue_ages: true,
+    };
+    let sample = sample_connections(socket, work, &settings).expect("connection sample");
     let after = ALLOCATIONS.load(Ordering::Relaxed);
     (after - before, sample.sockets)
 }

@@ -1169,8 +1169,8 @@ fn shutdown_on_sigint_with_idle_keepalive_exits_zero() {
 
 #[test]
 fn netlink_dump_works_and_kernel_error_reply_is_an_error() {
-    use sockdiag_exporter::diag::parse::{ParseError, parse_datagram};
     use sockdiag_exporter::diag::{DiagSocket, DumpRequest, Family, StateSet};
+    use sockdiag_exporter::diag::{ParseError, inet::parse_datagram};
 
     in_netns(
         "netlink_dump_works_and_kernel_error_reply_is_an_error",

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use sockdiag_exporter::cli::flag_table;
-use sockdiag_exporter::metrics::METRICS;
+use sockdiag_exporter::collect::REGISTRY;
+use sockdiag_exporter::metrics::all_families;
 
 fn readme_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md")
@@ -16,8 +17,9 @@ fn escape(cell: &str) -> String {
 }
 
 fn metrics_table() -> String {
-    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
-    for m in METRICS {
+    let mut out =
+        String::from("| metric | type | labels | collectors | meaning |\n|---|---|---|---|---|\n");
+    for (m, by) in all_families() {
         let mut labels: Vec<String> = m.labels.iter().map(|l| format!("`{l}`")).collect();
         if m.member {
             labels.push("(`member`)".to_string());
@@ -25,12 +27,33 @@ fn metrics_table() -> String {
         if labels.is_empty() {
             labels.push("none".to_string());
         }
+        let by = if by.is_empty() {
+            "(exporter)".to_string()
+        } else {
+            by.join(", ")
+        };
         out.push_str(&format!(
-            "| `{}` | {} | {} | {} |\n",
+            "| `{}` | {} | {} | {by} | {} |\n",
             m.name,
             m.kind.as_str(),
             labels.join(", "),
             escape(m.help)
+        ));
+    }
+    out
+}
+
+fn collectors_table() -> String {
+    let mut out = String::from(
+        "| collector | default | tier | what it exports and costs |\n|---|---|---|---|\n",
+    );
+    for r in REGISTRY {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            r.name,
+            if r.default_enabled { "on" } else { "off" },
+            r.tier.as_str(),
+            escape(&r.help.split_whitespace().collect::<Vec<_>>().join(" "))
         ));
     }
     out
@@ -71,6 +94,7 @@ fn readme_tables_match_the_code() {
     let mut readme = std::fs::read_to_string(&path).expect("reading README.md");
     let mut stale = Vec::new();
     for (name, table) in [
+        ("collectors-table", collectors_table()),
         ("metrics-table", metrics_table()),
         ("flags-table", flags_table()),
     ] {
@@ -91,9 +115,45 @@ fn readme_tables_match_the_code() {
     );
 }
 
+/// Contract names whose collector is a later issue: each must stay
+/// unexported until that issue lands (then remove it here), so this list
+/// cannot go stale silently.
+const PENDING: &[(&str, &str)] = &[
+    (
+        "sockdiag_udp_receive_queue_bytes",
+        "issue 11 (UDP receivers)",
+    ),
+    (
+        "sockdiag_udp_receive_buffer_bytes",
+        "issue 11 (UDP receivers)",
+    ),
+    ("sockdiag_udp_drops_total", "issue 11 (UDP receivers)"),
+    ("sockdiag_udp_sockets", "issue 11 (UDP receivers)"),
+    (
+        "sockdiag_netstat_udp_rcvbuf_errors_total",
+        "issue 11 (UDP receivers)",
+    ),
+    (
+        "sockdiag_netstat_udp_in_errors_total",
+        "issue 11 (UDP receivers)",
+    ),
+    (
+        "sockdiag_netns_last_sample_timestamp_seconds",
+        "issue 12 (CPU budget)",
+    ),
+    ("sockdiag_netns_tcp_ehash_shared", "issue 12 (CPU budget)"),
+];
+
 /// Every name the shared metric contract fixes must be exported.
 #[test]
 fn contract_metric_names_are_all_exported() {
+    let exported: Vec<&str> = all_families().iter().map(|(m, _)| m.name).collect();
+    for (name, issue) in PENDING {
+        assert!(
+            !exported.contains(name),
+            "{name} is exported now: remove it from PENDING ({issue})"
+        );
+    }
     let contract = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/METRICS.md");
     let Ok(text) = std::fs::read_to_string(&contract) else {
         eprintln!(
@@ -107,8 +167,11 @@ fn contract_metric_names_are_all_exported() {
         if name.starts_with("sockdiag_")
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
+            if PENDING.iter().any(|(p, _)| *p == name) {
+                continue;
+            }
             assert!(
-                METRICS.iter().any(|m| m.name == name),
+                exported.contains(&name),
                 "contract metric {name} is not exported"
             );
         }

@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sockdiag_exporter::diag::parse::{ParseError, parse_datagram};
 use sockdiag_exporter::diag::{
     DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, Mode, PortFilter, SockRecord, StateSet,
     TcpState,
 };
+use sockdiag_exporter::diag::{ParseError, inet::parse_datagram};
 
 use common::*;
 

@@ -26,7 +26,8 @@ fn snapshot(args: &[&str]) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("snapshot JSON")
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
+    snapshot_host(&doc).clone()
 }
 
 fn role_ports(v: &serde_json::Value, role: &str) -> Vec<u64> {

@@ -45,6 +45,8 @@ pub enum Mode {
 pub struct PortFilter {
     mode: Mode,
     ports: Vec<u16>,
+    /// The bytecode, built once: every connection walk sends it.
+    program: Vec<u8>,
 }
 
 /// A port list longer than [`MAX_FILTER_PORTS`].
@@ -61,7 +63,15 @@ impl PortFilter {
         if ports.len() > MAX_FILTER_PORTS {
             return Err(TooManyPorts(ports.len()));
         }
-        Ok((!ports.is_empty()).then_some(PortFilter { mode, ports }))
+        if ports.is_empty() {
+            return Ok(None);
+        }
+        let program = build_program(mode, &ports);
+        Ok(Some(PortFilter {
+            mode,
+            ports,
+            program,
+        }))
     }
 
     fn listed(&self, port: u16) -> bool {
@@ -102,20 +112,23 @@ impl PortFilter {
     }
 
     /// The bytecode program.
-    pub fn program(&self) -> Vec<u8> {
-        match self.mode {
-            Mode::Only => {
-                let tests: Vec<(u8, u16)> = self
-                    .ports
-                    .iter()
-                    .flat_map(|&p| [(BC_S_EQ, p), (BC_D_EQ, p)])
-                    .collect();
-                keep_on_match(&tests)
-            }
-            Mode::Except => {
-                let tests: Vec<(u8, u16)> = self.ports.iter().map(|&p| (BC_S_EQ, p)).collect();
-                reject_on_match(&tests)
-            }
+    pub fn program(&self) -> &[u8] {
+        &self.program
+    }
+}
+
+fn build_program(mode: Mode, ports: &[u16]) -> Vec<u8> {
+    match mode {
+        Mode::Only => {
+            let tests: Vec<(u8, u16)> = ports
+                .iter()
+                .flat_map(|&p| [(BC_S_EQ, p), (BC_D_EQ, p)])
+                .collect();
+            keep_on_match(&tests)
+        }
+        Mode::Except => {
+            let tests: Vec<(u8, u16)> = ports.iter().map(|&p| (BC_S_EQ, p)).collect();
+            reject_on_match(&tests)
         }
     }
 }
@@ -211,7 +224,7 @@ mod tests {
             assert_eq!(f.ports(), &[80, 443]);
             let p = f.program();
             for (s, d) in [(80, 5000), (5000, 80), (443, 443), (5000, 5001), (81, 79)] {
-                assert_eq!(run(&p, s, d), f.keeps(s, d), "{mode:?} {s}->{d}");
+                assert_eq!(run(p, s, d), f.keeps(s, d), "{mode:?} {s}->{d}");
             }
         }
     }

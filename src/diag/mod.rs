@@ -1,14 +1,18 @@
-//! Speaking NETLINK_SOCK_DIAG: requests, the dump loop, and zero-allocation
-//! decoding of replies into [`SockRecord`]s.
+//! Speaking NETLINK_SOCK_DIAG: generic netlink framing ([`netlink`]), the
+//! blocking dump socket ([`socket`]), and one request builder and
+//! zero-allocation reply decoder per socket family ([`inet`] for TCP,
+//! [`unix`] for unix listeners).
 
 pub mod filter;
-pub mod parse;
+pub mod inet;
+pub mod netlink;
 pub mod record;
-pub mod request;
 pub mod socket;
+pub mod unix;
 
 pub use filter::{MAX_FILTER_PORTS, Mode, PortFilter};
-pub use parse::ParseError;
+pub use inet::{DumpRequest, StateSet};
+pub use netlink::ParseError;
 pub use record::{Family, RawAddr, SockRecord, TcpState};
-pub use request::{DumpRequest, StateSet};
-pub use socket::{DiagError, DiagSocket, DumpStats};
+pub use socket::{DiagError, DiagSocket, DumpStats, Request};
+pub use unix::{UnixKind, UnixListenersRequest, UnixRecord};

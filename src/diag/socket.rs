@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use super::parse::{ParseError, parse_datagram};
+use super::inet::{self, DumpRequest};
+use super::netlink::ParseError;
 use super::record::SockRecord;
-use super::request::DumpRequest;
+use super::unix::{self, UnixListenersRequest, UnixRecord};
 
 /// The kernel caps one dump datagram at about 32 KiB whatever the buffer;
 /// twice that leaves room for a kernel that sends more.
@@ -79,6 +80,24 @@ pub struct DumpStats {
     pub bytes: usize,
 }
 
+/// A sock_diag dump request of any family.
+pub trait Request: std::fmt::Display {
+    /// Writes the whole netlink message into `out`, replacing its contents.
+    fn encode(&self, seq: u32, out: &mut Vec<u8>);
+}
+
+impl Request for DumpRequest<'_> {
+    fn encode(&self, seq: u32, out: &mut Vec<u8>) {
+        DumpRequest::encode(self, seq, out)
+    }
+}
+
+impl Request for UnixListenersRequest {
+    fn encode(&self, seq: u32, out: &mut Vec<u8>) {
+        UnixListenersRequest::encode(self, seq, out)
+    }
+}
+
 /// A NETLINK_SOCK_DIAG socket in the network namespace it was created in.
 pub struct DiagSocket {
     socket: Socket,
@@ -105,8 +124,8 @@ impl DiagSocket {
         })
     }
 
-    /// Runs one dump, calling `on_record` for every socket while its bytes
-    /// are still in the receive buffer.
+    /// Runs one inet_diag dump, calling `on_record` for every socket while
+    /// its bytes are still in the receive buffer.
     ///
     /// After an error the kernel may still be dumping on this socket and
     /// would refuse a new request (`EBUSY`): open a new socket instead.
@@ -118,10 +137,37 @@ impl DiagSocket {
     where
         F: FnMut(&SockRecord),
     {
+        self.dump_decoded(request, |datagram, seq| {
+            inet::parse_datagram(datagram, seq, &mut on_record)
+        })
+    }
+
+    /// Runs one unix_diag dump of listeners, calling `on_record` for each
+    /// while its bytes are still in the receive buffer. Same error rule as
+    /// [`DiagSocket::dump`].
+    pub fn dump_unix<F>(
+        &mut self,
+        request: &UnixListenersRequest,
+        mut on_record: F,
+    ) -> Result<DumpStats, DiagError>
+    where
+        F: FnMut(&UnixRecord<'_>),
+    {
+        self.dump_decoded(request, |datagram, seq| {
+            unix::parse_datagram(datagram, seq, &mut on_record)
+        })
+    }
+
+    /// One dump, each datagram handed to a family decoder.
+    fn dump_decoded<R, F>(&mut self, request: &R, mut decode: F) -> Result<DumpStats, DiagError>
+    where
+        R: Request,
+        F: FnMut(&[u8], u32) -> Result<super::netlink::DatagramSummary, ParseError>,
+    {
         let mut records = 0;
         let mut skipped = 0;
         let mut stats = self.dump_datagrams(request, |datagram, seq| {
-            let summary = parse_datagram(datagram, seq, &mut on_record)?;
+            let summary = decode(datagram, seq)?;
             records += summary.records;
             skipped += summary.skipped;
             Ok(summary.done)
@@ -135,12 +181,13 @@ impl DiagSocket {
     /// number to `on_datagram`, which says whether the dump is complete.
     /// [`DiagSocket::dump`] is this plus decoding; on its own it serves to
     /// capture replies for tests and bug reports.
-    pub fn dump_datagrams<F>(
+    pub fn dump_datagrams<R, F>(
         &mut self,
-        request: &DumpRequest<'_>,
+        request: &R,
         mut on_datagram: F,
     ) -> Result<DumpStats, DiagError>
     where
+        R: Request + ?Sized,
         F: FnMut(&[u8], u32) -> Result<bool, ParseError>,
     {
         self.seq = self.seq.wrapping_add(1);

@@ -41,6 +41,11 @@ pub struct Scan {
     /// Processes whose namespace could not be read (no ptrace access to
     /// them: the daemon lacks CAP_SYS_PTRACE over them).
     pub denied: u64,
+    /// What could not be read although it should have been: a `run_netns`
+    /// path that is not a readable directory (namespaces named only there
+    /// are missing). A missing directory is no problem: no `ip netns` name
+    /// was ever made.
+    pub problems: Vec<String>,
 }
 
 /// Lists the network namespaces of every process under `procfs`, plus the
@@ -79,7 +84,20 @@ pub fn scan(procfs: &Path, run_netns: &Path) -> Result<Scan, DiscoverError> {
         path.pop();
         path.pop();
     }
-    if let Ok(entries) = std::fs::read_dir(run_netns) {
+    let mut problems = Vec::new();
+    let entries = match std::fs::read_dir(run_netns) {
+        Ok(entries) => Some(entries),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            problems.push(format!(
+                "cannot list --path.run-netns {}: {e}; namespaces named only there are not \
+                 collected",
+                run_netns.display()
+            ));
+            None
+        }
+    };
+    if let Some(entries) = entries {
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
@@ -107,7 +125,11 @@ pub fn scan(procfs: &Path, run_netns: &Path) -> Result<Scan, DiscoverError> {
     for f in &mut found {
         f.names.sort();
     }
-    Ok(Scan { found, denied })
+    Ok(Scan {
+        found,
+        denied,
+        problems,
+    })
 }
 
 /// Whether `path` is a namespace file (nsfs), following links. A failed
@@ -142,6 +164,19 @@ mod tests {
     fn missing_procfs_is_an_error_naming_it() {
         let e = scan(Path::new("/nonexistent/proc"), Path::new("/run/netns")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/proc"), "{e}");
+    }
+
+    #[test]
+    fn a_run_netns_path_that_is_no_directory_is_a_problem() {
+        let scan = scan(Path::new("/proc"), Path::new("/proc/self/status")).unwrap();
+        assert_eq!(scan.problems.len(), 1);
+        assert!(
+            scan.problems[0].contains("/proc/self/status"),
+            "{:?}",
+            scan.problems
+        );
+        let fine = super::scan(Path::new("/proc"), Path::new("/nonexistent/run-netns")).unwrap();
+        assert!(fine.problems.is_empty(), "missing is normal");
     }
 
     #[test]

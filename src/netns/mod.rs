@@ -1,5 +1,5 @@
 //! Every network namespace on the node: finding them, naming them, and
-//! entering them to create the handles the samplers keep.
+//! entering them to open the handles the samplers keep ([`handles`]).
 //!
 //! Namespace-wide counters (`ListenOverflows`) and sock_diag dumps are both
 //! per namespace, so an exporter that looks only at its own sees nothing of
@@ -7,6 +7,7 @@
 
 pub mod discover;
 pub mod enter;
+pub mod handles;
 pub mod naming;
 
 use std::path::{Path, PathBuf};
@@ -15,9 +16,11 @@ use std::time::Duration;
 use regex::Regex;
 
 pub use enter::{EnterError, NsId, ns_id, run_in};
+pub use handles::{Backoff, HandleError, Handles, Need, ProcName};
 pub use naming::{NameSource, NetnsInfo};
 
-pub use crate::sampler::HOST_NETNS;
+/// The `netns` label of the daemon's own namespace.
+pub const HOST_NETNS: &str = "host";
 
 /// Which namespaces are collected, by their `netns` label.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +81,9 @@ pub struct Targets {
     pub denied: u64,
     /// Whether discovery looked beyond the daemon's own namespace.
     pub discovery: bool,
+    /// What discovery could not read although it should have (see
+    /// [`discover::Scan::problems`]).
+    pub problems: Vec<String>,
 }
 
 /// The daemon's own namespace, which is always collected (unless excluded)
@@ -140,6 +146,7 @@ pub fn discover(config: &DiscoveryConfig) -> (Targets, Option<discover::Discover
         infos.push(host);
     }
     targets.denied = scan.denied;
+    targets.problems = scan.problems;
     for info in infos {
         if config.filter.keeps(&info.name) {
             targets.list.push(info);

@@ -623,3 +623,14 @@ pub fn tcp_ext_at(path: &str, name: &str) -> f64 {
         .expect("counter present");
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
+
+/// The daemon's own namespace (`netns` "host") in `snapshot --format json`
+/// output, which lists every namespace collected.
+pub fn snapshot_host(doc: &serde_json::Value) -> &serde_json::Value {
+    doc["namespaces"]
+        .as_array()
+        .expect("snapshot JSON has namespaces[]")
+        .iter()
+        .find(|ns| ns["netns"] == "host")
+        .expect("snapshot JSON has the host namespace")
+}

@@ -1,6 +1,8 @@
 //! The fast listener tier's memory: accept-queue peaks over a window, the
 //! time each queue was seen full, drop counters, and stable member numbers
-//! for `SO_REUSEPORT` groups, carried from one listener dump to the next.
+//! for sockets sharing an address (`SO_REUSEPORT` groups, a unix path bound
+//! again), carried from one listener dump to the next. TCP and unix
+//! listeners are tracked alike.
 //!
 //! State is kept per socket cookie, so a listener that is closed and opened
 //! again starts afresh (its counters reset, as Prometheus expects), and each
@@ -16,8 +18,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::aggregate::{ListenKey, ListenerRecord};
-use crate::snapshot::{ListenerFigures, ListenerSample};
+use crate::model::{Endpoint, ListenerFigures, ListenerSample};
 
 /// A peak window is kept as this many buckets of per-bucket maxima, so the
 /// peak ages out gradually instead of all at once.
@@ -26,8 +27,27 @@ const PEAK_BUCKETS: u32 = 6;
 /// Samples a listener may be missing from before its state is dropped.
 const MISSES_TOLERATED: u32 = 2;
 
+/// One listening socket as a listener dump reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Where it listens.
+    pub endpoint: Endpoint,
+    /// Accept-queue length now.
+    pub length: u32,
+    /// Effective backlog; full when length > limit.
+    pub limit: u32,
+    /// `sk_drops`, when the kernel keeps and sent it.
+    pub drops: Option<u32>,
+    /// Socket cookie: tells apart sockets sharing an address.
+    pub cookie: u64,
+    /// Socket inode.
+    pub inode: u32,
+    /// Owner uid, when known.
+    pub uid: Option<u32>,
+}
+
 struct Tracked {
-    key: ListenKey,
+    key: Endpoint,
     /// Stable position in its reuseport group.
     slot: u32,
     /// (bucket start, max length seen in it), oldest first.
@@ -45,34 +65,29 @@ struct Tracked {
 pub struct ListenerTracker {
     peak_window: Duration,
     bucket: Duration,
-    /// The longest gap between two samples still counted as full time: a
-    /// stalled sampler must not credit a whole stall to a queue it saw
-    /// full once.
-    max_gap: Duration,
     tracked: HashMap<u64, Tracked>,
-    /// Slots taken in each reuseport group.
-    slots: HashMap<ListenKey, BTreeSet<u32>>,
+    /// Slots taken in each group of sockets sharing an address.
+    slots: HashMap<Endpoint, BTreeSet<u32>>,
     /// Addresses labelled as groups: several members were seen together,
     /// and more than one is still tracked.
-    grouped: HashSet<ListenKey>,
+    grouped: HashSet<Endpoint>,
 }
 
 impl ListenerTracker {
-    /// A tracker for a sampler running every `interval`.
-    pub fn new(peak_window: Duration, interval: Duration) -> Self {
+    /// A tracker keeping peaks over `peak_window`.
+    pub fn new(peak_window: Duration) -> Self {
         let bucket = (peak_window / PEAK_BUCKETS).max(Duration::from_millis(1));
         ListenerTracker {
             peak_window,
             bucket,
-            max_gap: (interval * 2).max(Duration::from_secs(1)),
             tracked: HashMap::new(),
             slots: HashMap::new(),
             grouped: HashSet::new(),
         }
     }
 
-    fn take_slot(&mut self, key: ListenKey) -> u32 {
-        let used = self.slots.entry(key).or_default();
+    fn take_slot(&mut self, key: &Endpoint) -> u32 {
+        let used = self.slots.entry(key.clone()).or_default();
         let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
         used.insert(slot);
         slot
@@ -89,44 +104,49 @@ impl ListenerTracker {
     /// one series in turn; and a lone listener restarted (the old socket
     /// still tracked, the new one present) does not become a group.
     fn label_members(&mut self, mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures> {
-        let mut present: HashMap<ListenKey, usize> = HashMap::new();
+        let mut present: HashMap<&Endpoint, usize> = HashMap::new();
         for f in &figures {
-            *present.entry(f.key()).or_default() += 1;
+            *present.entry(&f.endpoint).or_default() += 1;
         }
-        for (key, n) in &present {
-            if *n > 1 {
-                self.grouped.insert(*key);
+        for (key, n) in present {
+            if n > 1 && !self.grouped.contains(key) {
+                self.grouped.insert(key.clone());
             }
         }
         let slots = &self.slots;
         self.grouped
             .retain(|key| slots.get(key).is_some_and(|used| used.len() > 1));
         for f in &mut figures {
-            if !self.grouped.contains(&f.key()) {
+            if !self.grouped.contains(&f.endpoint) {
                 f.member = None;
             }
         }
-        figures.sort_unstable_by_key(|f| (f.key(), f.member));
+        figures.sort_unstable_by(|a, b| (&a.endpoint, a.member).cmp(&(&b.endpoint, b.member)));
         figures
     }
 
-    fn free_slot(&mut self, key: ListenKey, slot: u32) {
-        if let Some(used) = self.slots.get_mut(&key) {
+    fn free_slot(&mut self, key: &Endpoint, slot: u32) {
+        if let Some(used) = self.slots.get_mut(key) {
             used.remove(&slot);
             if used.is_empty() {
-                self.slots.remove(&key);
+                self.slots.remove(key);
             }
         }
     }
 
     /// Folds one listener dump into the tracked state and returns the
-    /// figures to publish.
+    /// figures to publish. `period` is the time the sampler means to leave
+    /// between samples: a gap longer than twice that (at least 1 s) is a
+    /// stall, and a stalled sampler must not credit the whole stall to a
+    /// queue it saw full once.
     pub fn update(
         &mut self,
         now: Instant,
         wall: SystemTime,
-        records: &[ListenerRecord],
+        records: &[Seen],
+        period: Duration,
     ) -> ListenerSample {
+        let max_gap = (period * 2).max(Duration::from_secs(1));
         let mut seen = HashSet::with_capacity(records.len());
         let mut figures = Vec::with_capacity(records.len());
         for r in records {
@@ -135,17 +155,17 @@ impl ListenerTracker {
             }
             // A socket that listens again elsewhere keeps its cookie but
             // changes address or port: it starts afresh in its new group.
-            if let Some(moved) = self.tracked.get(&r.cookie).filter(|t| t.key != r.key) {
-                let (key, slot) = (moved.key, moved.slot);
+            if let Some(moved) = self.tracked.get(&r.cookie).filter(|t| t.key != r.endpoint) {
+                let (key, slot) = (moved.key.clone(), moved.slot);
                 self.tracked.remove(&r.cookie);
-                self.free_slot(key, slot);
+                self.free_slot(&key, slot);
             }
             if !self.tracked.contains_key(&r.cookie) {
-                let slot = self.take_slot(r.key);
+                let slot = self.take_slot(&r.endpoint);
                 self.tracked.insert(
                     r.cookie,
                     Tracked {
-                        key: r.key,
+                        key: r.endpoint.clone(),
                         slot,
                         buckets: VecDeque::with_capacity(PEAK_BUCKETS as usize + 1),
                         full_seconds: 0.0,
@@ -160,7 +180,7 @@ impl ListenerTracker {
                 continue;
             };
             if r.length > r.limit {
-                let gap = now.saturating_duration_since(t.last_seen).min(self.max_gap);
+                let gap = now.saturating_duration_since(t.last_seen).min(max_gap);
                 t.full_seconds += gap.as_secs_f64();
             }
             t.last_seen = now;
@@ -188,9 +208,7 @@ impl ListenerTracker {
             }
             let peak = t.buckets.iter().map(|(_, m)| *m).max().unwrap_or(r.length);
             figures.push(ListenerFigures {
-                family: r.key.family(),
-                address: r.key.addr.ip(),
-                port: r.key.port,
+                endpoint: r.endpoint.clone(),
                 member: Some(t.slot),
                 cookie: r.cookie,
                 inode: r.inode,
@@ -213,12 +231,13 @@ impl ListenerTracker {
         }
         for cookie in gone {
             if let Some(t) = self.tracked.remove(&cookie) {
-                self.free_slot(t.key, t.slot);
+                self.free_slot(&t.key, t.slot);
             }
         }
         ListenerSample {
             taken_at: wall,
             listeners: self.label_members(figures),
+            unexported: Vec::new(),
         }
     }
 }
@@ -226,25 +245,36 @@ impl ListenerTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::ListenKey;
     use crate::diag::RawAddr;
 
-    fn listener(cookie: u64, port: u16, length: u32, limit: u32) -> ListenerRecord {
-        ListenerRecord {
-            key: ListenKey {
+    fn listener(cookie: u64, port: u16, length: u32, limit: u32) -> Seen {
+        Seen {
+            endpoint: Endpoint::Inet(ListenKey {
                 addr: RawAddr::from_ip("127.0.0.1".parse().unwrap()),
                 port,
-            },
+            }),
             length,
             limit,
             drops: Some(0),
             cookie,
             inode: cookie as u32,
-            uid: 0,
+            uid: Some(0),
         }
     }
 
-    fn tracker() -> ListenerTracker {
-        ListenerTracker::new(Duration::from_secs(60), Duration::from_millis(200))
+    /// Peaks over a minute, sampled every 200 ms.
+    struct T(ListenerTracker);
+
+    impl T {
+        fn update(&mut self, now: Instant, wall: SystemTime, records: &[Seen]) -> ListenerSample {
+            self.0
+                .update(now, wall, records, Duration::from_millis(200))
+        }
+    }
+
+    fn tracker() -> T {
+        T(ListenerTracker::new(Duration::from_secs(60)))
     }
 
     fn at(t0: Instant, ms: u64) -> Instant {
@@ -298,7 +328,7 @@ mod tests {
             t.update(at(t0, 400 + 200 * i), wall, &[listener(2, 80, 0, 10)]);
         }
         assert_eq!(
-            t.tracked.len(),
+            t.0.tracked.len(),
             1,
             "the closed socket is forgotten after its grace"
         );
@@ -389,7 +419,7 @@ mod tests {
         let got: Vec<_> = s
             .listeners
             .iter()
-            .map(|l| (l.port, l.cookie, l.member))
+            .map(|l| (l.endpoint.port().unwrap(), l.cookie, l.member))
             .collect();
         assert_eq!(got, vec![(80, 1, None), (90, 3, Some(0)), (90, 2, Some(1))]);
     }
@@ -401,7 +431,7 @@ mod tests {
         let members = |s: &ListenerSample| {
             s.listeners
                 .iter()
-                .map(|l| (l.port, l.cookie, l.member))
+                .map(|l| (l.endpoint.port().unwrap(), l.cookie, l.member))
                 .collect::<Vec<_>>()
         };
         let s = t.update(
@@ -438,7 +468,7 @@ mod tests {
     fn drop_counter_survives_the_kernels_32_bit_wrap() {
         let mut t = tracker();
         let (t0, wall) = (Instant::now(), SystemTime::now());
-        let with_drops = |d: u32| ListenerRecord {
+        let with_drops = |d: u32| Seen {
             drops: Some(d),
             ..listener(1, 80, 0, 10)
         };

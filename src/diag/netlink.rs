@@ -1,45 +1,26 @@
-//! Decoding of sock_diag dump datagrams without allocation.
+//! Netlink framing shared by every sock_diag family: the request header,
+//! the messages of a multipart dump reply (`NLMSG_DONE`, `NLMSG_ERROR`,
+//! `NLMSG_OVERRUN`, `NLM_F_DUMP_INTR`, stale sequence numbers), and the
+//! attribute walk, each checked for truncation.
 //!
-//! A datagram holds several netlink messages; each inet_diag reply is a fixed
-//! `inet_diag_msg` header (decoded by the `netlink-packet-sock-diag` crate's
-//! [`InetResponseHeader`]) followed by attributes, which we walk here by
-//! offset. The crate's full message parser is not used on purpose: it boxes
-//! every reply and builds a vector of attributes, about eight allocations per
-//! socket (see the README's "Why not the full parser").
-
-use netlink_packet_core::Parseable;
-use netlink_packet_sock_diag::inet::InetResponseHeader;
-
-use super::record::{Family, RawAddr, SockRecord, TcpState};
-
-/// `NLMSG_NOOP`
-const NLMSG_NOOP: u16 = 1;
-/// `NLMSG_ERROR`
-const NLMSG_ERROR: u16 = 2;
-/// `NLMSG_DONE`
-const NLMSG_DONE: u16 = 3;
-/// `NLMSG_OVERRUN`
-const NLMSG_OVERRUN: u16 = 4;
-/// `SOCK_DIAG_BY_FAMILY`: the type of every inet_diag reply.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `NLM_F_DUMP_INTR`: the dump changed under the kernel while it was walked.
-const NLM_F_DUMP_INTR: u16 = 0x10;
+//! Nothing here knows what a reply describes: [`for_each_reply`] hands the
+//! payload of every `SOCK_DIAG_BY_FAMILY` message to a family decoder
+//! ([`super::inet`], [`super::unix`]) while it still lies in the receive
+//! buffer, so decoding a dump allocates nothing.
 
 /// Size of `struct nlmsghdr`.
-const NLMSG_HDRLEN: usize = 16;
-/// Size of `struct inet_diag_msg`.
-const INET_DIAG_MSG_LEN: usize = 72;
+pub const NLMSG_HDRLEN: usize = 16;
+/// `SOCK_DIAG_BY_FAMILY`: the type of every sock_diag request and reply.
+pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `NLM_F_REQUEST | NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
+pub const DUMP_FLAGS: u16 = 0x01 | 0x300;
 
-/// `INET_DIAG_INFO`: `struct tcp_info`.
-pub const INET_DIAG_INFO: u16 = 2;
-/// `INET_DIAG_SKMEMINFO`: `u32 [SK_MEMINFO_VARS]`.
-pub const INET_DIAG_SKMEMINFO: u16 = 7;
-/// Index of `SK_MEMINFO_DROPS` in the skmeminfo array.
-const SK_MEMINFO_DROPS: usize = 8;
-/// Offset of `tcpi_last_data_sent` in `struct tcp_info`: 8 bytes of u8
-/// fields, then u32s `rto ato snd_mss rcv_mss unacked sacked lost retrans
-/// fackets`, then `last_data_sent`. Stable since Linux 2.6.
-const TCPI_LAST_DATA_SENT_OFFSET: usize = 44;
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+/// The dump changed under the kernel while it was walked.
+const NLM_F_DUMP_INTR: u16 = 0x10;
 
 /// Why a datagram could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,10 +62,10 @@ pub enum ParseError {
 /// What a datagram told us beyond its records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DatagramSummary {
-    /// Socket records handed to the callback.
+    /// Socket records handed to the caller.
     pub records: usize,
-    /// Replies skipped because their family or state is not one we know
-    /// (a future kernel, or a family we did not ask for).
+    /// Replies skipped because their family, state or kind is not one the
+    /// decoder tracks (a future kernel, or a kind we did not ask for).
     pub skipped: usize,
     /// Messages belonging to another request (sequence mismatch), ignored.
     pub foreign: usize,
@@ -92,11 +73,20 @@ pub struct DatagramSummary {
     pub done: bool,
 }
 
-fn read_u16(buf: &[u8], at: usize) -> u16 {
+/// What a family decoder made of one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// A record was handed on.
+    Record,
+    /// A well-formed reply the decoder does not track.
+    Skipped,
+}
+
+pub(crate) fn read_u16(buf: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([buf[at], buf[at + 1]])
 }
 
-fn read_u32(buf: &[u8], at: usize) -> u32 {
+pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
@@ -104,18 +94,40 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Decodes every message of one datagram, calling `on_record` for each socket.
+/// Writes a dump request into `out` (replacing its contents): the netlink
+/// header, then whatever `body` appends (the family's request struct and
+/// its attributes).
+pub fn encode_dump(out: &mut Vec<u8>, seq: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    out.clear();
+    out.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
+    body(out);
+    let total = out.len() as u32;
+    out[0..4].copy_from_slice(&total.to_ne_bytes());
+    out[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    out[6..8].copy_from_slice(&DUMP_FLAGS.to_ne_bytes());
+    out[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nlmsg_pid 0: the kernel fills in our port id.
+}
+
+/// Appends one attribute (`struct nlattr` and its value, padded) to `out`.
+/// `value` must be shorter than 65,532 bytes.
+pub fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = (4 + value.len()) as u16;
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(align4(out.len()), 0);
+}
+
+/// Walks every message of one datagram, handing the payload of each
+/// `SOCK_DIAG_BY_FAMILY` reply and its offset in the datagram to `decode`.
 ///
 /// `seq` is the sequence number of our request; messages with another
 /// number are counted as foreign and ignored (a late answer to an abandoned
 /// request must not be mixed into this one).
-pub fn parse_datagram<F>(
-    buf: &[u8],
-    seq: u32,
-    mut on_record: F,
-) -> Result<DatagramSummary, ParseError>
+pub fn for_each_reply<F>(buf: &[u8], seq: u32, mut decode: F) -> Result<DatagramSummary, ParseError>
 where
-    F: FnMut(&SockRecord),
+    F: FnMut(&[u8], usize) -> Result<Decoded, ParseError>,
 {
     let mut summary = DatagramSummary::default();
     let mut offset = 0;
@@ -180,12 +192,9 @@ where
                 return Ok(summary);
             }
             NLMSG_OVERRUN => return Err(ParseError::Overrun),
-            SOCK_DIAG_BY_FAMILY => match parse_inet_reply(payload, offset + NLMSG_HDRLEN)? {
-                Some(record) => {
-                    summary.records += 1;
-                    on_record(&record);
-                }
-                None => summary.skipped += 1,
+            SOCK_DIAG_BY_FAMILY => match decode(payload, offset + NLMSG_HDRLEN)? {
+                Decoded::Record => summary.records += 1,
+                Decoded::Skipped => summary.skipped += 1,
             },
             _ => summary.skipped += 1,
         }
@@ -218,59 +227,17 @@ fn error_code(payload: &[u8], offset: usize) -> Result<i32, ParseError> {
     Ok(read_u32(payload, 0) as i32)
 }
 
-/// Decodes one inet_diag reply. `None` means a well-formed reply we do not
-/// track (unknown family or state); errors mean the bytes are damaged.
-/// `base` is the payload's offset in the datagram, for error messages.
-pub fn parse_inet_reply(payload: &[u8], base: usize) -> Result<Option<SockRecord>, ParseError> {
-    if payload.len() < INET_DIAG_MSG_LEN {
-        return Err(ParseError::Truncated {
-            offset: base,
-            what: "inet_diag_msg",
-            needed: INET_DIAG_MSG_LEN,
-            available: payload.len(),
-        });
-    }
-    let (Some(family), Some(state)) =
-        (Family::from_raw(payload[0]), TcpState::from_raw(payload[1]))
-    else {
-        return Ok(None);
-    };
-    // Family and length were checked above, so the crate's parse cannot fail
-    // here; should a future version disagree, treat the reply as damaged.
-    let header = InetResponseHeader::parse(payload).map_err(|_| ParseError::Malformed {
-        offset: base,
-        what: "inet_diag_msg header rejected",
-    })?;
-    let id = &header.socket_id;
-    let cookie_lo = u32::from_ne_bytes([id.cookie[0], id.cookie[1], id.cookie[2], id.cookie[3]]);
-    let cookie_hi = u32::from_ne_bytes([id.cookie[4], id.cookie[5], id.cookie[6], id.cookie[7]]);
-    let mut record = SockRecord {
-        state,
-        local: RawAddr::from_ip(id.source_address),
-        local_port: id.source_port,
-        remote: RawAddr::from_ip(id.destination_address),
-        remote_port: id.destination_port,
-        rqueue: header.recv_queue,
-        wqueue: header.send_queue,
-        inode: header.inode,
-        uid: header.uid,
-        cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
-        drops: None,
-        last_data_sent_ms: None,
-    };
-    // The crate builds addresses from the family byte, so they agree with it.
-    debug_assert_eq!(record.local.family, family);
-    walk_attributes(
-        &payload[INET_DIAG_MSG_LEN..],
-        base + INET_DIAG_MSG_LEN,
-        &mut record,
-    )?;
-    Ok(Some(record))
-}
-
-/// Reads the attributes we use; unknown ones are skipped, and known ones
-/// shorter than we need are ignored, since other kernels send other sizes.
-fn walk_attributes(attrs: &[u8], base: usize, record: &mut SockRecord) -> Result<(), ParseError> {
+/// Walks the attributes (`struct nlattr`) in `attrs`, calling `on_attr`
+/// with each one's type (flag bits cleared) and value. `base` is the
+/// offset of `attrs` in the datagram, for error messages.
+pub fn for_each_attribute<'a, F>(
+    attrs: &'a [u8],
+    base: usize,
+    mut on_attr: F,
+) -> Result<(), ParseError>
+where
+    F: FnMut(u16, &'a [u8]),
+{
     let mut offset = 0;
     while offset < attrs.len() {
         let available = attrs.len() - offset;
@@ -299,17 +266,40 @@ fn walk_attributes(attrs: &[u8], base: usize, record: &mut SockRecord) -> Result
                 available,
             });
         }
-        let value = &attrs[offset + 4..offset + len];
-        match kind {
-            INET_DIAG_SKMEMINFO if value.len() >= (SK_MEMINFO_DROPS + 1) * 4 => {
-                record.drops = Some(read_u32(value, SK_MEMINFO_DROPS * 4));
-            }
-            INET_DIAG_INFO if value.len() >= TCPI_LAST_DATA_SENT_OFFSET + 4 => {
-                record.last_data_sent_ms = Some(read_u32(value, TCPI_LAST_DATA_SENT_OFFSET));
-            }
-            _ => {}
-        }
+        on_attr(kind, &attrs[offset + 4..offset + len]);
         offset += align4(len);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_with_padding() {
+        let mut buf = Vec::new();
+        push_attribute(&mut buf, 1, b"abc");
+        push_attribute(&mut buf, 0x8004, &7u32.to_ne_bytes());
+        assert_eq!(buf.len(), 8 + 8, "3 bytes pad to 4");
+        let mut seen = Vec::new();
+        for_each_attribute(&buf, 0, |k, v| seen.push((k, v.to_vec()))).unwrap();
+        assert_eq!(
+            seen,
+            vec![(1, b"abc".to_vec()), (4, 7u32.to_ne_bytes().to_vec())],
+            "flag bits are cleared"
+        );
+    }
+
+    #[test]
+    fn a_request_header_frames_its_body() {
+        let mut out = vec![9; 3];
+        encode_dump(&mut out, 42, |b| b.extend_from_slice(&[1, 2, 3, 4]));
+        assert_eq!(out.len(), 20);
+        assert_eq!(read_u32(&out, 0), 20);
+        assert_eq!(read_u16(&out, 4), SOCK_DIAG_BY_FAMILY);
+        assert_eq!(read_u16(&out, 6), DUMP_FLAGS);
+        assert_eq!(read_u32(&out, 8), 42);
+        assert_eq!(&out[16..], &[1, 2, 3, 4]);
+    }
 }

@@ -1,0 +1,509 @@
+//! The `connections` collector: one walk of every TCP connection per full
+//! pass, folded while it streams into per-port states and Send-Q/Recv-Q by
+//! role, and into the bytes, age and SYN-RECV requests of each listener's
+//! queue.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use clap::{Arg, ArgAction, ValueEnum, builder::EnumValueParser, value_parser};
+
+use crate::aggregate::{ConnectionAggregator, ListenKey, ListenerRecord, Role};
+use crate::diag::{
+    DiagError, DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, Mode, PortFilter, StateSet,
+    TcpState,
+};
+use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, PORT_LABELS};
+use crate::model::{ConnectionSample, ListenerSample, PortSummary, QueueSummary};
+use crate::netns::Need;
+use crate::table::{Report, align};
+
+use super::listeners::{self, dump_listeners};
+use super::{
+    Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
+};
+
+/// Its declaration.
+pub static REGISTRATION: Registration = Registration {
+    name: "connections",
+    help: "states and Send-Q/Recv-Q per port, and bytes, age and SYN-RECV requests of each \
+           listener. Walks every TCP socket: cost grows with connections (about 0.2 s of kernel \
+           time per 100k).",
+    default_enabled: true,
+    tier: Tier::Full,
+    families: &[
+        &ACCEPT_QUEUE_BYTES,
+        &ACCEPT_QUEUE_OLDEST,
+        &SYN_QUEUE_LENGTH,
+        &TCP_CONNECTIONS,
+        &TCP_SEND_QUEUE,
+        &TCP_RECV_QUEUE,
+        &CLIENT_PORTS_FOLDED,
+    ],
+    args,
+    build,
+};
+
+/// `sockdiag_accept_queue_bytes`
+pub const ACCEPT_QUEUE_BYTES: MetricDef = MetricDef {
+    name: "sockdiag_accept_queue_bytes",
+    kind: Kind::Gauge,
+    labels: LISTENER_LABELS,
+    member: false,
+    help: "Bytes already received on connections still waiting in the accept queue: requests clients have sent that nobody has read yet. For a SO_REUSEPORT group, the whole group.",
+};
+/// `sockdiag_accept_queue_oldest_seconds`
+pub const ACCEPT_QUEUE_OLDEST: MetricDef = MetricDef {
+    name: "sockdiag_accept_queue_oldest_seconds",
+    kind: Kind::Gauge,
+    labels: LISTENER_LABELS,
+    member: false,
+    help: "How long the oldest connection still in the accept queue has waited (0 when empty). Seconds here mean clients waiting that long before the application sees them. For a SO_REUSEPORT group, the whole group. Not exported with --collector.connections.queue-age off.",
+};
+/// `sockdiag_syn_queue_length`
+pub const SYN_QUEUE_LENGTH: MetricDef = MetricDef {
+    name: "sockdiag_syn_queue_length",
+    kind: Kind::Gauge,
+    labels: LISTENER_LABELS,
+    member: false,
+    help: "Half-open connections (SYN-RECV requests) for this listener: handshakes waiting for the client's final ACK. A large or growing value suggests a SYN flood or lossy clients. For a SO_REUSEPORT group, the whole group.",
+};
+/// `sockdiag_tcp_connections`
+pub const TCP_CONNECTIONS: MetricDef = MetricDef {
+    name: "sockdiag_tcp_connections",
+    kind: Kind::Gauge,
+    labels: &["netns", "role", "port", "state"],
+    member: false,
+    help: "TCP sockets by state, keyed by the local port for role=server (a listening port) and by the remote port for role=client. States with no socket are not exported.",
+};
+/// `sockdiag_tcp_send_queue_bytes`
+pub const TCP_SEND_QUEUE: MetricDef = MetricDef {
+    name: "sockdiag_tcp_send_queue_bytes",
+    kind: Kind::Gauge,
+    labels: PORT_LABELS,
+    member: false,
+    help: "Sum of Send-Q: bytes written and not yet acknowledged by the peer. Growing on role=client: the remote side is not accepting or reading; on role=server: clients are not reading.",
+};
+/// `sockdiag_tcp_recv_queue_bytes`
+pub const TCP_RECV_QUEUE: MetricDef = MetricDef {
+    name: "sockdiag_tcp_recv_queue_bytes",
+    kind: Kind::Gauge,
+    labels: PORT_LABELS,
+    member: false,
+    help: "Sum of Recv-Q: bytes received and not yet read by the local application (includes connections still in accept queues).",
+};
+/// `sockdiag_tcp_client_ports_folded`
+pub const CLIENT_PORTS_FOLDED: MetricDef = MetricDef {
+    name: "sockdiag_tcp_client_ports_folded",
+    kind: Kind::Gauge,
+    labels: NETNS_LABELS,
+    member: false,
+    help: "Remote ports summed into port=\"other\" because there were more than --collector.connections.max-client-ports of them.",
+};
+
+const MAX_CLIENT_PORTS: &str = "collector.connections.max-client-ports";
+const PORTS: &str = "collector.connections.ports";
+const EXCLUDE_PORTS: &str = "collector.connections.exclude-ports";
+const QUEUE_AGE: &str = "collector.connections.queue-age";
+
+/// How queued connections are dated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueAge {
+    /// From `tcp_info`, to the millisecond.
+    Exact,
+    /// Not at all.
+    Off,
+}
+
+fn args() -> Vec<Arg> {
+    vec![
+        Arg::new(MAX_CLIENT_PORTS)
+            .long(MAX_CLIENT_PORTS)
+            .value_name("N")
+            .value_parser(value_parser!(usize))
+            .default_value("256")
+            .action(ArgAction::Set)
+            .global(true)
+            .help(
+                "Most remote ports exported as their own role=\"client\" series; the rest \
+                 (those with the fewest sockets) are summed into port=\"other\".",
+            ),
+        Arg::new(PORTS)
+            .long(PORTS)
+            .value_name("PORTS")
+            .value_parser(parse_ports)
+            .conflicts_with(EXCLUDE_PORTS)
+            .action(ArgAction::Set)
+            .global(true)
+            .help(
+                "Walk only connections whose local or remote port is in this comma-separated \
+                 list (e.g. 80,443): the kernel skips the others before building replies. \
+                 Per-listener bytes, age and SYN queue are exported only for listed ports; \
+                 listener queues, limits and drops are not affected.",
+            ),
+        Arg::new(EXCLUDE_PORTS)
+            .long(EXCLUDE_PORTS)
+            .value_name("PORTS")
+            .value_parser(parse_ports)
+            .action(ArgAction::Set)
+            .global(true)
+            .help(
+                "Walk every connection except those whose local port is in this \
+                 comma-separated list: the servers on those ports (e.g. 22,2049 to leave out \
+                 SSH and NFS servers). Connections from this host to those ports are still \
+                 counted, and the listed ports get no per-listener bytes, age or SYN queue.",
+            ),
+        Arg::new(QUEUE_AGE)
+            .long(QUEUE_AGE)
+            .value_name("MODE")
+            .value_parser(EnumValueParser::<QueueAge>::new())
+            .default_value("exact")
+            .action(ArgAction::Set)
+            .global(true)
+            .help(
+                "How to date connections waiting in accept queues \
+                 (sockdiag_accept_queue_oldest_seconds). `exact` reads tcp_info in the \
+                 connection walk while some queue is non-empty, which makes that walk about \
+                 15% dearer; `off` skips it, and the age is then not exported at all.",
+            ),
+    ]
+}
+
+/// A comma-separated port list as one flag value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`].
+pub fn parse_ports(text: &str) -> Result<PortList, String> {
+    let mut ports = text
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{:?} is not a port number (0-65535)", p.trim()))
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > MAX_FILTER_PORTS {
+        return Err(format!(
+            "{} distinct ports listed; at most {MAX_FILTER_PORTS}",
+            ports.len()
+        ));
+    }
+    Ok(PortList(ports))
+}
+
+fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
+    Box::new(Connections {
+        settings: settings(m),
+        _common: common.clone(),
+    })
+}
+
+/// The settings the parsed flags describe.
+pub fn settings(m: &clap::ArgMatches) -> Settings {
+    let (mode, ports) = match (
+        m.get_one::<PortList>(PORTS),
+        m.get_one::<PortList>(EXCLUDE_PORTS),
+    ) {
+        (Some(p), _) => (Mode::Only, Some(p)),
+        (None, Some(p)) => (Mode::Except, Some(p)),
+        (None, None) => (Mode::Only, None),
+    };
+    // The lists were bounded when parsed, so building cannot fail.
+    let filter = ports.and_then(|p| PortFilter::new(mode, p.0.clone()).ok().flatten());
+    Settings {
+        max_client_ports: m.get_one::<usize>(MAX_CLIENT_PORTS).copied().unwrap_or(256),
+        filter,
+        queue_ages: m.get_one::<QueueAge>(QUEUE_AGE).copied() != Some(QueueAge::Off),
+    }
+}
+
+/// How the walk is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Client ports kept as their own series; the rest fold into `other`.
+    pub max_client_ports: usize,
+    /// Kernel-side port filter for the walk.
+    pub filter: Option<PortFilter>,
+    /// Read `tcp_info` to date connections waiting in accept queues (only
+    /// while some queue is non-empty).
+    pub queue_ages: bool,
+}
+
+/// The built collector.
+pub struct Connections {
+    settings: Settings,
+    _common: Common,
+}
+
+/// Reusable buffers of the walk, shared by every namespace of a pass.
+#[derive(Default)]
+pub struct ConnectionWork {
+    listeners: Vec<ListenerRecord>,
+    aggregator: ConnectionAggregator,
+}
+
+/// One connection sample: the current listeners (to tell server from client
+/// ports), then one walk of every other socket. The walk asks for
+/// `tcp_info`, which dates the connections waiting in accept queues, only
+/// when the listener dump just taken shows a non-empty queue: without
+/// extensions the walk is the cheapest the kernel offers, and a second walk
+/// just for ages would cost as much as the first, since touching every
+/// socket, not building replies, is what a dump pays for.
+///
+/// With a port filter, the kernel skips other sockets before building
+/// their replies, and per-address queue figures are kept only for listening
+/// ports whose connections the walk sees in full.
+pub fn sample_connections(
+    socket: &mut DiagSocket,
+    work: &mut ConnectionWork,
+    settings: &Settings,
+) -> Result<ConnectionSample, DiagError> {
+    let taken_at = SystemTime::now();
+    let filter = settings.filter.as_ref();
+    dump_listeners(socket, false, &mut work.listeners)?;
+    // Only queues the walk sees in full are dated: ages for a listener
+    // whose connections are filtered out would never be exported.
+    let want_ages = settings.queue_ages
+        && work
+            .listeners
+            .iter()
+            .any(|l| l.length > 0 && filter.is_none_or(|f| f.covers(true, l.key.port)));
+    let agg = &mut work.aggregator;
+    agg.reset(work.listeners.iter());
+    let (mut sockets, mut walk_bytes, mut walk_datagrams) = (0u64, 0u64, 0u64);
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let request = DumpRequest {
+            family,
+            states: StateSet::Connections,
+            meminfo: false,
+            tcp_info: want_ages,
+            filter,
+        };
+        let stats = socket.dump(&request, |r| {
+            sockets += 1;
+            agg.add(r);
+        })?;
+        walk_bytes += stats.bytes as u64;
+        walk_datagrams += stats.datagrams as u64;
+    }
+    agg.finish(settings.queue_ages);
+    let (ports, folded) = agg.ports(settings.max_client_ports, |role, port| {
+        filter.is_none_or(|f| f.covers(role == Role::Server, port))
+    });
+    Ok(ConnectionSample {
+        taken_at,
+        queues: agg
+            .queues()
+            .into_iter()
+            .filter(|(k, _)| filter.is_none_or(|f| f.covers(true, k.port)))
+            .map(|(k, q)| QueueSummary::new(k, q))
+            .map(|mut q| {
+                // With ages off the series is never exported, so that a
+                // dashboard cannot read "0" across the very windows when
+                // connections waited.
+                if !settings.queue_ages {
+                    q.oldest_seconds = None;
+                }
+                q
+            })
+            .collect(),
+        ports: ports.iter().map(PortSummary::new).collect(),
+        sockets,
+        walk_bytes,
+        walk_datagrams,
+        dated: want_ages,
+        client_ports_folded: folded as u64,
+    })
+}
+
+impl TypedCollector for Connections {
+    type State = ();
+    type Scratch = ConnectionWork;
+
+    fn registration(&self) -> &'static Registration {
+        &REGISTRATION
+    }
+
+    fn needs(&self) -> &'static [Need] {
+        &[Need::Diag]
+    }
+
+    fn new_state(&self) {}
+
+    fn new_scratch(&self) -> ConnectionWork {
+        ConnectionWork::default()
+    }
+
+    fn sample(&self, ctx: &mut Ctx<'_>, _: &mut (), work: &mut ConnectionWork) -> Sample {
+        let socket = match ctx.handles.diag(ctx.now) {
+            Ok(socket) => socket,
+            Err(e) => return Sample::Failed(e.into()),
+        };
+        match sample_connections(socket, work, &self.settings) {
+            Ok(sample) => Sample::Done(Arc::new(sample)),
+            Err(e) => {
+                ctx.handles.drop_diag();
+                Sample::Failed(SampleError::Diag(e))
+            }
+        }
+    }
+
+    fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
+        let Some(c) = ns.view.part::<ConnectionSample>(REGISTRATION.name) else {
+            return;
+        };
+        let netns = ns.name;
+        // Figures the kernel keeps per address rather than per socket come
+        // from the walk, once per address. While the listeners collector
+        // runs, only addresses it still sees are rendered, so a listener
+        // closed since the last walk leaves no series behind.
+        let live: Option<HashSet<ListenKey>> = ns
+            .view
+            .part::<ListenerSample>(listeners::REGISTRATION.name)
+            .map(|ls| {
+                ls.listeners
+                    .iter()
+                    .filter_map(|l| l.endpoint.inet().copied())
+                    .collect()
+            });
+        for q in &c.queues {
+            let Some(key) = q.endpoint.inet() else {
+                continue;
+            };
+            if live.as_ref().is_some_and(|live| !live.contains(key)) {
+                continue;
+            }
+            let (address, port) = (q.endpoint.address(), key.port.to_string());
+            let labels = [
+                ("netns", netns),
+                ("family", q.endpoint.family()),
+                ("address", address.as_str()),
+                ("port", port.as_str()),
+            ];
+            out.push(&ACCEPT_QUEUE_BYTES, &labels, q.queued_bytes as f64);
+            if let Some(oldest) = q.oldest_seconds {
+                out.push(&ACCEPT_QUEUE_OLDEST, &labels, oldest);
+            }
+            out.push(&SYN_QUEUE_LENGTH, &labels, q.syn_queue_length as f64);
+        }
+        for p in &c.ports {
+            let port = p.port_label();
+            let labels = [
+                ("netns", netns),
+                ("role", p.role.as_str()),
+                ("port", port.as_str()),
+            ];
+            for state in TcpState::CONNECTION_STATES {
+                let n = p.count(state);
+                if n > 0 {
+                    let mut with_state = labels.to_vec();
+                    with_state.push(("state", state.as_str()));
+                    out.push(&TCP_CONNECTIONS, &with_state, n as f64);
+                }
+            }
+            out.push(&TCP_SEND_QUEUE, &labels, p.send_queue_bytes as f64);
+            out.push(&TCP_RECV_QUEUE, &labels, p.recv_queue_bytes as f64);
+        }
+        out.push(
+            &CLIENT_PORTS_FOLDED,
+            &[("netns", netns)],
+            c.client_ports_folded as f64,
+        );
+    }
+
+    fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
+        let Some(c) = ns.view.part::<ConnectionSample>(REGISTRATION.name) else {
+            return;
+        };
+        let mut rows: Vec<Vec<String>> = vec![
+            ["ROLE", "PORT", "SEND-Q", "RECV-Q", "STATES"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ];
+        for p in &c.ports {
+            let states: Vec<String> = p.states.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            rows.push(vec![
+                p.role.as_str().to_string(),
+                p.port_label(),
+                p.send_queue_bytes.to_string(),
+                p.recv_queue_bytes.to_string(),
+                states.join(" "),
+            ]);
+        }
+        let mut text = format!("\n{}", align(&rows));
+        text.push_str(&format!("\n{} sockets\n", c.sockets));
+        if c.client_ports_folded > 0 {
+            text.push_str(&format!(
+                "{} client ports folded into \"other\"\n",
+                c.client_ports_folded
+            ));
+        }
+        out.sections.push(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<clap::ArgMatches, clap::Error> {
+        clap::Command::new("t")
+            .args(super::args())
+            .try_get_matches_from([&["t"], args].concat())
+    }
+
+    #[test]
+    fn port_lists() {
+        assert_eq!(parse_ports("443, 80, 80"), Ok(PortList(vec![80, 443])));
+        let many = vec!["80"; 3000].join(",");
+        assert_eq!(
+            parse_ports(&many),
+            Ok(PortList(vec![80])),
+            "duplicates do not count"
+        );
+        let long: String = (1..=3000)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = parse_ports(&long).unwrap_err();
+        assert!(e.len() < 100, "the error does not echo the list: {e}");
+        assert!(parse_ports("80,http").unwrap_err().contains("not a port"));
+        assert!(parse_ports("70000").is_err());
+        assert!(parse_ports("").is_err());
+        let only = settings(&cli(&["--collector.connections.ports", "443,80"]).unwrap())
+            .filter
+            .unwrap();
+        assert_eq!((only.mode(), only.ports()), (Mode::Only, &[80, 443][..]));
+        let except = settings(&cli(&["--collector.connections.exclude-ports", "22"]).unwrap())
+            .filter
+            .unwrap();
+        assert_eq!((except.mode(), except.ports()), (Mode::Except, &[22][..]));
+        let defaults = settings(&cli(&[]).unwrap());
+        assert_eq!(
+            defaults,
+            Settings {
+                max_client_ports: 256,
+                filter: None,
+                queue_ages: true
+            }
+        );
+        assert!(
+            cli(&[
+                "--collector.connections.ports",
+                "80",
+                "--collector.connections.exclude-ports",
+                "22"
+            ])
+            .is_err(),
+            "include and exclude are exclusive"
+        );
+        let m = cli(&["--collector.connections.queue-age", "off"]).unwrap();
+        assert!(!settings(&m).queue_ages);
+        assert!(cli(&["--collector.connections.queue-age", "fuzzy"]).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The `processes` collector: which process (command, executable, command
+//! line, pid, systemd unit, container) owns each listening socket, TCP and
+//! unix alike, found by walking `/proc/<pid>/fd` on the full tier.
+//!
+//! It needs no handle of its own: the listeners it attributes are those the
+//! listener collectors last published for the namespace. Owners are cached
+//! by socket cookie and confirmed with one `readlink` each; `/proc` is
+//! walked only for listeners that are new or lost their owner, over the
+//! processes of that namespace as one per-pass index lists them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::family::{Families, Kind, MetricDef, NETNS_LABELS};
+use crate::model::{NetnsView, OwnerSample};
+use crate::netns::Need;
+use crate::owners::{Owner, OwnerCache, ProcessIndex};
+
+use super::listeners::ListenerLabels;
+use super::{Collector, Common, Ctx, NamespaceView, Registration, Sample, Tier, TypedCollector};
+
+/// Its declaration.
+pub static REGISTRATION: Registration = Registration {
+    name: "processes",
+    help: "which process (command, pid, systemd unit, container) owns each listener, as \
+           sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new listener \
+           appears; other users' processes need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. \
+           Attributes the listeners the listeners and unix collectors find.",
+    default_enabled: true,
+    tier: Tier::Full,
+    families: &[&LISTENER_PROCESS_INFO, &LISTENER_OWNER_UNKNOWN],
+    args: Vec::new,
+    build,
+};
+
+/// `sockdiag_listener_process_info`
+pub const LISTENER_PROCESS_INFO: MetricDef = MetricDef {
+    name: "sockdiag_listener_process_info",
+    kind: Kind::Gauge,
+    labels: &[
+        "netns",
+        "family",
+        "address",
+        "port",
+        "pid",
+        "comm",
+        "unit",
+        "container_id",
+    ],
+    member: true,
+    help: "Always 1: the process owning this listening socket (the lowest pid holding it), its command name, systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue.",
+};
+/// `sockdiag_listener_owner_unknown`
+pub const LISTENER_OWNER_UNKNOWN: MetricDef = MetricDef {
+    name: "sockdiag_listener_owner_unknown",
+    kind: Kind::Gauge,
+    labels: NETNS_LABELS,
+    member: false,
+    help: "Listening sockets of the namespace whose owning process is not known: the exporter may not read other users' /proc/PID/fd (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH), or the owner is outside the namespace.",
+};
+
+fn build(_: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
+    Box::new(Processes {
+        common: common.clone(),
+    })
+}
+
+/// The built collector.
+pub struct Processes {
+    common: Common,
+}
+
+/// Set once the fds of some process could not be read, so that is logged
+/// once for the daemon's life, not once per namespace per pass.
+static DENIAL_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// The owner of the listener with this cookie in a namespace's view.
+pub fn owner(view: &NetnsView, cookie: u64) -> Option<&Owner> {
+    view.part::<OwnerSample>(REGISTRATION.name)?.get(cookie)
+}
+
+impl TypedCollector for Processes {
+    type State = OwnerCache;
+    type Scratch = ProcessIndex;
+
+    fn registration(&self) -> &'static Registration {
+        &REGISTRATION
+    }
+
+    fn needs(&self) -> &'static [Need] {
+        &[]
+    }
+
+    fn new_state(&self) -> OwnerCache {
+        OwnerCache::new(self.common.procfs.clone(), self.common.owner_retry)
+    }
+
+    fn new_scratch(&self) -> ProcessIndex {
+        ProcessIndex::new(self.common.procfs.clone())
+    }
+
+    fn begin_pass(&self, index: &mut ProcessIndex) {
+        index.clear();
+    }
+
+    fn sample(
+        &self,
+        ctx: &mut Ctx<'_>,
+        cache: &mut OwnerCache,
+        index: &mut ProcessIndex,
+    ) -> Sample {
+        let Some(view) = ctx.view else {
+            return Sample::Idle;
+        };
+        let mut samples = view.listener_samples().peekable();
+        if samples.peek().is_none() {
+            // No listener collector has published here yet.
+            return Sample::Idle;
+        }
+        let listeners: Vec<(u64, u32)> = samples
+            .flat_map(|(_, s)| s.listeners.iter().map(|l| (l.cookie, l.inode)))
+            .collect();
+        let netns = (ctx.info.id != (0, 0)).then_some(ctx.info.id);
+        let stats = cache.refresh_with(ctx.now, netns, &listeners, index);
+        if stats.denied > 0 && !DENIAL_LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                netns = %ctx.info.name,
+                processes = stats.denied,
+                "cannot read the open files of some processes (needs CAP_SYS_PTRACE and \
+                 CAP_DAC_READ_SEARCH): their listeners get no process name; \
+                 sockdiag_listener_owner_unknown counts them (logged once)"
+            );
+        }
+        let owners = listeners
+            .iter()
+            .filter_map(|(cookie, _)| Some((*cookie, cache.get(*cookie)?.clone())))
+            .collect();
+        Sample::Done(Arc::new(OwnerSample::new(owners, stats.unknown)))
+    }
+
+    fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
+        let Some(owners) = ns.view.part::<OwnerSample>(REGISTRATION.name) else {
+            return;
+        };
+        for (_, sample) in ns.view.listener_samples() {
+            for l in &sample.listeners {
+                let Some(owner) = owners.get(l.cookie) else {
+                    continue;
+                };
+                let labels = ListenerLabels::of(l);
+                let pid = owner.pid.to_string();
+                let w = &owner.workload;
+                let extra = [
+                    ("pid", pid.as_str()),
+                    ("comm", owner.comm.as_str()),
+                    ("unit", w.unit.as_deref().unwrap_or("")),
+                    ("container_id", w.container_id.as_deref().unwrap_or("")),
+                ];
+                out.push(&LISTENER_PROCESS_INFO, &labels.pairs(ns.name, &extra), 1.0);
+            }
+        }
+        out.push(
+            &LISTENER_OWNER_UNKNOWN,
+            &[("netns", ns.name)],
+            owners.unknown as f64,
+        );
+    }
+}

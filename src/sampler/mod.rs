@@ -1,0 +1,455 @@
+//! The driver: finds the namespaces to collect, and runs every enabled
+//! collector in each of them on its tier, publishing to the [`Store`].
+//!
+//! Two tiers run on their own threads: the fast tier every
+//! `--collector.listeners.interval` (listener dumps, whose figures change
+//! between scrapes), the full tier every `--collector.connections.interval`
+//! (connection walks and procfs reads). A tier keeps, per namespace, the
+//! handles its collectors need ([`Handles`]: opened inside the namespace,
+//! retried with back-off) and each collector's state, and drops both when
+//! the namespace stops being collected. `snapshot` runs the very same
+//! passes once ([`run_once`]).
+
+pub mod log;
+pub mod schedule;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::collect::{Collector, Ctx, NamespaceView, Sample, Tier};
+use crate::model::{NetnsView, Outcome};
+use crate::netns::{DiscoveryConfig, Handles, Need, NetnsInfo, NsId, discover};
+use crate::store::Store;
+
+use self::log::{FailureLog, Notices};
+use self::schedule::Due;
+
+/// The name of namespace discovery in `--collector.netns` and the
+/// `collector` label.
+pub const NETNS: &str = "netns";
+
+/// What the driver needs beyond the collectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Period of the fast tier.
+    pub fast_interval: Duration,
+    /// Period of the full tier.
+    pub full_interval: Duration,
+    /// Which namespaces to collect.
+    pub discovery: DiscoveryConfig,
+    /// Where procfs is mounted.
+    pub procfs: std::path::PathBuf,
+}
+
+/// A source of monotonic time: the real clock, or a test's.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// Logging shared by every tier.
+#[derive(Debug, Default)]
+pub struct Logs {
+    failures: FailureLog,
+    notices: Notices,
+}
+
+struct Lane {
+    collector: Arc<dyn Collector>,
+    scratch: Box<dyn Any + Send>,
+    /// Failures of this pass, one line per namespace.
+    errors: Vec<String>,
+    /// Time spent sampling in this pass.
+    spent: Duration,
+}
+
+struct Slot {
+    handles: Handles,
+    states: Vec<Box<dyn Any + Send>>,
+    due: Vec<Due>,
+    /// The discovery generation in which entering was refused; not retried
+    /// before the next one.
+    refused_in: Option<u64>,
+}
+
+/// One tier: its collectors, and their state in every namespace.
+pub struct TierRunner {
+    tier: Tier,
+    interval: Duration,
+    procfs: std::path::PathBuf,
+    lanes: Vec<Lane>,
+    slots: HashMap<NsId, Slot>,
+    clock: Arc<dyn Clock>,
+    logs: Arc<Logs>,
+}
+
+impl TierRunner {
+    /// A runner for the collectors of `tier` among `collectors`.
+    pub fn new(
+        tier: Tier,
+        interval: Duration,
+        procfs: &std::path::Path,
+        collectors: &[Arc<dyn Collector>],
+        clock: Arc<dyn Clock>,
+        logs: Arc<Logs>,
+    ) -> Self {
+        let lanes = collectors
+            .iter()
+            .filter(|c| c.registration().tier == tier)
+            .map(|c| Lane {
+                collector: c.clone(),
+                scratch: c.new_scratch(),
+                errors: Vec::new(),
+                spent: Duration::ZERO,
+            })
+            .collect();
+        TierRunner {
+            tier,
+            interval,
+            procfs: procfs.to_path_buf(),
+            lanes,
+            slots: HashMap::new(),
+            clock,
+            logs,
+        }
+    }
+
+    /// Whether it has anything to run.
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+
+    /// Samples every namespace with every collector that is due there, and
+    /// records each collector's pass.
+    pub fn pass(&mut self, store: &Store) {
+        let set = store.targets();
+        // Handles keep a deleted namespace alive in the kernel: drop those
+        // of namespaces no longer collected at once.
+        self.slots.retain(|id, _| set.get(*id).is_some());
+        for lane in &mut self.lanes {
+            lane.collector.begin_pass(&mut *lane.scratch);
+            lane.errors.clear();
+            lane.spent = Duration::ZERO;
+        }
+        for info in &set.targets.list {
+            self.sample_namespace(store, info, set.generation);
+        }
+        for lane in &mut self.lanes {
+            let result = if lane.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(lane.errors.join("; "))
+            };
+            store.record(lane.collector.registration().name, lane.spent, result);
+        }
+    }
+
+    fn sample_namespace(&mut self, store: &Store, info: &NetnsInfo, generation: u64) {
+        let (interval, procfs, lanes) = (self.interval, &self.procfs, &self.lanes);
+        let slot = self.slots.entry(info.id).or_insert_with(|| Slot {
+            handles: Handles::new(info, procfs),
+            states: lanes.iter().map(|l| l.collector.new_state()).collect(),
+            due: lanes.iter().map(|_| Due::new(interval)).collect(),
+            refused_in: None,
+        });
+        if slot.refused_in == Some(generation) {
+            return;
+        }
+        let now = self.clock.now();
+        let due: Vec<usize> = (0..self.lanes.len())
+            .filter(|&i| slot.due[i].is_due(now, self.interval))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut needs: Vec<Need> = Vec::new();
+        for &i in &due {
+            for n in self.lanes[i].collector.needs() {
+                if !needs.contains(n) {
+                    needs.push(*n);
+                }
+            }
+        }
+        // Other collectors' parts, for those that build on them.
+        let view: Option<NetnsView> = (self.tier == Tier::Full)
+            .then(|| store.view(info.id))
+            .flatten();
+        let mut prepared = slot.handles.prepare(info, &needs, now);
+        for i in due {
+            let lane = &mut self.lanes[i];
+            let name = lane.collector.registration().name;
+            let started = self.clock.now();
+            if prepared.is_ok() {
+                // Again for this collector alone: a previous one may have
+                // dropped a socket after a failed dump.
+                prepared = slot.handles.prepare(info, lane.collector.needs(), started);
+            }
+            if let Err(e) = &prepared {
+                if e.is_gone() {
+                    tracing::debug!(netns = %info.name, error = %e, "namespace vanished");
+                    return;
+                }
+                // Refused: not a fault of the collector, shown per
+                // namespace by sockdiag_netns_up; tried again after the
+                // next discovery.
+                self.logs.notices.entering_denied(info, e);
+                slot.refused_in = Some(generation);
+                store.publish(
+                    info,
+                    name,
+                    None,
+                    Outcome::Refused(e.to_string()),
+                    Duration::ZERO,
+                );
+                continue;
+            }
+            let mut ctx = Ctx {
+                info,
+                handles: &mut slot.handles,
+                view: view.as_ref(),
+                now: started,
+                wall: SystemTime::now(),
+                period: slot.due[i].period(),
+            };
+            let sample = lane
+                .collector
+                .sample(&mut ctx, &mut *slot.states[i], &mut *lane.scratch);
+            let ended = self.clock.now();
+            let took = ended.saturating_duration_since(started);
+            lane.spent += took;
+            slot.due[i].sampled(started, self.interval, lane.collector.min_period(took));
+            let (part, error) = match sample {
+                Sample::Done(part) => (Some(part), None),
+                Sample::Partial(part, e) => (Some(part), Some(e.to_string())),
+                Sample::Failed(e) => (None, Some(e.to_string())),
+                Sample::Idle => (None, None),
+            };
+            self.logs
+                .failures
+                .outcome(name, &info.name, ended, error.as_deref());
+            if let Some(e) = &error {
+                lane.errors.push(format!("netns {}: {e}", info.name));
+            }
+            let outcome = error.map_or(Outcome::Ok, Outcome::Failed);
+            store.publish(info, name, part, outcome, took);
+        }
+    }
+}
+
+/// Wakes sampler threads for shutdown.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shutdown {
+    /// Asks every thread waiting on this to stop.
+    pub fn trigger(&self) {
+        *lock(&self.stopped) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps until `deadline` or shutdown; true if shutting down.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = lock(&self.stopped);
+        loop {
+            if *stopped {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            stopped = match self.cv.wait_timeout(stopped, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+/// Runs `tick` every `interval` until shutdown, starting one interval from
+/// now. A slow tick pushes the next one back rather than causing a burst of
+/// catch-up ticks.
+fn every(interval: Duration, shutdown: &Shutdown, mut tick: impl FnMut()) {
+    let mut next = Instant::now() + interval;
+    loop {
+        if shutdown.wait_until(next) {
+            return;
+        }
+        tick();
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now + interval;
+        }
+    }
+}
+
+/// One discovery pass: finds and names the namespaces, and publishes them
+/// unless the scan failed (a failed scan knows only the daemon's own
+/// namespace; dropping every other one's series for a passing procfs
+/// hiccup would be a lie of omission, so the last good list stands, but the
+/// first pass must set one).
+pub fn discovery_pass(discovery: &DiscoveryConfig, store: &Store, logs: &Logs) {
+    let started = Instant::now();
+    let (targets, error) = discover(discovery);
+    let (found, excluded) = (targets.list.len(), targets.excluded);
+    let mut problems: Vec<String> = targets.problems.clone();
+    if error.is_none() || store.targets().generation == 0 {
+        logs.notices.discovery_denied(targets.denied);
+        store.set_targets(targets);
+    }
+    if let Some(e) = error {
+        problems.insert(0, e.to_string());
+    }
+    if discovery.enabled {
+        tracing::debug!(found, excluded, "namespaces discovered");
+        let problem = (!problems.is_empty()).then(|| problems.join("; "));
+        logs.failures
+            .outcome(NETNS, "", Instant::now(), problem.as_deref());
+        store.record(NETNS, started.elapsed(), problem.map_or(Ok(()), Err));
+    }
+}
+
+/// What a sampler thread runs until shutdown.
+type ThreadBody = dyn FnMut(&Store, &Shutdown) + Send;
+
+/// The running sampler threads.
+pub struct Sampler {
+    shutdown: Arc<Shutdown>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Finds the namespaces to collect and takes a first fast pass (so the
+    /// full tier's first pass finds listeners to attribute), then starts
+    /// discovery (if enabled) and the tiers that have collectors.
+    pub fn start(
+        config: &Config,
+        collectors: &[Arc<dyn Collector>],
+        store: Arc<Store>,
+    ) -> std::io::Result<Self> {
+        let shutdown = Arc::new(Shutdown::default());
+        let logs = Arc::new(Logs::default());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let mut threads = Vec::new();
+        discovery_pass(&config.discovery, &store, &logs);
+        let runner = |tier, interval| {
+            TierRunner::new(
+                tier,
+                interval,
+                &config.procfs,
+                collectors,
+                clock.clone(),
+                logs.clone(),
+            )
+        };
+        let mut fast = runner(Tier::Fast, config.fast_interval);
+        let mut full = runner(Tier::Full, config.full_interval);
+        let spawn = |name: &str, mut body: Box<ThreadBody>| {
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&store, &shutdown))
+        };
+        if config.discovery.enabled {
+            let (discovery, logs) = (config.discovery.clone(), logs.clone());
+            threads.push(spawn(
+                "discover-netns",
+                Box::new(move |store, shutdown| {
+                    every(discovery.rescan_interval, shutdown, || {
+                        discovery_pass(&discovery, store, &logs)
+                    })
+                }),
+            )?);
+        }
+        if !fast.is_empty() {
+            fast.pass(&store);
+            let interval = config.fast_interval;
+            threads.push(spawn(
+                "sample-fast",
+                Box::new(move |store, shutdown| {
+                    every(interval, shutdown, || fast.pass(store));
+                }),
+            )?);
+        }
+        if !full.is_empty() {
+            let interval = config.full_interval;
+            threads.push(spawn(
+                "sample-full",
+                Box::new(move |store, shutdown| {
+                    full.pass(store);
+                    every(interval, shutdown, || full.pass(store));
+                }),
+            )?);
+        }
+        Ok(Sampler { shutdown, threads })
+    }
+
+    /// Stops the threads, waiting up to `timeout` for them; a thread stuck in
+    /// a dump is left to die with the process.
+    pub fn stop(self, timeout: Duration) {
+        self.shutdown.trigger();
+        let deadline = Instant::now() + timeout;
+        for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// One look, for `snapshot`: discovery, then one pass of each tier, fast
+/// first, into `store`.
+pub fn run_once(config: &Config, collectors: &[Arc<dyn Collector>], store: &Store) {
+    let logs = Arc::new(Logs::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    discovery_pass(&config.discovery, store, &logs);
+    for (tier, interval) in [
+        (Tier::Fast, config.fast_interval),
+        (Tier::Full, config.full_interval),
+    ] {
+        TierRunner::new(
+            tier,
+            interval,
+            &config.procfs,
+            collectors,
+            clock.clone(),
+            logs.clone(),
+        )
+        .pass(store);
+    }
+}
+
+/// One namespace of a snapshot, as renderers see it.
+pub fn namespace_view<'a>(info: &'a NetnsInfo, view: &'a NetnsView) -> NamespaceView<'a> {
+    NamespaceView {
+        name: &info.name,
+        view,
+    }
+}
+
+#[cfg(test)]
+mod tests;

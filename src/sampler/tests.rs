@@ -1,0 +1,295 @@
+//! The driver with made-up collectors and a made-up clock: which
+//! namespaces get sampled when, what is published, what is recorded.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+use crate::collect::{Common, Registration, SampleError, TypedCollector};
+use crate::family::Families;
+use crate::model::{ListenerSample, NetstatSample};
+use crate::netns::{NameSource, Targets, own};
+
+/// A clock that moves only when told.
+#[derive(Default)]
+struct FakeClock(Mutex<Option<Instant>>);
+
+impl FakeClock {
+    fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap();
+        *t = Some(t.unwrap_or_else(Instant::now) + by);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap().get_or_insert_with(Instant::now)
+    }
+}
+
+fn never_built(_: &clap::ArgMatches, _: &Common) -> Box<dyn Collector> {
+    unreachable!("test collectors are made by hand")
+}
+
+static FAST: Registration = Registration {
+    name: "fast_test",
+    help: "",
+    default_enabled: true,
+    tier: Tier::Fast,
+    families: &[],
+    args: Vec::new,
+    build: never_built,
+};
+
+static FULL: Registration = Registration {
+    name: "full_test",
+    help: "",
+    default_enabled: true,
+    tier: Tier::Full,
+    families: &[],
+    args: Vec::new,
+    build: never_built,
+};
+
+/// Publishes a `ListenerSample` on the fast tier; each sample costs
+/// `cost` on the fake clock, fails in namespaces named `bad*`, and asks for
+/// `least` between samples if set.
+struct Fake {
+    clock: Arc<FakeClock>,
+    cost: Duration,
+    least: Option<Duration>,
+    samples: AtomicU64,
+    states: AtomicU64,
+}
+
+impl Fake {
+    fn new(clock: &Arc<FakeClock>, cost: Duration, least: Option<Duration>) -> Arc<Self> {
+        Arc::new(Fake {
+            clock: clock.clone(),
+            cost,
+            least,
+            samples: AtomicU64::new(0),
+            states: AtomicU64::new(0),
+        })
+    }
+}
+
+impl TypedCollector for Fake {
+    /// Samples taken in this namespace.
+    type State = u64;
+    type Scratch = ();
+
+    fn registration(&self) -> &'static Registration {
+        &FAST
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[]
+    }
+    fn new_state(&self) -> u64 {
+        self.states.fetch_add(1, Ordering::Relaxed);
+        0
+    }
+    fn new_scratch(&self) {}
+    fn sample(&self, ctx: &mut Ctx<'_>, state: &mut u64, _: &mut ()) -> Sample {
+        self.clock.advance(self.cost);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+        *state += 1;
+        if ctx.info.name.starts_with("bad") && *state > 1 {
+            return Sample::Failed(SampleError::Internal("made to fail"));
+        }
+        Sample::Done(Arc::new(ListenerSample {
+            taken_at: ctx.wall,
+            listeners: Vec::new(),
+            unexported: vec![("samples", *state)],
+        }))
+    }
+    fn min_period(&self, _took: Duration) -> Option<Duration> {
+        self.least
+    }
+    fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
+}
+
+/// Runs on the full tier and reports whether it saw the fast part.
+struct Reader;
+
+impl TypedCollector for Reader {
+    type State = ();
+    type Scratch = ();
+    fn registration(&self) -> &'static Registration {
+        &FULL
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[]
+    }
+    fn new_state(&self) {}
+    fn new_scratch(&self) {}
+    fn sample(&self, ctx: &mut Ctx<'_>, _: &mut (), _: &mut ()) -> Sample {
+        let saw = ctx
+            .view
+            .and_then(|v| v.part::<ListenerSample>(FAST.name))
+            .map_or(0, |s| s.unexported[0].1);
+        Sample::Done(Arc::new(NetstatSample {
+            taken_at: ctx.wall,
+            listen_overflows: Some(saw),
+            listen_drops: None,
+            somaxconn: None,
+        }))
+    }
+    fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
+}
+
+/// A namespace entered in place (as the daemon's own is), so no test
+/// needs privileges; the made-up collectors need no handles anyway.
+fn ns(id: u64, name: &str) -> NetnsInfo {
+    NetnsInfo {
+        id: (7, id),
+        name: name.to_string(),
+        source: NameSource::Host,
+        ..own(Path::new("/nonexistent"))
+    }
+}
+
+fn store_with(list: Vec<NetnsInfo>) -> Store {
+    let store = Store::new(&[FAST.name, FULL.name]);
+    store.set_targets(Targets {
+        list,
+        ..Targets::default()
+    });
+    store
+}
+
+fn runner(tier: Tier, collectors: &[Arc<dyn Collector>], clock: &Arc<FakeClock>) -> TierRunner {
+    let clock: Arc<dyn Clock> = clock.clone();
+    TierRunner::new(
+        tier,
+        Duration::from_millis(200),
+        Path::new("/proc"),
+        collectors,
+        clock,
+        Arc::new(Logs::default()),
+    )
+}
+
+fn samples_in(store: &Store, id: u64) -> Option<u64> {
+    store
+        .view((7, id))?
+        .part::<ListenerSample>(FAST.name)
+        .map(|s| s.unexported[0].1)
+}
+
+#[test]
+fn every_namespace_is_sampled_every_pass_and_published_apart() {
+    let clock = Arc::new(FakeClock::default());
+    let fake = Fake::new(&clock, Duration::from_millis(1), None);
+    let store = store_with(vec![ns(1, "a"), ns(2, "b")]);
+    let mut fast = runner(Tier::Fast, &[fake.clone() as Arc<dyn Collector>], &clock);
+    for _ in 0..3 {
+        fast.pass(&store);
+        clock.advance(Duration::from_millis(200));
+    }
+    assert_eq!(
+        (samples_in(&store, 1), samples_in(&store, 2)),
+        (Some(3), Some(3))
+    );
+    let h = store.health();
+    assert_eq!(h[0].0, FAST.name);
+    assert_eq!((h[0].1.samples_total, h[0].1.errors_total), (3, 0));
+    assert_eq!(
+        h[0].1.last_duration,
+        Some(Duration::from_millis(2)),
+        "time spent, summed over namespaces"
+    );
+}
+
+#[test]
+fn a_failing_namespace_fails_the_pass_and_keeps_its_last_part() {
+    let clock = Arc::new(FakeClock::default());
+    let fake = Fake::new(&clock, Duration::ZERO, None);
+    let store = store_with(vec![ns(1, "good"), ns(2, "bad")]);
+    let mut fast = runner(Tier::Fast, &[fake as Arc<dyn Collector>], &clock);
+    fast.pass(&store);
+    clock.advance(Duration::from_millis(200));
+    fast.pass(&store);
+    let h = &store.health()[0].1;
+    assert_eq!((h.samples_total, h.errors_total), (2, 1));
+    let error = h.last_error.as_deref().unwrap();
+    assert!(error.starts_with("netns bad: "), "{error}");
+    assert!(!error.contains("good"));
+    let bad = store.view((7, 2)).unwrap();
+    assert_eq!(
+        bad.part::<ListenerSample>(FAST.name).unwrap().unexported[0].1,
+        1
+    );
+    let st = &bad.status[FAST.name];
+    assert!(!st.ok && st.last_success.is_some());
+    assert!(store.view((7, 1)).unwrap().status[FAST.name].ok);
+}
+
+#[test]
+fn a_dear_namespace_is_sampled_less_often_than_a_cheap_one() {
+    let clock = Arc::new(FakeClock::default());
+    // Every sample asks for a second before the next one: one tick in five.
+    let fake = Fake::new(&clock, Duration::ZERO, Some(Duration::from_secs(1)));
+    let store = store_with(vec![ns(1, "a")]);
+    let mut fast = runner(Tier::Fast, &[fake.clone() as Arc<dyn Collector>], &clock);
+    for _ in 0..20 {
+        fast.pass(&store);
+        clock.advance(Duration::from_millis(200));
+    }
+    assert_eq!(
+        fake.samples.load(Ordering::Relaxed),
+        4,
+        "at 0, 1, 2 and 3 s"
+    );
+}
+
+#[test]
+fn a_vanished_namespace_loses_its_state_and_a_new_one_starts_afresh() {
+    let clock = Arc::new(FakeClock::default());
+    let fake = Fake::new(&clock, Duration::ZERO, None);
+    let store = store_with(vec![ns(1, "a"), ns(2, "b")]);
+    let mut fast = runner(Tier::Fast, &[fake.clone() as Arc<dyn Collector>], &clock);
+    fast.pass(&store);
+    clock.advance(Duration::from_millis(200));
+    store.set_targets(Targets {
+        list: vec![ns(1, "a"), ns(3, "c")],
+        ..Targets::default()
+    });
+    fast.pass(&store);
+    assert_eq!(fast.slots.len(), 2);
+    assert!(!fast.slots.contains_key(&(7, 2)));
+    assert_eq!(fake.states.load(Ordering::Relaxed), 3);
+    assert_eq!(samples_in(&store, 1), Some(2));
+    assert_eq!(samples_in(&store, 3), Some(1));
+    assert!(store.view((7, 2)).is_none());
+}
+
+#[test]
+fn the_full_tier_reads_what_the_fast_tier_published() {
+    let clock = Arc::new(FakeClock::default());
+    let fake = Fake::new(&clock, Duration::ZERO, None);
+    let collectors: Vec<Arc<dyn Collector>> = vec![fake, Arc::new(Reader)];
+    let store = store_with(vec![ns(1, "a")]);
+    let mut fast = runner(Tier::Fast, &collectors, &clock);
+    let mut full = runner(Tier::Full, &collectors, &clock);
+    assert_eq!((fast.lanes.len(), full.lanes.len()), (1, 1));
+    fast.pass(&store);
+    // Not due again yet: the pass samples nothing.
+    fast.pass(&store);
+    clock.advance(Duration::from_millis(200));
+    fast.pass(&store);
+    full.pass(&store);
+    let seen = store
+        .view((7, 1))
+        .unwrap()
+        .part::<NetstatSample>(FULL.name)
+        .unwrap()
+        .listen_overflows;
+    assert_eq!(seen, Some(2));
+    assert_eq!(
+        store.health()[0].1.samples_total,
+        3,
+        "every pass is recorded"
+    );
+}
