@@ -65,6 +65,14 @@ pub const NETNS_SAMPLE_DURATION: MetricDef = MetricDef {
     member: false,
     help: "How long the last sample of this collector in this namespace took; the sum over namespaces is sockdiag_collector_duration_seconds. Every namespace's dump walks the host-wide socket tables, so this grows with all sockets on the node.",
 };
+/// `sockdiag_netns_last_sample_timestamp_seconds`
+pub const NETNS_LAST_SAMPLE: MetricDef = MetricDef {
+    name: "sockdiag_netns_last_sample_timestamp_seconds",
+    kind: Kind::Gauge,
+    labels: &["netns", "collector"],
+    member: false,
+    help: "Unix time of the last successful sample of this collector in this namespace: its figures are as old as this. Compare with time() to see how fresh each namespace's figures are.",
+};
 /// `sockdiag_build_info`
 pub const BUILD_INFO: MetricDef = MetricDef {
     name: "sockdiag_build_info",
@@ -120,6 +128,7 @@ pub const EXPORTER_FAMILIES: &[&MetricDef] = &[
     &NETNS_UNREADABLE,
     &NETNS_UP,
     &NETNS_SAMPLE_DURATION,
+    &NETNS_LAST_SAMPLE,
     &BUILD_INFO,
     &COLLECTOR_DURATION,
     &COLLECTOR_ERRORS,
@@ -157,11 +166,11 @@ pub fn render(snapshot: &Snapshot, collectors: &[Arc<dyn Collector>]) -> Vec<Met
         let netns = info.name.as_str();
         if !view.status.is_empty() {
             for (collector, st) in &view.status {
-                f.push(
-                    &NETNS_SAMPLE_DURATION,
-                    &[("netns", netns), ("collector", collector)],
-                    st.duration.as_secs_f64(),
-                );
+                let labels = [("netns", netns), ("collector", collector)];
+                f.push(&NETNS_SAMPLE_DURATION, &labels, st.duration.as_secs_f64());
+                if let Some(t) = st.last_success {
+                    f.push(&NETNS_LAST_SAMPLE, &labels, seconds_since_epoch(t));
+                }
             }
             let up = view.status.values().all(|st| st.ok);
             f.push(&NETNS_UP, &[("netns", netns)], if up { 1.0 } else { 0.0 });

@@ -267,6 +267,10 @@ pub struct NetstatSample {
     pub listen_drops: Option<u64>,
     /// `net.core.somaxconn`.
     pub somaxconn: Option<u64>,
+    /// Whether the namespace shares the host's established-socket hash
+    /// (its `net.ipv4.tcp_ehash_entries` is negative); `None` on kernels
+    /// before 6.1, which have no such sysctl.
+    pub ehash_shared: Option<bool>,
 }
 
 /// Which process owns each listening socket of a namespace.

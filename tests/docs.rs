@@ -137,11 +137,6 @@ const PENDING: &[(&str, &str)] = &[
         "sockdiag_netstat_udp_in_errors_total",
         "issue 11 (UDP receivers)",
     ),
-    (
-        "sockdiag_netns_last_sample_timestamp_seconds",
-        "issue 12 (CPU budget)",
-    ),
-    ("sockdiag_netns_tcp_ehash_shared", "issue 12 (CPU budget)"),
 ];
 
 /// Every name the shared metric contract fixes must be exported.

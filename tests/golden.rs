@@ -79,6 +79,54 @@ fn tempdir(what: &str) -> PathBuf {
     dir
 }
 
+/// A unix socket of `kind` listening on abstract name `name`.
+fn unix_listener(name: &[u8], kind: i32, backlog: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::socket(libc::AF_UNIX, kind, 0) };
+    assert!(fd >= 0, "unix socket: {}", std::io::Error::last_os_error());
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let (addr, len) = abstract_addr(name);
+    let rc = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let rc = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), backlog) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    fd
+}
+
+/// A non-blocking client of abstract name `name`, left waiting.
+fn unix_connect(name: &[u8], kind: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_NONBLOCK, 0) };
+    assert!(fd >= 0);
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let (addr, len) = abstract_addr(name);
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn abstract_addr(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (i, b) in name.iter().enumerate() {
+        addr.sun_path[i + 1] = *b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    (addr, len as libc::socklen_t)
+}
+
 /// Connects and sends `bytes` bytes, without anyone accepting.
 fn client(addr: SocketAddr, bytes: usize) -> TcpStream {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -113,6 +161,15 @@ fn metrics_page_matches_the_golden_file() {
         let dual = listen("[::]:7777".parse().unwrap(), 8, false, Some(false));
         let _mapped = client(([127, 0, 0, 1], 7777).into(), 1);
 
+        // Unix listeners with abstract names (per namespace, so fixed
+        // names are safe): a full stream queue (backlog 3, four clients
+        // waiting) and an idle seqpacket one.
+        let app = unix_listener(b"golden-app", libc::SOCK_STREAM, 3);
+        let _app_clients: Vec<_> = (0..4)
+            .map(|_| unix_connect(b"golden-app", libc::SOCK_STREAM))
+            .collect();
+        let _seq = unix_listener(b"golden-seq", libc::SOCK_SEQPACKET, 1);
+
         // Another namespace, named by a symlink like `ip netns` makes.
         let blue = NetnsProcess::start(8080, 8, 0);
         let names = tempdir("golden-run-netns");
@@ -127,9 +184,9 @@ fn metrics_page_matches_the_golden_file() {
             "--path.run-netns",
             names.to_str().unwrap(),
         ]);
-        // Until every part of both namespaces is in: owners (the daemon's
-        // own listener is the sixth at home), connection figures and
-        // procfs counters.
+        // Until every part of both namespaces is in: owners (five TCP and
+        // two unix listeners, and the daemon's own), connection figures
+        // and procfs counters.
         let start = Instant::now();
         let body = loop {
             let (status, body) = daemon.get("/metrics");
@@ -138,7 +195,7 @@ fn metrics_page_matches_the_golden_file() {
             let ready = ["host", "blue"].iter().all(|ns| {
                 m.find("sockdiag_listener_process_info", &[("netns", ns)])
                     .len()
-                    == if *ns == "host" { 6 } else { 1 }
+                    == if *ns == "host" { 8 } else { 1 }
                     && !m.find("sockdiag_somaxconn", &[("netns", ns)]).is_empty()
                     && !m
                         .find("sockdiag_tcp_client_ports_folded", &[("netns", ns)])
@@ -156,7 +213,7 @@ fn metrics_page_matches_the_golden_file() {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        drop(dual);
+        drop((dual, app));
         let own_comm = std::fs::read_to_string("/proc/self/comm")
             .expect("own comm")
             .trim()

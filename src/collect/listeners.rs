@@ -46,7 +46,7 @@ pub const ACCEPT_QUEUE_LENGTH: MetricDef = MetricDef {
     kind: Kind::Gauge,
     labels: LISTENER_LABELS,
     member: true,
-    help: "Connections that completed the handshake and wait for accept() now. Above sockdiag_accept_queue_limit the kernel drops new connections: the application is not accepting fast enough.",
+    help: "Connections waiting for accept() now (for TCP, those that completed the handshake). Above sockdiag_accept_queue_limit the kernel refuses new ones (TCP drops SYNs; a unix connect blocks or fails with EAGAIN, which nginx answers with 502): the application is not accepting fast enough.",
 };
 /// `sockdiag_accept_queue_limit`
 pub const ACCEPT_QUEUE_LIMIT: MetricDef = MetricDef {
@@ -54,7 +54,7 @@ pub const ACCEPT_QUEUE_LIMIT: MetricDef = MetricDef {
     kind: Kind::Gauge,
     labels: LISTENER_LABELS,
     member: true,
-    help: "Effective accept-queue limit: min(listen() backlog, net.core.somaxconn). The queue is full when length > limit; raise the backlog or accept faster.",
+    help: "Effective accept-queue limit: min(listen() backlog, net.core.somaxconn). The queue is full when length > limit; raise the backlog (listen.backlog in php-fpm, --backlog in gunicorn) or accept faster.",
 };
 /// `sockdiag_accept_queue_peak_length`
 pub const ACCEPT_QUEUE_PEAK: MetricDef = MetricDef {
@@ -78,7 +78,7 @@ pub const LISTEN_DROPS: MetricDef = MetricDef {
     kind: Kind::Counter,
     labels: LISTENER_LABELS,
     member: true,
-    help: "Packets this listening socket dropped (its sk_drops): accept-queue overflows and other listen drops. Any increase means clients failed to connect or had to retransmit.",
+    help: "Packets this TCP listening socket dropped (its sk_drops): accept-queue overflows and other listen drops. Any increase means clients failed to connect or had to retransmit. Not exported for unix listeners, for which the kernel keeps no drop counter.",
 };
 
 fn build(_: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod listeners;
 pub mod netstat;
 pub mod processes;
+pub mod unix;
 
 use std::any::Any;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use crate::table::Report;
 /// Every collector, in the order they run within a tier and render.
 pub const REGISTRY: &[&Registration] = &[
     &listeners::REGISTRATION,
+    &unix::REGISTRATION,
     &connections::REGISTRATION,
     &netstat::REGISTRATION,
     &processes::REGISTRATION,

@@ -1,6 +1,7 @@
 //! The `netstat` collector: the namespace's TcpExt `ListenOverflows` and
-//! `ListenDrops` and its `net.core.somaxconn`, read from procfs files opened
-//! inside the namespace, on the full tier.
+//! `ListenDrops`, its `net.core.somaxconn`, and whether it shares the
+//! host's established-socket hash, read from procfs files opened inside the
+//! namespace, on the full tier.
 
 use std::sync::Arc;
 
@@ -16,11 +17,17 @@ use super::{
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
     name: "netstat",
-    help: "the namespace's TcpExt ListenOverflows/ListenDrops and net.core.somaxconn from \
+    help: "the namespace's TcpExt ListenOverflows/ListenDrops, net.core.somaxconn and \
+           whether it shares the host's established hash (net.ipv4.tcp_ehash_entries), from \
            procfs.",
     default_enabled: true,
     tier: Tier::Full,
-    families: &[&NETSTAT_OVERFLOWS, &NETSTAT_DROPS, &SOMAXCONN],
+    families: &[
+        &NETSTAT_OVERFLOWS,
+        &NETSTAT_DROPS,
+        &SOMAXCONN,
+        &EHASH_SHARED,
+    ],
     args: Vec::new,
     build,
 };
@@ -50,16 +57,39 @@ pub const SOMAXCONN: MetricDef = MetricDef {
     help: "net.core.somaxconn of the namespace: the ceiling on every listen() backlog.",
 };
 
-fn build(_: &clap::ArgMatches, _: &Common) -> Box<dyn Collector> {
-    Box::new(Netstat)
+/// `sockdiag_netns_tcp_ehash_shared`
+pub const EHASH_SHARED: MetricDef = MetricDef {
+    name: "sockdiag_netns_tcp_ehash_shared",
+    kind: Kind::Gauge,
+    labels: NETNS_LABELS,
+    member: false,
+    help: "1 when the namespace shares the host's established-socket hash (its net.ipv4.tcp_ehash_entries is negative, because net.ipv4.tcp_child_ehash_entries was 0 when it was created): every connection walk in it then costs every socket on the node. Not exported before Linux 6.1.",
+};
+
+fn build(_: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
+    // The sysctl is the kernel's (6.1+), the same in every namespace: where
+    // the host lacks it, no namespace has it, and it is not asked for.
+    let ehash = common
+        .procfs
+        .join("sys/net/ipv4/tcp_ehash_entries")
+        .exists();
+    Box::new(Netstat { ehash })
 }
 
 /// The built collector.
-pub struct Netstat;
+pub struct Netstat {
+    /// Whether the kernel has `net.ipv4.tcp_ehash_entries`.
+    ehash: bool,
+}
 
 const NEEDS: &[Need] = &[
     Need::Proc(ProcName::Netstat),
     Need::Proc(ProcName::Somaxconn),
+];
+const NEEDS_EHASH: &[Need] = &[
+    Need::Proc(ProcName::Netstat),
+    Need::Proc(ProcName::Somaxconn),
+    Need::Proc(ProcName::EhashEntries),
 ];
 
 impl TypedCollector for Netstat {
@@ -72,7 +102,7 @@ impl TypedCollector for Netstat {
     }
 
     fn needs(&self) -> &'static [Need] {
-        NEEDS
+        if self.ehash { NEEDS_EHASH } else { NEEDS }
     }
 
     fn new_state(&self) -> Self::State {
@@ -114,11 +144,30 @@ impl TypedCollector for Netstat {
                 previous.and_then(|p| p.somaxconn)
             }
         };
+        let ehash_shared = if self.ehash {
+            let entries = match ctx.handles.proc(ProcName::EhashEntries, ctx.now) {
+                Ok(file) => file
+                    .read()
+                    .and_then(|text| procfs::parse_signed(file.path(), &text))
+                    .map_err(SampleError::from),
+                Err(e) => Err(e.into()),
+            };
+            match entries {
+                Ok(n) => Some(n < 0),
+                Err(e) => {
+                    errors.push(e);
+                    previous.and_then(|p| p.ehash_shared)
+                }
+            }
+        } else {
+            None
+        };
         let sample = Arc::new(NetstatSample {
             taken_at: ctx.wall,
             listen_overflows: overflows,
             listen_drops: drops,
             somaxconn,
+            ehash_shared,
         });
         *last = Some(sample.clone());
         match errors.len() {
@@ -141,6 +190,9 @@ impl TypedCollector for Netstat {
         }
         if let Some(v) = n.somaxconn {
             out.push(&SOMAXCONN, &labels, v as f64);
+        }
+        if let Some(shared) = n.ehash_shared {
+            out.push(&EHASH_SHARED, &labels, if shared { 1.0 } else { 0.0 });
         }
     }
 

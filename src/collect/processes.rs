@@ -22,8 +22,8 @@ use super::{Collector, Common, Ctx, NamespaceView, Registration, Sample, Tier, T
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
     name: "processes",
-    help: "which process (command, pid, systemd unit, container) owns each listener, as \
-           sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new listener \
+    help: "which process (command, executable, command line, pid, systemd unit, container) \
+           owns each TCP and unix listener, as sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new listener \
            appears; other users' processes need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. \
            Attributes the listeners the listeners and unix collectors find.",
     default_enabled: true,
@@ -44,11 +44,13 @@ pub const LISTENER_PROCESS_INFO: MetricDef = MetricDef {
         "port",
         "pid",
         "comm",
+        "exe",
+        "cmdline",
         "unit",
         "container_id",
     ],
     member: true,
-    help: "Always 1: the process owning this listening socket (the lowest pid holding it), its command name, systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue.",
+    help: "Always 1: the process owning this listening socket (the lowest pid holding it): its command name, executable, command line (at most 128 characters, control characters as ?), systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue (unix listeners have no port).",
 };
 /// `sockdiag_listener_owner_unknown`
 pub const LISTENER_OWNER_UNKNOWN: MetricDef = MetricDef {
@@ -153,6 +155,8 @@ impl TypedCollector for Processes {
                 let extra = [
                     ("pid", pid.as_str()),
                     ("comm", owner.comm.as_str()),
+                    ("exe", owner.exe.as_deref().unwrap_or("")),
+                    ("cmdline", owner.cmdline.as_str()),
                     ("unit", w.unit.as_deref().unwrap_or("")),
                     ("container_id", w.container_id.as_deref().unwrap_or("")),
                 ];

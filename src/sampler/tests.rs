@@ -134,6 +134,7 @@ impl TypedCollector for Reader {
             listen_overflows: Some(saw),
             listen_drops: None,
             somaxconn: None,
+            ehash_shared: None,
         }))
     }
     fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
