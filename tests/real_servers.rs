@@ -32,6 +32,9 @@ const DAEMON_ARGS: &[&str] = &[
 
 #[test]
 fn gunicorn_behind_nginx_on_a_unix_socket_shows_its_full_queue() {
+    if !installed(&[GUNICORN, NGINX]) {
+        return;
+    }
     in_netns(
         "gunicorn_behind_nginx_on_a_unix_socket_shows_its_full_queue",
         || shows_its_full_queue("gunicorn", BackendKind::Gunicorn),
@@ -40,6 +43,9 @@ fn gunicorn_behind_nginx_on_a_unix_socket_shows_its_full_queue() {
 
 #[test]
 fn php_fpm_behind_nginx_on_a_unix_socket_shows_its_full_queue() {
+    if !installed(&[PHP_FPM, NGINX]) {
+        return;
+    }
     in_netns(
         "php_fpm_behind_nginx_on_a_unix_socket_shows_its_full_queue",
         || shows_its_full_queue("php-fpm", BackendKind::PhpFpm),

@@ -70,24 +70,59 @@ impl Drop for TempDir {
     }
 }
 
-/// Finds `program` on PATH or in the sbin directories (an ordinary user's
-/// PATH often lacks them, and nginx and php-fpm live there). `None` with a
-/// loud message naming the Debian package when it is not installed, or a
-/// panic when [`REQUIRE_SERVERS`] is set.
-pub fn program(program: &str, package: &str) -> Option<PathBuf> {
+/// A server program and the Debian package that installs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Program {
+    pub bin: &'static str,
+    pub package: &'static str,
+}
+
+pub const GUNICORN: Program = Program {
+    bin: "gunicorn",
+    package: "gunicorn",
+};
+pub const PHP_FPM: Program = Program {
+    bin: "php-fpm8.2",
+    package: "php8.2-fpm",
+};
+pub const NGINX: Program = Program {
+    bin: "nginx",
+    package: "nginx-light",
+};
+
+/// Whether every program is installed; for each one missing, a loud
+/// message naming its package, or a panic when [`REQUIRE_SERVERS`] is set.
+/// Call it in the test itself, before `in_netns`: the message is written
+/// past the test harness's output capture, so a skipped test shows even
+/// when it passes (output from inside the namespace is shown only on
+/// failure).
+pub fn installed(programs: &[Program]) -> bool {
+    let mut all = true;
+    for &p in programs {
+        all &= program(p).is_some();
+    }
+    all
+}
+
+/// Finds a program on PATH or in the sbin directories (an ordinary user's
+/// PATH often lacks them, and nginx and php-fpm live there).
+fn program(p: Program) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
         .filter(|d| !d.is_empty())
         .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"])
-        .map(|d| Path::new(d).join(program))
+        .map(|d| Path::new(d).join(p.bin))
         .find(|p| is_executable(p));
     if found.is_none() {
         let msg = format!(
-            "`{program}` not found: install the Debian package `{package}` to run this test"
+            "`{}` not found: install the Debian package `{}` to run this test",
+            p.bin, p.package
         );
         assert!(std::env::var_os(REQUIRE_SERVERS).is_none(), "{msg}");
-        eprintln!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n");
+        // Not eprintln!, which the test harness captures.
+        let _ =
+            std::io::stderr().write_all(format!("\n!!!!!!!! SKIPPED: {msg} !!!!!!!!\n").as_bytes());
     }
     found
 }
@@ -299,7 +334,7 @@ impl Backend {
     /// that worker answered a request over the socket. `None` (after a loud
     /// message) when gunicorn is not installed.
     pub fn gunicorn(dir: &TempDir) -> Option<Backend> {
-        let bin = program("gunicorn", "gunicorn")?;
+        let bin = program(GUNICORN)?;
         std::fs::write(dir.path().join("app.py"), WSGI_APP).expect("writing the WSGI app");
         let socket = dir.file("app.sock");
         let log = dir.path().join("gunicorn.log");
@@ -345,7 +380,7 @@ impl Backend {
     /// ready once that child exists and the socket accepts. `None` (after a
     /// loud message) when php-fpm is not installed.
     pub fn php_fpm(dir: &TempDir) -> Option<Backend> {
-        let bin = program("php-fpm8.2", "php8.2-fpm")?;
+        let bin = program(PHP_FPM)?;
         std::fs::write(dir.path().join("index.php"), "<?php echo \"ok\\n\";\n")
             .expect("writing the PHP script");
         let socket = dir.file("app.sock");
@@ -421,7 +456,7 @@ impl Nginx {
     /// through it. `None` (after a loud message) when nginx is not
     /// installed.
     pub fn start(dir: &TempDir, backend: &Backend) -> Option<Nginx> {
-        let bin = program("nginx", "nginx-light")?;
+        let bin = program(NGINX)?;
         let port = super::free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let t = UPSTREAM_TIMEOUT_SECS;
