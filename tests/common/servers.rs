@@ -10,12 +10,13 @@
 //!   `user = root` its uid and gid are 0, so it never calls `setuid`,
 //!   `setgid` or `initgroups` (the last would fail: the test's namespace
 //!   denies `setgroups`).
-//! - nginx run as root always switches its workers to a user (`nobody` by
-//!   default, unmapped here, so `chown` of its temp dirs fails with EINVAL;
-//!   `user root` gets further but `initgroups` then fails and workers exit).
+//! - nginx run as root always switches its workers to a user: `nobody` by
+//!   default, unmapped here, so `chown` of its temp dirs fails with EINVAL
+//!   and it does not start; with `user root` every worker logs
+//!   `[emerg] initgroups(root, 0) failed (1: Operation not permitted)`.
 //!   So it runs as uid 1000 in a user namespace nested in the test's, mapped
-//!   to the test's uid: a non-root nginx ignores user switching, and it
-//!   reaches the backend's socket as its owner, as the same kernel uid.
+//!   to the test's uid: a non-root nginx switches nothing, and it reaches
+//!   the backend's socket as its owner, being the same kernel uid.
 //!
 //! Each server knows the processes it started (its master and the master's
 //! children, found in /proc), can pause and resume all of them, and kills
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// With this set (CI does), a missing server binary fails the test instead
+/// With this set (CI should set it), a missing server binary fails the test instead
 /// of skipping it.
 const REQUIRE_SERVERS: &str = "SOCKDIAG_TEST_REQUIRE_SERVERS";
 
