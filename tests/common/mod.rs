@@ -17,6 +17,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod servers;
+
 const IN_NETNS: &str = "SOCKDIAG_TEST_IN_NETNS";
 
 /// How long one isolated test may run before it is killed.
