@@ -170,6 +170,66 @@ fn every_alert_is_unit_tested_and_documented() {
     }
 }
 
+/// Each alert block of rules.yml: its name and its expression.
+fn alert_exprs(rules: &str) -> Vec<(String, String)> {
+    rules
+        .split("- alert:")
+        .skip(1)
+        .map(|block| {
+            let block = block.split("- record:").next().unwrap_or(block);
+            let name = block.lines().next().unwrap_or("").trim().to_string();
+            let expr = yaml_exprs(block).join(" ");
+            (name, expr)
+        })
+        .collect()
+}
+
+/// Alerts that can fire for a unix listener (their expression reads only
+/// per-listener metrics unix listeners have) must be unit tested firing on
+/// one, with the annotations pinned (they must read well without a port);
+/// and at least the full-queue alert is among them.
+#[test]
+fn listener_alerts_are_unit_tested_on_unix_listeners() {
+    let rules = read("deploy/prometheus/rules.yml");
+    let tests = read("deploy/prometheus/rules_test.yml");
+    // Alert names with a firing case on a family="unix" series whose
+    // expected annotations are given.
+    let mut unix_firing = BTreeSet::new();
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    let mut current: Option<&str> = None;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("- eval_time:") {
+            current = None;
+        } else if let Some(name) = line.strip_prefix("alertname:") {
+            current = Some(name.trim());
+        } else if line.starts_with("- exp_labels:") && line.contains("family: unix") {
+            let name = current.expect("exp_labels after an alertname");
+            assert_eq!(
+                lines.get(i + 1).copied(),
+                Some("exp_annotations:"),
+                "{name}: unix case without expected annotations"
+            );
+            unix_firing.insert(name.to_string());
+        }
+    }
+    let for_unix: Vec<String> = alert_exprs(&rules)
+        .into_iter()
+        .filter(|(_, expr)| shows_unix_listeners(expr))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        for_unix.iter().any(|n| n == "SockdiagAcceptQueueFull"),
+        "SockdiagAcceptQueueFull should apply to unix listeners: {for_unix:?}"
+    );
+    for name in &for_unix {
+        assert!(
+            unix_firing.contains(name),
+            "{name} can fire for unix listeners: rules_test.yml needs a case where it fires \
+             for a family=\"unix\" series, with exp_annotations"
+        );
+    }
+}
+
 #[test]
 fn systemd_unit_verifies() {
     let unit = read("deploy/systemd/sockdiag-exporter.service");
@@ -577,6 +637,10 @@ fn dashboard_is_importable() {
     for name in ["instance", "netns", "port"] {
         let v = var(name);
         assert_eq!(v["type"], "query", "variable {name}");
+        // All must match series without the label too: `.*` matches the
+        // empty value, `.+` or Grafana's default list of values would
+        // hide every unix listener (no `port`).
+        assert_eq!(v["allValue"], ".*", "variable {name}");
         let def = v["definition"].as_str().unwrap_or_default();
         assert!(def.starts_with("label_values("), "variable {name}: {def}");
         assert!(
@@ -644,6 +708,21 @@ fn dashboard_is_importable() {
     ] {
         assert!(exprs.contains(metric), "dashboard never queries {metric}");
     }
+    // A row for unix listeners, with their owners' executables.
+    assert!(
+        titles.iter().any(|t| t.starts_with("Unix listeners")),
+        "no unix listener panel: {titles:?}"
+    );
+    assert!(exprs.contains(r#"family="unix""#));
+    let tables = panels.iter().filter(|p| p["type"] == "table");
+    let renamed: Vec<&Value> = tables
+        .flat_map(|p| p["transformations"].as_array().into_iter().flatten())
+        .filter_map(|t| t["options"]["renameByName"].get("exe"))
+        .collect();
+    assert!(
+        renamed.len() >= 2,
+        "the listener tables should show the owner's exe"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -669,48 +748,10 @@ struct PromServer {
 }
 
 impl PromServer {
-    fn get_json(&self, path: &str) -> Value {
-        let (status, body) = common::http_get(self.addr, path)
-            .unwrap_or_else(|e| panic!("GET {path} from Prometheus: {e}\n{}", self.log_text()));
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// States of alert `name` per value of label `port`.
-    fn alert_state(&self, name: &str, port: u16) -> Option<String> {
-        let v = self.get_json("/api/v1/alerts");
-        v["data"]["alerts"].as_array()?.iter().find_map(|a| {
-            (a["labels"]["alertname"] == name && a["labels"]["port"] == port.to_string().as_str())
-                .then(|| a["state"].as_str().unwrap_or("").to_string())
-        })
-    }
-}
-
-impl Drop for PromServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn prometheus_alerts_on_real_overflow() {
-    require_tool("prometheus", "prometheus");
-    common::in_netns("prometheus_alerts_on_real_overflow", || {
-        let t0 = Instant::now();
-        let deadline = t0 + Duration::from_secs(60);
-        // The timeline goes to the test output: it is what to read first
-        // when this test fails in CI.
-        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
-        let tmp = TempDir::new("e2e");
-        let daemon = common::Daemon::start(&[]);
-        mark("exporter healthy");
-
-        // Rules with every `for:` shortened to one evaluation.
+    /// Starts Prometheus scraping the exporter at `target` every second, with
+    /// rules.yml's rules and every `for:` shortened to one evaluation, its
+    /// files in `tmp`; waits (until `deadline`) for it to be ready.
+    fn start(tmp: &TempDir, target: SocketAddr, deadline: Instant) -> PromServer {
         let rules: String = read("deploy/prometheus/rules.yml")
             .lines()
             .map(|l| {
@@ -729,7 +770,7 @@ fn prometheus_alerts_on_real_overflow() {
              rule_files:\n  - {}\n\
              scrape_configs:\n  - job_name: sockdiag-exporter\n    static_configs:\n      - targets: ['{}']\n",
             rules_path.display(),
-            daemon.addr
+            target
         );
         let config_path = tmp.0.join("prometheus.yml");
         std::fs::write(&config_path, config).expect("writing prometheus.yml");
@@ -752,7 +793,7 @@ fn prometheus_alerts_on_real_overflow() {
         let prom = PromServer { child, addr, log };
         loop {
             if let Ok((200, _)) = common::http_get(addr, "/-/ready") {
-                break;
+                return prom;
             }
             assert!(
                 Instant::now() < deadline,
@@ -761,34 +802,168 @@ fn prometheus_alerts_on_real_overflow() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        let (status, body) = common::http_get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path} from Prometheus: {e}\n{}", self.log_text()));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The active alerts named `name` whose label `label` is `value`.
+    fn alerts(&self, name: &str, label: &str, value: &str) -> Vec<Value> {
+        let v = self.get_json("/api/v1/alerts");
+        v["data"]["alerts"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|a| a["labels"]["alertname"] == name && a["labels"][label] == value)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// State of alert `name` for the series whose label `label` is `value`.
+    fn alert_state(&self, name: &str, label: &str, value: &str) -> Option<String> {
+        self.alerts(name, label, value)
+            .first()
+            .map(|a| a["state"].as_str().unwrap_or("").to_string())
+    }
+
+    /// Runs an instant query, which must succeed; returns its series.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let v = self.get_json(&format!("/api/v1/query?query={}", urlencode(expr)));
+        assert_eq!(v["status"], "success", "query `{expr}`: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls (every 250 ms, until `until`) for alert `name` on `label`=`value`
+    /// to be firing; true if it did.
+    fn wait_firing(&self, name: &str, label: &str, value: &str, until: Instant) -> bool {
+        loop {
+            if self.alert_state(name, label, value).as_deref() == Some("firing") {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every dashboard expression as Grafana sends it with each variable set
+/// to All: its `allValue` (what decides whether series without that label,
+/// such as unix listeners without `port`, stay visible), rate and step
+/// intervals at typical values.
+fn dashboard_queries_with_all_selected() -> Vec<String> {
+    let dash = dashboard();
+    let vars: Vec<(String, String)> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating list")
+        .iter()
+        .filter_map(|v| {
+            let all = v["allValue"].as_str()?;
+            Some((format!("${}", v["name"].as_str()?), all.to_string()))
+        })
+        .collect();
+    dashboard_exprs(&dash)
+        .into_iter()
+        .map(|e| {
+            let e = e
+                .replace("$__rate_interval", "1m")
+                .replace("$__interval", "15s");
+            vars.iter().fold(e, |e, (name, all)| e.replace(name, all))
+        })
+        .collect()
+}
+
+/// Per-listener metrics a unix listener has, and those only TCP listeners
+/// have (absent, not zero, for unix).
+const UNIX_LISTENER_METRICS: &[&str] = &[
+    "sockdiag_accept_queue_length",
+    "sockdiag_accept_queue_limit",
+    "sockdiag_accept_queue_peak_length",
+    "sockdiag_accept_queue_full_seconds_total",
+    "sockdiag_listener_process_info",
+    "sockdiag:accept_queue_fill_ratio",
+    "sockdiag:accept_queue_fill_ratio:max_by_address",
+    "sockdiag:accept_queue_peak_ratio",
+    "sockdiag:accept_queue_full_seconds:rate5m",
+];
+const TCP_ONLY_LISTENER_METRICS: &[&str] = &[
+    "sockdiag_listen_drops_total",
+    "sockdiag_syn_queue_length",
+    "sockdiag_accept_queue_bytes",
+    "sockdiag_accept_queue_oldest_seconds",
+    "sockdiag:listen_drops:rate5m",
+];
+
+/// Whether `expr` can return unix listeners: it reads a per-listener metric
+/// unix listeners have, none that only TCP listeners have, and does not
+/// leave unix out itself.
+fn shows_unix_listeners(expr: &str) -> bool {
+    let names = metric_names_in(expr);
+    names
+        .iter()
+        .any(|n| UNIX_LISTENER_METRICS.contains(&n.as_str()))
+        && !names
+            .iter()
+            .any(|n| TCP_ONLY_LISTENER_METRICS.contains(&n.as_str()))
+        && !expr.contains(r#"family!="unix""#)
+}
+
+#[test]
+fn prometheus_alerts_on_real_overflow() {
+    require_tool("prometheus", "prometheus");
+    common::in_netns("prometheus_alerts_on_real_overflow", || {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(60);
+        // The timeline goes to the test output: it is what to read first
+        // when this test fails in CI.
+        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
+        let tmp = TempDir::new("e2e");
+        let daemon = common::Daemon::start(&[]);
+        mark("exporter healthy");
+        let prom = PromServer::start(&tmp, daemon.addr, deadline);
         mark("prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s)");
 
         // listen(5): the queue holds 6 (full: length > limit); the rest of
         // the 10 clients sit in SYN-SENT.
         let target: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+        let port = target.port().to_string();
         let listener = common::listen(target, 5, false, None);
         let clients: Vec<socket2::Socket> =
             (0..10).map(|_| common::start_connect(target)).collect();
         mark("listen(5) queue overflowed by 10 clients");
 
-        let fired = loop {
-            if prom
-                .alert_state("SockdiagAcceptQueueFull", target.port())
-                .as_deref()
-                == Some("firing")
-            {
-                break true;
-            }
-            if Instant::now() > deadline - Duration::from_secs(20) {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        mark("SockdiagAcceptQueueFull firing");
+        let fired = prom.wait_firing(
+            "SockdiagAcceptQueueFull",
+            "port",
+            &port,
+            deadline - Duration::from_secs(20),
+        );
+        mark(if fired {
+            "SockdiagAcceptQueueFull firing"
+        } else {
+            "SockdiagAcceptQueueFull not firing by its deadline"
+        });
         assert!(
             fired,
-            "SockdiagAcceptQueueFull never fired for port {}: {}\n{}",
-            target.port(),
+            "SockdiagAcceptQueueFull never fired for port {port}: {}\n{}",
             prom.get_json("/api/v1/alerts"),
             prom.log_text()
         );
@@ -808,31 +983,24 @@ fn prometheus_alerts_on_real_overflow() {
         // Every rule and dashboard expression parses and runs; every
         // dashboard query and every recording rule also returns series
         // (with a queue overflowing, each panel has something to show).
-        let query = |e: &str| {
-            let v = prom.get_json(&format!("/api/v1/query?query={}", urlencode(e)));
-            assert_eq!(v["status"], "success", "query `{e}`: {v}");
-            v["data"]["result"].as_array().map_or(0, Vec::len)
-        };
+        // Queries of unix listeners only (the Unix listeners row) have
+        // nothing here: the unix end-to-end test requires their data.
         let rules = read("deploy/prometheus/rules.yml");
         for e in yaml_exprs(&rules) {
-            query(&e);
+            prom.query(&e);
         }
-        let mut pending: Vec<String> = dashboard_exprs(&dashboard())
+        let mut pending: Vec<String> = dashboard_queries_with_all_selected()
             .into_iter()
-            .map(|e| {
-                e.replace("$__rate_interval", "1m")
-                    .replace("$__interval", "15s")
-                    .replace("$instance", ".*")
-                    .replace("$netns", ".*")
-                    .replace("$port", ".*")
-            })
+            .filter(|e| !e.contains(r#"family="unix""#))
             .chain(record_names(&rules))
             .collect();
         // Rates need two scrapes and recording rules an evaluation after
         // them: the alert can fire first, so wait (bounded) for data.
-        let data_deadline = Instant::now() + Duration::from_secs(15);
+        // Within the test's 60 s, leaving time for the queue to drain.
+        let data_deadline =
+            (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(10));
         loop {
-            pending.retain(|e| query(e) == 0);
+            pending.retain(|e| prom.query(e).is_empty());
             if pending.is_empty() || Instant::now() > data_deadline {
                 break;
             }
@@ -843,17 +1011,10 @@ fn prometheus_alerts_on_real_overflow() {
             "queries with no data during an overflow: {pending:#?}"
         );
         mark("every rule and dashboard query ran; every panel query and recording rule has data");
-        let v = prom.get_json(&format!(
-            "/api/v1/query?query={}",
-            urlencode("sockdiag:accept_queue_fill_ratio:max_by_address")
-        ));
-        let ratios = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        let ratios = prom.query("sockdiag:accept_queue_fill_ratio:max_by_address");
         assert!(
-            ratios
-                .iter()
-                .any(|r| r["metric"]["port"] == target.port().to_string().as_str()),
-            "no fill ratio recorded for port {}: {v}",
-            target.port()
+            ratios.iter().any(|r| r["metric"]["port"] == port.as_str()),
+            "no fill ratio recorded for port {port}: {ratios:?}"
         );
 
         // Drain the queue (and the clients that get in later); the alert resolves.
@@ -866,7 +1027,7 @@ fn prometheus_alerts_on_real_overflow() {
                 accepted.push(s);
             }
             if prom
-                .alert_state("SockdiagAcceptQueueFull", target.port())
+                .alert_state("SockdiagAcceptQueueFull", "port", &port)
                 .is_none()
             {
                 break true;
@@ -883,6 +1044,230 @@ fn prometheus_alerts_on_real_overflow() {
             prom.get_json("/api/v1/alerts")
         );
         assert!(accepted.len() >= 6, "accepted only {}", accepted.len());
+        drop(clients);
+        drop(prom);
+        drop(daemon);
+    });
+}
+
+/// A unix stream listener on `path` with `backlog`.
+fn unix_listen(path: &Path, backlog: i32) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .expect("unix listener socket");
+    let addr = socket2::SockAddr::unix(path).expect("unix socket address");
+    s.bind(&addr)
+        .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+    s.listen(backlog).expect("listen on the unix socket");
+    s
+}
+
+/// A non-blocking connect to the unix socket at `path`: Ok once queued,
+/// `EAGAIN` when the listener's queue is full (what nginx turns into 502).
+fn unix_connect(path: &Path) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.connect(&socket2::SockAddr::unix(path)?)?;
+    Ok(s)
+}
+
+/// Needs the exporter's unix listener collector (`--collector.unix`, on by
+/// default): without it no unix series exist and the alert never fires.
+#[test]
+fn prometheus_alerts_on_real_unix_overflow() {
+    require_tool("prometheus", "prometheus");
+    common::in_netns("prometheus_alerts_on_real_unix_overflow", || {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(60);
+        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
+        let tmp = TempDir::new("e2e-unix");
+        let daemon = common::Daemon::start(&[]);
+        mark("exporter healthy");
+        let prom = PromServer::start(&tmp, daemon.addr, deadline);
+        mark("prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s)");
+
+        // listen(2) on a path: three connections fit (full: length 3 >
+        // limit 2), the other three clients are refused with EAGAIN.
+        let path = tmp.0.join("app.sock");
+        let path_text = path.to_str().expect("utf-8 temp path").to_string();
+        let listener = unix_listen(&path, 2);
+        let attempts: Vec<std::io::Result<socket2::Socket>> =
+            (0..6).map(|_| unix_connect(&path)).collect();
+        let refused = attempts
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .err()
+                    .is_some_and(|e| e.raw_os_error() == Some(libc::EAGAIN))
+            })
+            .count();
+        let clients: Vec<socket2::Socket> = attempts.into_iter().filter_map(Result::ok).collect();
+        assert_eq!(
+            (clients.len(), refused),
+            (3, 3),
+            "listen(2) on a unix socket should queue 3 of 6 clients and refuse the rest"
+        );
+        mark("unix listen(2) queue full: 3 queued, 3 refused with EAGAIN");
+
+        let fired = prom.wait_firing(
+            "SockdiagAcceptQueueFull",
+            "address",
+            &path_text,
+            deadline - Duration::from_secs(20),
+        );
+        mark(if fired {
+            "SockdiagAcceptQueueFull firing"
+        } else {
+            "SockdiagAcceptQueueFull not firing by its deadline"
+        });
+        assert!(
+            fired,
+            "SockdiagAcceptQueueFull never fired for {path_text} (does the exporter have the unix \
+             collector?): {}\nunix series: {:?}\n{}",
+            prom.get_json("/api/v1/alerts"),
+            prom.query(r#"sockdiag_accept_queue_length{family="unix"}"#),
+            prom.log_text()
+        );
+        let ours = prom.alerts("SockdiagAcceptQueueFull", "address", &path_text);
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        let labels = &ours[0]["labels"];
+        assert_eq!(labels["family"], "unix", "{labels}");
+        assert_eq!(labels["netns"], "host", "{labels}");
+        assert_eq!(labels["severity"], "critical", "{labels}");
+        assert!(
+            labels.get("port").is_none(),
+            "a unix alert with a port: {labels}"
+        );
+        assert!(
+            labels.get("member").is_none(),
+            "one listener, no member: {labels}"
+        );
+        let summary = ours[0]["annotations"]["summary"].as_str().unwrap_or("");
+        assert_eq!(
+            summary,
+            format!(
+                "Accept queue full on unix socket {path_text} (netns host, {})",
+                daemon.addr
+            )
+        );
+        let description = ours[0]["annotations"]["description"].as_str().unwrap_or("");
+        assert!(
+            description.contains(&format!("unix socket {path_text} in netns host"))
+                && description.contains("holds 3 connections")
+                && !description.contains(" port "),
+            "description: {description}"
+        );
+
+        // Every rule and dashboard query runs; each recording rule and
+        // dashboard query over metrics unix listeners have shows ours (the
+        // Port variable at All must not hide a series without `port`), and
+        // the legend label built for both kinds is the path alone.
+        let rules = read("deploy/prometheus/rules.yml");
+        for e in yaml_exprs(&rules) {
+            prom.query(&e);
+        }
+        let queries = dashboard_queries_with_all_selected();
+        for e in &queries {
+            prom.query(e);
+        }
+        let ours_in = |series: &[Value]| {
+            series
+                .iter()
+                .filter(|s| s["metric"]["address"] == path_text.as_str())
+                .cloned()
+                .collect::<Vec<Value>>()
+        };
+        let mut pending: Vec<String> = queries
+            .into_iter()
+            .chain(record_names(&rules))
+            .filter(|e| shows_unix_listeners(e))
+            .collect();
+        assert!(pending.len() >= 10, "too few unix queries: {pending:#?}");
+        // Within the test's 60 s, leaving time for the queue to drain.
+        let data_deadline =
+            (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(10));
+        loop {
+            pending.retain(|e| {
+                let found = ours_in(&prom.query(e));
+                for s in &found {
+                    assert_eq!(s["metric"]["family"], "unix", "`{e}`: {s}");
+                    if let Some(l) = s["metric"].get("listener") {
+                        assert_eq!(l, path_text.as_str(), "legend label of `{e}`");
+                    }
+                }
+                found.is_empty()
+            });
+            if pending.is_empty() || Instant::now() > data_deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(
+            pending.is_empty(),
+            "queries that do not show the full unix listener {path_text}: {pending:#?}"
+        );
+        mark("every rule and dashboard query ran; every unix listener query shows the socket");
+        let ratio = ours_in(&prom.query("sockdiag:accept_queue_fill_ratio:max_by_address"));
+        assert_eq!(ratio.len(), 1, "{ratio:?}");
+        assert_eq!(ratio[0]["value"][1], "1.5", "3 queued on a backlog of 2");
+
+        // The runbook's owner join names this process, by executable.
+        let join = "(sockdiag_accept_queue_length > sockdiag_accept_queue_limit) \
+                    * on (job, instance, netns, family, address, port, member) \
+                    group_left (comm, exe, cmdline, pid, unit, container_id) \
+                    sockdiag_listener_process_info";
+        let owner = loop {
+            let found = ours_in(&prom.query(join));
+            if !found.is_empty() || Instant::now() > data_deadline + Duration::from_secs(5) {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(owner.len(), 1, "owner join for {path_text}: {owner:?}");
+        let me = std::env::current_exe().expect("the test binary's path");
+        assert_eq!(
+            owner[0]["metric"]["pid"],
+            std::process::id().to_string().as_str()
+        );
+        assert_eq!(
+            owner[0]["metric"]["exe"],
+            me.to_str().expect("utf-8 binary path"),
+            "{owner:?}"
+        );
+        assert!(
+            owner[0]["metric"]["cmdline"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+            "{owner:?}"
+        );
+        mark("the owner join names this process with exe and cmdline");
+
+        // Drain the queue; the alert resolves.
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let mut accepted = Vec::new();
+        let resolved = loop {
+            while let Ok((s, _)) = listener.accept() {
+                accepted.push(s);
+            }
+            if prom
+                .alert_state("SockdiagAcceptQueueFull", "address", &path_text)
+                .is_none()
+            {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        mark("queue drained; SockdiagAcceptQueueFull resolved");
+        assert!(
+            resolved,
+            "SockdiagAcceptQueueFull still active after draining {path_text}: {}",
+            prom.get_json("/api/v1/alerts")
+        );
+        assert_eq!(accepted.len(), 3, "accepted {}", accepted.len());
         drop(clients);
         drop(prom);
         drop(daemon);
