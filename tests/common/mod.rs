@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod strace;
+
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Write};
