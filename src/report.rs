@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::collect::Collector;
+use crate::collect::{Collector, LISTENERS, NETSTAT, UNIX};
 use crate::model::NetnsView;
 use crate::netns::{HOST_NETNS, NetnsInfo};
 use crate::sampler::{NETNS, namespace_view};
@@ -55,7 +55,7 @@ pub fn failed(snapshot: &Snapshot) -> bool {
     snapshot.namespaces().any(|(_, view)| {
         view.status
             .iter()
-            .any(|(collector, st)| !st.ok && !st.refused && *collector != "netstat")
+            .any(|(collector, st)| !st.ok && !st.refused && *collector != NETSTAT)
     })
 }
 
@@ -65,7 +65,7 @@ pub fn table(snapshot: &Snapshot, collectors: &[Arc<dyn Collector>]) -> String {
     let mut out = String::new();
     let listener_collectors = collectors
         .iter()
-        .any(|c| matches!(c.registration().name, "listeners" | "unix"));
+        .any(|c| [LISTENERS, UNIX].contains(&c.registration().name));
     for (i, (info, view)) in ordered(snapshot).into_iter().enumerate() {
         if i > 0 {
             out.push('\n');

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sockdiag_exporter::collect::connections::{ConnectionWork, Settings, sample_connections};
-use sockdiag_exporter::collect::listeners::dump_listeners;
+use sockdiag_exporter::collect::listening::dump_listeners;
 use sockdiag_exporter::diag::DiagSocket;
 
 use common::*;

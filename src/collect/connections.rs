@@ -19,14 +19,15 @@ use crate::model::{ConnectionSample, ListenerSample, PortSummary, QueueSummary};
 use crate::netns::Need;
 use crate::table::{Report, align};
 
-use super::listeners::{self, dump_listeners};
+use super::listening::dump_listeners;
 use super::{
-    Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
+    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample,
+    SampleError, Tier, TypedCollector,
 };
 
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
-    name: "connections",
+    name: CONNECTIONS,
     help: "states and Send-Q/Recv-Q per port, and bytes, age and SYN-RECV requests of each \
            listener. Walks every TCP socket: cost grows with connections (about 0.2 s of kernel \
            time per 100k).",
@@ -353,7 +354,7 @@ impl TypedCollector for Connections {
     }
 
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
-        let Some(c) = ns.view.part::<ConnectionSample>(REGISTRATION.name) else {
+        let Some(c) = ns.view.part::<ConnectionSample>(CONNECTIONS) else {
             return;
         };
         let netns = ns.name;
@@ -361,10 +362,8 @@ impl TypedCollector for Connections {
         // from the walk, once per address. While the listeners collector
         // runs, only addresses it still sees are rendered, so a listener
         // closed since the last walk leaves no series behind.
-        let live: Option<HashSet<ListenKey>> = ns
-            .view
-            .part::<ListenerSample>(listeners::REGISTRATION.name)
-            .map(|ls| {
+        let live: Option<HashSet<ListenKey>> =
+            ns.view.part::<ListenerSample>(LISTENERS).map(|ls| {
                 ls.listeners
                     .iter()
                     .filter_map(|l| l.endpoint.inet().copied())
@@ -416,7 +415,7 @@ impl TypedCollector for Connections {
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
-        let Some(c) = ns.view.part::<ConnectionSample>(REGISTRATION.name) else {
+        let Some(c) = ns.view.part::<ConnectionSample>(CONNECTIONS) else {
             return;
         };
         let mut rows: Vec<Vec<String>> = vec![

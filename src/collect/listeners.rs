@@ -4,27 +4,30 @@
 //! `LISTEN` walks the listening hash alone, so its cost follows listeners,
 //! not connections.
 //!
-//! The per-listener families are declared here and shared with the unix
-//! collector, so alerts and dashboards cover both.
+//! Its families are the per-listener ones it shares with the unix
+//! collector ([`super::listening`]), so alerts and dashboards cover both.
 
 use std::sync::Arc;
 
 use crate::aggregate::ListenerRecord;
-use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, StateSet};
-use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef};
-use crate::model::{ConnectionSample, Endpoint, ListenerFigures, ListenerSample};
+use crate::family::Families;
+use crate::model::{ConnectionSample, Endpoint, ListenerSample};
 use crate::netns::Need;
 use crate::table::{self, ListenerRow, Report};
 use crate::tracker::{ListenerTracker, Seen};
 
+use super::listening::{
+    ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
+    LISTEN_DROPS, dump_listeners, forget_history, owner, render_listener,
+};
 use super::{
-    Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
-    processes,
+    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample,
+    SampleError, Tier, TypedCollector,
 };
 
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
-    name: "listeners",
+    name: LISTENERS,
     help: "accept queues, limits, peaks, full time and drops of every TCP LISTEN socket, \
            sampled fast. Its cost grows with listeners, not connections.",
     default_enabled: true,
@@ -38,47 +41,6 @@ pub static REGISTRATION: Registration = Registration {
     ],
     args: Vec::new,
     build,
-};
-
-/// `sockdiag_accept_queue_length`
-pub const ACCEPT_QUEUE_LENGTH: MetricDef = MetricDef {
-    name: "sockdiag_accept_queue_length",
-    kind: Kind::Gauge,
-    labels: LISTENER_LABELS,
-    member: true,
-    help: "Connections waiting for accept() now (for TCP, those that completed the handshake). Above sockdiag_accept_queue_limit the kernel refuses new ones (TCP drops SYNs; a unix connect blocks or fails with EAGAIN, which nginx answers with 502): the application is not accepting fast enough.",
-};
-/// `sockdiag_accept_queue_limit`
-pub const ACCEPT_QUEUE_LIMIT: MetricDef = MetricDef {
-    name: "sockdiag_accept_queue_limit",
-    kind: Kind::Gauge,
-    labels: LISTENER_LABELS,
-    member: true,
-    help: "Effective accept-queue limit: min(listen() backlog, net.core.somaxconn). The queue is full when length > limit; raise the backlog (listen.backlog in php-fpm, --backlog in gunicorn) or accept faster.",
-};
-/// `sockdiag_accept_queue_peak_length`
-pub const ACCEPT_QUEUE_PEAK: MetricDef = MetricDef {
-    name: "sockdiag_accept_queue_peak_length",
-    kind: Kind::Gauge,
-    labels: LISTENER_LABELS,
-    member: true,
-    help: "Highest accept-queue length seen by fast listener sampling over the peak window (--collector.listeners.peak-window, kept in six steps, so a peak leaves between one window and 7/6 of a window later); shows bursts shorter than the scrape interval. Scrapes do not reset it.",
-};
-/// `sockdiag_accept_queue_full_seconds_total`
-pub const ACCEPT_QUEUE_FULL_SECONDS: MetricDef = MetricDef {
-    name: "sockdiag_accept_queue_full_seconds_total",
-    kind: Kind::Counter,
-    labels: LISTENER_LABELS,
-    member: true,
-    help: "Seconds during which listener sampling saw the accept queue full (length > limit); while it grows, new connections to this listener are being dropped.",
-};
-/// `sockdiag_listen_drops_total`
-pub const LISTEN_DROPS: MetricDef = MetricDef {
-    name: "sockdiag_listen_drops_total",
-    kind: Kind::Counter,
-    labels: LISTENER_LABELS,
-    member: true,
-    help: "Packets this TCP listening socket dropped (its sk_drops): accept-queue overflows and other listen drops. Any increase means clients failed to connect or had to retransmit. Not exported for unix listeners, for which the kernel keeps no drop counter.",
 };
 
 fn build(_: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
@@ -97,40 +59,6 @@ pub struct Listeners {
 pub struct Scratch {
     records: Vec<ListenerRecord>,
     seen: Vec<Seen>,
-}
-
-/// Dumps the listening TCP sockets of both families into `out` (cleared
-/// first); `meminfo` asks for the drop counter.
-pub fn dump_listeners(
-    socket: &mut DiagSocket,
-    meminfo: bool,
-    out: &mut Vec<ListenerRecord>,
-) -> Result<(), DiagError> {
-    out.clear();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        let request = DumpRequest {
-            family,
-            states: StateSet::Listeners,
-            meminfo,
-            tcp_info: false,
-            filter: None,
-        };
-        socket.dump(&request, |r| {
-            if let Some(l) = ListenerRecord::from_record(r) {
-                out.push(l);
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// A one-off look cannot know a peak or how long a queue was full: those
-/// figures are left unknown rather than made up.
-pub fn forget_history(sample: &mut ListenerSample) {
-    for l in &mut sample.listeners {
-        l.peak_length = None;
-        l.full_seconds = None;
-    }
 }
 
 impl TypedCollector for Listeners {
@@ -180,7 +108,7 @@ impl TypedCollector for Listeners {
     }
 
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
-        if let Some(sample) = ns.view.part::<ListenerSample>(REGISTRATION.name) {
+        if let Some(sample) = ns.view.part::<ListenerSample>(LISTENERS) {
             for l in &sample.listeners {
                 render_listener(out, ns.name, l);
             }
@@ -188,14 +116,12 @@ impl TypedCollector for Listeners {
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
-        let Some(sample) = ns.view.part::<ListenerSample>(REGISTRATION.name) else {
+        let Some(sample) = ns.view.part::<ListenerSample>(LISTENERS) else {
             return;
         };
-        let connections = ns
-            .view
-            .part::<ConnectionSample>(super::connections::REGISTRATION.name);
+        let connections = ns.view.part::<ConnectionSample>(CONNECTIONS);
         for l in &sample.listeners {
-            let mut row = ListenerRow::new(l, processes::owner(ns.view, l.cookie));
+            let mut row = ListenerRow::new(l, owner(ns.view, l.cookie));
             // Bytes, age and SYN queue are per address: the kernel does not
             // say which member of a reuseport group holds a connection, so
             // they are shown on the group's first row only.
@@ -214,66 +140,5 @@ impl TypedCollector for Listeners {
             }
             out.listeners.push(row);
         }
-    }
-}
-
-/// The labels of one listener: `netns`, `family`, `address`, `port` (TCP
-/// only) and `member` (groups only).
-pub struct ListenerLabels {
-    family: &'static str,
-    address: String,
-    port: Option<String>,
-    member: Option<String>,
-}
-
-impl ListenerLabels {
-    /// The labels of `l`.
-    pub fn of(l: &ListenerFigures) -> Self {
-        ListenerLabels {
-            family: l.endpoint.family(),
-            address: l.endpoint.address(),
-            port: l.endpoint.port().map(|p| p.to_string()),
-            member: l.member.map(|m| m.to_string()),
-        }
-    }
-
-    /// As label pairs: `netns`, `family`, `address`, `port`, then `extra`,
-    /// then `member`.
-    pub fn pairs<'a>(
-        &'a self,
-        netns: &'a str,
-        extra: &[(&'a str, &'a str)],
-    ) -> Vec<(&'a str, &'a str)> {
-        let mut v = vec![
-            ("netns", netns),
-            ("family", self.family),
-            ("address", self.address.as_str()),
-        ];
-        if let Some(p) = &self.port {
-            v.push(("port", p));
-        }
-        v.extend_from_slice(extra);
-        if let Some(m) = &self.member {
-            v.push(("member", m));
-        }
-        v
-    }
-}
-
-/// Renders one listener's own figures (TCP or unix); absent figures
-/// (drops of a unix listener, peaks of a one-off look) leave no series.
-pub fn render_listener(out: &mut Families, netns: &str, l: &ListenerFigures) {
-    let labels = ListenerLabels::of(l);
-    let pairs = labels.pairs(netns, &[]);
-    out.push(&ACCEPT_QUEUE_LENGTH, &pairs, f64::from(l.queue_length));
-    out.push(&ACCEPT_QUEUE_LIMIT, &pairs, f64::from(l.queue_limit));
-    if let Some(peak) = l.peak_length {
-        out.push(&ACCEPT_QUEUE_PEAK, &pairs, f64::from(peak));
-    }
-    if let Some(full) = l.full_seconds {
-        out.push(&ACCEPT_QUEUE_FULL_SECONDS, &pairs, full);
-    }
-    if let Some(d) = l.drops {
-        out.push(&LISTEN_DROPS, &pairs, d as f64);
     }
 }

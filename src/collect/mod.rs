@@ -12,6 +12,7 @@
 
 pub mod connections;
 pub mod listeners;
+pub mod listening;
 pub mod netstat;
 pub mod processes;
 pub mod unix;
@@ -27,6 +28,17 @@ use crate::model::{NetnsView, Part};
 use crate::netns::{HandleError, Handles, Need, NetnsInfo};
 use crate::procfs::ProcError;
 use crate::table::Report;
+
+/// The `listeners` collector's name, and the key of its parts.
+pub const LISTENERS: &str = "listeners";
+/// The `unix` collector's name, and the key of its parts.
+pub const UNIX: &str = "unix";
+/// The `connections` collector's name, and the key of its parts.
+pub const CONNECTIONS: &str = "connections";
+/// The `netstat` collector's name, and the key of its parts.
+pub const NETSTAT: &str = "netstat";
+/// The `processes` collector's name, and the key of its parts.
+pub const PROCESSES: &str = "processes";
 
 /// Every collector, in the order they run within a tier and render.
 pub const REGISTRY: &[&Registration] = &[

@@ -11,12 +11,13 @@ use crate::netns::{Need, ProcName};
 use crate::procfs::{self, ProcError, TcpExt};
 
 use super::{
-    Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
+    Collector, Common, Ctx, NETSTAT, NamespaceView, Registration, Sample, SampleError, Tier,
+    TypedCollector,
 };
 
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
-    name: "netstat",
+    name: NETSTAT,
     help: "the namespace's TcpExt ListenOverflows/ListenDrops, net.core.somaxconn and \
            whether it shares the host's established hash (net.ipv4.tcp_ehash_entries), from \
            procfs.",
@@ -178,7 +179,7 @@ impl TypedCollector for Netstat {
     }
 
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
-        let Some(n) = ns.view.part::<NetstatSample>(REGISTRATION.name) else {
+        let Some(n) = ns.view.part::<NetstatSample>(NETSTAT) else {
             return;
         };
         let labels = [("netns", ns.name)];
@@ -197,7 +198,7 @@ impl TypedCollector for Netstat {
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut crate::table::Report) {
-        let Some(n) = ns.view.part::<NetstatSample>(REGISTRATION.name) else {
+        let Some(n) = ns.view.part::<NetstatSample>(NETSTAT) else {
             return;
         };
         let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());

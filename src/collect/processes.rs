@@ -12,16 +12,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::family::{Families, Kind, MetricDef, NETNS_LABELS};
-use crate::model::{NetnsView, OwnerSample};
+use crate::model::OwnerSample;
 use crate::netns::Need;
-use crate::owners::{Owner, OwnerCache, ProcessIndex};
+use crate::owners::{OwnerCache, ProcessIndex};
 
-use super::listeners::ListenerLabels;
-use super::{Collector, Common, Ctx, NamespaceView, Registration, Sample, Tier, TypedCollector};
+use super::listening::ListenerLabels;
+use super::{
+    Collector, Common, Ctx, NamespaceView, PROCESSES, Registration, Sample, Tier, TypedCollector,
+};
 
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
-    name: "processes",
+    name: PROCESSES,
     help: "which process (command, executable, command line, pid, systemd unit, container) \
            owns each TCP and unix listener, as sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new listener \
            appears; other users' processes need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. \
@@ -75,11 +77,6 @@ pub struct Processes {
 /// Set once the fds of some process could not be read, so that is logged
 /// once for the daemon's life, not once per namespace per pass.
 static DENIAL_LOGGED: AtomicBool = AtomicBool::new(false);
-
-/// The owner of the listener with this cookie in a namespace's view.
-pub fn owner(view: &NetnsView, cookie: u64) -> Option<&Owner> {
-    view.part::<OwnerSample>(REGISTRATION.name)?.get(cookie)
-}
 
 impl TypedCollector for Processes {
     type State = OwnerCache;
@@ -141,7 +138,7 @@ impl TypedCollector for Processes {
     }
 
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
-        let Some(owners) = ns.view.part::<OwnerSample>(REGISTRATION.name) else {
+        let Some(owners) = ns.view.part::<OwnerSample>(PROCESSES) else {
             return;
         };
         for (_, sample) in ns.view.listener_samples() {

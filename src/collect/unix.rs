@@ -23,10 +23,13 @@ use crate::netns::Need;
 use crate::table::{ListenerRow, Report};
 use crate::tracker::{ListenerTracker, Seen};
 
-use super::listeners::{self, forget_history, render_listener};
+use super::listening::{
+    ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
+    forget_history, owner, render_listener,
+};
 use super::{
     Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
-    processes,
+    UNIX,
 };
 
 /// The largest share of one core the unix dump of one namespace may take:
@@ -37,7 +40,7 @@ pub const MAX_SHARE: f64 = 0.02;
 
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
-    name: "unix",
+    name: UNIX,
     help: "accept queues, limits, peaks and full time of every listening unix stream and \
            seqpacket socket (php-fpm, gunicorn, uwsgi behind a proxy), sampled fast, as \
            family=\"unix\" with the path as address. Each dump walks every unix socket of the \
@@ -46,10 +49,10 @@ pub static REGISTRATION: Registration = Registration {
     default_enabled: true,
     tier: Tier::Fast,
     families: &[
-        &listeners::ACCEPT_QUEUE_LENGTH,
-        &listeners::ACCEPT_QUEUE_LIMIT,
-        &listeners::ACCEPT_QUEUE_PEAK,
-        &listeners::ACCEPT_QUEUE_FULL_SECONDS,
+        &ACCEPT_QUEUE_LENGTH,
+        &ACCEPT_QUEUE_LIMIT,
+        &ACCEPT_QUEUE_PEAK,
+        &ACCEPT_QUEUE_FULL_SECONDS,
         &UNEXPORTED,
     ],
     args,
@@ -294,7 +297,7 @@ impl TypedCollector for Unix {
     }
 
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
-        let Some(sample) = ns.view.part::<ListenerSample>(REGISTRATION.name) else {
+        let Some(sample) = ns.view.part::<ListenerSample>(UNIX) else {
             return;
         };
         for l in &sample.listeners {
@@ -310,10 +313,10 @@ impl TypedCollector for Unix {
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
-        if let Some(sample) = ns.view.part::<ListenerSample>(REGISTRATION.name) {
+        if let Some(sample) = ns.view.part::<ListenerSample>(UNIX) {
             for l in &sample.listeners {
                 out.listeners
-                    .push(ListenerRow::new(l, processes::owner(ns.view, l.cookie)));
+                    .push(ListenerRow::new(l, owner(ns.view, l.cookie)));
             }
         }
     }
