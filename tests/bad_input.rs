@@ -542,17 +542,14 @@ fn all_collectors_disabled_exits_nonzero() {
     in_netns("all_collectors_disabled_exits_nonzero", || {
         let port = free_port().to_string();
         let addr = format!("127.0.0.1:{port}");
-        let run = run_bounded(
-            &[
-                "--web.listen-address",
-                &addr,
-                "--no-collector.listeners",
-                "--no-collector.connections",
-                "--no-collector.netstat",
-                "--no-collector.processes",
-            ],
-            Duration::from_secs(5),
-        );
+        // Every collector the registry knows, so a new one cannot slip by.
+        let off: Vec<String> = sockdiag_exporter::collect::REGISTRY
+            .iter()
+            .map(|r| format!("--no-collector.{}", r.name))
+            .collect();
+        let mut args = vec!["--web.listen-address", addr.as_str()];
+        args.extend(off.iter().map(String::as_str));
+        let run = run_bounded(&args, Duration::from_secs(5));
         assert!(
             !run.status.success() && run.status.code().is_some(),
             "{}\n{}",
@@ -1058,8 +1055,15 @@ fn http_routes_404_405_landing_and_healthz() {
         let (status, body) = daemon.get("/healthz");
         assert_eq!(status, 200, "{body}");
         let lines: Vec<&str> = body.lines().collect();
-        assert_eq!(lines.len(), 5, "one line per enabled collector: {body}");
-        for c in ["listeners", "connections", "netstat", "processes", "netns"] {
+        assert_eq!(lines.len(), 6, "one line per enabled collector: {body}");
+        for c in [
+            "listeners",
+            "unix",
+            "connections",
+            "netstat",
+            "processes",
+            "netns",
+        ] {
             assert!(
                 lines.iter().any(|l| l.starts_with(&format!("{c}: ok"))),
                 "healthz line for {c}: {body}"
@@ -1091,7 +1095,7 @@ fn http_custom_telemetry_path_and_healthz_follow_flags() {
             let (status, body) = daemon.get("/healthz");
             assert_eq!(status, 200, "{body}");
             let lines: Vec<&str> = body.lines().collect();
-            assert_eq!(lines.len(), 4, "four collectors enabled: {body}");
+            assert_eq!(lines.len(), 5, "five collectors enabled: {body}");
             assert!(
                 lines.iter().any(|l| l.starts_with("listeners: ok")),
                 "{body}"
