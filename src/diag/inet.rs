@@ -17,8 +17,8 @@ use netlink_packet_sock_diag::inet::{
 
 use super::filter::PortFilter;
 use super::netlink::{
-    DatagramSummary, Decoded, ParseError, encode_dump, for_each_attribute, for_each_reply,
-    push_attribute, read_u32,
+    DatagramSummary, ParseError, decode_datagram, encode_dump, for_each_attribute, push_attribute,
+    read_u32,
 };
 use super::record::{Family, RawAddr, SockRecord, TcpState};
 
@@ -138,23 +138,11 @@ impl DumpRequest<'_> {
 
 /// Decodes every message of one datagram of an inet_diag dump, calling
 /// `on_record` for each socket (see [`for_each_reply`] for `seq`).
-pub fn parse_datagram<F>(
-    buf: &[u8],
-    seq: u32,
-    mut on_record: F,
-) -> Result<DatagramSummary, ParseError>
+pub fn parse_datagram<F>(buf: &[u8], seq: u32, on_record: F) -> Result<DatagramSummary, ParseError>
 where
     F: FnMut(&SockRecord),
 {
-    for_each_reply(buf, seq, |payload, base| {
-        Ok(match parse_inet_reply(payload, base)? {
-            Some(record) => {
-                on_record(&record);
-                Decoded::Record
-            }
-            None => Decoded::Skipped,
-        })
-    })
+    decode_datagram(buf, seq, parse_inet_reply, on_record)
 }
 
 /// Decodes one inet_diag reply. `None` means a well-formed reply we do not

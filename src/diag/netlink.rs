@@ -125,9 +125,13 @@ pub fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 /// `seq` is the sequence number of our request; messages with another
 /// number are counted as foreign and ignored (a late answer to an abandoned
 /// request must not be mixed into this one).
-pub fn for_each_reply<F>(buf: &[u8], seq: u32, mut decode: F) -> Result<DatagramSummary, ParseError>
+pub fn for_each_reply<'b, F>(
+    buf: &'b [u8],
+    seq: u32,
+    mut decode: F,
+) -> Result<DatagramSummary, ParseError>
 where
-    F: FnMut(&[u8], usize) -> Result<Decoded, ParseError>,
+    F: FnMut(&'b [u8], usize) -> Result<Decoded, ParseError>,
 {
     let mut summary = DatagramSummary::default();
     let mut offset = 0;
@@ -201,6 +205,30 @@ where
         offset = next;
     }
     Ok(summary)
+}
+
+/// Walks one datagram with [`for_each_reply`], decoding each reply with a
+/// family's `decode` (`None`: a reply it does not track) and handing each
+/// record to `on_record` while it still borrows the buffer.
+pub fn decode_datagram<'b, R, D, F>(
+    buf: &'b [u8],
+    seq: u32,
+    decode: D,
+    mut on_record: F,
+) -> Result<DatagramSummary, ParseError>
+where
+    D: Fn(&'b [u8], usize) -> Result<Option<R>, ParseError>,
+    F: FnMut(&R),
+{
+    for_each_reply(buf, seq, |payload, base| {
+        Ok(match decode(payload, base)? {
+            Some(record) => {
+                on_record(&record);
+                Decoded::Record
+            }
+            None => Decoded::Skipped,
+        })
+    })
 }
 
 /// The error a non-zero status code stands for: a negative errno, or, for

@@ -15,7 +15,7 @@ use netlink_packet_core::{Emitable, Parseable};
 use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest, UnixResponseHeader};
 
 use super::netlink::{
-    DatagramSummary, Decoded, ParseError, encode_dump, for_each_attribute, for_each_reply, read_u32,
+    DatagramSummary, ParseError, decode_datagram, encode_dump, for_each_attribute, read_u32,
 };
 
 /// Size of `struct unix_diag_msg`.
@@ -115,23 +115,11 @@ pub struct UnixRecord<'a> {
 
 /// Decodes every message of one datagram of a unix_diag dump, calling
 /// `on_record` for each listening stream or seqpacket socket.
-pub fn parse_datagram<F>(
-    buf: &[u8],
-    seq: u32,
-    mut on_record: F,
-) -> Result<DatagramSummary, ParseError>
+pub fn parse_datagram<F>(buf: &[u8], seq: u32, on_record: F) -> Result<DatagramSummary, ParseError>
 where
     F: FnMut(&UnixRecord<'_>),
 {
-    for_each_reply(buf, seq, |payload, base| {
-        Ok(match parse_unix_reply(payload, base)? {
-            Some(record) => {
-                on_record(&record);
-                Decoded::Record
-            }
-            None => Decoded::Skipped,
-        })
-    })
+    decode_datagram(buf, seq, parse_unix_reply, on_record)
 }
 
 /// Decodes one unix_diag reply. `None` means a well-formed reply we do not

@@ -350,21 +350,9 @@ impl Sampler {
     ) -> std::io::Result<Self> {
         let shutdown = Arc::new(Shutdown::default());
         let logs = Arc::new(Logs::default());
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let mut threads = Vec::new();
         discovery_pass(&config.discovery, &store, &logs);
-        let runner = |tier, interval| {
-            TierRunner::new(
-                tier,
-                interval,
-                &config.procfs,
-                collectors,
-                clock.clone(),
-                logs.clone(),
-            )
-        };
-        let mut fast = runner(Tier::Fast, config.fast_interval);
-        let mut full = runner(Tier::Full, config.full_interval);
+        let [mut fast, mut full] = runners(config, collectors, &logs);
         let spawn = |name: &str, mut body: Box<ThreadBody>| {
             let (store, shutdown) = (store.clone(), shutdown.clone());
             std::thread::Builder::new()
@@ -425,12 +413,24 @@ impl Sampler {
 /// first, into `store`.
 pub fn run_once(config: &Config, collectors: &[Arc<dyn Collector>], store: &Store) {
     let logs = Arc::new(Logs::default());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     discovery_pass(&config.discovery, store, &logs);
-    for (tier, interval) in [
+    for mut tier in runners(config, collectors, &logs) {
+        tier.pass(store);
+    }
+}
+
+/// The fast and the full tier's runners, on the real clock.
+fn runners(
+    config: &Config,
+    collectors: &[Arc<dyn Collector>],
+    logs: &Arc<Logs>,
+) -> [TierRunner; 2] {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    [
         (Tier::Fast, config.fast_interval),
         (Tier::Full, config.full_interval),
-    ] {
+    ]
+    .map(|(tier, interval)| {
         TierRunner::new(
             tier,
             interval,
@@ -439,8 +439,7 @@ pub fn run_once(config: &Config, collectors: &[Arc<dyn Collector>], store: &Stor
             clock.clone(),
             logs.clone(),
         )
-        .pass(store);
-    }
+    })
 }
 
 /// One namespace of a snapshot, as renderers see it.
