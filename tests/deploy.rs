@@ -926,6 +926,49 @@ fn shows_unix_listeners(expr: &str) -> bool {
         && !expr.contains(r#"family!="unix""#)
 }
 
+/// Waits, bounded by `deadline`, until every expression in `pending`
+/// returns a series that `ours` accepts; returns those that never did.
+/// Rates need two scrapes and recording rules an evaluation after them, so
+/// an alert can fire before its panels have data.
+fn wait_for_data(
+    prom: &PromServer,
+    mut pending: Vec<String>,
+    deadline: Instant,
+    ours: impl Fn(&str, &[Value]) -> bool,
+) -> Vec<String> {
+    loop {
+        pending.retain(|e| !ours(e, &prom.query(e)));
+        if pending.is_empty() || Instant::now() > deadline {
+            return pending;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Drains a queue with `accept` until SockdiagAcceptQueueFull for
+/// `label`=`value` resolves, or `deadline`; whether it resolved.
+fn drain_until_resolved(
+    prom: &PromServer,
+    label: &str,
+    value: &str,
+    deadline: Instant,
+    mut accept: impl FnMut(),
+) -> bool {
+    loop {
+        accept();
+        if prom
+            .alert_state("SockdiagAcceptQueueFull", label, value)
+            .is_none()
+        {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn prometheus_alerts_on_real_overflow() {
     require_tool("prometheus", "prometheus");
@@ -989,23 +1032,15 @@ fn prometheus_alerts_on_real_overflow() {
         for e in yaml_exprs(&rules) {
             prom.query(&e);
         }
-        let mut pending: Vec<String> = dashboard_queries_with_all_selected()
+        let wanted: Vec<String> = dashboard_queries_with_all_selected()
             .into_iter()
             .filter(|e| !e.contains(r#"family="unix""#))
             .chain(record_names(&rules))
             .collect();
-        // Rates need two scrapes and recording rules an evaluation after
-        // them: the alert can fire first, so wait (bounded) for data.
         // Within the test's 60 s, leaving time for the queue to drain.
         let data_deadline =
             (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(10));
-        loop {
-            pending.retain(|e| prom.query(e).is_empty());
-            if pending.is_empty() || Instant::now() > data_deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let pending = wait_for_data(&prom, wanted, data_deadline, |_, found| !found.is_empty());
         assert!(
             pending.is_empty(),
             "queries with no data during an overflow: {pending:#?}"
@@ -1022,21 +1057,11 @@ fn prometheus_alerts_on_real_overflow() {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let mut accepted = Vec::new();
-        let resolved = loop {
+        let resolved = drain_until_resolved(&prom, "port", &port, deadline, || {
             while let Ok((s, _)) = listener.accept() {
                 accepted.push(s);
             }
-            if prom
-                .alert_state("SockdiagAcceptQueueFull", "port", &port)
-                .is_none()
-            {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
+        });
         mark("queue drained; SockdiagAcceptQueueFull resolved");
         assert!(
             resolved,
@@ -1176,31 +1201,25 @@ fn prometheus_alerts_on_real_unix_overflow() {
                 .cloned()
                 .collect::<Vec<Value>>()
         };
-        let mut pending: Vec<String> = queries
+        let wanted: Vec<String> = queries
             .into_iter()
             .chain(record_names(&rules))
             .filter(|e| shows_unix_listeners(e))
             .collect();
-        assert!(pending.len() >= 10, "too few unix queries: {pending:#?}");
+        assert!(wanted.len() >= 10, "too few unix queries: {wanted:#?}");
         // Within the test's 60 s, leaving time for the queue to drain.
         let data_deadline =
             (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(10));
-        loop {
-            pending.retain(|e| {
-                let found = ours_in(&prom.query(e));
-                for s in &found {
-                    assert_eq!(s["metric"]["family"], "unix", "`{e}`: {s}");
-                    if let Some(l) = s["metric"].get("listener") {
-                        assert_eq!(l, path_text.as_str(), "legend label of `{e}`");
-                    }
+        let pending = wait_for_data(&prom, wanted, data_deadline, |e, series| {
+            let found = ours_in(series);
+            for s in &found {
+                assert_eq!(s["metric"]["family"], "unix", "`{e}`: {s}");
+                if let Some(l) = s["metric"].get("listener") {
+                    assert_eq!(l, path_text.as_str(), "legend label of `{e}`");
                 }
-                found.is_empty()
-            });
-            if pending.is_empty() || Instant::now() > data_deadline {
-                break;
             }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            !found.is_empty()
+        });
         assert!(
             pending.is_empty(),
             "queries that do not show the full unix listener {path_text}: {pending:#?}"
@@ -1246,21 +1265,11 @@ fn prometheus_alerts_on_real_unix_overflow() {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let mut accepted = Vec::new();
-        let resolved = loop {
+        let resolved = drain_until_resolved(&prom, "address", &path_text, deadline, || {
             while let Ok((s, _)) = listener.accept() {
                 accepted.push(s);
             }
-            if prom
-                .alert_state("SockdiagAcceptQueueFull", "address", &path_text)
-                .is_none()
-            {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
+        });
         mark("queue drained; SockdiagAcceptQueueFull resolved");
         assert!(
             resolved,
