@@ -56,9 +56,16 @@ pub struct BenchOpts {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub runs: u32,
 
-    /// The exporter binary [default: <workspace>/target/release/sockdiag-exporter].
-    #[arg(long, value_name = "PATH")]
+    /// The exporter binary [default: <workspace>/target/release/sockdiag-exporter]. Also
+    /// accepted after a subcommand.
+    #[arg(long, global = true, value_name = "PATH")]
     pub exporter: Option<PathBuf>,
+
+    /// A second exporter binary (e.g. the build before a change), measured as extra rows
+    /// in the same rounds, each run back to back with the row it pairs with; the table adds
+    /// the median of the per-round ratios new / baseline.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_exporter: Option<PathBuf>,
 
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
@@ -154,7 +161,7 @@ fn parse_count(text: &str) -> Result<u64, String> {
         .checked_mul(mult)
         .ok_or_else(|| format!("{text:?} is too large"))?;
     if !(1..=5_000_000).contains(&n) {
-        return Err(format!("{n} connections is outside 1..=5000000"));
+        return Err(format!("{n} is outside 1..=5000000"));
     }
     Ok(n)
 }
@@ -201,6 +208,12 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
         None => default_exporter_path(),
     };
     opts.exporter = Some(exporter);
+    if let Some(p) = opts.baseline_exporter.take() {
+        opts.baseline_exporter = Some(
+            std::path::absolute(&p)
+                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
+        );
+    }
     if let Some(p) = opts.json.take() {
         opts.json = Some(
             std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
@@ -223,6 +236,10 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
     }
     if let Some(p) = &opts.json {
         args.push("--json".into());
+        args.push(p.into());
+    }
+    if let Some(p) = &opts.baseline_exporter {
+        args.push("--baseline-exporter".into());
         args.push(p.into());
     }
     args.push("internal-namespace".into());
