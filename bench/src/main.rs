@@ -9,10 +9,13 @@
 //!   connections with help of `internal-worker` processes, measures, and reports;
 //! - `floor` is the minimal inet_diag dump every netlink collector is compared with;
 //! - `namespaces` measures what collecting many network namespaces costs per sample, with
-//!   `internal-netns-holder` processes each holding a child namespace.
+//!   `internal-netns-holder` processes each holding a child namespace;
+//! - `unix` measures the unix listener pass on S unix sockets held by `internal-unix-worker`
+//!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`.
 
 mod daemon;
 mod diag;
+mod helper;
 mod measure;
 mod namespace;
 mod netns_bench;
@@ -20,6 +23,8 @@ mod proc_util;
 mod render;
 mod report;
 mod setup;
+mod unix_bench;
+mod unix_diag;
 mod worker;
 
 use std::ffi::OsString;
@@ -99,9 +104,26 @@ enum Cmd {
     /// (--big-ns-connections), inside a private namespace.
     Namespaces(netns_bench::NamespacesOpts),
 
+    /// The unix listener pass at scale: S unix sockets (L listeners, some with clients never
+    /// accepted, some over full) in a private namespace; the exporter's unix-only snapshot
+    /// against a raw unix_diag dump and `ss -xl`, and optionally the daemon's CPU on them.
+    Unix(unix_bench::UnixOpts),
+
+    /// One raw unix_diag dump of the listening unix sockets of the current network
+    /// namespace, with names and queue figures: the floor of the unix benchmark.
+    UnixFloor,
+
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
     InternalNamespace,
+
+    /// The unix benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalUnix(unix_bench::UnixOpts),
+
+    /// Holder of a share of the unix sockets (started by the unix benchmark).
+    #[command(hide = true)]
+    InternalUnixWorker(unix_bench::UnixWorkerArgs),
 
     /// The render benchmark inside the private namespace.
     #[command(hide = true)]
@@ -188,6 +210,10 @@ fn main() -> ExitCode {
         }
         Some(Cmd::InternalNetnsHolder(args)) => netns_bench::holder_main(&args),
         Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
+        Some(Cmd::Unix(u)) => unix_bench::run_outer(cli.opts, u),
+        Some(Cmd::UnixFloor) => unix_diag::floor_main(),
+        Some(Cmd::InternalUnix(u)) => unix_bench::internal_main(&cli.opts, &u),
+        Some(Cmd::InternalUnixWorker(args)) => unix_bench::worker_main(&args),
     };
     match result {
         Ok(code) => code,
