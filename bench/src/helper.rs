@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::proc_util;
+use crate::proc_util::{self, Reaped};
 
 pub struct Helper {
     pub pid: i32,
@@ -103,6 +103,23 @@ impl Helper {
                     return Err(e)
                         .with_context(|| format!("reading {} (pid {})", self.what, self.pid));
                 }
+            }
+        }
+    }
+
+    /// Closes the helper's stdin, which tells it to exit, and waits at most `timeout` for
+    /// it; then kills it. Returns how it ended, if it was still ours to reap.
+    pub fn stop(&mut self, timeout: Duration) -> Option<Reaped> {
+        drop(self.child.stdin.take());
+        if self.reaped {
+            return None;
+        }
+        self.reaped = true;
+        match proc_util::wait_with_timeout(self.pid, timeout) {
+            Ok(r) => r,
+            Err(_) => {
+                proc_util::kill_and_reap(self.pid);
+                None
             }
         }
     }

@@ -11,8 +11,11 @@
 //! - `namespaces` measures what collecting many network namespaces costs per sample, with
 //!   `internal-netns-holder` processes each holding a child namespace;
 //! - `unix` measures the unix listener pass on S unix sockets held by `internal-unix-worker`
-//!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`.
+//!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`;
+//! - `churn` runs the daemon under connection, listener or namespace churn and checks what
+//!   it serves and what it holds (`internal-churn-load` makes the TCP churn).
 
+mod churn;
 mod daemon;
 mod diag;
 mod helper;
@@ -113,6 +116,12 @@ enum Cmd {
     /// namespace, with names and queue figures: the floor of the unix benchmark.
     UnixFloor,
 
+    /// Robustness under churn, bounded in time: the daemon on fast intervals while a load
+    /// loop opens and resets TCP connections and a listener comes and goes every 100 ms
+    /// (or, with --namespaces K, while K network namespaces are created and deleted);
+    /// checks /metrics every 500 ms and the daemon's memory, threads and descriptors.
+    Churn(churn::ChurnOpts),
+
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
     InternalNamespace,
@@ -124,6 +133,14 @@ enum Cmd {
     /// Holder of a share of the unix sockets (started by the unix benchmark).
     #[command(hide = true)]
     InternalUnixWorker(unix_bench::UnixWorkerArgs),
+
+    /// The churn run inside the private namespace.
+    #[command(hide = true)]
+    InternalChurn(churn::ChurnOpts),
+
+    /// The TCP load of the churn run.
+    #[command(hide = true)]
+    InternalChurnLoad(churn::LoadArgs),
 
     /// The render benchmark inside the private namespace.
     #[command(hide = true)]
@@ -214,6 +231,9 @@ fn main() -> ExitCode {
         Some(Cmd::UnixFloor) => unix_diag::floor_main(),
         Some(Cmd::InternalUnix(u)) => unix_bench::internal_main(&cli.opts, &u),
         Some(Cmd::InternalUnixWorker(args)) => unix_bench::worker_main(&args),
+        Some(Cmd::Churn(c)) => churn::run_outer(cli.opts, c),
+        Some(Cmd::InternalChurn(c)) => churn::internal_main(&cli.opts, &c),
+        Some(Cmd::InternalChurnLoad(args)) => churn::load_main(&args),
     };
     match result {
         Ok(code) => code,
