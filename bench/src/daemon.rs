@@ -73,22 +73,42 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
     Ok((tick(11)? + tick(12)?) / hz as f64)
 }
 
-/// Peak resident set size of `pid` in bytes, from /proc/<pid>/status.
-pub fn vm_hwm_bytes(pid: i32) -> Result<u64> {
+/// A numeric field of /proc/<pid>/status (`VmHWM:`, `VmRSS:`, `Threads:`), without its unit.
+fn status_field(pid: i32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or_else(|| anyhow!("no VmHWM in {path}"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmHWM:")
+        .find(|l| l.starts_with(key))
+        .ok_or_else(|| anyhow!("no {key} in {path}"))?;
+    line.trim_start_matches(key)
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .with_context(|| format!("parsing {line:?}"))?;
-    Ok(kib * 1024)
+        .with_context(|| format!("parsing {line:?}"))
+}
+
+/// Peak resident set size of `pid` in bytes, from /proc/<pid>/status.
+pub fn vm_hwm_bytes(pid: i32) -> Result<u64> {
+    Ok(status_field(pid, "VmHWM:")? * 1024)
+}
+
+/// Current resident set size of `pid` in bytes.
+pub fn vm_rss_bytes(pid: i32) -> Result<u64> {
+    Ok(status_field(pid, "VmRSS:")? * 1024)
+}
+
+/// Threads of `pid`.
+pub fn threads(pid: i32) -> Result<u64> {
+    status_field(pid, "Threads:")
+}
+
+/// Open file descriptors of `pid`.
+pub fn fd_count(pid: i32) -> Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let dir = std::fs::read_dir(&path).with_context(|| format!("listing {path}"))?;
+    Ok(dir.filter(|e| e.is_ok()).count() as u64)
 }
 
 /// One `GET /metrics` against the daemon on [`LISTEN`], timed.

@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::proc_util;
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_HDRLEN: usize = 16;
+pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub const NLMSG_HDRLEN: usize = 16;
 /// inet_diag_req_v2: family, protocol, ext, pad, states (u32), inet_diag_sockid (48 bytes).
 const REQ_V2_LEN: usize = 56;
 /// Offsets inside inet_diag_msg: after family/state/timer/retrans (4), the sockid (48) and
@@ -37,13 +37,13 @@ pub struct SockQueues {
     pub wqueue: u32,
 }
 
-fn u32_at(buf: &[u8], off: usize) -> u32 {
+pub fn u32_at(buf: &[u8], off: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&buf[off..off + 4]);
     u32::from_ne_bytes(b)
 }
 
-fn u16_at(buf: &[u8], off: usize) -> u16 {
+pub fn u16_at(buf: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([buf[off], buf[off + 1]])
 }
 
@@ -81,12 +81,30 @@ fn open_diag_socket() -> Result<OwnedFd> {
 /// once per socket. Returns whether any part of the dump was flagged inconsistent
 /// (NLM_F_DUMP_INTR: the socket tables changed while being walked).
 pub fn dump_tcp(mut each: impl FnMut(SockQueues)) -> Result<bool> {
+    let v4 = request(libc::AF_INET as u8, 1);
+    let v6 = request(libc::AF_INET6 as u8, 2);
+    dump_requests(&[&v4, &v6], INET_DIAG_MSG_LEN, |payload| {
+        each(SockQueues {
+            state: payload[MSG_STATE_OFF],
+            rqueue: u32_at(payload, MSG_RQUEUE_OFF),
+            wqueue: u32_at(payload, MSG_WQUEUE_OFF),
+        })
+    })
+}
+
+/// Sends each sock_diag dump request in turn on one NETLINK_SOCK_DIAG socket and calls
+/// `each` with the payload of every reply of at least `min_len` bytes. Returns whether any
+/// part was flagged inconsistent (NLM_F_DUMP_INTR).
+pub fn dump_requests(
+    requests: &[&[u8]],
+    min_len: usize,
+    mut each: impl FnMut(&[u8]),
+) -> Result<bool> {
     let fd = open_diag_socket()?;
     let mut buf = vec![0u8; RECV_BUF];
     let mut interrupted = false;
     let start = Instant::now();
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = request(family, seq);
+    for req in requests {
         let mut dst: libc::sockaddr_nl = unsafe {
             // SAFETY: sockaddr_nl is plain old data.
             std::mem::zeroed()
@@ -104,12 +122,11 @@ pub fn dump_tcp(mut each: impl FnMut(SockQueues)) -> Result<bool> {
             )
         };
         if sent != req.len() as isize {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("sending the inet_diag dump request (family {family})"));
+            return Err(io::Error::last_os_error()).context("sending a sock_diag dump request");
         }
         'recv: loop {
             if start.elapsed() > DUMP_DEADLINE {
-                bail!("inet_diag dump still running after {DUMP_DEADLINE:?}");
+                bail!("sock_diag dump still running after {DUMP_DEADLINE:?}");
             }
             // SAFETY: buf is valid for RECV_BUF bytes.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -118,7 +135,7 @@ pub fn dump_tcp(mut each: impl FnMut(SockQueues)) -> Result<bool> {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(err).context("receiving the inet_diag dump");
+                return Err(err).context("receiving the sock_diag dump");
             }
             let n = n as usize;
             if n == 0 {
@@ -143,7 +160,7 @@ pub fn dump_tcp(mut each: impl FnMut(SockQueues)) -> Result<bool> {
                             let code = u32_at(payload, 0) as i32;
                             if code < 0 {
                                 return Err(io::Error::from_raw_os_error(-code))
-                                    .context("the kernel ended the inet_diag dump with an error");
+                                    .context("the kernel ended the sock_diag dump with an error");
                             }
                         }
                         break 'recv;
@@ -156,16 +173,10 @@ pub fn dump_tcp(mut each: impl FnMut(SockQueues)) -> Result<bool> {
                         };
                         if code != 0 {
                             return Err(io::Error::from_raw_os_error(-code))
-                                .context("the kernel refused the inet_diag dump request");
+                                .context("the kernel refused the sock_diag dump request");
                         }
                     }
-                    SOCK_DIAG_BY_FAMILY if payload.len() >= INET_DIAG_MSG_LEN => {
-                        each(SockQueues {
-                            state: payload[MSG_STATE_OFF],
-                            rqueue: u32_at(payload, MSG_RQUEUE_OFF),
-                            wqueue: u32_at(payload, MSG_WQUEUE_OFF),
-                        });
-                    }
+                    SOCK_DIAG_BY_FAMILY if payload.len() >= min_len => each(payload),
                     _ => bail!("unexpected netlink message type {ty} (length {len})"),
                 }
                 // NLMSG_ALIGN

@@ -9,10 +9,16 @@
 //!   connections with help of `internal-worker` processes, measures, and reports;
 //! - `floor` is the minimal inet_diag dump every netlink collector is compared with;
 //! - `namespaces` measures what collecting many network namespaces costs per sample, with
-//!   `internal-netns-holder` processes each holding a child namespace.
+//!   `internal-netns-holder` processes each holding a child namespace;
+//! - `unix` measures the unix listener pass on S unix sockets held by `internal-unix-worker`
+//!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`;
+//! - `churn` runs the daemon under connection, listener or namespace churn and checks what
+//!   it serves and what it holds (`internal-churn-load` makes the TCP churn).
 
+mod churn;
 mod daemon;
 mod diag;
+mod helper;
 mod measure;
 mod namespace;
 mod netns_bench;
@@ -20,6 +26,8 @@ mod proc_util;
 mod render;
 mod report;
 mod setup;
+mod unix_bench;
+mod unix_diag;
 mod worker;
 
 use std::ffi::OsString;
@@ -56,9 +64,16 @@ pub struct BenchOpts {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub runs: u32,
 
-    /// The exporter binary [default: <workspace>/target/release/sockdiag-exporter].
-    #[arg(long, value_name = "PATH")]
+    /// The exporter binary [default: <workspace>/target/release/sockdiag-exporter]. Also
+    /// accepted after a subcommand.
+    #[arg(long, global = true, value_name = "PATH")]
     pub exporter: Option<PathBuf>,
+
+    /// A second exporter binary (e.g. the build before a change), measured as extra rows
+    /// in the same rounds, each run back to back with the row it pairs with; the table adds
+    /// the median of the per-round ratios new / baseline.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_exporter: Option<PathBuf>,
 
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
@@ -92,9 +107,40 @@ enum Cmd {
     /// (--big-ns-connections), inside a private namespace.
     Namespaces(netns_bench::NamespacesOpts),
 
+    /// The unix listener pass at scale: S unix sockets (L listeners, some with clients never
+    /// accepted, some over full) in a private namespace; the exporter's unix-only snapshot
+    /// against a raw unix_diag dump and `ss -xl`, and optionally the daemon's CPU on them.
+    Unix(unix_bench::UnixOpts),
+
+    /// One raw unix_diag dump of the listening unix sockets of the current network
+    /// namespace, with names and queue figures: the floor of the unix benchmark.
+    UnixFloor,
+
+    /// Robustness under churn, bounded in time: the daemon on fast intervals while a load
+    /// loop opens and resets TCP connections and a listener comes and goes every 100 ms
+    /// (or, with --namespaces K, while K network namespaces are created and deleted);
+    /// checks /metrics every 500 ms and the daemon's memory, threads and descriptors.
+    Churn(churn::ChurnOpts),
+
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
     InternalNamespace,
+
+    /// The unix benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalUnix(unix_bench::UnixOpts),
+
+    /// Holder of a share of the unix sockets (started by the unix benchmark).
+    #[command(hide = true)]
+    InternalUnixWorker(unix_bench::UnixWorkerArgs),
+
+    /// The churn run inside the private namespace.
+    #[command(hide = true)]
+    InternalChurn(churn::ChurnOpts),
+
+    /// The TCP load of the churn run.
+    #[command(hide = true)]
+    InternalChurnLoad(churn::LoadArgs),
 
     /// The render benchmark inside the private namespace.
     #[command(hide = true)]
@@ -154,7 +200,7 @@ fn parse_count(text: &str) -> Result<u64, String> {
         .checked_mul(mult)
         .ok_or_else(|| format!("{text:?} is too large"))?;
     if !(1..=5_000_000).contains(&n) {
-        return Err(format!("{n} connections is outside 1..=5000000"));
+        return Err(format!("{n} is outside 1..=5000000"));
     }
     Ok(n)
 }
@@ -181,6 +227,13 @@ fn main() -> ExitCode {
         }
         Some(Cmd::InternalNetnsHolder(args)) => netns_bench::holder_main(&args),
         Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
+        Some(Cmd::Unix(u)) => unix_bench::run_outer(cli.opts, u),
+        Some(Cmd::UnixFloor) => unix_diag::floor_main(),
+        Some(Cmd::InternalUnix(u)) => unix_bench::internal_main(&cli.opts, &u),
+        Some(Cmd::InternalUnixWorker(args)) => unix_bench::worker_main(&args),
+        Some(Cmd::Churn(c)) => churn::run_outer(cli.opts, c),
+        Some(Cmd::InternalChurn(c)) => churn::internal_main(&cli.opts, &c),
+        Some(Cmd::InternalChurnLoad(args)) => churn::load_main(&args),
     };
     match result {
         Ok(code) => code,
@@ -201,6 +254,12 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
         None => default_exporter_path(),
     };
     opts.exporter = Some(exporter);
+    if let Some(p) = opts.baseline_exporter.take() {
+        opts.baseline_exporter = Some(
+            std::path::absolute(&p)
+                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
+        );
+    }
     if let Some(p) = opts.json.take() {
         opts.json = Some(
             std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
@@ -223,6 +282,10 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
     }
     if let Some(p) = &opts.json {
         args.push("--json".into());
+        args.push(p.into());
+    }
+    if let Some(p) = &opts.baseline_exporter {
+        args.push("--baseline-exporter".into());
         args.push(p.into());
     }
     args.push("internal-namespace".into());

@@ -12,14 +12,32 @@ use crate::proc_util;
 
 /// One look at 1M connections takes seconds; a run still going after this is hung.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
-const FLOOR_LABEL: &str = "floor (raw inet_diag dump)";
+pub const FLOOR_LABEL: &str = "floor (raw inet_diag dump)";
+/// What the label of a baseline row adds to the label of the row it is paired with.
+pub const BASELINE_SUFFIX: &str = " [baseline]";
 
+#[derive(Clone)]
 pub struct Spec {
     pub label: String,
     pub program: PathBuf,
     pub args: Vec<String>,
     /// Why the row is not measured at all (e.g. the exporter is not built).
     pub skip: Option<String>,
+    /// For a baseline row: the index of the row it is paired with (same arguments, the
+    /// exporter under test).
+    pub baseline_of: Option<usize>,
+}
+
+impl Spec {
+    pub fn new(label: &str, program: &Path, args: &[&str], skip: Option<String>) -> Spec {
+        Spec {
+            label: label.to_string(),
+            program: program.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            skip,
+            baseline_of: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -39,6 +57,8 @@ pub struct CommandResult {
     pub label: String,
     pub argv: Vec<String>,
     pub outcome: Outcome,
+    /// For a baseline row: the index of the row it is paired with.
+    pub baseline_of: Option<usize>,
 }
 
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -79,40 +99,98 @@ impl CommandResult {
     }
 
     pub fn is_floor(&self) -> bool {
-        self.label == FLOOR_LABEL
+        self.label.starts_with("floor")
     }
+}
+
+/// Median over runs of `a`'s figure divided by `b`'s in the same round, for two rows
+/// measured in the same rounds: slow drift of the machine cancels out run by run.
+pub fn paired_ratio(
+    a: &CommandResult,
+    b: &CommandResult,
+    figure: fn(&Sample) -> f64,
+) -> Option<f64> {
+    let (sa, sb) = (a.samples(), b.samples());
+    if sa.is_empty() || sa.len() != sb.len() {
+        return None;
+    }
+    median(
+        sa.iter()
+            .zip(sb)
+            .filter(|(_, y)| figure(y) > 0.0)
+            .map(|(x, y)| figure(x) / figure(y))
+            .collect(),
+    )
+}
+
+pub fn wall_of(s: &Sample) -> f64 {
+    s.wall
+}
+
+pub fn cpu_of(s: &Sample) -> f64 {
+    s.cpu
+}
+
+/// The paired ratios (wall, CPU) of each row that has a baseline row, by row index.
+pub fn baseline_ratios(results: &[CommandResult]) -> Vec<Option<(Option<f64>, Option<f64>)>> {
+    let mut out: Vec<Option<(Option<f64>, Option<f64>)>> = vec![None; results.len()];
+    for base in results {
+        if let Some(i) = base.baseline_of {
+            out[i] = Some((
+                paired_ratio(&results[i], base, wall_of),
+                paired_ratio(&results[i], base, cpu_of),
+            ));
+        }
+    }
+    out
+}
+
+/// Why a baseline exporter cannot be measured at all, if it cannot.
+pub fn baseline_skip(baseline: &Path) -> Option<String> {
+    if baseline.is_file() {
+        None
+    } else {
+        Some(format!("baseline {} not found", baseline.display()))
+    }
+}
+
+/// Adds, right after every row that runs `exporter`, the same command run by `baseline`.
+/// `skip_row` may refuse a row for the baseline (e.g. it lacks the collector measured).
+pub fn add_baseline(
+    specs: Vec<Spec>,
+    exporter: &Path,
+    baseline: &Path,
+    skip_row: impl Fn(&Spec) -> Option<String>,
+) -> Vec<Spec> {
+    let missing = baseline_skip(baseline);
+    let mut out = Vec::with_capacity(specs.len() * 2);
+    for spec in specs {
+        let twin = (spec.program == exporter).then(|| Spec {
+            label: format!("{}{BASELINE_SUFFIX}", spec.label),
+            program: baseline.to_path_buf(),
+            args: spec.args.clone(),
+            skip: missing.clone().or_else(|| skip_row(&spec)),
+            baseline_of: Some(out.len()),
+        });
+        out.push(spec);
+        out.extend(twin);
+    }
+    out
 }
 
 fn specs(exporter: &Path) -> Result<Vec<Spec>> {
     let me = std::env::current_exe().context("locating this executable")?;
-    let exporter_skip = if exporter.is_file() {
-        None
-    } else {
-        Some(format!(
-            "{} not found: build it with `cargo build --release` in the workspace root, or \
-             pass --exporter PATH",
-            exporter.display()
-        ))
-    };
-    let ss = PathBuf::from("ss");
-    let spec = |label: &str, program: &PathBuf, args: &[&str], skip: &Option<String>| Spec {
-        label: label.to_string(),
-        program: program.clone(),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        skip: skip.clone(),
-    };
-    let exporter = exporter.to_path_buf();
+    let exporter_skip = exporter_skip(exporter);
+    let ss = Path::new("ss");
+    let spec = |label: &str, args: &[&str]| Spec::new(label, exporter, args, exporter_skip.clone());
     Ok(vec![
-        spec(FLOOR_LABEL, &me, &["floor"], &None),
+        Spec::new(FLOOR_LABEL, &me, &["floor"], None),
         spec(
             "sockdiag-exporter snapshot (full)",
-            &exporter,
             &["snapshot", "--format", "json"],
-            &exporter_skip,
         ),
         spec(
             "sockdiag-exporter snapshot (listeners only)",
-            &exporter,
             &[
                 "snapshot",
                 "--format",
@@ -120,12 +198,10 @@ fn specs(exporter: &Path) -> Result<Vec<Spec>> {
                 "--no-collector.connections",
                 "--no-collector.netstat",
             ],
-            &exporter_skip,
         ),
         // Queued connections without tcp_info: what exact ages cost.
         spec(
             "sockdiag-exporter snapshot (--collector.connections.queue-age off)",
-            &exporter,
             &[
                 "snapshot",
                 "--format",
@@ -133,13 +209,11 @@ fn specs(exporter: &Path) -> Result<Vec<Spec>> {
                 "--collector.connections.queue-age",
                 "off",
             ],
-            &exporter_skip,
         ),
         // One port of the 16: the kernel still walks every socket, but builds
         // and sends replies for a sixteenth of them.
         spec(
             "sockdiag-exporter snapshot (--collector.connections.ports 20000)",
-            &exporter,
             &[
                 "snapshot",
                 "--format",
@@ -147,11 +221,23 @@ fn specs(exporter: &Path) -> Result<Vec<Spec>> {
                 "--collector.connections.ports",
                 "20000",
             ],
-            &exporter_skip,
         ),
-        spec("ss -tn state all", &ss, &["-tn", "state", "all"], &None),
-        spec("ss -ltn", &ss, &["-ltn"], &None),
+        Spec::new("ss -tn state all", ss, &["-tn", "state", "all"], None),
+        Spec::new("ss -ltn", ss, &["-ltn"], None),
     ])
+}
+
+/// Why the exporter's rows cannot be measured at all, if they cannot.
+pub fn exporter_skip(exporter: &Path) -> Option<String> {
+    if exporter.is_file() {
+        None
+    } else {
+        Some(format!(
+            "{} not found: build it with `cargo build --release` in the workspace root, or \
+             pass --exporter PATH",
+            exporter.display()
+        ))
+    }
 }
 
 /// Runs one command once, stdout discarded, stderr kept for the error message.
@@ -193,10 +279,41 @@ fn run_once(spec: &Spec) -> Result<Sample, String> {
     })
 }
 
+/// The main benchmark's commands, each paired with the `baseline` exporter's run of the
+/// same command if one is given, measured `runs` times.
+pub fn measure_all(
+    exporter: &Path,
+    baseline: Option<&Path>,
+    runs: u32,
+) -> Result<Vec<CommandResult>> {
+    let mut specs = specs(exporter)?;
+    if let Some(b) = baseline {
+        specs = add_baseline(specs, exporter, b, |_| None);
+    }
+    Ok(measure_specs(&specs, runs))
+}
+
+/// The order of one round: every row once, a row and its baseline twin back to back, the
+/// twin second in odd rounds and first in even ones, so that whatever the first of two runs
+/// leaves warm (page cache, CPU frequency) favours neither.
+fn round_order(specs: &[Spec], round: u32) -> Vec<usize> {
+    let mut order = Vec::with_capacity(specs.len());
+    for (i, s) in specs.iter().enumerate() {
+        if s.baseline_of.is_some() {
+            continue;
+        }
+        match specs.iter().position(|t| t.baseline_of == Some(i)) {
+            Some(j) if round.is_multiple_of(2) => order.extend([j, i]),
+            Some(j) => order.extend([i, j]),
+            None => order.push(i),
+        }
+    }
+    order
+}
+
 /// Runs every command `runs` times, round-robin, so that slow drift (page cache, memory
 /// compaction after setup) spreads over all rows instead of favouring one.
-pub fn measure_all(exporter: &Path, runs: u32) -> Result<Vec<CommandResult>> {
-    let specs = specs(exporter)?;
+pub fn measure_specs(specs: &[Spec], runs: u32) -> Vec<CommandResult> {
     let mut results: Vec<CommandResult> = specs
         .iter()
         .map(|s| CommandResult {
@@ -208,11 +325,13 @@ pub fn measure_all(exporter: &Path, runs: u32) -> Result<Vec<CommandResult>> {
                 Some(why) => Outcome::Skipped(why.clone()),
                 None => Outcome::Measured(Vec::new()),
             },
+            baseline_of: s.baseline_of,
         })
         .collect();
     for round in 1..=runs {
         eprintln!("sockdiag-bench: round {round}/{runs}");
-        for (spec, result) in specs.iter().zip(results.iter_mut()) {
+        for i in round_order(specs, round) {
+            let (spec, result) = (&specs[i], &mut results[i]);
             let Outcome::Measured(samples) = &mut result.outcome else {
                 continue;
             };
@@ -225,12 +344,58 @@ pub fn measure_all(exporter: &Path, runs: u32) -> Result<Vec<CommandResult>> {
             }
         }
     }
-    Ok(results)
+    results
 }
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::*;
+
+    fn measured(label: &str, walls: &[f64]) -> CommandResult {
+        CommandResult {
+            label: label.to_string(),
+            argv: Vec::new(),
+            outcome: Outcome::Measured(
+                walls
+                    .iter()
+                    .map(|&w| Sample {
+                        wall: w,
+                        cpu: w / 2.0,
+                        max_rss: 0,
+                    })
+                    .collect(),
+            ),
+            baseline_of: None,
+        }
+    }
+
+    /// A slow round slows both rows of a pair; the paired ratio must not move with it.
+    #[test]
+    fn paired_ratio_is_the_median_of_per_round_ratios() {
+        let new = measured("new", &[1.0, 10.0, 2.0]);
+        let base = measured("base", &[2.0, 10.0, 2.0]);
+        assert_eq!(paired_ratio(&new, &base, wall_of), Some(1.0));
+        assert_eq!(paired_ratio(&new, &base, cpu_of), Some(1.0));
+        let short = measured("short", &[1.0]);
+        assert_eq!(paired_ratio(&new, &short, wall_of), None);
+    }
+
+    #[test]
+    fn baseline_twins_follow_their_row_and_alternate_order_by_round() {
+        let exporter = Path::new("/x/new");
+        let specs = vec![
+            Spec::new("floor", Path::new("/x/bench"), &["floor"], None),
+            Spec::new("snap", exporter, &["snapshot"], None),
+            Spec::new("ss", Path::new("ss"), &["-xl"], None),
+        ];
+        let specs = add_baseline(specs, exporter, Path::new("/nonexistent/old"), |_| None);
+        let labels: Vec<&str> = specs.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["floor", "snap", "snap [baseline]", "ss"]);
+        assert_eq!(specs[2].baseline_of, Some(1));
+        assert!(specs[2].skip.as_deref().unwrap_or("").contains("not found"));
+        assert_eq!(round_order(&specs, 1), [0, 1, 2, 3]);
+        assert_eq!(round_order(&specs, 2), [0, 2, 1, 3]);
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {

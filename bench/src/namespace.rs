@@ -88,6 +88,12 @@ fn write_proc_file(path: &std::ffi::CStr, data: &[u8], what: &[u8]) -> io::Resul
 /// Runs this executable with `args` as the only process of a new user + network namespace,
 /// waits for it, and returns its exit status. SIGINT/SIGTERM/SIGHUP kill it meanwhile.
 pub fn run_in_new_namespace(args: &[OsString]) -> Result<ExitStatus> {
+    run_in_new_namespace_with(args, 0)
+}
+
+/// [`run_in_new_namespace`] with more namespaces of its own (`extra` CLONE_NEW* flags, e.g.
+/// CLONE_NEWNS for a mount namespace).
+pub fn run_in_new_namespace_with(args: &[OsString], extra: libc::c_int) -> Result<ExitStatus> {
     let exe = std::env::current_exe().context("locating this executable")?;
     // SAFETY: getuid/getgid/getpid cannot fail.
     let (uid, gid, me) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
@@ -102,7 +108,7 @@ pub fn run_in_new_namespace(args: &[OsString]) -> Result<ExitStatus> {
     // prctl, getppid) on buffers prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | extra) != 0 {
                 let err = io::Error::last_os_error();
                 raw_stderr(
                     b"sockdiag-bench: unshare(CLONE_NEWUSER|CLONE_NEWNET) failed; \

@@ -417,11 +417,11 @@ impl Holders {
 // Reading /metrics.
 
 /// One sample of the text exposition: name, labels, value.
-type Sample<'a> = (&'a str, Vec<(&'a str, String)>, f64);
+pub type Sample<'a> = (&'a str, Vec<(&'a str, String)>, f64);
 
 /// Parses one line of the text exposition; `None` for comments, blanks and what it cannot
 /// read.
-fn parse_sample(line: &str) -> Option<Sample<'_>> {
+pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -462,7 +462,7 @@ fn parse_sample(line: &str) -> Option<Sample<'_>> {
     Some((name, labels, value))
 }
 
-fn label<'a>(labels: &'a [(&str, String)], key: &str) -> Option<&'a str> {
+pub fn label<'a>(labels: &'a [(&str, String)], key: &str) -> Option<&'a str> {
     labels
         .iter()
         .find(|(k, _)| *k == key)

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::BenchOpts;
 use crate::daemon::{DaemonOutcome, LISTEN};
 use crate::diag::Census;
-use crate::measure::{CommandResult, Outcome};
+use crate::measure::{self, CommandResult, Outcome};
 
 pub struct Environment {
     pub connections: u64,
@@ -19,6 +19,7 @@ pub struct Environment {
     pub setup_seconds: f64,
     pub workers: usize,
     pub exporter: String,
+    pub baseline_exporter: Option<String>,
 }
 
 fn kernel_release() -> String {
@@ -44,6 +45,10 @@ impl Environment {
             setup_seconds,
             workers,
             exporter: exporter.display().to_string(),
+            baseline_exporter: opts
+                .baseline_exporter
+                .as_ref()
+                .map(|p| p.display().to_string()),
         }
     }
 }
@@ -57,6 +62,115 @@ fn floor_wall(results: &[CommandResult]) -> Option<f64> {
         .iter()
         .find(|r| r.is_floor())
         .and_then(|r| r.median_wall())
+}
+
+/// A cell of the "new / baseline" column.
+fn baseline_cell(ratios: Option<(Option<f64>, Option<f64>)>, is_baseline: bool) -> String {
+    if is_baseline {
+        return "(baseline)".to_string();
+    }
+    let x = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
+    match ratios {
+        None => String::new(),
+        Some((wall, cpu)) => format!("{} wall, {} CPU", x(wall), x(cpu)),
+    }
+}
+
+/// The results table: one row per command, `ratio` is the last figure column (named
+/// `ratio_name`), and with baseline rows a paired "new / baseline" column.
+pub fn table(
+    results: &[CommandResult],
+    ratio_name: &str,
+    ratio: &dyn Fn(&CommandResult) -> String,
+    with_baseline: bool,
+) -> String {
+    let mut s = String::new();
+    let (extra_head, extra_rule) = if with_baseline {
+        (" new / baseline (paired medians) |", "---:|")
+    } else {
+        ("", "")
+    };
+    let blanks = if with_baseline {
+        " | | | | |"
+    } else {
+        " | | | |"
+    };
+    let _ = writeln!(
+        s,
+        "| command | median wall | median CPU | peak RSS | {ratio_name} |{extra_head}"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|{extra_rule}");
+    let ratios = measure::baseline_ratios(results);
+    for (r, pair) in results.iter().zip(ratios) {
+        match &r.outcome {
+            Outcome::Measured(_) => {
+                let extra = if with_baseline {
+                    format!(" {} |", baseline_cell(pair, r.baseline_of.is_some()))
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {:.3} s | {:.3} s | {} | {} |{extra}",
+                    r.label,
+                    r.median_wall().unwrap_or(0.0),
+                    r.median_cpu().unwrap_or(0.0),
+                    mib(r.peak_rss().unwrap_or(0)),
+                    ratio(r),
+                );
+            }
+            Outcome::Failed(why) => {
+                let why = why.replace('|', "\\|").replace('\n', " ");
+                let _ = writeln!(s, "| `{}` | FAILED: {why}{blanks}", r.label);
+            }
+            Outcome::Skipped(why) => {
+                let why = why.replace('|', "\\|").replace('\n', " ");
+                let _ = writeln!(s, "| `{}` | skipped: {why}{blanks}", r.label);
+            }
+        }
+    }
+    s
+}
+
+/// One command's figures for the JSON reports.
+pub fn command_json(
+    r: &CommandResult,
+    results: &[CommandResult],
+    pair: Option<(Option<f64>, Option<f64>)>,
+) -> Value {
+    let (status, note, runs) = match &r.outcome {
+        Outcome::Measured(samples) => (
+            "ok",
+            Value::Null,
+            samples
+                .iter()
+                .map(|s| {
+                    json!({
+                        "wall_seconds": s.wall,
+                        "cpu_seconds": s.cpu,
+                        "max_rss_bytes": s.max_rss,
+                    })
+                })
+                .collect(),
+        ),
+        Outcome::Failed(why) => ("failed", json!(why), Vec::new()),
+        Outcome::Skipped(why) => ("skipped", json!(why), Vec::new()),
+    };
+    json!({
+        "command": r.label,
+        "argv": r.argv,
+        "status": status,
+        "note": note,
+        "runs": runs,
+        "median_wall_seconds": r.median_wall(),
+        "median_cpu_seconds": r.median_cpu(),
+        "peak_rss_bytes": r.peak_rss(),
+        "baseline_of": r.baseline_of.map(|i| results[i].label.clone()),
+        "ratio_to_baseline": pair.map(|(wall, cpu)| json!({
+            "wall_paired_median": wall,
+            "cpu_paired_median": cpu,
+        })),
+    })
 }
 
 pub fn markdown(
@@ -84,39 +198,26 @@ pub fn markdown(
         env.cpus,
         env.runs,
     );
-    let _ = writeln!(
-        s,
-        "| command | median wall | median CPU | peak RSS | wall ratio to floor |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-    let floor = floor_wall(results);
-    for r in results {
-        match &r.outcome {
-            Outcome::Measured(_) => {
-                let wall = r.median_wall().unwrap_or(0.0);
-                let ratio = match floor {
-                    Some(f) if f > 0.0 => format!("{:.2}x", wall / f),
-                    _ => "-".to_string(),
-                };
-                let _ = writeln!(
-                    s,
-                    "| `{}` | {:.3} s | {:.3} s | {} | {} |",
-                    r.label,
-                    wall,
-                    r.median_cpu().unwrap_or(0.0),
-                    mib(r.peak_rss().unwrap_or(0)),
-                    ratio
-                );
-            }
-            Outcome::Failed(why) => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
-                let _ = writeln!(s, "| `{}` | FAILED: {why} | | | |", r.label);
-            }
-            Outcome::Skipped(why) => {
-                let _ = writeln!(s, "| `{}` | skipped: {why} | | | |", r.label);
-            }
-        }
+    if let Some(b) = &env.baseline_exporter {
+        let _ = writeln!(
+            s,
+            "Exporter under test: `{}`; baseline: `{b}` (rows marked `[baseline]`, run back \
+             to back with the row above them, in alternating order).\n",
+            env.exporter
+        );
     }
+    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
+    let floor = floor_wall(results);
+    let ratio_to_floor = |r: &CommandResult| match (r.median_wall(), floor) {
+        (Some(w), Some(f)) if f > 0.0 => format!("{:.2}x", w / f),
+        _ => "-".to_string(),
+    };
+    s.push_str(&table(
+        results,
+        "wall ratio to floor",
+        &ratio_to_floor,
+        with_baseline,
+    ));
     // The floor is single-threaded and never sleeps: wall well above CPU means it waited
     // for a core that something else held.
     let floor_busy = results
@@ -178,42 +279,17 @@ pub fn json(
     daemon: Option<&DaemonOutcome>,
 ) -> String {
     let floor = floor_wall(results);
+    let ratios = measure::baseline_ratios(results);
     let commands: Vec<Value> = results
         .iter()
-        .map(|r| {
-            let (status, note, runs) = match &r.outcome {
-                Outcome::Measured(samples) => (
-                    "ok",
-                    Value::Null,
-                    samples
-                        .iter()
-                        .map(|s| {
-                            json!({
-                                "wall_seconds": s.wall,
-                                "cpu_seconds": s.cpu,
-                                "max_rss_bytes": s.max_rss,
-                            })
-                        })
-                        .collect(),
-                ),
-                Outcome::Failed(why) => ("failed", json!(why), Vec::new()),
-                Outcome::Skipped(why) => ("skipped", json!(why), Vec::new()),
+        .zip(ratios)
+        .map(|(r, pair)| {
+            let mut v = command_json(r, results, pair);
+            v["wall_ratio_to_floor"] = match (r.median_wall(), floor) {
+                (Some(w), Some(f)) if f > 0.0 => json!(w / f),
+                _ => Value::Null,
             };
-            let wall = r.median_wall();
-            json!({
-                "command": r.label,
-                "argv": r.argv,
-                "status": status,
-                "note": note,
-                "runs": runs,
-                "median_wall_seconds": wall,
-                "median_cpu_seconds": r.median_cpu(),
-                "peak_rss_bytes": r.peak_rss(),
-                "wall_ratio_to_floor": match (wall, floor) {
-                    (Some(w), Some(f)) if f > 0.0 => json!(w / f),
-                    _ => Value::Null,
-                },
-            })
+            v
         })
         .collect();
     let daemon = match daemon {
@@ -247,6 +323,7 @@ pub fn json(
         "setup_seconds": env.setup_seconds,
         "workers": env.workers,
         "exporter": env.exporter,
+        "baseline_exporter": env.baseline_exporter,
         "sockets": {
             "total": c.sockets,
             "listeners": c.listeners,

@@ -351,7 +351,7 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
     );
 
     let env = Environment::collect(opts, &exporter, census, setup_seconds, fleet.workers.len());
-    let results = measure::measure_all(&exporter, opts.runs)?;
+    let results = measure::measure_all(&exporter, opts.baseline_exporter.as_deref(), opts.runs)?;
     let daemon = if opts.daemon_seconds > 0 {
         Some(daemon::run(
             &exporter,
