@@ -421,3 +421,453 @@ fn port_filter_is_accepted_and_exact() {
         drop(keep);
     });
 }
+
+// ---------------------------------------------------------------------------
+// unix_diag: a capture of listening unix sockets, and the damage it can take.
+//
+// Regenerate with `cargo test --test parse -- --ignored regenerate_unix_fixture`;
+// the scenario is `build_unix_scenario`.
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+
+use sockdiag_exporter::collect::unix::address_label;
+use sockdiag_exporter::diag::netlink::{DatagramSummary, encode_dump};
+use sockdiag_exporter::diag::unix::{self as unix_diag, MAX_NAME};
+use sockdiag_exporter::diag::{Request, UnixKind, UnixListenersRequest, UnixRecord};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+const UNIX_FIXTURE: &str = "unix_listeners.bin";
+/// A fixed path, so the capture holds the same name whoever regenerates it.
+const UNIX_FIXTURE_DIR: &str = "/tmp/sockdiag-unix-fixture";
+const UNIX_FIXTURE_PATH: &str = "/tmp/sockdiag-unix-fixture/app.sock";
+const UNIX_FIXTURE_SEQPACKET: &[u8] = b"\0sockdiag-fixture-seq";
+const UNIX_FIXTURE_UTF8: &str = "\0sockdiag caf\u{e9}";
+
+/// Size of `nlmsghdr` plus `unix_diag_msg`: where a reply's attributes start.
+const UNIX_ATTRS: usize = 16 + 16;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_RQLEN: u16 = 4;
+
+/// A decoded record, owned.
+#[derive(Debug, Clone, PartialEq)]
+struct UnixOwned {
+    kind: UnixKind,
+    name: Vec<u8>,
+    length: Option<u32>,
+    limit: Option<u32>,
+    inode: u32,
+    cookie: u64,
+    uid: Option<u32>,
+}
+
+impl From<&UnixRecord<'_>> for UnixOwned {
+    fn from(r: &UnixRecord<'_>) -> Self {
+        UnixOwned {
+            kind: r.kind,
+            name: r.name.to_vec(),
+            length: r.queue_length,
+            limit: r.queue_limit,
+            inode: r.inode,
+            cookie: r.cookie,
+            uid: r.uid,
+        }
+    }
+}
+
+fn unix_parse(bytes: &[u8], seq: u32) -> Result<(Vec<UnixOwned>, DatagramSummary), ParseError> {
+    let mut out = Vec::new();
+    let summary = unix_diag::parse_datagram(bytes, seq, |r| out.push(UnixOwned::from(r)))?;
+    Ok((out, summary))
+}
+
+fn unix_socket(kind: Type, name: &[u8]) -> (Socket, SockAddr) {
+    let s = Socket::new(Domain::UNIX, kind, None).expect("unix socket");
+    let addr = SockAddr::unix(std::ffi::OsStr::from_bytes(name)).expect("unix address");
+    (s, addr)
+}
+
+fn unix_listen(kind: Type, name: &[u8], backlog: i32) -> Socket {
+    let (s, addr) = unix_socket(kind, name);
+    s.bind(&addr)
+        .unwrap_or_else(|e| panic!("bind {:?}: {e}", String::from_utf8_lossy(name)));
+    s.listen(backlog).expect("listen");
+    s
+}
+
+/// A client left in the listener's queue (non-blocking: a full queue
+/// fails instead of blocking the test).
+fn unix_pending(kind: Type, name: &[u8]) -> Socket {
+    let (s, addr) = unix_socket(kind, name);
+    s.set_nonblocking(true).expect("non-blocking client");
+    s.connect(&addr)
+        .unwrap_or_else(|e| panic!("connect {:?}: {e}", String::from_utf8_lossy(name)));
+    s
+}
+
+/// - a stream listener on `UNIX_FIXTURE_PATH`, backlog 5, 2 clients pending;
+/// - a seqpacket listener on abstract `@sockdiag-fixture-seq`, backlog 1, 2
+///   clients pending: full (backlog + 1);
+/// - a stream listener on abstract `@sockdiag café`, backlog 32, one
+///   connection accepted, none pending.
+///
+/// Not listening, so not in the dump: the clients, the accepted socket, a
+/// bound datagram socket and a bound stream socket that never listened.
+fn build_unix_scenario() -> Vec<Socket> {
+    let _ = std::fs::remove_dir_all(UNIX_FIXTURE_DIR);
+    std::fs::create_dir_all(UNIX_FIXTURE_DIR).expect("creating the fixture's socket dir");
+    let path = UNIX_FIXTURE_PATH.as_bytes();
+    let utf8 = UNIX_FIXTURE_UTF8.as_bytes();
+    let mut keep = vec![unix_listen(Type::STREAM, path, 5)];
+    keep.extend((0..2).map(|_| unix_pending(Type::STREAM, path)));
+    keep.push(unix_listen(Type::SEQPACKET, UNIX_FIXTURE_SEQPACKET, 1));
+    keep.extend((0..2).map(|_| unix_pending(Type::SEQPACKET, UNIX_FIXTURE_SEQPACKET)));
+    let over = unix_socket(Type::SEQPACKET, UNIX_FIXTURE_SEQPACKET);
+    over.0.set_nonblocking(true).unwrap();
+    let refused = over
+        .0
+        .connect(&over.1)
+        .expect_err("third client of backlog 1");
+    assert_eq!(refused.raw_os_error(), Some(libc::EAGAIN), "{refused}");
+    let l = unix_listen(Type::STREAM, utf8, 32);
+    let c = unix_pending(Type::STREAM, utf8);
+    let (a, _) = l.accept().expect("accept");
+    keep.extend([l, c, a]);
+    let (d, addr) = unix_socket(Type::DGRAM, b"\0sockdiag-fixture-dgram");
+    d.bind(&addr).expect("bind datagram socket");
+    let (b, addr) = unix_socket(Type::STREAM, b"\0sockdiag-fixture-bound");
+    b.bind(&addr).expect("bind stream socket");
+    keep.extend([d, b]);
+    keep
+}
+
+#[test]
+#[ignore = "rewrites tests/fixtures/unix_listeners.bin from the running kernel"]
+fn regenerate_unix_fixture() {
+    in_netns("regenerate_unix_fixture", || {
+        let _sockets = build_unix_scenario();
+        let mut socket = DiagSocket::open().expect("opening sock_diag socket");
+        let mut all = Vec::new();
+        socket
+            .dump_datagrams(&UnixListenersRequest, |d, seq| {
+                all.extend_from_slice(d);
+                Ok(unix_diag::parse_datagram(d, seq, |_| {})?.done)
+            })
+            .expect("unix dump");
+        std::fs::write(fixture(UNIX_FIXTURE), all).expect("writing fixture");
+        let _ = std::fs::remove_dir_all(UNIX_FIXTURE_DIR);
+    });
+}
+
+/// The capture's records sorted by name.
+fn unix_fixture_records() -> (Vec<u8>, u32, Vec<UnixOwned>) {
+    let (bytes, seq) = load(UNIX_FIXTURE);
+    let (mut rs, summary) = unix_parse(&bytes, seq).expect("the capture decodes");
+    assert!(summary.done, "capture ends in NLMSG_DONE");
+    rs.sort_by(|a, b| a.name.cmp(&b.name));
+    (bytes, seq, rs)
+}
+
+#[test]
+fn captured_unix_listeners_decode_to_the_scenario() {
+    let (bytes, seq, rs) = unix_fixture_records();
+    let (_, summary) = unix_parse(&bytes, seq).unwrap();
+    assert_eq!(
+        (summary.records, summary.skipped, summary.foreign),
+        (3, 0, 0)
+    );
+    let mut path = UNIX_FIXTURE_PATH.as_bytes().to_vec();
+    // The kernel keeps a bound path with its terminating NUL.
+    path.push(0);
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| (r.kind, r.name.as_slice(), r.length, r.limit))
+        .collect();
+    let want: [(UnixKind, &[u8], _, _); 3] = [
+        (
+            UnixKind::Stream,
+            UNIX_FIXTURE_UTF8.as_bytes(),
+            Some(0),
+            Some(32),
+        ),
+        (
+            UnixKind::Seqpacket,
+            UNIX_FIXTURE_SEQPACKET,
+            Some(2),
+            Some(1),
+        ),
+        (UnixKind::Stream, &path, Some(2), Some(5)),
+    ];
+    assert_eq!(got, want);
+    let labels: Vec<String> = rs.iter().map(|r| address_label(&r.name)).collect();
+    assert_eq!(
+        labels,
+        [
+            "@sockdiag caf\u{e9}",
+            "@sockdiag-fixture-seq",
+            UNIX_FIXTURE_PATH
+        ]
+    );
+    let inodes: BTreeSet<u32> = rs.iter().map(|r| r.inode).collect();
+    let cookies: BTreeSet<u64> = rs.iter().map(|r| r.cookie).collect();
+    assert!(!inodes.contains(&0) && inodes.len() == 3, "{inodes:?}");
+    assert!(!cookies.contains(&0) && cookies.len() == 3, "{cookies:?}");
+    // The owner was root of the capturing test's user namespace. A capture
+    // taken with the request's UDIAG_SHOW_UID bit wrong holds no uid at all
+    // (see `unix_listener_dump_carries_the_owner_uid`).
+    for r in &rs {
+        assert!(matches!(r.uid, None | Some(0)), "{r:?}");
+    }
+}
+
+#[test]
+fn unix_truncation_at_every_byte_is_an_error_never_a_panic() {
+    let (bytes, seq) = load(UNIX_FIXTURE);
+    let boundaries = message_boundaries(&bytes);
+    let replies = messages(&bytes).len() - 1;
+    for cut in 0..bytes.len() {
+        let result = unix_parse(&bytes[..cut], seq);
+        match boundaries.iter().position(|&b| b == cut) {
+            // A cut between messages is a datagram that ended early: the
+            // records before it, and not done, so the dump goes on.
+            Some(before) => {
+                let (rs, s) = result.unwrap_or_else(|e| panic!("cut at boundary {cut}: {e}"));
+                assert!(!s.done, "cut at {cut}");
+                assert_eq!(rs.len(), before.min(replies), "cut at {cut}");
+            }
+            None => {
+                let e = result.expect_err("a cut inside a message must be reported");
+                assert!(
+                    matches!(
+                        e,
+                        ParseError::Truncated { .. } | ParseError::Malformed { .. }
+                    ),
+                    "cut at {cut}: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// Offset of the first attribute of `kind` in a unix_diag reply message.
+fn find_unix_attr(msg: &[u8], kind: u16) -> Option<(usize, usize)> {
+    let mut at = UNIX_ATTRS;
+    while at + 4 <= msg.len() {
+        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
+        if u16::from_ne_bytes([msg[at + 2], msg[at + 3]]) & 0x3fff == kind {
+            return Some((at, len));
+        }
+        at += (len + 3) & !3;
+    }
+    None
+}
+
+/// `msg` with the attribute at `at` (of length `len`) replaced by `with`
+/// (a whole attribute, or nothing), its netlink length fixed.
+fn splice_attr(msg: &[u8], (at, len): (usize, usize), with: &[u8]) -> Vec<u8> {
+    let end = (at + ((len + 3) & !3)).min(msg.len());
+    let mut out = msg[..at].to_vec();
+    out.extend_from_slice(with);
+    out.extend_from_slice(&msg[end..]);
+    set_len(&mut out);
+    out
+}
+
+fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+    let mut v = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(value);
+    v.resize((v.len() + 3) & !3, 0);
+    v
+}
+
+/// The capture's messages, and the index of the reply for `name`.
+fn unix_message_of(name: &[u8]) -> (Vec<Vec<u8>>, usize, u32) {
+    let (bytes, seq) = load(UNIX_FIXTURE);
+    let msgs = messages(&bytes);
+    let i = msgs
+        .iter()
+        .position(|m| {
+            find_unix_attr(m, UNIX_DIAG_NAME)
+                .is_some_and(|(at, len)| m[at + 4..at + len].starts_with(name))
+        })
+        .unwrap_or_else(|| panic!("no reply for {name:?} in the capture"));
+    (msgs, i, seq)
+}
+
+#[test]
+fn unix_damaged_attribute_lengths_are_errors() {
+    let (msgs, i, seq) = unix_message_of(UNIX_FIXTURE_PATH.as_bytes());
+    let (at, _) = find_unix_attr(&msgs[i], UNIX_DIAG_RQLEN).expect("RQLEN in capture");
+    // Below the attribute header.
+    let mut bad = msgs.clone();
+    bad[i][at..at + 2].copy_from_slice(&3u16.to_ne_bytes());
+    assert!(matches!(
+        unix_parse(&bad.concat(), seq),
+        Err(ParseError::Malformed { .. })
+    ));
+    // Beyond the message.
+    let mut bad = msgs.clone();
+    bad[i][at..at + 2].copy_from_slice(&2000u16.to_ne_bytes());
+    assert!(matches!(
+        unix_parse(&bad.concat(), seq),
+        Err(ParseError::Truncated { .. })
+    ));
+    // A reply too short for unix_diag_msg.
+    let mut bad = msgs.clone();
+    bad[i].truncate(16 + 12);
+    set_len(&mut bad[i]);
+    assert!(matches!(
+        unix_parse(&bad.concat(), seq),
+        Err(ParseError::Truncated {
+            what: "unix_diag_msg",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn unix_unknown_attributes_are_skipped() {
+    let (bytes, seq, expected) = unix_fixture_records();
+    let mut msgs = messages(&bytes);
+    let last = msgs.len() - 1;
+    for m in &mut msgs[..last] {
+        // A future kernel's attribute, and one with the nested flag set.
+        m.extend_from_slice(&attr(99, &[1, 2, 3, 4, 5]));
+        m.extend_from_slice(&attr(0x8000 | 42, &[0; 8]));
+        set_len(m);
+    }
+    let (mut got, s) = unix_parse(&msgs.concat(), seq).unwrap();
+    got.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(got, expected);
+    assert!(s.done);
+}
+
+/// Without UNIX_DIAG_RQLEN (or with one too short) the record comes with
+/// no queue figures, which the collector skips rather than report zeros.
+#[test]
+fn a_unix_reply_without_rqlen_has_no_queue_figures() {
+    let (_, _, expected) = unix_fixture_records();
+    let (msgs, i, seq) = unix_message_of(UNIX_FIXTURE_SEQPACKET);
+    let rqlen = find_unix_attr(&msgs[i], UNIX_DIAG_RQLEN).expect("RQLEN in capture");
+    for with in [Vec::new(), attr(UNIX_DIAG_RQLEN, &7u32.to_ne_bytes())] {
+        let mut damaged = msgs.clone();
+        damaged[i] = splice_attr(&msgs[i], rqlen, &with);
+        let (mut got, s) = unix_parse(&damaged.concat(), seq).unwrap();
+        assert_eq!((s.records, s.done), (3, true));
+        got.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut want = expected.clone();
+        want[1].length = None;
+        want[1].limit = None;
+        assert_eq!(want[1].name, UNIX_FIXTURE_SEQPACKET);
+        assert_eq!(got, want, "RQLEN replaced by {with:?}");
+    }
+}
+
+#[test]
+fn unix_names_longer_than_sun_path_are_malformed() {
+    let (msgs, i, seq) = unix_message_of(UNIX_FIXTURE_PATH.as_bytes());
+    let name = find_unix_attr(&msgs[i], UNIX_DIAG_NAME).expect("NAME in capture");
+    // The longest name sun_path holds: a path of 108 bytes without NUL.
+    let mut damaged = msgs.clone();
+    damaged[i] = splice_attr(&msgs[i], name, &attr(UNIX_DIAG_NAME, &[b'/'; MAX_NAME]));
+    let (rs, _) = unix_parse(&damaged.concat(), seq).expect("108 bytes fit sun_path");
+    assert!(rs.iter().any(|r| r.name == [b'/'; MAX_NAME]));
+    for len in [MAX_NAME + 1, MAX_NAME + 3, 1000] {
+        let mut damaged = msgs.clone();
+        damaged[i] = splice_attr(&msgs[i], name, &attr(UNIX_DIAG_NAME, &vec![b'/'; len]));
+        let e = unix_parse(&damaged.concat(), seq).expect_err("name longer than sun_path");
+        assert!(matches!(e, ParseError::Malformed { .. }), "{len}: {e}");
+    }
+}
+
+#[test]
+fn unix_replies_of_other_families_kinds_and_states_are_skipped() {
+    let (bytes, seq, expected) = unix_fixture_records();
+    let msgs = messages(&bytes);
+    let at = |m: &[u8]| find_unix_attr(m, UNIX_DIAG_NAME).map(|(a, l)| m[a + 4..a + l].to_vec());
+    for (what, offset, value) in [
+        ("AF_INET family", 16, libc::AF_INET as u8),
+        ("SOCK_DGRAM", 17, libc::SOCK_DGRAM as u8),
+        ("SOCK_RAW", 17, libc::SOCK_RAW as u8),
+        ("ESTABLISHED state", 18, 1),
+        ("CLOSE state", 18, 7),
+    ] {
+        for i in 0..msgs.len() - 1 {
+            let mut damaged = msgs.clone();
+            damaged[i][offset] = value;
+            let skipped = at(&msgs[i]).expect("a name");
+            let (got, s) = unix_parse(&damaged.concat(), seq).unwrap();
+            assert_eq!((s.records, s.skipped, s.done), (2, 1, true), "{what}");
+            let want: Vec<UnixOwned> = expected
+                .iter()
+                .filter(|r| r.name != skipped)
+                .cloned()
+                .collect();
+            let mut got = got;
+            got.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(got, want, "{what} on reply {i}");
+        }
+    }
+}
+
+/// `UnixListenersRequest` with a chosen `udiag_show`, to tell what the
+/// kernel sends when asked from what the exporter asks.
+struct UnixShow(u32);
+
+impl std::fmt::Display for UnixShow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unix dump of listeners with udiag_show {:#x}", self.0)
+    }
+}
+
+impl Request for UnixShow {
+    fn encode(&self, seq: u32, out: &mut Vec<u8>) {
+        encode_dump(out, seq, |b| {
+            b.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+            b.extend_from_slice(&(1u32 << 10).to_ne_bytes()); // TCP_LISTEN
+            b.extend_from_slice(&0u32.to_ne_bytes()); // any inode
+            b.extend_from_slice(&self.0.to_ne_bytes());
+            b.extend_from_slice(&[0xff; 8]); // any cookie
+        });
+    }
+}
+
+/// `udiag_show` of an encoded unix_diag request.
+fn udiag_show(request: &dyn Request) -> u32 {
+    let mut out = Vec::new();
+    request.encode(1, &mut out);
+    u32::from_ne_bytes(out[16 + 12..16 + 16].try_into().unwrap())
+}
+
+/// The exporter asks for the owner's uid (UDIAG_SHOW_UID, 0x40 in
+/// linux/unix_diag.h; the attribute it brings back is UNIX_DIAG_UID, 7) and
+/// gets it: root of the test's user namespace.
+#[test]
+fn unix_listener_dump_carries_the_owner_uid() {
+    in_netns("unix_listener_dump_carries_the_owner_uid", || {
+        let _l = unix_listen(Type::STREAM, b"\0sockdiag-uid", 3);
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let mut uids = |request: &dyn Request| {
+            let mut uids = Vec::new();
+            socket
+                .dump_datagrams(request, |d, seq| {
+                    Ok(unix_diag::parse_datagram(d, seq, |r| uids.push(r.uid))?.done)
+                })
+                .unwrap_or_else(|e| panic!("{request}: {e}"));
+            uids
+        };
+        // NAME | RQLEN | UID, as the kernel numbers them: the kernel does
+        // send the uid when asked so.
+        const UDIAG_SHOW_NAME_RQLEN_UID: u32 = 0x01 | 0x10 | 0x40;
+        assert_eq!(uids(&UnixShow(UDIAG_SHOW_NAME_RQLEN_UID)), [Some(0)]);
+        let show = udiag_show(&UnixListenersRequest);
+        assert_eq!(
+            uids(&UnixListenersRequest),
+            [Some(0)],
+            "UnixListenersRequest asks with udiag_show {show:#x}, the kernel's \
+             NAME|RQLEN|UID is {UDIAG_SHOW_NAME_RQLEN_UID:#x}: its UID bit is wrong, so \
+             no unix listener ever gets a uid"
+        );
+    });
+}
