@@ -128,3 +128,64 @@ fn sample_allocations_do_not_grow_with_sockets() {
         drop((keep, listener));
     });
 }
+
+/// A warm unix listener dump hands every record over from the receive
+/// buffer: no allocation with 10 listeners, none with 500 (which take more
+/// than one datagram).
+#[test]
+fn a_warm_unix_listener_dump_allocates_nothing() {
+    use sockdiag_exporter::diag::UnixListenersRequest;
+    use socket2::{Domain, SockAddr, Socket, Type};
+
+    in_netns("a_warm_unix_listener_dump_allocates_nothing", || {
+        raise_fd_limit(700);
+        let mut keep: Vec<Socket> = Vec::new();
+        let mut listeners = 0;
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        for total in [10u64, 500] {
+            while listeners < total {
+                // Stream and seqpacket, and a pending client on every tenth.
+                let kind = if listeners % 3 == 0 {
+                    Type::SEQPACKET
+                } else {
+                    Type::STREAM
+                };
+                let name = format!("\0sockdiag-alloc-{listeners}");
+                let addr = SockAddr::unix(name).expect("abstract address");
+                let l = Socket::new(Domain::UNIX, kind, None).expect("unix socket");
+                l.bind(&addr).expect("bind");
+                l.listen(4).expect("listen");
+                keep.push(l);
+                if listeners % 10 == 0 {
+                    let c = Socket::new(Domain::UNIX, kind, None).expect("unix client");
+                    c.set_nonblocking(true).expect("non-blocking client");
+                    c.connect(&addr).expect("connect");
+                    keep.push(c);
+                }
+                listeners += 1;
+            }
+            let queued = total.div_ceil(10);
+            let dump = |socket: &mut DiagSocket| {
+                let (mut records, mut length) = (0u64, 0u64);
+                let stats = socket
+                    .dump_unix(&UnixListenersRequest, |r| {
+                        records += 1;
+                        length += u64::from(r.queue_length.unwrap_or(0));
+                    })
+                    .expect("unix dump");
+                (records, length, stats.datagrams)
+            };
+            // Warm up: the request buffer reaches its size.
+            dump(&mut socket);
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let (records, length, datagrams) = dump(&mut socket);
+            let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            println!(
+                "{allocations} allocations for {records} unix listeners in {datagrams} datagrams"
+            );
+            assert_eq!((records, length), (total, queued));
+            assert_eq!(allocations, 0, "a warm unix dump of {total} listeners");
+        }
+        drop(keep);
+    });
+}
