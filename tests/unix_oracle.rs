@@ -883,6 +883,23 @@ fn unix_series(
 fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
     let at = oracle.label.as_str();
     let ours = unix_series(m, at, report);
+    // A unix listener's address under another family (or none) would be a
+    // series the family="unix" pass above never sees.
+    for s in &m.0 {
+        let unix_address = s
+            .labels
+            .get("address")
+            .is_some_and(|a| oracle.by_label.contains_key(&unescape(a)));
+        if s.labels.get("netns").map(String::as_str) == Some(at)
+            && unix_address
+            && s.labels.get("family").map(String::as_str) != Some("unix")
+        {
+            report.fail(format!(
+                "netns {at}: {} {:?} is not family=\"unix\"",
+                s.name, s.labels
+            ));
+        }
+    }
     for reason in ["filter", "cap"] {
         report.eq(
             format!("netns {at}: unexported {reason}"),
