@@ -1005,6 +1005,15 @@ fn tempdir(what: &str) -> PathBuf {
     dir
 }
 
+/// Removes the test's directory however the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Every namespace's ss reading, by netns label.
 fn read_all(plans: &[NsPlan], helpers: &[Helper]) -> BTreeMap<String, Vec<SsListener>> {
     plans
@@ -1024,6 +1033,7 @@ fn unix_oracle_against_ss() {
         );
         let mut rng = Rng::new(seed);
         let root = tempdir("unix-oracle");
+        let _cleanup = RemoveOnDrop(root.clone());
         let run_netns = root.join("run-netns");
         std::fs::create_dir_all(&run_netns).expect("creating the run-netns dir");
 
@@ -1220,6 +1230,5 @@ fn unix_oracle_against_ss() {
         assert!(status.success(), "daemon exit on SIGTERM: {status}");
         println!("unix oracle done in {:?}", started.elapsed());
         drop((cross_clients, helpers));
-        let _ = std::fs::remove_dir_all(&root);
     });
 }
