@@ -26,8 +26,10 @@ const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_RQLEN: u16 = 4;
 /// `UNIX_DIAG_UID` (Linux 5.3+): the owner's uid.
 const UNIX_DIAG_UID: u16 = 7;
-/// `UDIAG_SHOW_UID`, which the crate's flags lack.
-const UDIAG_SHOW_UID: u32 = 1 << UNIX_DIAG_UID;
+/// `UDIAG_SHOW_UID`, which the crate's flags lack. Not `1 << UNIX_DIAG_UID`:
+/// `UNIX_DIAG_SHUTDOWN` (6) has no show flag, so the flags and the
+/// attribute numbers part ways there.
+const UDIAG_SHOW_UID: u32 = 0x40;
 /// `TCP_LISTEN`, the state unix sockets borrow for listening.
 const STATE_LISTEN: u8 = 10;
 /// The longest `sun_path`.
