@@ -4,9 +4,16 @@
 //! again), carried from one listener dump to the next. TCP and unix
 //! listeners are tracked alike.
 //!
-//! State is kept per socket cookie, so a listener that is closed and opened
-//! again starts afresh (its counters reset, as Prometheus expects), and each
-//! member of a reuseport group keeps its own figures.
+//! State is kept per socket cookie, so each member of a reuseport group
+//! keeps its own figures, and a listener that is closed and opened again
+//! starts afresh (its peak forgotten). Its counters, though, are published
+//! per label set: a socket that takes over the labels of one that went
+//! (a server restarted, a reuseport member replaced) continues from the
+//! last value published under them, so no counter series ever goes down
+//! while it is being scraped, and `increase()` needs no reset detection,
+//! which undercounts when the new socket passes the old value before a
+//! scrape. A label set unpublished for [`SERIES_MEMORY`] starts afresh:
+//! Prometheus has marked that series stale long before.
 //!
 //! A dump is not an atomic snapshot: the kernel resumes a multi-datagram
 //! dump by position in its hash table, so a listener added or removed
@@ -26,6 +33,24 @@ const PEAK_BUCKETS: u32 = 6;
 
 /// Samples a listener may be missing from before its state is dropped.
 const MISSES_TOLERATED: u32 = 2;
+
+/// How long the counters last published under a label set are remembered
+/// for a socket that takes it over: Prometheus's default staleness
+/// lookback, after which the series was already ended.
+pub const SERIES_MEMORY: Duration = Duration::from_secs(300);
+
+/// The counters last published under one label set (address and member).
+struct Series {
+    /// The socket publishing under it.
+    cookie: u64,
+    /// What is added to that socket's own counters.
+    full_base: f64,
+    drops_base: u64,
+    /// What was last published.
+    full: f64,
+    drops: u64,
+    published_at: Instant,
+}
 
 /// One listening socket as a listener dump reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +96,8 @@ pub struct ListenerTracker {
     /// Addresses labelled as groups: several members were seen together,
     /// and more than one is still tracked.
     grouped: HashSet<Endpoint>,
+    /// Counters by published label set.
+    series: HashMap<(Endpoint, Option<u32>), Series>,
 }
 
 impl ListenerTracker {
@@ -83,6 +110,44 @@ impl ListenerTracker {
             tracked: HashMap::new(),
             slots: HashMap::new(),
             grouped: HashSet::new(),
+            series: HashMap::new(),
+        }
+    }
+
+    /// Makes each published counter continue its label set's series: a
+    /// socket taking over a label set from another starts where the other
+    /// left it.
+    fn continue_series(&mut self, now: Instant, figures: &mut [ListenerFigures]) {
+        self.series
+            .retain(|_, s| now.saturating_duration_since(s.published_at) < SERIES_MEMORY);
+        for f in figures.iter_mut() {
+            let own_full = f.full_seconds.unwrap_or(0.0);
+            let own_drops = f.drops.unwrap_or(0);
+            let s = self
+                .series
+                .entry((f.endpoint.clone(), f.member))
+                .or_insert(Series {
+                    cookie: f.cookie,
+                    full_base: 0.0,
+                    drops_base: 0,
+                    full: 0.0,
+                    drops: 0,
+                    published_at: now,
+                });
+            if s.cookie != f.cookie {
+                s.cookie = f.cookie;
+                s.full_base = (s.full - own_full).max(0.0);
+                s.drops_base = s.drops.saturating_sub(own_drops);
+            }
+            if let Some(full) = &mut f.full_seconds {
+                *full += s.full_base;
+                s.full = *full;
+            }
+            if let Some(drops) = &mut f.drops {
+                *drops += s.drops_base;
+                s.drops = *drops;
+            }
+            s.published_at = now;
         }
     }
 
@@ -234,9 +299,11 @@ impl ListenerTracker {
                 self.free_slot(&t.key, t.slot);
             }
         }
+        let mut listeners = self.label_members(figures);
+        self.continue_series(now, &mut listeners);
         ListenerSample {
             taken_at: wall,
-            listeners: self.label_members(figures),
+            listeners,
             unexported: Vec::new(),
         }
     }
@@ -313,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_socket_starts_afresh() {
+    fn a_replaced_socket_starts_afresh_but_continues_the_counters() {
         let mut t = tracker();
         let (t0, wall) = (Instant::now(), SystemTime::now());
         t.update(t0, wall, &[listener(1, 80, 11, 10)]);
@@ -322,7 +389,8 @@ mod tests {
         assert_eq!(s.listeners.len(), 1, "the missing socket is not published");
         assert_eq!(
             (s.listeners[0].full_seconds, s.listeners[0].peak_length),
-            (Some(0.0), Some(0))
+            (Some(0.2), Some(0)),
+            "its own peak, the labels' full time"
         );
         for i in 1..=3 {
             t.update(at(t0, 400 + 200 * i), wall, &[listener(2, 80, 0, 10)]);
@@ -462,6 +530,72 @@ mod tests {
             &[listener(3, 80, 11, 10), listener(7, 80, 0, 10)],
         );
         assert_eq!(members(&s), vec![(80, 7, Some(0)), (80, 3, Some(1))]);
+    }
+
+    /// Regression: a listener reopened on its port (a server restarted,
+    /// or a crash loop) published its new socket's counters from zero
+    /// under the same labels, a decrease to anyone scraping.
+    #[test]
+    fn counters_never_go_down_under_one_label_set() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let with = |cookie, length, drops| Seen {
+            drops: Some(drops),
+            ..listener(cookie, 80, length, 10)
+        };
+        let mut last = (0.0, 0);
+        let mut ms = 0;
+        // Five sockets in turn, each full for a while, each with its own
+        // drop counter starting low.
+        for cookie in 1..=5u64 {
+            for step in 0..4u32 {
+                ms += 200;
+                let s = t.update(at(t0, ms), wall, &[with(cookie, 11, step)]);
+                let l = &s.listeners[0];
+                let now = (l.full_seconds.unwrap(), l.drops.unwrap());
+                assert!(now.0 >= last.0 && now.1 >= last.1, "{last:?} -> {now:?}");
+                last = now;
+            }
+        }
+        assert_eq!(last.1, 5 * 3, "each socket's drops add up");
+        // Unpublished past the memory, the labels start afresh.
+        let s = t.update(
+            at(t0, ms) + SERIES_MEMORY + Duration::from_secs(1),
+            wall,
+            &[with(6, 0, 0)],
+        );
+        assert_eq!(s.listeners[0].full_seconds, Some(0.0));
+        assert_eq!(s.listeners[0].drops, Some(0));
+    }
+
+    #[test]
+    fn a_replaced_group_member_continues_its_members_counters() {
+        let mut t = tracker();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        t.update(t0, wall, &[listener(1, 80, 11, 10), listener(2, 80, 0, 10)]);
+        let s = t.update(
+            at(t0, 200),
+            wall,
+            &[listener(1, 80, 11, 10), listener(2, 80, 0, 10)],
+        );
+        let full = |s: &ListenerSample, m| {
+            s.listeners
+                .iter()
+                .find(|l| l.member == Some(m))
+                .and_then(|l| l.full_seconds)
+        };
+        assert_eq!((full(&s, 0), full(&s, 1)), (Some(0.2), Some(0.0)));
+        // Member 0 goes; after its grace a new socket takes slot 0.
+        for i in 2..=4 {
+            t.update(at(t0, 200 * i), wall, &[listener(2, 80, 0, 10)]);
+        }
+        let s = t.update(
+            at(t0, 1000),
+            wall,
+            &[listener(3, 80, 0, 10), listener(2, 80, 0, 10)],
+        );
+        assert_eq!(full(&s, 0), Some(0.2), "member 0's series goes on");
+        assert_eq!(full(&s, 1), Some(0.0));
     }
 
     #[test]
