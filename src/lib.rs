@@ -15,6 +15,7 @@ pub mod aggregate;
 pub mod cgroup;
 pub mod cli;
 pub mod collect;
+pub mod cookie;
 pub mod daemon;
 pub mod diag;
 pub mod family;

@@ -134,7 +134,8 @@ pub struct ListenerSample {
     /// When the sample was taken.
     #[serde(serialize_with = "unix_seconds")]
     pub taken_at: SystemTime,
-    /// Listening sockets, sorted by address and member.
+    /// Listening sockets, in the order the kernel listed them (renderers
+    /// for people sort them).
     pub listeners: Vec<ListenerFigures>,
     /// Listeners left out of the figures, by reason (`filter`, `cap`).
     pub unexported: Vec<(&'static str, u64)>,

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{self, Workload};
+use crate::cookie::CookieMap;
 
 pub use crate::netns::NsId;
 
@@ -117,7 +118,7 @@ pub struct OwnerCache {
     procfs: PathBuf,
     retry: Duration,
     /// By socket cookie; only listeners with an inode.
-    entries: HashMap<u64, Entry>,
+    entries: CookieMap<Entry>,
 }
 
 /// An inode looked for during one walk, and where it was first found.
@@ -134,7 +135,7 @@ impl OwnerCache {
         OwnerCache {
             procfs,
             retry,
-            entries: HashMap::new(),
+            entries: CookieMap::default(),
         }
     }
 
@@ -171,7 +172,7 @@ impl OwnerCache {
     ) -> RefreshStats {
         let started = Instant::now();
         let mut stats = RefreshStats::default();
-        let listed: HashMap<u64, u32> = listeners
+        let listed: CookieMap<u32> = listeners
             .iter()
             .copied()
             .filter(|&(_, inode)| inode != 0)

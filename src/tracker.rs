@@ -25,6 +25,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cookie::CookieMap;
 use crate::model::{Endpoint, ListenerFigures, ListenerSample};
 
 /// A peak window is kept as this many buckets of per-bucket maxima, so the
@@ -38,19 +39,6 @@ const MISSES_TOLERATED: u32 = 2;
 /// for a socket that takes it over: Prometheus's default staleness
 /// lookback, after which the series was already ended.
 pub const SERIES_MEMORY: Duration = Duration::from_secs(300);
-
-/// The counters last published under one label set (address and member).
-struct Series {
-    /// The socket publishing under it.
-    cookie: u64,
-    /// What is added to that socket's own counters.
-    full_base: f64,
-    drops_base: u64,
-    /// What was last published.
-    full: f64,
-    drops: u64,
-    published_at: Instant,
-}
 
 /// One listening socket as a listener dump reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,9 +59,33 @@ pub struct Seen {
     pub uid: Option<u32>,
 }
 
+/// How one socket's counters appear under the label set it publishes in:
+/// its own totals plus what the label set had reached before it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Published {
+    member: Option<u32>,
+    full_base: f64,
+    drops_base: u64,
+    full: f64,
+    drops: u64,
+}
+
+/// Who publishes in a label set, or, once nobody does, the counters it
+/// had reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Label {
+    /// The socket publishing in it; `None` once it left.
+    owner: Option<u64>,
+    /// The counters when it was left.
+    full: f64,
+    drops: u64,
+    /// When it was taken or left.
+    at: Instant,
+}
+
 struct Tracked {
     key: Endpoint,
-    /// Stable position in its reuseport group.
+    /// Stable position in its group of sockets sharing the address.
     slot: u32,
     /// (bucket start, max length seen in it), oldest first.
     buckets: VecDeque<(Instant, u32)>,
@@ -84,20 +96,32 @@ struct Tracked {
     drops_total: u64,
     last_seen: Instant,
     misses: u32,
+    /// The sample that last saw it: a dump naming it twice is told by this.
+    seen_in: u64,
+    /// Whether another tracked socket shares its address, so that it may
+    /// need a `member` label.
+    crowd: bool,
+    /// Its label set and counter bases, once published.
+    published: Option<Published>,
 }
 
 /// Tracks peaks, full time, drops and member slots across listener samples.
+///
+/// A sample costs lookups by socket cookie only; addresses are hashed
+/// just when a socket appears or leaves, or in a group's bookkeeping.
 pub struct ListenerTracker {
     peak_window: Duration,
     bucket: Duration,
-    tracked: HashMap<u64, Tracked>,
+    /// Samples taken.
+    samples: u64,
+    tracked: CookieMap<Tracked>,
     /// Slots taken in each group of sockets sharing an address.
     slots: HashMap<Endpoint, BTreeSet<u32>>,
     /// Addresses labelled as groups: several members were seen together,
     /// and more than one is still tracked.
     grouped: HashSet<Endpoint>,
-    /// Counters by published label set.
-    series: HashMap<(Endpoint, Option<u32>), Series>,
+    /// Every label set published in within [`SERIES_MEMORY`].
+    labels: HashMap<(Endpoint, Option<u32>), Label>,
 }
 
 impl ListenerTracker {
@@ -107,60 +131,79 @@ impl ListenerTracker {
         ListenerTracker {
             peak_window,
             bucket,
-            tracked: HashMap::new(),
+            samples: 0,
+            tracked: CookieMap::default(),
             slots: HashMap::new(),
             grouped: HashSet::new(),
-            series: HashMap::new(),
+            labels: HashMap::new(),
         }
     }
 
-    /// Makes each published counter continue its label set's series: a
-    /// socket taking over a label set from another starts where the other
-    /// left it.
-    fn continue_series(&mut self, now: Instant, figures: &mut [ListenerFigures]) {
-        self.series
-            .retain(|_, s| now.saturating_duration_since(s.published_at) < SERIES_MEMORY);
-        for f in figures.iter_mut() {
-            let own_full = f.full_seconds.unwrap_or(0.0);
-            let own_drops = f.drops.unwrap_or(0);
-            let s = self
-                .series
-                .entry((f.endpoint.clone(), f.member))
-                .or_insert(Series {
-                    cookie: f.cookie,
-                    full_base: 0.0,
-                    drops_base: 0,
-                    full: 0.0,
-                    drops: 0,
-                    published_at: now,
-                });
-            if s.cookie != f.cookie {
-                s.cookie = f.cookie;
-                s.full_base = (s.full - own_full).max(0.0);
-                s.drops_base = s.drops.saturating_sub(own_drops);
-            }
-            if let Some(full) = &mut f.full_seconds {
-                *full += s.full_base;
-                s.full = *full;
-            }
-            if let Some(drops) = &mut f.drops {
-                *drops += s.drops_base;
-                s.drops = *drops;
-            }
-            s.published_at = now;
-        }
-    }
-
-    fn take_slot(&mut self, key: &Endpoint) -> u32 {
+    /// A slot at `key` for a new socket, and whether others share `key`.
+    fn take_slot(&mut self, key: &Endpoint) -> (u32, bool) {
         let used = self.slots.entry(key.clone()).or_default();
         let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
         used.insert(slot);
-        slot
+        let crowd = used.len() > 1;
+        if used.len() == 2 {
+            self.set_crowd(key, true);
+        }
+        (slot, crowd)
     }
 
-    /// Sorts listeners and keeps the `member` number only for groups, so
-    /// one stuck member of a `SO_REUSEPORT` group shows as its own series
-    /// while a lone listener keeps exactly the contract's labels.
+    fn free_slot(&mut self, key: &Endpoint, slot: u32) {
+        if let Some(used) = self.slots.get_mut(key) {
+            used.remove(&slot);
+            match used.len() {
+                0 => {
+                    self.slots.remove(key);
+                }
+                1 => self.set_crowd(key, false),
+                _ => {}
+            }
+        }
+    }
+
+    /// Marks every tracked socket at `key`; only when a second socket
+    /// joins an address or the last but one leaves it.
+    fn set_crowd(&mut self, key: &Endpoint, crowd: bool) {
+        for t in self.tracked.values_mut() {
+            if t.key == *key {
+                t.crowd = crowd;
+            }
+        }
+    }
+
+    /// Forgets socket `cookie`: frees its slot and leaves its label set's
+    /// counters for a socket that takes the label set over.
+    fn forget(&mut self, cookie: u64, now: Instant) {
+        if let Some(t) = self.tracked.remove(&cookie) {
+            self.free_slot(&t.key, t.slot);
+            if let Some(p) = t.published {
+                self.leave((t.key, p.member), cookie, &p, now);
+            }
+        }
+    }
+
+    /// Socket `cookie` stops publishing in label set `key`, at counters `p`.
+    fn leave(&mut self, key: (Endpoint, Option<u32>), cookie: u64, p: &Published, now: Instant) {
+        if let Some(l) = self.labels.get_mut(&key) {
+            if l.owner == Some(cookie) {
+                *l = Label {
+                    owner: None,
+                    full: p.full,
+                    drops: p.drops,
+                    at: now,
+                };
+            }
+        }
+    }
+
+    /// Keeps the `member` number only for groups, so one stuck member of a
+    /// `SO_REUSEPORT` group shows as its own series while a lone listener
+    /// keeps exactly the contract's labels. `crowded` are the indexes of
+    /// the figures of sockets that share their address with another
+    /// tracked socket; every other figure is a lone listener.
     ///
     /// An address becomes a group when several members are seen together,
     /// and stays one while more than one is tracked (members missing from
@@ -168,33 +211,101 @@ impl ListenerTracker {
     /// others into lone listeners, which would put two sockets' counters on
     /// one series in turn; and a lone listener restarted (the old socket
     /// still tracked, the new one present) does not become a group.
-    fn label_members(&mut self, mut figures: Vec<ListenerFigures>) -> Vec<ListenerFigures> {
+    fn label_members(&mut self, figures: &mut [ListenerFigures], crowded: &[usize]) {
         let mut present: HashMap<&Endpoint, usize> = HashMap::new();
-        for f in &figures {
-            *present.entry(&f.endpoint).or_default() += 1;
+        for &i in crowded {
+            *present.entry(&figures[i].endpoint).or_default() += 1;
         }
         for (key, n) in present {
             if n > 1 && !self.grouped.contains(key) {
                 self.grouped.insert(key.clone());
             }
         }
-        let slots = &self.slots;
-        self.grouped
-            .retain(|key| slots.get(key).is_some_and(|used| used.len() > 1));
-        for f in &mut figures {
-            if !self.grouped.contains(&f.endpoint) {
+        if !self.grouped.is_empty() {
+            let slots = &self.slots;
+            self.grouped
+                .retain(|key| slots.get(key).is_some_and(|used| used.len() > 1));
+        }
+        let mut crowded = crowded.iter().peekable();
+        for (i, f) in figures.iter_mut().enumerate() {
+            let crowd = crowded.next_if_eq(&&i).is_some();
+            if !crowd || !self.grouped.contains(&f.endpoint) {
                 f.member = None;
             }
         }
-        figures.sort_unstable_by(|a, b| (&a.endpoint, a.member).cmp(&(&b.endpoint, b.member)));
-        figures
     }
 
-    fn free_slot(&mut self, key: &Endpoint, slot: u32) {
-        if let Some(used) = self.slots.get_mut(key) {
-            used.remove(&slot);
-            if used.is_empty() {
-                self.slots.remove(key);
+    /// Makes each published counter continue its label set's series: a
+    /// socket publishing in a label set for the first time starts where the
+    /// label set was: where the socket that published in it last (one that
+    /// went, one restarted but still in its grace, or one that moved to
+    /// another member label) had brought it.
+    fn continue_series(&mut self, now: Instant, figures: &mut [ListenerFigures]) {
+        self.labels.retain(|_, l| {
+            l.owner.is_some() || now.saturating_duration_since(l.at) < SERIES_MEMORY
+        });
+        for f in figures.iter_mut() {
+            let Some(t) = self.tracked.get(&f.cookie) else {
+                continue;
+            };
+            let previous = t.published;
+            if previous.is_none_or(|p| p.member != f.member) {
+                let key = t.key.clone();
+                if let Some(p) = previous {
+                    self.leave((key.clone(), p.member), f.cookie, &p, now);
+                }
+                let label = (key, f.member);
+                // Where the label set stands: its owner's counters, taken
+                // over from it, or those it was left at.
+                let before = match self.labels.get(&label) {
+                    Some(Label { owner: Some(o), .. }) if *o != f.cookie => {
+                        self.tracked.get_mut(o).and_then(|other| {
+                            let fresh =
+                                now.saturating_duration_since(other.last_seen) < SERIES_MEMORY;
+                            other
+                                .published
+                                .take()
+                                .filter(|_| fresh)
+                                .map(|p| (p.full, p.drops))
+                        })
+                    }
+                    Some(l) if l.owner.is_none() => Some((l.full, l.drops)),
+                    _ => None,
+                };
+                self.labels.insert(
+                    label,
+                    Label {
+                        owner: Some(f.cookie),
+                        full: 0.0,
+                        drops: 0,
+                        at: now,
+                    },
+                );
+                let (own_full, own_drops) = (f.full_seconds.unwrap_or(0.0), f.drops.unwrap_or(0));
+                if let Some(t) = self.tracked.get_mut(&f.cookie) {
+                    t.published = Some(Published {
+                        member: f.member,
+                        full_base: before.map_or(0.0, |(full, _)| (full - own_full).max(0.0)),
+                        drops_base: before.map_or(0, |(_, drops)| drops.saturating_sub(own_drops)),
+                        full: 0.0,
+                        drops: 0,
+                    });
+                }
+            }
+            let Some(p) = self
+                .tracked
+                .get_mut(&f.cookie)
+                .and_then(|t| t.published.as_mut())
+            else {
+                continue;
+            };
+            if let Some(full) = &mut f.full_seconds {
+                *full += p.full_base;
+                p.full = *full;
+            }
+            if let Some(drops) = &mut f.drops {
+                *drops += p.drops_base;
+                p.drops = *drops;
             }
         }
     }
@@ -212,21 +323,23 @@ impl ListenerTracker {
         period: Duration,
     ) -> ListenerSample {
         let max_gap = (period * 2).max(Duration::from_secs(1));
-        let mut seen = HashSet::with_capacity(records.len());
+        self.samples += 1;
+        let sample = self.samples;
         let mut figures = Vec::with_capacity(records.len());
         for r in records {
-            if !seen.insert(r.cookie) {
-                continue;
-            }
             // A socket that listens again elsewhere keeps its cookie but
             // changes address or port: it starts afresh in its new group.
-            if let Some(moved) = self.tracked.get(&r.cookie).filter(|t| t.key != r.endpoint) {
-                let (key, slot) = (moved.key.clone(), moved.slot);
-                self.tracked.remove(&r.cookie);
-                self.free_slot(&key, slot);
-            }
-            if !self.tracked.contains_key(&r.cookie) {
-                let slot = self.take_slot(&r.endpoint);
+            let known = match self.tracked.get(&r.cookie) {
+                Some(t) if t.seen_in == sample => continue,
+                Some(t) if t.key != r.endpoint => {
+                    self.forget(r.cookie, now);
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if !known {
+                let (slot, crowd) = self.take_slot(&r.endpoint);
                 self.tracked.insert(
                     r.cookie,
                     Tracked {
@@ -238,12 +351,16 @@ impl ListenerTracker {
                         drops_total: 0,
                         last_seen: now,
                         misses: 0,
+                        seen_in: 0,
+                        crowd,
+                        published: None,
                     },
                 );
             }
             let Some(t) = self.tracked.get_mut(&r.cookie) else {
                 continue;
             };
+            t.seen_in = sample;
             if r.length > r.limit {
                 let gap = now.saturating_duration_since(t.last_seen).min(max_gap);
                 t.full_seconds += gap.as_secs_f64();
@@ -287,7 +404,7 @@ impl ListenerTracker {
         }
         let mut gone = Vec::new();
         for (cookie, t) in self.tracked.iter_mut() {
-            if !seen.contains(cookie) {
+            if t.seen_in != sample {
                 t.misses += 1;
                 if t.misses > MISSES_TOLERATED {
                     gone.push(*cookie);
@@ -295,15 +412,25 @@ impl ListenerTracker {
             }
         }
         for cookie in gone {
-            if let Some(t) = self.tracked.remove(&cookie) {
-                self.free_slot(&t.key, t.slot);
-            }
+            self.forget(cookie, now);
         }
-        let mut listeners = self.label_members(figures);
-        self.continue_series(now, &mut listeners);
+        // Only now is every socket's crowd known: a second socket at an
+        // address marks the first one too.
+        let crowded: Vec<usize> = if self.slots.len() == self.tracked.len() {
+            Vec::new()
+        } else {
+            figures
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| self.tracked.get(&f.cookie).is_some_and(|t| t.crowd))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        self.label_members(&mut figures, &crowded);
+        self.continue_series(now, &mut figures);
         ListenerSample {
             taken_at: wall,
-            listeners,
+            listeners: figures,
             unexported: Vec::new(),
         }
     }
@@ -417,7 +544,8 @@ mod tests {
         t.update(at(t0, 200), wall, &group(&[(1, 11), (2, 0), (3, 0)]));
         // Cookie 1 is skipped and cookie 3 repeated.
         let s = t.update(at(t0, 400), wall, &group(&[(2, 0), (3, 0), (3, 0)]));
-        let got: Vec<_> = s.listeners.iter().map(|l| (l.cookie, l.member)).collect();
+        let mut got: Vec<_> = s.listeners.iter().map(|l| (l.cookie, l.member)).collect();
+        got.sort_unstable_by_key(|(_, m)| *m);
         assert_eq!(got, vec![(2, Some(1)), (3, Some(2))]);
         let s = t.update(at(t0, 600), wall, &group(&[(1, 11), (2, 0), (3, 0)]));
         let one = s.listeners.iter().find(|l| l.cookie == 1).unwrap();
@@ -484,11 +612,12 @@ mod tests {
                 listener(3, 90, 0, 10),
             ],
         );
-        let got: Vec<_> = s
+        let mut got: Vec<_> = s
             .listeners
             .iter()
             .map(|l| (l.endpoint.port().unwrap(), l.cookie, l.member))
             .collect();
+        got.sort_unstable_by_key(|(port, _, member)| (*port, *member));
         assert_eq!(got, vec![(80, 1, None), (90, 3, Some(0)), (90, 2, Some(1))]);
     }
 
@@ -497,10 +626,13 @@ mod tests {
         let mut t = tracker();
         let (t0, wall) = (Instant::now(), SystemTime::now());
         let members = |s: &ListenerSample| {
-            s.listeners
+            let mut v = s
+                .listeners
                 .iter()
                 .map(|l| (l.endpoint.port().unwrap(), l.cookie, l.member))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            v.sort_unstable_by_key(|(port, _, member)| (*port, *member));
+            v
         };
         let s = t.update(
             t0,

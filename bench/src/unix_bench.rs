@@ -614,6 +614,16 @@ const UNIX_ONLY: [&str; 8] = [
     "--no-collector.netns",
 ];
 
+/// The same sample as a table, the text a person reads, as `ss -xl` prints.
+const UNIX_ONLY_TABLE: [&str; 6] = [
+    "snapshot",
+    "--no-collector.listeners",
+    "--no-collector.connections",
+    "--no-collector.netstat",
+    "--no-collector.processes",
+    "--no-collector.netns",
+];
+
 fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
     let me = std::env::current_exe().context("locating this executable")?;
     let ss = Path::new("ss");
@@ -628,6 +638,12 @@ fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
             "sockdiag-exporter snapshot (unix collector only)",
             exporter,
             &UNIX_ONLY,
+            unix_support(exporter).err(),
+        ),
+        Spec::new(
+            "sockdiag-exporter snapshot (unix collector only, table)",
+            exporter,
+            &UNIX_ONLY_TABLE,
             unix_support(exporter).err(),
         ),
         Spec::new(SS_XL, ss, &["-xl"], None),

@@ -18,7 +18,7 @@ use crate::tracker::{ListenerTracker, Seen};
 
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
-    LISTEN_DROPS, dump_listeners, forget_history, owner, render_listener,
+    LISTEN_DROPS, dump_listeners, forget_history, in_order, owner, render_listener,
 };
 use super::{
     CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample,
@@ -120,7 +120,7 @@ impl TypedCollector for Listeners {
             return;
         };
         let connections = ns.view.part::<ConnectionSample>(CONNECTIONS);
-        for l in &sample.listeners {
+        for l in in_order(sample) {
             let mut row = ListenerRow::new(l, owner(ns.view, l.cookie));
             // Bytes, age and SYN queue are per address: the kernel does not
             // say which member of a reuseport group holds a connection, so

@@ -86,6 +86,14 @@ pub fn forget_history(sample: &mut ListenerSample) {
     }
 }
 
+/// A sample's listeners by address and member, as people read them (the
+/// sample keeps the kernel's order, which costs nothing to keep).
+pub fn in_order(sample: &ListenerSample) -> Vec<&ListenerFigures> {
+    let mut v: Vec<&ListenerFigures> = sample.listeners.iter().collect();
+    v.sort_unstable_by(|a, b| (&a.endpoint, a.member).cmp(&(&b.endpoint, b.member)));
+    v
+}
+
 /// The owner of the listener with this cookie in a namespace's view, as
 /// the processes collector last found it.
 pub fn owner(view: &NetnsView, cookie: u64) -> Option<&Owner> {

@@ -9,13 +9,13 @@
 //! every unix socket of the namespace, so a namespace with very many of
 //! them is sampled less often (see [`MAX_SHARE`]).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, value_parser};
 use regex::Regex;
 
+use crate::cookie::CookieMap;
 use crate::diag::{UnixListenersRequest, UnixRecord};
 use crate::family::{Families, Kind, MetricDef};
 use crate::model::{Endpoint, ListenerSample};
@@ -25,7 +25,7 @@ use crate::tracker::{ListenerTracker, Seen};
 
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
-    forget_history, owner, render_listener,
+    forget_history, in_order, owner, render_listener,
 };
 use super::{
     Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
@@ -136,9 +136,9 @@ pub struct State {
     tracker: ListenerTracker,
     /// Address labels by cookie, so a dump allocates only for listeners
     /// it has not seen before (or that were bound anew).
-    names: HashMap<u64, Name>,
-    /// Listeners exported last time: they keep their place under the cap.
-    exported: HashSet<u64>,
+    names: CookieMap<Name>,
+    /// Whether the last sample left listeners out for the cap.
+    capping: bool,
 }
 
 struct Name {
@@ -146,6 +146,9 @@ struct Name {
     label: Arc<str>,
     /// Whether the path filters keep it.
     kept: bool,
+    /// Whether the last sample that saw it exported it: exported listeners
+    /// keep their place under the cap.
+    exported: bool,
     /// The dump that last saw it.
     seen_in: u64,
 }
@@ -203,16 +206,12 @@ impl Unix {
     }
 
     /// The label of `r`, from the cache when its name is unchanged.
-    fn name<'s>(
-        &self,
-        names: &'s mut HashMap<u64, Name>,
-        r: &UnixRecord<'_>,
-        dump: u64,
-    ) -> &'s Name {
+    fn name<'s>(&self, names: &'s mut CookieMap<Name>, r: &UnixRecord<'_>, dump: u64) -> &'s Name {
         let entry = names.entry(r.cookie).or_insert_with(|| Name {
             raw: Box::default(),
             label: Arc::from(""),
             kept: false,
+            exported: true,
             seen_in: 0,
         });
         if entry.seen_in == 0 || *entry.raw != *r.name {
@@ -241,8 +240,8 @@ impl TypedCollector for Unix {
     fn new_state(&self) -> State {
         State {
             tracker: ListenerTracker::new(self.common.peak_window),
-            names: HashMap::new(),
-            exported: HashSet::new(),
+            names: CookieMap::default(),
+            capping: false,
         }
     }
 
@@ -283,7 +282,27 @@ impl TypedCollector for Unix {
             return Sample::Failed(SampleError::Diag(e));
         }
         state.names.retain(|_, n| n.seen_in == dump);
-        let capped = cap(&mut s.seen, &mut state.exported, self.max_listeners);
+        let names = &mut state.names;
+        let capped = cap(
+            &mut s.seen,
+            |cookie| names.get(&cookie).is_some_and(|n| n.exported),
+            self.max_listeners,
+        );
+        // Remember what was exported; while nothing is left out, every
+        // listener is, and nothing needs writing.
+        if capped > 0 || state.capping {
+            for n in names.values_mut() {
+                n.exported = capped == 0;
+            }
+            if capped > 0 {
+                for kept in &s.seen {
+                    if let Some(n) = names.get_mut(&kept.cookie) {
+                        n.exported = true;
+                    }
+                }
+            }
+        }
+        state.capping = capped > 0;
         let mut sample = state.tracker.update(ctx.now, ctx.wall, &s.seen, ctx.period);
         sample.unexported = vec![("filter", filtered), ("cap", capped)];
         if self.common.one_shot {
@@ -314,7 +333,7 @@ impl TypedCollector for Unix {
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
         if let Some(sample) = ns.view.part::<ListenerSample>(UNIX) {
-            for l in &sample.listeners {
+            for l in in_order(sample) {
                 out.listeners
                     .push(ListenerRow::new(l, owner(ns.view, l.cookie)));
             }
@@ -322,29 +341,26 @@ impl TypedCollector for Unix {
     }
 }
 
-/// Keeps at most `max` listeners in `seen`: those exported last time
-/// first, then newcomers by address; remembers the kept ones in
-/// `exported` and returns how many were left out.
-fn cap(seen: &mut Vec<Seen>, exported: &mut HashSet<u64>, max: usize) -> u64 {
+/// Keeps at most `max` listeners in `seen`: those `was_exported` says were
+/// exported last time first, then newcomers by address; returns how many
+/// were left out.
+fn cap(seen: &mut Vec<Seen>, was_exported: impl Fn(u64) -> bool, max: usize) -> u64 {
     if seen.len() <= max {
-        exported.clear();
-        exported.extend(seen.iter().map(|s| s.cookie));
         return 0;
     }
     seen.sort_by(|a, b| {
-        let old = |s: &Seen| !exported.contains(&s.cookie);
-        (old(a), &a.endpoint, a.cookie).cmp(&(old(b), &b.endpoint, b.cookie))
+        let new = |s: &Seen| !was_exported(s.cookie);
+        (new(a), &a.endpoint, a.cookie).cmp(&(new(b), &b.endpoint, b.cookie))
     });
     let dropped = (seen.len() - max) as u64;
     seen.truncate(max);
-    exported.clear();
-    exported.extend(seen.iter().map(|s| s.cookie));
     dropped
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn labels_name_paths_and_abstract_sockets_like_ss() {
@@ -381,21 +397,22 @@ mod tests {
 
     #[test]
     fn the_cap_keeps_exported_listeners_first_then_newcomers_by_name() {
-        let mut exported = HashSet::new();
+        let cookies = |v: &[Seen]| v.iter().map(|s| s.cookie).collect::<Vec<_>>();
+        // Nobody was exported before: by address.
         let mut v = vec![seen(1, "/c"), seen(2, "/a"), seen(3, "/b")];
-        assert_eq!(cap(&mut v, &mut exported, 2), 1);
-        let names = |v: &[Seen]| v.iter().map(|s| s.cookie).collect::<Vec<_>>();
-        assert_eq!(names(&v), vec![2, 3], "by address");
+        assert_eq!(cap(&mut v, |_| false, 2), 1);
+        assert_eq!(cookies(&v), vec![2, 3], "by address");
+        let exported: HashSet<u64> = cookies(&v).into_iter().collect();
         // A newcomer that sorts first does not push out an exported one.
         let mut v = vec![seen(1, "/c"), seen(2, "/a"), seen(3, "/b"), seen(4, "/0")];
-        assert_eq!(cap(&mut v, &mut exported, 2), 2);
-        assert_eq!(names(&v), vec![2, 3]);
+        assert_eq!(cap(&mut v, |c| exported.contains(&c), 2), 2);
+        assert_eq!(cookies(&v), vec![2, 3]);
         // When one leaves, the newcomer that sorts first takes its place.
         let mut v = vec![seen(1, "/c"), seen(3, "/b"), seen(4, "/0")];
-        assert_eq!(cap(&mut v, &mut exported, 2), 1);
-        assert_eq!(names(&v), vec![3, 4]);
+        assert_eq!(cap(&mut v, |c| exported.contains(&c), 2), 1);
+        assert_eq!(cookies(&v), vec![3, 4]);
         let mut v = vec![seen(3, "/b")];
-        assert_eq!(cap(&mut v, &mut exported, 2), 0);
-        assert_eq!(exported.len(), 1);
+        assert_eq!(cap(&mut v, |_| true, 2), 0);
+        assert_eq!(cookies(&v), vec![3]);
     }
 }
