@@ -74,6 +74,9 @@ struct Lane {
     errors: Vec<String>,
     /// Time spent sampling in this pass.
     spent: Duration,
+    /// Namespaces sampled in this pass: a pass in which the collector was
+    /// due nowhere (its own cost bound) is not recorded as one.
+    sampled: usize,
 }
 
 struct Slot {
@@ -114,6 +117,7 @@ impl TierRunner {
                 scratch: c.new_scratch(),
                 errors: Vec::new(),
                 spent: Duration::ZERO,
+                sampled: 0,
             })
             .collect();
         TierRunner {
@@ -143,11 +147,15 @@ impl TierRunner {
             lane.collector.begin_pass(&mut *lane.scratch);
             lane.errors.clear();
             lane.spent = Duration::ZERO;
+            lane.sampled = 0;
         }
         for info in &set.targets.list {
             self.sample_namespace(store, info, set.generation);
         }
         for lane in &mut self.lanes {
+            if lane.sampled == 0 && !set.targets.list.is_empty() {
+                continue;
+            }
             let result = if lane.errors.is_empty() {
                 Ok(())
             } else {
@@ -188,6 +196,9 @@ impl TierRunner {
             .then(|| store.view(info.id))
             .flatten();
         let mut prepared = slot.handles.prepare(info, &needs, now);
+        // Entering the namespace is part of what sampling it costs: it is
+        // counted in the first collector's time.
+        let mut entering = self.clock.now().saturating_duration_since(now);
         for i in due {
             let lane = &mut self.lanes[i];
             let name = lane.collector.registration().name;
@@ -228,8 +239,9 @@ impl TierRunner {
                 .collector
                 .sample(&mut ctx, &mut *slot.states[i], &mut *lane.scratch);
             let ended = self.clock.now();
-            let took = ended.saturating_duration_since(started);
+            let took = ended.saturating_duration_since(started) + std::mem::take(&mut entering);
             lane.spent += took;
+            lane.sampled += 1;
             slot.due[i].sampled(started, self.interval, lane.collector.min_period(took));
             let (part, error) = match sample {
                 Sample::Done(part) => (Some(part), None),
