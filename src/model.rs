@@ -367,11 +367,27 @@ impl NetnsView {
         self.parts.get(name)?.as_any().downcast_ref::<T>()
     }
 
-    /// Every listener sample (TCP and unix), with its collector's name.
-    pub fn listener_samples(&self) -> impl Iterator<Item = (&'static str, &ListenerSample)> {
+    /// The sockets whose owners are looked for: every listener (TCP and
+    /// unix) and UDP receiver published here.
+    pub fn owned_sockets(&self) -> impl Iterator<Item = &ListenerFigures> {
         self.parts
-            .iter()
-            .filter_map(|(name, p)| Some((*name, p.as_any().downcast_ref::<ListenerSample>()?)))
+            .values()
+            .flat_map(|p| sockets_of(p.as_ref()).iter())
+    }
+
+    /// Whether any collector that publishes sockets has published here.
+    pub fn has_socket_parts(&self) -> bool {
+        self.parts
+            .values()
+            .any(|p| p.as_any().is::<ListenerSample>())
+    }
+}
+
+/// The sockets a part lists, if it is a kind that lists sockets.
+fn sockets_of(part: &dyn Part) -> &[ListenerFigures] {
+    match part.as_any().downcast_ref::<ListenerSample>() {
+        Some(s) => &s.listeners,
+        None => &[],
     }
 }
 
@@ -414,7 +430,8 @@ mod tests {
         assert_eq!(view.part::<ListenerSample>("unix"), Some(&sample));
         assert_eq!(view.part::<OwnerSample>("unix"), None, "wrong type");
         assert_eq!(view.part::<ListenerSample>("listeners"), None);
-        assert_eq!(view.listener_samples().count(), 1);
+        assert!(view.has_socket_parts());
+        assert_eq!(view.owned_sockets().count(), 0);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::tracker::{ListenerTracker, Seen};
 
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
-    LISTEN_DROPS, dump_listeners, forget_history, in_order, owner, render_listener,
+    LISTEN_DROPS, LISTENER_PROCESS_INFO, dump_listeners, forget_history, in_order, owner,
+    render_listener, render_owner,
 };
 use super::{
     CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample,
@@ -38,6 +39,7 @@ pub static REGISTRATION: Registration = Registration {
         &ACCEPT_QUEUE_PEAK,
         &ACCEPT_QUEUE_FULL_SECONDS,
         &LISTEN_DROPS,
+        &LISTENER_PROCESS_INFO,
     ],
     args: Vec::new,
     build,
@@ -111,6 +113,7 @@ impl TypedCollector for Listeners {
         if let Some(sample) = ns.view.part::<ListenerSample>(LISTENERS) {
             for l in &sample.listeners {
                 render_listener(out, ns.name, l);
+                render_owner(out, ns, l, &LISTENER_PROCESS_INFO);
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef};
 use crate::model::{ListenerFigures, ListenerSample, NetnsView, OwnerSample};
 use crate::owners::Owner;
 
-use super::PROCESSES;
+use super::{NamespaceView, PROCESSES};
 
 /// `sockdiag_accept_queue_length`
 pub const ACCEPT_QUEUE_LENGTH: MetricDef = MetricDef {
@@ -84,6 +84,51 @@ pub fn forget_history(sample: &mut ListenerSample) {
         l.peak_length = None;
         l.full_seconds = None;
     }
+}
+
+/// `sockdiag_listener_process_info`
+pub const LISTENER_PROCESS_INFO: MetricDef = MetricDef {
+    name: "sockdiag_listener_process_info",
+    kind: Kind::Gauge,
+    labels: &[
+        "netns",
+        "family",
+        "address",
+        "port",
+        "pid",
+        "comm",
+        "exe",
+        "cmdline",
+        "unit",
+        "container_id",
+    ],
+    member: true,
+    help: "Always 1: the process owning this listening socket (the lowest pid holding it): its command name, executable, command line (at most 128 characters, control characters as ?), systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue (unix listeners have no port).",
+};
+/// Renders the owner of socket `l` as an info series of `def`, whose
+/// labels are the socket's and the owner's; nothing when the processes
+/// collector has not found it (or does not run).
+pub fn render_owner(
+    out: &mut Families,
+    ns: &NamespaceView<'_>,
+    l: &ListenerFigures,
+    def: &MetricDef,
+) {
+    let Some(owner) = owner(ns.view, l.cookie) else {
+        return;
+    };
+    let labels = ListenerLabels::of(l);
+    let pid = owner.pid.to_string();
+    let w = &owner.workload;
+    let extra = [
+        ("pid", pid.as_str()),
+        ("comm", owner.comm.as_str()),
+        ("exe", owner.exe.as_deref().unwrap_or("")),
+        ("cmdline", owner.cmdline.as_str()),
+        ("unit", w.unit.as_deref().unwrap_or("")),
+        ("container_id", w.container_id.as_deref().unwrap_or("")),
+    ];
+    out.push(def, &labels.pairs(ns.name, &extra), 1.0);
 }
 
 /// A sample's listeners by address and member, as people read them (the

@@ -16,7 +16,6 @@ use crate::model::OwnerSample;
 use crate::netns::Need;
 use crate::owners::{OwnerCache, ProcessIndex};
 
-use super::listening::ListenerLabels;
 use super::{
     Collector, Common, Ctx, NamespaceView, PROCESSES, Registration, Sample, Tier, TypedCollector,
 };
@@ -25,35 +24,17 @@ use super::{
 pub static REGISTRATION: Registration = Registration {
     name: PROCESSES,
     help: "which process (command, executable, command line, pid, systemd unit, container) \
-           owns each TCP and unix listener, as sockdiag_listener_process_info. Reads /proc/<pid>/fd only when a new listener \
+           owns each TCP and unix listener and UDP receiver, rendered as \
+           sockdiag_listener_process_info and sockdiag_udp_receiver_process_info. Reads /proc/<pid>/fd only when a new listener \
            appears; other users' processes need CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. \
            Attributes the listeners the listeners and unix collectors find.",
     default_enabled: true,
     tier: Tier::Full,
-    families: &[&LISTENER_PROCESS_INFO, &LISTENER_OWNER_UNKNOWN],
+    families: &[&LISTENER_OWNER_UNKNOWN],
     args: Vec::new,
     build,
 };
 
-/// `sockdiag_listener_process_info`
-pub const LISTENER_PROCESS_INFO: MetricDef = MetricDef {
-    name: "sockdiag_listener_process_info",
-    kind: Kind::Gauge,
-    labels: &[
-        "netns",
-        "family",
-        "address",
-        "port",
-        "pid",
-        "comm",
-        "exe",
-        "cmdline",
-        "unit",
-        "container_id",
-    ],
-    member: true,
-    help: "Always 1: the process owning this listening socket (the lowest pid holding it): its command name, executable, command line (at most 128 characters, control characters as ?), systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue (unix listeners have no port).",
-};
 /// `sockdiag_listener_owner_unknown`
 pub const LISTENER_OWNER_UNKNOWN: MetricDef = MetricDef {
     name: "sockdiag_listener_owner_unknown",
@@ -111,14 +92,12 @@ impl TypedCollector for Processes {
         let Some(view) = ctx.view else {
             return Sample::Idle;
         };
-        let mut samples = view.listener_samples().peekable();
-        if samples.peek().is_none() {
-            // No listener collector has published here yet.
+        let mut sockets = view.owned_sockets().peekable();
+        if sockets.peek().is_none() && !view.has_socket_parts() {
+            // No socket collector has published here yet.
             return Sample::Idle;
         }
-        let listeners: Vec<(u64, u32)> = samples
-            .flat_map(|(_, s)| s.listeners.iter().map(|l| (l.cookie, l.inode)))
-            .collect();
+        let listeners: Vec<(u64, u32)> = sockets.map(|l| (l.cookie, l.inode)).collect();
         let netns = (ctx.info.id != (0, 0)).then_some(ctx.info.id);
         let stats = cache.refresh_with(ctx.now, netns, &listeners, index);
         if stats.denied > 0 && !DENIAL_LOGGED.swap(true, Ordering::Relaxed) {
@@ -138,28 +117,11 @@ impl TypedCollector for Processes {
     }
 
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
+        // Each socket collector renders its sockets' owners; what is left
+        // here is how many are not known.
         let Some(owners) = ns.view.part::<OwnerSample>(PROCESSES) else {
             return;
         };
-        for (_, sample) in ns.view.listener_samples() {
-            for l in &sample.listeners {
-                let Some(owner) = owners.get(l.cookie) else {
-                    continue;
-                };
-                let labels = ListenerLabels::of(l);
-                let pid = owner.pid.to_string();
-                let w = &owner.workload;
-                let extra = [
-                    ("pid", pid.as_str()),
-                    ("comm", owner.comm.as_str()),
-                    ("exe", owner.exe.as_deref().unwrap_or("")),
-                    ("cmdline", owner.cmdline.as_str()),
-                    ("unit", w.unit.as_deref().unwrap_or("")),
-                    ("container_id", w.container_id.as_deref().unwrap_or("")),
-                ];
-                out.push(&LISTENER_PROCESS_INFO, &labels.pairs(ns.name, &extra), 1.0);
-            }
-        }
         out.push(
             &LISTENER_OWNER_UNKNOWN,
             &[("netns", ns.name)],

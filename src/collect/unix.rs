@@ -25,7 +25,7 @@ use crate::tracker::{ListenerTracker, Seen};
 
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
-    forget_history, in_order, owner, render_listener,
+    LISTENER_PROCESS_INFO, forget_history, in_order, owner, render_listener, render_owner,
 };
 use super::{
     Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
@@ -53,6 +53,7 @@ pub static REGISTRATION: Registration = Registration {
         &ACCEPT_QUEUE_LIMIT,
         &ACCEPT_QUEUE_PEAK,
         &ACCEPT_QUEUE_FULL_SECONDS,
+        &LISTENER_PROCESS_INFO,
         &UNEXPORTED,
     ],
     args,
@@ -321,6 +322,7 @@ impl TypedCollector for Unix {
         };
         for l in &sample.listeners {
             render_listener(out, ns.name, l);
+            render_owner(out, ns, l, &LISTENER_PROCESS_INFO);
         }
         for (reason, n) in &sample.unexported {
             out.push(
