@@ -139,6 +139,11 @@ impl ListenerTracker {
         }
     }
 
+    /// Whether socket `cookie` is tracked (was published lately).
+    pub fn tracks(&self, cookie: u64) -> bool {
+        self.tracked.contains_key(&cookie)
+    }
+
     /// A slot at `key` for a new socket, and whether others share `key`.
     fn take_slot(&mut self, key: &Endpoint) -> (u32, bool) {
         let used = self.slots.entry(key.clone()).or_default();

@@ -8,6 +8,7 @@ use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, StateSet};
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef};
 use crate::model::{ListenerFigures, ListenerSample, NetnsView, OwnerSample};
 use crate::owners::Owner;
+use crate::tracker::Seen;
 
 use super::{NamespaceView, PROCESSES};
 
@@ -131,6 +132,22 @@ pub fn render_owner(
     out.push(def, &labels.pairs(ns.name, &extra), 1.0);
 }
 
+/// Keeps at most `max` listeners in `seen`: those `was_exported` says were
+/// exported last time first, then newcomers by address; returns how many
+/// were left out.
+pub fn cap(seen: &mut Vec<Seen>, was_exported: impl Fn(u64) -> bool, max: usize) -> u64 {
+    if seen.len() <= max {
+        return 0;
+    }
+    seen.sort_by(|a, b| {
+        let new = |s: &Seen| !was_exported(s.cookie);
+        (new(a), &a.endpoint, a.cookie).cmp(&(new(b), &b.endpoint, b.cookie))
+    });
+    let dropped = (seen.len() - max) as u64;
+    seen.truncate(max);
+    dropped
+}
+
 /// A sample's listeners by address and member, as people read them (the
 /// sample keeps the kernel's order, which costs nothing to keep).
 pub fn in_order(sample: &ListenerSample) -> Vec<&ListenerFigures> {
@@ -203,5 +220,45 @@ pub fn render_listener(out: &mut Families, netns: &str, l: &ListenerFigures) {
     }
     if let Some(d) = l.drops {
         out.push(&LISTEN_DROPS, &pairs, d as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Endpoint;
+    use std::collections::HashSet;
+
+    fn seen(cookie: u64, name: &str) -> Seen {
+        Seen {
+            endpoint: Endpoint::Unix(name.into()),
+            length: 0,
+            limit: 1,
+            drops: None,
+            cookie,
+            inode: cookie as u32,
+            uid: None,
+        }
+    }
+
+    #[test]
+    fn the_cap_keeps_exported_listeners_first_then_newcomers_by_name() {
+        let cookies = |v: &[Seen]| v.iter().map(|s| s.cookie).collect::<Vec<_>>();
+        // Nobody was exported before: by address.
+        let mut v = vec![seen(1, "/c"), seen(2, "/a"), seen(3, "/b")];
+        assert_eq!(cap(&mut v, |_| false, 2), 1);
+        assert_eq!(cookies(&v), vec![2, 3], "by address");
+        let exported: HashSet<u64> = cookies(&v).into_iter().collect();
+        // A newcomer that sorts first does not push out an exported one.
+        let mut v = vec![seen(1, "/c"), seen(2, "/a"), seen(3, "/b"), seen(4, "/0")];
+        assert_eq!(cap(&mut v, |c| exported.contains(&c), 2), 2);
+        assert_eq!(cookies(&v), vec![2, 3]);
+        // When one leaves, the newcomer that sorts first takes its place.
+        let mut v = vec![seen(1, "/c"), seen(3, "/b"), seen(4, "/0")];
+        assert_eq!(cap(&mut v, |c| exported.contains(&c), 2), 1);
+        assert_eq!(cookies(&v), vec![3, 4]);
+        let mut v = vec![seen(3, "/b")];
+        assert_eq!(cap(&mut v, |_| true, 2), 0);
+        assert_eq!(cookies(&v), vec![3]);
     }
 }

@@ -25,7 +25,7 @@ use crate::tracker::{ListenerTracker, Seen};
 
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
-    LISTENER_PROCESS_INFO, forget_history, in_order, owner, render_listener, render_owner,
+    LISTENER_PROCESS_INFO, cap, forget_history, in_order, owner, render_listener, render_owner,
 };
 use super::{
     Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
@@ -138,8 +138,6 @@ pub struct State {
     /// Address labels by cookie, so a dump allocates only for listeners
     /// it has not seen before (or that were bound anew).
     names: CookieMap<Name>,
-    /// Whether the last sample left listeners out for the cap.
-    capping: bool,
 }
 
 struct Name {
@@ -147,9 +145,6 @@ struct Name {
     label: Arc<str>,
     /// Whether the path filters keep it.
     kept: bool,
-    /// Whether the last sample that saw it exported it: exported listeners
-    /// keep their place under the cap.
-    exported: bool,
     /// The dump that last saw it.
     seen_in: u64,
 }
@@ -212,7 +207,6 @@ impl Unix {
             raw: Box::default(),
             label: Arc::from(""),
             kept: false,
-            exported: true,
             seen_in: 0,
         });
         if entry.seen_in == 0 || *entry.raw != *r.name {
@@ -242,7 +236,6 @@ impl TypedCollector for Unix {
         State {
             tracker: ListenerTracker::new(self.common.peak_window),
             names: CookieMap::default(),
-            capping: false,
         }
     }
 
@@ -283,27 +276,10 @@ impl TypedCollector for Unix {
             return Sample::Failed(SampleError::Diag(e));
         }
         state.names.retain(|_, n| n.seen_in == dump);
-        let names = &mut state.names;
-        let capped = cap(
-            &mut s.seen,
-            |cookie| names.get(&cookie).is_some_and(|n| n.exported),
-            self.max_listeners,
-        );
-        // Remember what was exported; while nothing is left out, every
-        // listener is, and nothing needs writing.
-        if capped > 0 || state.capping {
-            for n in names.values_mut() {
-                n.exported = capped == 0;
-            }
-            if capped > 0 {
-                for kept in &s.seen {
-                    if let Some(n) = names.get_mut(&kept.cookie) {
-                        n.exported = true;
-                    }
-                }
-            }
-        }
-        state.capping = capped > 0;
+        // The tracker follows exactly the listeners exported: those keep
+        // their place under the cap.
+        let tracker = &state.tracker;
+        let capped = cap(&mut s.seen, |c| tracker.tracks(c), self.max_listeners);
         let mut sample = state.tracker.update(ctx.now, ctx.wall, &s.seen, ctx.period);
         sample.unexported = vec![("filter", filtered), ("cap", capped)];
         if self.common.one_shot {
@@ -343,26 +319,9 @@ impl TypedCollector for Unix {
     }
 }
 
-/// Keeps at most `max` listeners in `seen`: those `was_exported` says were
-/// exported last time first, then newcomers by address; returns how many
-/// were left out.
-fn cap(seen: &mut Vec<Seen>, was_exported: impl Fn(u64) -> bool, max: usize) -> u64 {
-    if seen.len() <= max {
-        return 0;
-    }
-    seen.sort_by(|a, b| {
-        let new = |s: &Seen| !was_exported(s.cookie);
-        (new(a), &a.endpoint, a.cookie).cmp(&(new(b), &b.endpoint, b.cookie))
-    });
-    let dropped = (seen.len() - max) as u64;
-    seen.truncate(max);
-    dropped
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     #[test]
     fn labels_name_paths_and_abstract_sockets_like_ss() {
@@ -383,38 +342,5 @@ mod tests {
         // A literal backslash-x in a path is not confused with an escape.
         assert_ne!(address_label(b"/x\\xff"), address_label(b"/x\xff"));
         assert_eq!(address_label("/\u{85}".as_bytes()), "/\\xc2\\x85");
-    }
-
-    fn seen(cookie: u64, name: &str) -> Seen {
-        Seen {
-            endpoint: Endpoint::Unix(name.into()),
-            length: 0,
-            limit: 1,
-            drops: None,
-            cookie,
-            inode: cookie as u32,
-            uid: None,
-        }
-    }
-
-    #[test]
-    fn the_cap_keeps_exported_listeners_first_then_newcomers_by_name() {
-        let cookies = |v: &[Seen]| v.iter().map(|s| s.cookie).collect::<Vec<_>>();
-        // Nobody was exported before: by address.
-        let mut v = vec![seen(1, "/c"), seen(2, "/a"), seen(3, "/b")];
-        assert_eq!(cap(&mut v, |_| false, 2), 1);
-        assert_eq!(cookies(&v), vec![2, 3], "by address");
-        let exported: HashSet<u64> = cookies(&v).into_iter().collect();
-        // A newcomer that sorts first does not push out an exported one.
-        let mut v = vec![seen(1, "/c"), seen(2, "/a"), seen(3, "/b"), seen(4, "/0")];
-        assert_eq!(cap(&mut v, |c| exported.contains(&c), 2), 2);
-        assert_eq!(cookies(&v), vec![2, 3]);
-        // When one leaves, the newcomer that sorts first takes its place.
-        let mut v = vec![seen(1, "/c"), seen(3, "/b"), seen(4, "/0")];
-        assert_eq!(cap(&mut v, |c| exported.contains(&c), 2), 1);
-        assert_eq!(cookies(&v), vec![3, 4]);
-        let mut v = vec![seen(3, "/b")];
-        assert_eq!(cap(&mut v, |_| true, 2), 0);
-        assert_eq!(cookies(&v), vec![3]);
     }
 }
