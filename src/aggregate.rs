@@ -363,6 +363,7 @@ mod tests {
             uid: 0,
             cookie: 7,
             drops: None,
+            rcvbuf: None,
             last_data_sent_ms: Some(1500),
         }
     }

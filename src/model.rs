@@ -141,6 +141,69 @@ pub struct ListenerSample {
     pub unexported: Vec<(&'static str, u64)>,
 }
 
+/// One UDP socket receiving on a port of its own, as the fast tier last
+/// saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UdpReceiver {
+    /// Where it receives.
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// Stable slot in its `SO_REUSEPORT` group; `None` when alone.
+    pub member: Option<u32>,
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Socket inode.
+    pub inode: u32,
+    /// Owner uid.
+    pub uid: Option<u32>,
+    /// Bytes queued for the application (`idiag_rqueue`).
+    pub queue_bytes: u32,
+    /// The receive buffer's limit (`SK_MEMINFO_RCVBUF`); 0 if not sent.
+    pub buffer_bytes: u32,
+    /// Highest queue over the peak window; `None` from a one-off sample.
+    pub peak_bytes: Option<u32>,
+    /// Datagrams it dropped (`SK_MEMINFO_DROPS`, widened past its 32-bit
+    /// wrap, continued across sockets taking over its labels).
+    pub drops: Option<u64>,
+}
+
+impl UdpReceiver {
+    /// Queue over buffer, `None` when the buffer is not known.
+    pub fn fill(&self) -> Option<f64> {
+        (self.buffer_bytes > 0).then(|| f64::from(self.queue_bytes) / f64::from(self.buffer_bytes))
+    }
+}
+
+/// Sockets on one receiving address and port.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UdpAddress {
+    /// The address and port.
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// Unconnected sockets receiving there (more than one: `SO_REUSEPORT`).
+    pub unconnected: u64,
+    /// Connected sockets sharing that port (as QUIC servers make).
+    pub connected: u64,
+}
+
+/// The UDP collector's result for one namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UdpSample {
+    /// When the sample was taken.
+    #[serde(serialize_with = "unix_seconds")]
+    pub taken_at: SystemTime,
+    /// Receiving sockets, in the order the kernel listed them.
+    pub receivers: Vec<UdpReceiver>,
+    /// Sockets per receiving address, sorted.
+    pub addresses: Vec<UdpAddress>,
+    /// Sockets that are not receivers (clients on ephemeral ports).
+    pub other_sockets: u64,
+    /// Bytes queued on those.
+    pub other_queue_bytes: u64,
+    /// Receivers left out of the figures, by reason (`cap`).
+    pub unexported: Vec<(&'static str, u64)>,
+}
+
 /// What the connection walk found for one listening address.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueSummary {
@@ -268,6 +331,10 @@ pub struct NetstatSample {
     pub listen_drops: Option<u64>,
     /// `net.core.somaxconn`.
     pub somaxconn: Option<u64>,
+    /// `Udp: RcvbufErrors` plus `Udp6RcvbufErrors`.
+    pub udp_rcvbuf_errors: Option<u64>,
+    /// `Udp: InErrors` plus `Udp6InErrors`.
+    pub udp_in_errors: Option<u64>,
     /// Whether the namespace shares the host's established-socket hash
     /// (its `net.ipv4.tcp_ehash_entries` is negative); `None` on kernels
     /// before 6.1, which have no such sysctl.
@@ -367,27 +434,32 @@ impl NetnsView {
         self.parts.get(name)?.as_any().downcast_ref::<T>()
     }
 
-    /// The sockets whose owners are looked for: every listener (TCP and
-    /// unix) and UDP receiver published here.
-    pub fn owned_sockets(&self) -> impl Iterator<Item = &ListenerFigures> {
-        self.parts
-            .values()
-            .flat_map(|p| sockets_of(p.as_ref()).iter())
+    /// The sockets whose owners are looked for, as (cookie, inode): every
+    /// listener (TCP and unix) and UDP receiver published here.
+    pub fn owned_sockets(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.parts.values().flat_map(|p| {
+            let any = p.as_any();
+            let listeners = any
+                .downcast_ref::<ListenerSample>()
+                .map(|s| &s.listeners[..])
+                .unwrap_or_default();
+            let receivers = any
+                .downcast_ref::<UdpSample>()
+                .map(|s| &s.receivers[..])
+                .unwrap_or_default();
+            listeners
+                .iter()
+                .map(|l| (l.cookie, l.inode))
+                .chain(receivers.iter().map(|r| (r.cookie, r.inode)))
+        })
     }
 
     /// Whether any collector that publishes sockets has published here.
     pub fn has_socket_parts(&self) -> bool {
-        self.parts
-            .values()
-            .any(|p| p.as_any().is::<ListenerSample>())
-    }
-}
-
-/// The sockets a part lists, if it is a kind that lists sockets.
-fn sockets_of(part: &dyn Part) -> &[ListenerFigures] {
-    match part.as_any().downcast_ref::<ListenerSample>() {
-        Some(s) => &s.listeners,
-        None => &[],
+        self.parts.values().any(|p| {
+            let any = p.as_any();
+            any.is::<ListenerSample>() || any.is::<UdpSample>()
+        })
     }
 }
 

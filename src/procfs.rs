@@ -149,6 +149,89 @@ impl ProcFile {
     }
 }
 
+/// The UDP error counters of one namespace (v4 and v6 summed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UdpErrors {
+    /// `RcvbufErrors`: datagrams dropped for a full receive buffer.
+    pub rcvbuf_errors: u64,
+    /// `InErrors`: datagrams that could not be delivered (rcvbuf errors
+    /// included).
+    pub in_errors: u64,
+}
+
+/// Parses the `Udp:` header/value line pair of a `net/snmp` file.
+pub fn parse_snmp_udp(text: &str) -> Result<UdpErrors, String> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Err("no Udp header and value lines".to_string());
+    };
+    let names: Vec<&str> = names.split_whitespace().skip(1).collect();
+    let values: Vec<&str> = values.split_whitespace().skip(1).collect();
+    if names.len() != values.len() {
+        return Err(format!(
+            "Udp has {} names but {} values",
+            names.len(),
+            values.len()
+        ));
+    }
+    let mut out = UdpErrors::default();
+    let mut found = 0;
+    for (name, value) in names.iter().zip(values.iter()) {
+        let slot = match *name {
+            "RcvbufErrors" => &mut out.rcvbuf_errors,
+            "InErrors" => &mut out.in_errors,
+            _ => continue,
+        };
+        *slot = value
+            .parse()
+            .map_err(|_| format!("Udp {name} is not a number: {value:?}"))?;
+        found += 1;
+    }
+    if found < 2 {
+        return Err("Udp lacks InErrors or RcvbufErrors".to_string());
+    }
+    Ok(out)
+}
+
+/// Parses the `Udp6InErrors` and `Udp6RcvbufErrors` lines of a
+/// `net/snmp6` file (one `name value` pair per line).
+pub fn parse_snmp6_udp(text: &str) -> Result<UdpErrors, String> {
+    let mut out = UdpErrors::default();
+    let mut found = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(name), Some(value)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let slot = match name {
+            "Udp6RcvbufErrors" => &mut out.rcvbuf_errors,
+            "Udp6InErrors" => &mut out.in_errors,
+            _ => continue,
+        };
+        *slot = value
+            .parse()
+            .map_err(|_| format!("{name} is not a number: {value:?}"))?;
+        found += 1;
+    }
+    if found < 2 {
+        return Err("no Udp6InErrors and Udp6RcvbufErrors lines".to_string());
+    }
+    Ok(out)
+}
+
+/// Parses `net.ipv4.ip_local_port_range`: two port numbers, low and high.
+pub fn parse_port_range(path: &Path, text: &str) -> Result<(u16, u16), ProcError> {
+    let bad = || ProcError::Parse {
+        path: path.to_path_buf(),
+        what: format!("not two port numbers: {:?}", text.trim()),
+    };
+    let mut numbers = text.split_whitespace().map(str::parse::<u16>);
+    match (numbers.next(), numbers.next(), numbers.next()) {
+        (Some(Ok(lo)), Some(Ok(hi)), None) if lo <= hi => Ok((lo, hi)),
+        _ => Err(bad()),
+    }
+}
+
 /// Parses a file holding one unsigned number (a sysctl such as
 /// `net.core.somaxconn`), naming `path` in the error.
 pub fn parse_number(path: &Path, text: &str) -> Result<u64, ProcError> {
@@ -194,6 +277,45 @@ mod tests {
             parse_tcp_ext("TcpExt: Foo\nTcpExt: 1\n"),
             Ok(TcpExt::default())
         );
+    }
+
+    #[test]
+    fn udp_counters_of_both_families() {
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\nUdp: 10 0 7 3 5 0 0 0 0\nUdpLite: InDatagrams InErrors\nUdpLite: 0 0\n";
+        assert_eq!(
+            parse_snmp_udp(snmp),
+            Ok(UdpErrors {
+                rcvbuf_errors: 5,
+                in_errors: 7
+            })
+        );
+        let snmp6 = "Udp6InDatagrams                 \t4\nUdp6InErrors                    \t2\nUdp6RcvbufErrors                \t1\nUdpLite6InErrors 9\n";
+        assert_eq!(
+            parse_snmp6_udp(snmp6),
+            Ok(UdpErrors {
+                rcvbuf_errors: 1,
+                in_errors: 2
+            })
+        );
+        assert!(parse_snmp_udp("Tcp: A\nTcp: 1\n").is_err());
+        assert!(parse_snmp_udp("Udp: InErrors\nUdp: x\n").is_err());
+        assert!(
+            parse_snmp6_udp("Udp6InErrors 1\n").is_err(),
+            "half is damage"
+        );
+    }
+
+    #[test]
+    fn port_ranges() {
+        let p = Path::new("ip_local_port_range");
+        assert_eq!(
+            parse_port_range(p, "32768\t60999\n").unwrap(),
+            (32768, 60999)
+        );
+        assert!(parse_port_range(p, "60999 32768").is_err());
+        assert!(parse_port_range(p, "1").is_err());
+        assert!(parse_port_range(p, "1 2 3").is_err());
+        assert!(parse_port_range(p, "1 70000").is_err());
     }
 
     #[test]

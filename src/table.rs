@@ -54,7 +54,7 @@ impl ListenerRow {
                 dash(),
                 dash(),
                 l.inode.to_string(),
-                process(owner),
+                owner_cell(owner),
             ],
         }
     }
@@ -74,9 +74,9 @@ fn fill(l: &ListenerFigures) -> String {
     }
 }
 
-/// `comm/pid` of a listener's owner, like `ss -p`, with its unit or
+/// `comm/pid` of a socket's owner, like `ss -p`, with its unit or
 /// container when known; `-` when not known.
-fn process(owner: Option<&Owner>) -> String {
+pub fn owner_cell(owner: Option<&Owner>) -> String {
     let Some(o) = owner else {
         return "-".to_string();
     };

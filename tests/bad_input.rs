@@ -1173,7 +1173,7 @@ fn shutdown_on_sigint_with_idle_keepalive_exits_zero() {
 
 #[test]
 fn netlink_dump_works_and_kernel_error_reply_is_an_error() {
-    use sockdiag_exporter::diag::{DiagSocket, DumpRequest, Family, StateSet};
+    use sockdiag_exporter::diag::{DiagSocket, DumpRequest, Family, Protocol, StateSet};
     use sockdiag_exporter::diag::{ParseError, inet::parse_datagram};
 
     in_netns(
@@ -1185,6 +1185,7 @@ fn netlink_dump_works_and_kernel_error_reply_is_an_error() {
             let stats = socket
                 .dump(
                     &DumpRequest {
+                        protocol: Protocol::Tcp,
                         family: Family::Ipv4,
                         states: StateSet::Listeners,
                         meminfo: true,

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sockdiag_exporter::diag::{
-    DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, Mode, PortFilter, SockRecord, StateSet,
-    TcpState,
+    DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, Mode, PortFilter, Protocol, SockRecord,
+    StateSet, TcpState,
 };
 use sockdiag_exporter::diag::{ParseError, inet::parse_datagram};
 
@@ -80,6 +80,7 @@ fn capture(request: &DumpRequest<'_>) -> Vec<u8> {
 
 fn req(family: Family, states: StateSet, meminfo: bool, tcp_info: bool) -> DumpRequest<'static> {
     DumpRequest {
+        protocol: Protocol::Tcp,
         family,
         states,
         meminfo,
@@ -369,6 +370,7 @@ fn port_filter_is_accepted_and_exact() {
         let mut dump = |filter: Option<&PortFilter>| {
             let mut seen = Vec::new();
             let request = DumpRequest {
+                protocol: Protocol::Tcp,
                 family: Family::Ipv4,
                 states: StateSet::Connections,
                 meminfo: false,

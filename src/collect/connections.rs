@@ -11,8 +11,7 @@ use clap::{Arg, ArgAction, ValueEnum, builder::EnumValueParser, value_parser};
 
 use crate::aggregate::{ConnectionAggregator, ListenKey, ListenerRecord, Role};
 use crate::diag::{
-    DiagError, DiagSocket, DumpRequest, Family, MAX_FILTER_PORTS, Mode, PortFilter, StateSet,
-    TcpState,
+    DiagError, DiagSocket, DumpRequest, Family, Mode, PortFilter, Protocol, StateSet, TcpState,
 };
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, PORT_LABELS};
 use crate::model::{ConnectionSample, ListenerSample, PortSummary, QueueSummary};
@@ -21,8 +20,8 @@ use crate::table::{Report, align};
 
 use super::listening::dump_listeners;
 use super::{
-    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample,
-    SampleError, Tier, TypedCollector,
+    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, PortList, Registration, Sample,
+    SampleError, Tier, TypedCollector, parse_ports,
 };
 
 /// Its declaration.
@@ -171,31 +170,6 @@ fn args() -> Vec<Arg> {
     ]
 }
 
-/// A comma-separated port list as one flag value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortList(pub Vec<u16>);
-
-/// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`].
-pub fn parse_ports(text: &str) -> Result<PortList, String> {
-    let mut ports = text
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("{:?} is not a port number (0-65535)", p.trim()))
-        })
-        .collect::<Result<Vec<u16>, String>>()?;
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.len() > MAX_FILTER_PORTS {
-        return Err(format!(
-            "{} distinct ports listed; at most {MAX_FILTER_PORTS}",
-            ports.len()
-        ));
-    }
-    Ok(PortList(ports))
-}
-
 fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
     Box::new(Connections {
         settings: settings(m),
@@ -278,6 +252,7 @@ pub fn sample_connections(
     let (mut sockets, mut walk_bytes, mut walk_datagrams) = (0u64, 0u64, 0u64);
     for family in [Family::Ipv4, Family::Ipv6] {
         let request = DumpRequest {
+            protocol: Protocol::Tcp,
             family,
             states: StateSet::Connections,
             meminfo: false,

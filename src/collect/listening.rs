@@ -4,9 +4,9 @@
 //! table uses. Kept apart so that no collector module depends on another.
 
 use crate::aggregate::ListenerRecord;
-use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, StateSet};
+use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, Protocol, StateSet};
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef};
-use crate::model::{ListenerFigures, ListenerSample, NetnsView, OwnerSample};
+use crate::model::{Endpoint, ListenerFigures, ListenerSample, NetnsView, OwnerSample};
 use crate::owners::Owner;
 use crate::tracker::Seen;
 
@@ -63,6 +63,7 @@ pub fn dump_listeners(
     out.clear();
     for family in [Family::Ipv4, Family::Ipv6] {
         let request = DumpRequest {
+            protocol: Protocol::Tcp,
             family,
             states: StateSet::Listeners,
             meminfo,
@@ -115,10 +116,22 @@ pub fn render_owner(
     l: &ListenerFigures,
     def: &MetricDef,
 ) {
-    let Some(owner) = owner(ns.view, l.cookie) else {
+    render_owner_of(out, ns, &l.endpoint, l.member, l.cookie, def);
+}
+
+/// [`render_owner`] for a socket given by its address, member and cookie.
+pub fn render_owner_of(
+    out: &mut Families,
+    ns: &NamespaceView<'_>,
+    endpoint: &Endpoint,
+    member: Option<u32>,
+    cookie: u64,
+    def: &MetricDef,
+) {
+    let Some(owner) = owner(ns.view, cookie) else {
         return;
     };
-    let labels = ListenerLabels::of(l);
+    let labels = ListenerLabels::new(endpoint, member);
     let pid = owner.pid.to_string();
     let w = &owner.workload;
     let extra = [
@@ -174,11 +187,16 @@ pub struct ListenerLabels {
 impl ListenerLabels {
     /// The labels of `l`.
     pub fn of(l: &ListenerFigures) -> Self {
+        ListenerLabels::new(&l.endpoint, l.member)
+    }
+
+    /// The labels of a socket at `endpoint`, `member` of its group.
+    pub fn new(endpoint: &Endpoint, member: Option<u32>) -> Self {
         ListenerLabels {
-            family: l.endpoint.family(),
-            address: l.endpoint.address(),
-            port: l.endpoint.port().map(|p| p.to_string()),
-            member: l.member.map(|m| m.to_string()),
+            family: endpoint.family(),
+            address: endpoint.address(),
+            port: endpoint.port().map(|p| p.to_string()),
+            member: member.map(|m| m.to_string()),
         }
     }
 
@@ -226,7 +244,6 @@ pub fn render_listener(out: &mut Families, netns: &str, l: &ListenerFigures) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Endpoint;
     use std::collections::HashSet;
 
     fn seen(cookie: u64, name: &str) -> Seen {

@@ -15,6 +15,7 @@ pub mod listeners;
 pub mod listening;
 pub mod netstat;
 pub mod processes;
+pub mod udp;
 pub mod unix;
 
 use std::any::Any;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::diag::DiagError;
+use crate::diag::{DiagError, MAX_FILTER_PORTS};
 use crate::family::{Families, MetricDef};
 use crate::model::{NetnsView, Part};
 use crate::netns::{HandleError, Handles, Need, NetnsInfo};
@@ -39,15 +40,44 @@ pub const CONNECTIONS: &str = "connections";
 pub const NETSTAT: &str = "netstat";
 /// The `processes` collector's name, and the key of its parts.
 pub const PROCESSES: &str = "processes";
+/// The `udp` collector's name, and the key of its parts.
+pub const UDP: &str = "udp";
 
 /// Every collector, in the order they run within a tier and render.
 pub const REGISTRY: &[&Registration] = &[
     &listeners::REGISTRATION,
     &unix::REGISTRATION,
+    &udp::REGISTRATION,
     &connections::REGISTRATION,
     &netstat::REGISTRATION,
     &processes::REGISTRATION,
 ];
+
+/// A comma-separated port list as one flag value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses a comma-separated list of ports, at most [`MAX_FILTER_PORTS`]
+/// (the most a kernel-side filter can carry; more would be a mistake).
+pub fn parse_ports(text: &str) -> Result<PortList, String> {
+    let mut ports = text
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{:?} is not a port number (0-65535)", p.trim()))
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > MAX_FILTER_PORTS {
+        return Err(format!(
+            "{} distinct ports listed; at most {MAX_FILTER_PORTS}",
+            ports.len()
+        ));
+    }
+    Ok(PortList(ports))
+}
 
 /// The registration of `name`.
 pub fn registration(name: &str) -> Option<&'static Registration> {
@@ -181,7 +211,7 @@ pub trait Collector: Send + Sync {
     /// Its declaration.
     fn registration(&self) -> &'static Registration;
     /// The handles it needs in a namespace.
-    fn needs(&self) -> &'static [Need];
+    fn needs(&self) -> &[Need];
     /// Fresh per-namespace state.
     fn new_state(&self) -> Box<dyn Any + Send>;
     /// Fresh per-tier scratch, shared by every namespace of a pass.
@@ -214,7 +244,7 @@ pub trait TypedCollector: Send + Sync + 'static {
     /// Its declaration.
     fn registration(&self) -> &'static Registration;
     /// The handles it needs in a namespace.
-    fn needs(&self) -> &'static [Need];
+    fn needs(&self) -> &[Need];
     /// Fresh per-namespace state.
     fn new_state(&self) -> Self::State;
     /// Fresh per-tier scratch.
@@ -242,7 +272,7 @@ impl<T: TypedCollector> Collector for T {
     fn registration(&self) -> &'static Registration {
         TypedCollector::registration(self)
     }
-    fn needs(&self) -> &'static [Need] {
+    fn needs(&self) -> &[Need] {
         TypedCollector::needs(self)
     }
     fn new_state(&self) -> Box<dyn Any + Send> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::family::{Families, Kind, MetricDef, NETNS_LABELS};
 use crate::model::NetstatSample;
 use crate::netns::{Need, ProcName};
-use crate::procfs::{self, ProcError, TcpExt};
+use crate::procfs::{self, ProcError, ProcFile, TcpExt, UdpErrors};
 
 use super::{
     Collector, Common, Ctx, NETSTAT, NamespaceView, Registration, Sample, SampleError, Tier,
@@ -18,9 +18,9 @@ use super::{
 /// Its declaration.
 pub static REGISTRATION: Registration = Registration {
     name: NETSTAT,
-    help: "the namespace's TcpExt ListenOverflows/ListenDrops, net.core.somaxconn and \
-           whether it shares the host's established hash (net.ipv4.tcp_ehash_entries), from \
-           procfs.",
+    help: "the namespace's TcpExt ListenOverflows/ListenDrops, Udp and Udp6 RcvbufErrors and \
+           InErrors, net.core.somaxconn and whether it shares the host's established hash \
+           (net.ipv4.tcp_ehash_entries), from procfs.",
     default_enabled: true,
     tier: Tier::Full,
     families: &[
@@ -28,6 +28,8 @@ pub static REGISTRATION: Registration = Registration {
         &NETSTAT_DROPS,
         &SOMAXCONN,
         &EHASH_SHARED,
+        &UDP_RCVBUF_ERRORS,
+        &UDP_IN_ERRORS,
     ],
     args: Vec::new,
     build,
@@ -67,31 +69,93 @@ pub const EHASH_SHARED: MetricDef = MetricDef {
     help: "1 when the namespace shares the host's established-socket hash (its net.ipv4.tcp_ehash_entries is negative, because net.ipv4.tcp_child_ehash_entries was 0 when it was created): every connection walk in it then costs every socket on the node. Not exported before Linux 6.1.",
 };
 
+/// `sockdiag_netstat_udp_rcvbuf_errors_total`
+pub const UDP_RCVBUF_ERRORS: MetricDef = MetricDef {
+    name: "sockdiag_netstat_udp_rcvbuf_errors_total",
+    kind: Kind::Counter,
+    labels: NETNS_LABELS,
+    member: false,
+    help: "Udp RcvbufErrors plus Udp6RcvbufErrors of the namespace (nstat's UdpRcvbufErrors, Udp6RcvbufErrors): datagrams dropped because a socket's receive buffer was full, on any socket. Per socket: sockdiag_udp_drops_total.",
+};
+/// `sockdiag_netstat_udp_in_errors_total`
+pub const UDP_IN_ERRORS: MetricDef = MetricDef {
+    name: "sockdiag_netstat_udp_in_errors_total",
+    kind: Kind::Counter,
+    labels: NETNS_LABELS,
+    member: false,
+    help: "Udp InErrors plus Udp6InErrors of the namespace: datagrams that could not be delivered, receive-buffer drops included.",
+};
+
 fn build(_: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
-    // The sysctl is the kernel's (6.1+), the same in every namespace: where
-    // the host lacks it, no namespace has it, and it is not asked for.
-    let ehash = common
-        .procfs
-        .join("sys/net/ipv4/tcp_ehash_entries")
-        .exists();
-    Box::new(Netstat { ehash })
+    // What the kernel offers is the same in every namespace: the
+    // tcp_ehash_entries sysctl (Linux 6.1+) and net/snmp6 (IPv6 not
+    // disabled). Where the host lacks one, no namespace has it, and it is
+    // not asked for.
+    let has = |path: &str| common.procfs.join(path).exists();
+    let (ehash, snmp6) = (has("sys/net/ipv4/tcp_ehash_entries"), has("self/net/snmp6"));
+    let mut needs = vec![
+        Need::Proc(ProcName::Netstat),
+        Need::Proc(ProcName::Somaxconn),
+        Need::Proc(ProcName::Snmp),
+    ];
+    if ehash {
+        needs.push(Need::Proc(ProcName::EhashEntries));
+    }
+    if snmp6 {
+        needs.push(Need::Proc(ProcName::Snmp6));
+    }
+    Box::new(Netstat {
+        ehash,
+        snmp6,
+        needs,
+    })
 }
 
 /// The built collector.
 pub struct Netstat {
     /// Whether the kernel has `net.ipv4.tcp_ehash_entries`.
     ehash: bool,
+    /// Whether it has `net/snmp6`.
+    snmp6: bool,
+    needs: Vec<Need>,
 }
 
-const NEEDS: &[Need] = &[
-    Need::Proc(ProcName::Netstat),
-    Need::Proc(ProcName::Somaxconn),
-];
-const NEEDS_EHASH: &[Need] = &[
-    Need::Proc(ProcName::Netstat),
-    Need::Proc(ProcName::Somaxconn),
-    Need::Proc(ProcName::EhashEntries),
-];
+/// Reads procfs file `name` and parses it; on failure, notes the error and
+/// gives `previous`, the last good value, so one unreadable file does not
+/// blank the other figures.
+fn read<T>(
+    ctx: &mut Ctx<'_>,
+    name: ProcName,
+    parse: impl FnOnce(&ProcFile, &str) -> Result<T, ProcError>,
+    previous: Option<T>,
+    errors: &mut Vec<SampleError>,
+) -> Option<T> {
+    let result = match ctx.handles.proc(name, ctx.now) {
+        Ok(file) => file
+            .read()
+            .and_then(|text| parse(file, &text))
+            .map_err(SampleError::from),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(e);
+            previous
+        }
+    }
+}
+
+fn parse_with<T>(
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> impl FnOnce(&ProcFile, &str) -> Result<T, ProcError> {
+    move |file, text| {
+        parse(text).map_err(|what| ProcError::Parse {
+            path: file.path().to_path_buf(),
+            what,
+        })
+    }
+}
 
 impl TypedCollector for Netstat {
     /// The last sample, whose figures stand in for a file that fails.
@@ -102,8 +166,8 @@ impl TypedCollector for Netstat {
         &REGISTRATION
     }
 
-    fn needs(&self) -> &'static [Need] {
-        if self.ehash { NEEDS_EHASH } else { NEEDS }
+    fn needs(&self) -> &[Need] {
+        &self.needs
     }
 
     fn new_state(&self) -> Self::State {
@@ -112,63 +176,79 @@ impl TypedCollector for Netstat {
 
     fn new_scratch(&self) {}
 
-    /// Fields that fail keep their last value, so one unreadable file does
-    /// not blank the others; the failure is still reported.
     fn sample(&self, ctx: &mut Ctx<'_>, last: &mut Self::State, _: &mut ()) -> Sample {
         let previous = last.as_deref();
         let mut errors = Vec::new();
-        let ext = match ctx.handles.proc(ProcName::Netstat, ctx.now) {
-            Ok(file) => read_tcp_ext(file).map_err(SampleError::from),
-            Err(e) => Err(e.into()),
-        };
-        let (overflows, drops) = match ext {
-            Ok(ext) => (ext.listen_overflows, ext.listen_drops),
-            Err(e) => {
-                errors.push(e);
-                (
-                    previous.and_then(|p| p.listen_overflows),
-                    previous.and_then(|p| p.listen_drops),
-                )
-            }
-        };
-        let somaxconn = match ctx.handles.proc(ProcName::Somaxconn, ctx.now) {
-            Ok(file) => file
-                .read()
-                .and_then(|text| procfs::parse_number(file.path(), &text))
-                .map_err(SampleError::from),
-            Err(e) => Err(e.into()),
-        };
-        let somaxconn = match somaxconn {
-            Ok(v) => Some(v),
-            Err(e) => {
-                errors.push(e);
-                previous.and_then(|p| p.somaxconn)
-            }
-        };
+        let before = previous.map(|p| TcpExt {
+            listen_overflows: p.listen_overflows,
+            listen_drops: p.listen_drops,
+        });
+        let ext = read(
+            ctx,
+            ProcName::Netstat,
+            parse_with(procfs::parse_tcp_ext),
+            before,
+            &mut errors,
+        )
+        .unwrap_or_default();
+        let somaxconn = read(
+            ctx,
+            ProcName::Somaxconn,
+            |f, t| procfs::parse_number(f.path(), t),
+            previous.and_then(|p| p.somaxconn),
+            &mut errors,
+        );
         let ehash_shared = if self.ehash {
-            let entries = match ctx.handles.proc(ProcName::EhashEntries, ctx.now) {
-                Ok(file) => file
-                    .read()
-                    .and_then(|text| procfs::parse_signed(file.path(), &text))
-                    .map_err(SampleError::from),
-                Err(e) => Err(e.into()),
-            };
-            match entries {
-                Ok(n) => Some(n < 0),
-                Err(e) => {
-                    errors.push(e);
-                    previous.and_then(|p| p.ehash_shared)
-                }
-            }
+            read(
+                ctx,
+                ProcName::EhashEntries,
+                |f, t| procfs::parse_signed(f.path(), t).map(|n| n < 0),
+                previous.and_then(|p| p.ehash_shared),
+                &mut errors,
+            )
         } else {
             None
         };
+        let before = previous.and_then(|p| {
+            Some(UdpErrors {
+                rcvbuf_errors: p.udp_rcvbuf_errors?,
+                in_errors: p.udp_in_errors?,
+            })
+        });
+        let v4 = read(
+            ctx,
+            ProcName::Snmp,
+            parse_with(procfs::parse_snmp_udp),
+            None,
+            &mut errors,
+        );
+        let v6 = if self.snmp6 {
+            read(
+                ctx,
+                ProcName::Snmp6,
+                parse_with(procfs::parse_snmp6_udp),
+                None,
+                &mut errors,
+            )
+        } else {
+            Some(UdpErrors::default())
+        };
+        // Both families or the last good sum: half a sum would go down.
+        let udp = match (v4, v6) {
+            (Some(a), Some(b)) => Some(UdpErrors {
+                rcvbuf_errors: a.rcvbuf_errors + b.rcvbuf_errors,
+                in_errors: a.in_errors + b.in_errors,
+            }),
+            _ => before,
+        };
         let sample = Arc::new(NetstatSample {
             taken_at: ctx.wall,
-            listen_overflows: overflows,
-            listen_drops: drops,
+            listen_overflows: ext.listen_overflows,
+            listen_drops: ext.listen_drops,
             somaxconn,
             ehash_shared,
+            udp_rcvbuf_errors: udp.map(|u| u.rcvbuf_errors),
+            udp_in_errors: udp.map(|u| u.in_errors),
         });
         *last = Some(sample.clone());
         match errors.len() {
@@ -195,6 +275,12 @@ impl TypedCollector for Netstat {
         if let Some(shared) = n.ehash_shared {
             out.push(&EHASH_SHARED, &labels, if shared { 1.0 } else { 0.0 });
         }
+        if let Some(v) = n.udp_rcvbuf_errors {
+            out.push(&UDP_RCVBUF_ERRORS, &labels, v as f64);
+        }
+        if let Some(v) = n.udp_in_errors {
+            out.push(&UDP_IN_ERRORS, &labels, v as f64);
+        }
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut crate::table::Report) {
@@ -203,18 +289,12 @@ impl TypedCollector for Netstat {
         };
         let show = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         out.sections.push(format!(
-            "ListenOverflows {}  ListenDrops {}  somaxconn {}\n",
+            "ListenOverflows {}  ListenDrops {}  somaxconn {}  UdpRcvbufErrors {}  UdpInErrors {}\n",
             show(n.listen_overflows),
             show(n.listen_drops),
-            show(n.somaxconn)
+            show(n.somaxconn),
+            show(n.udp_rcvbuf_errors),
+            show(n.udp_in_errors)
         ));
     }
-}
-
-fn read_tcp_ext(file: &mut procfs::ProcFile) -> Result<TcpExt, ProcError> {
-    let text = file.read()?;
-    procfs::parse_tcp_ext(&text).map_err(|what| ProcError::Parse {
-        path: file.path().to_path_buf(),
-        what,
-    })
 }

@@ -97,7 +97,7 @@ impl TypedCollector for Processes {
             // No socket collector has published here yet.
             return Sample::Idle;
         }
-        let listeners: Vec<(u64, u32)> = sockets.map(|l| (l.cookie, l.inode)).collect();
+        let listeners: Vec<(u64, u32)> = sockets.collect();
         let netns = (ctx.info.id != (0, 0)).then_some(ctx.info.id);
         let stats = cache.refresh_with(ctx.now, netns, &listeners, index);
         if stats.denied > 0 && !DENIAL_LOGGED.swap(true, Ordering::Relaxed) {

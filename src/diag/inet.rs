@@ -1,5 +1,5 @@
-//! inet_diag: dump requests for TCP sockets as small typed values, and the
-//! decoder of their replies into [`SockRecord`]s.
+//! inet_diag: dump requests for TCP and UDP sockets as small typed values,
+//! and the decoder of their replies into [`SockRecord`]s.
 //!
 //! A reply is a fixed `inet_diag_msg` header (decoded by the
 //! `netlink-packet-sock-diag` crate's [`InetResponseHeader`]) followed by
@@ -30,12 +30,40 @@ const INET_DIAG_MSG_LEN: usize = 72;
 pub const INET_DIAG_INFO: u16 = 2;
 /// `INET_DIAG_SKMEMINFO`: `u32 [SK_MEMINFO_VARS]`.
 pub const INET_DIAG_SKMEMINFO: u16 = 7;
+/// Index of `SK_MEMINFO_RCVBUF` in the skmeminfo array: the receive
+/// buffer's limit.
+const SK_MEMINFO_RCVBUF: usize = 1;
 /// Index of `SK_MEMINFO_DROPS` in the skmeminfo array.
 const SK_MEMINFO_DROPS: usize = 8;
 /// Offset of `tcpi_last_data_sent` in `struct tcp_info`: 8 bytes of u8
 /// fields, then u32s `rto ato snd_mss rcv_mss unacked sacked lost retrans
 /// fackets`, then `last_data_sent`. Stable since Linux 2.6.
 const TCPI_LAST_DATA_SENT_OFFSET: usize = 44;
+
+/// Which transport protocol a dump is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `IPPROTO_TCP`
+    Tcp,
+    /// `IPPROTO_UDP`
+    Udp,
+}
+
+impl Protocol {
+    fn raw(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
 
 /// Which sockets a dump asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +73,9 @@ pub enum StateSet {
     Listeners,
     /// Every state but `LISTEN` (including SYN-RECV requests and TIME-WAIT).
     Connections,
+    /// Every state: for UDP, unconnected sockets (`CLOSE`) and connected
+    /// ones (`ESTABLISHED`).
+    All,
 }
 
 impl StateSet {
@@ -57,6 +88,7 @@ impl StateSet {
                     // but asking explicitly costs nothing and helps old ones.
                     | (1 << 12)
             }
+            StateSet::All => u32::MAX,
         }
     }
 
@@ -64,18 +96,21 @@ impl StateSet {
         match self {
             StateSet::Listeners => "listeners",
             StateSet::Connections => "connections",
+            StateSet::All => "all sockets",
         }
     }
 }
 
-/// A TCP dump request for one address family.
+/// An inet_diag dump request for one protocol and address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpRequest<'a> {
+    /// TCP or UDP.
+    pub protocol: Protocol,
     /// Address family to dump.
     pub family: Family,
     /// States to dump.
     pub states: StateSet,
-    /// Ask for `INET_DIAG_SKMEMINFO` (drop counter).
+    /// Ask for `INET_DIAG_SKMEMINFO` (drop counter, receive buffer).
     pub meminfo: bool,
     /// Ask for `INET_DIAG_INFO` (`tcp_info`).
     pub tcp_info: bool,
@@ -87,7 +122,8 @@ impl fmt::Display for DumpRequest<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "TCP {} dump of {}",
+            "{} {} dump of {}",
+            self.protocol.name(),
             self.family.as_str(),
             self.states.name()
         )?;
@@ -116,7 +152,7 @@ impl DumpRequest<'_> {
         debug_assert_eq!(ExtensionFlags::INFO.bits(), 1 << (INET_DIAG_INFO - 1));
         let body = InetRequest {
             family: self.family.raw(),
-            protocol: libc::IPPROTO_TCP as u8,
+            protocol: self.protocol.raw(),
             extensions,
             states: StateFlags::from_bits_retain(self.states.mask()),
             socket_id: match self.family {
@@ -183,6 +219,7 @@ pub fn parse_inet_reply(payload: &[u8], base: usize) -> Result<Option<SockRecord
         uid: header.uid,
         cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
         drops: None,
+        rcvbuf: None,
         last_data_sent_ms: None,
     };
     // The crate builds addresses from the family byte, so they agree with it.
@@ -195,6 +232,7 @@ pub fn parse_inet_reply(payload: &[u8], base: usize) -> Result<Option<SockRecord
         |kind, value| match kind {
             INET_DIAG_SKMEMINFO if value.len() >= (SK_MEMINFO_DROPS + 1) * 4 => {
                 record.drops = Some(read_u32(value, SK_MEMINFO_DROPS * 4));
+                record.rcvbuf = Some(read_u32(value, SK_MEMINFO_RCVBUF * 4));
             }
             INET_DIAG_INFO if value.len() >= TCPI_LAST_DATA_SENT_OFFSET + 4 => {
                 record.last_data_sent_ms = Some(read_u32(value, TCPI_LAST_DATA_SENT_OFFSET));

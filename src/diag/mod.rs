@@ -1,7 +1,7 @@
 //! Speaking NETLINK_SOCK_DIAG: generic netlink framing ([`netlink`]), the
 //! blocking dump socket ([`socket`]), and one request builder and
-//! zero-allocation reply decoder per socket family ([`inet`] for TCP,
-//! [`unix`] for unix listeners).
+//! zero-allocation reply decoder per socket family ([`inet`] for TCP and
+//! UDP, [`unix`] for unix listeners).
 
 pub mod filter;
 pub mod inet;
@@ -11,7 +11,7 @@ pub mod socket;
 pub mod unix;
 
 pub use filter::{MAX_FILTER_PORTS, Mode, PortFilter};
-pub use inet::{DumpRequest, StateSet};
+pub use inet::{DumpRequest, Protocol, StateSet};
 pub use netlink::ParseError;
 pub use record::{Family, RawAddr, SockRecord, TcpState};
 pub use socket::{DiagError, DiagSocket, DumpStats, Request};

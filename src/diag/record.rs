@@ -200,10 +200,12 @@ impl RawAddr {
     }
 }
 
-/// One socket from an inet_diag dump, with the extensions this project reads.
+/// One socket from an inet_diag dump (TCP or UDP), with the extensions
+/// this project reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SockRecord {
-    /// TCP state.
+    /// TCP state; a UDP socket is `Close` when unconnected and
+    /// `Established` when connected.
     pub state: TcpState,
     /// Local address.
     pub local: RawAddr,
@@ -225,6 +227,9 @@ pub struct SockRecord {
     pub cookie: u64,
     /// `SK_MEMINFO_DROPS` when `INET_DIAG_SKMEMINFO` was asked for and sent.
     pub drops: Option<u32>,
+    /// `SK_MEMINFO_RCVBUF` (the receive buffer's limit, twice what
+    /// `SO_RCVBUF` asked for) with the drops.
+    pub rcvbuf: Option<u32>,
     /// `tcpi_last_data_sent` in milliseconds when `INET_DIAG_INFO` was asked
     /// for and sent: for a connection still in an accept queue, nothing has
     /// been sent since the kernel created it, so this is its age.

@@ -32,13 +32,22 @@ pub enum ProcName {
     /// `net.ipv4.tcp_ehash_entries` (negative when the namespace shares the
     /// host's established hash).
     EhashEntries,
+    /// `net/snmp` (the `Udp:` counters).
+    Snmp,
+    /// `net/snmp6` (the `Udp6` counters).
+    Snmp6,
+    /// `net.ipv4.ip_local_port_range`: where ephemeral ports come from.
+    LocalPortRange,
 }
 
 impl ProcName {
-    const ALL: [ProcName; 3] = [
+    const ALL: [ProcName; 6] = [
         ProcName::Netstat,
         ProcName::Somaxconn,
         ProcName::EhashEntries,
+        ProcName::Snmp,
+        ProcName::Snmp6,
+        ProcName::LocalPortRange,
     ];
 
     fn index(self) -> usize {
@@ -51,6 +60,9 @@ impl ProcName {
             ProcName::Netstat => "self/net/netstat",
             ProcName::Somaxconn => "sys/net/core/somaxconn",
             ProcName::EhashEntries => "sys/net/ipv4/tcp_ehash_entries",
+            ProcName::Snmp => "self/net/snmp",
+            ProcName::Snmp6 => "self/net/snmp6",
+            ProcName::LocalPortRange => "sys/net/ipv4/ip_local_port_range",
         }
     }
 
@@ -60,6 +72,8 @@ impl ProcName {
     fn entered_path(self) -> &'static str {
         match self {
             ProcName::Netstat => "thread-self/net/netstat",
+            ProcName::Snmp => "thread-self/net/snmp",
+            ProcName::Snmp6 => "thread-self/net/snmp6",
             other => other.own_path(),
         }
     }
@@ -288,6 +302,9 @@ impl Handles {
             ProcName::Netstat => "net/netstat",
             ProcName::Somaxconn => "net.core.somaxconn",
             ProcName::EhashEntries => "net.ipv4.tcp_ehash_entries",
+            ProcName::Snmp => "net/snmp",
+            ProcName::Snmp6 => "net/snmp6",
+            ProcName::LocalPortRange => "net.ipv4.ip_local_port_range",
         };
         self.procs[name.index()].get(what, now)
     }

@@ -135,6 +135,8 @@ impl TypedCollector for Reader {
             listen_drops: None,
             somaxconn: None,
             ehash_shared: None,
+            udp_rcvbuf_errors: None,
+            udp_in_errors: None,
         }))
     }
     fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
