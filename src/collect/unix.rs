@@ -149,6 +149,9 @@ struct Name {
     /// Whether the last sample that saw it exported it: exported listeners
     /// keep their place under the cap.
     exported: bool,
+    /// The dump that first saw it: until the next one it is a newcomer,
+    /// whatever `exported` says (that is written only while capping).
+    first_seen: u64,
     /// The dump that last saw it.
     seen_in: u64,
 }
@@ -212,6 +215,7 @@ impl Unix {
             label: Arc::from(""),
             kept: false,
             exported: true,
+            first_seen: dump,
             seen_in: 0,
         });
         if entry.seen_in == 0 || *entry.raw != *r.name {
@@ -279,13 +283,20 @@ impl TypedCollector for Unix {
         });
         if let Err(e) = result {
             ctx.handles.drop_diag();
+            // Nothing was exported: whoever this dump met first is still a
+            // newcomer next time.
+            state.names.retain(|_, n| n.first_seen != dump);
             return Sample::Failed(SampleError::Diag(e));
         }
         state.names.retain(|_, n| n.seen_in == dump);
         let names = &mut state.names;
         let capped = cap(
             &mut s.seen,
-            |cookie| names.get(&cookie).is_some_and(|n| n.exported),
+            |cookie| {
+                names
+                    .get(&cookie)
+                    .is_some_and(|n| n.exported && n.first_seen != dump)
+            },
             self.max_listeners,
         );
         // Remember what was exported; while nothing is left out, every
