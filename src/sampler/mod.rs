@@ -74,12 +74,18 @@ struct Lane {
     errors: Vec<String>,
     /// Time spent sampling in this pass.
     spent: Duration,
+    /// Whether it was due in some namespace in this pass.
+    sampled: bool,
+    /// Whether any pass was recorded yet.
+    recorded: bool,
 }
 
 struct Slot {
     handles: Handles,
     states: Vec<Box<dyn Any + Send>>,
     due: Vec<Due>,
+    /// Whether each collector's last sample here failed.
+    failing: Vec<bool>,
     /// The discovery generation in which entering was refused; not retried
     /// before the next one.
     refused_in: Option<u64>,
@@ -114,6 +120,8 @@ impl TierRunner {
                 scratch: c.new_scratch(),
                 errors: Vec::new(),
                 spent: Duration::ZERO,
+                sampled: false,
+                recorded: false,
             })
             .collect();
         TierRunner {
@@ -143,17 +151,28 @@ impl TierRunner {
             lane.collector.begin_pass(&mut *lane.scratch);
             lane.errors.clear();
             lane.spent = Duration::ZERO;
+            lane.sampled = false;
         }
         for info in &set.targets.list {
             self.sample_namespace(store, info, set.generation);
         }
-        for lane in &mut self.lanes {
-            let result = if lane.errors.is_empty() {
-                Ok(())
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let name = lane.collector.registration().name;
+            if !lane.errors.is_empty() {
+                store.record(name, lane.spent, Err(lane.errors.join("; ")));
+            } else if self.slots.values().any(|s| s.failing[i]) {
+                // A namespace not due in this pass (sampled less often, see
+                // `min_period`) failed at its last sample: the collector
+                // still fails there, and this pass cannot say otherwise.
+                continue;
+            } else if lane.sampled || !lane.recorded {
+                store.record(name, lane.spent, Ok(()));
             } else {
-                Err(lane.errors.join("; "))
-            };
-            store.record(lane.collector.registration().name, lane.spent, result);
+                // Nothing was due: the last pass's duration and success
+                // time still describe the figures served.
+                continue;
+            }
+            lane.recorded = true;
         }
     }
 
@@ -163,6 +182,7 @@ impl TierRunner {
             handles: Handles::new(info, procfs),
             states: lanes.iter().map(|l| l.collector.new_state()).collect(),
             due: lanes.iter().map(|_| Due::new(interval)).collect(),
+            failing: vec![false; lanes.len()],
             refused_in: None,
         });
         if slot.refused_in == Some(generation) {
@@ -190,6 +210,7 @@ impl TierRunner {
         let mut prepared = slot.handles.prepare(info, &needs, now);
         for i in due {
             let lane = &mut self.lanes[i];
+            lane.sampled = true;
             let name = lane.collector.registration().name;
             let started = self.clock.now();
             if prepared.is_ok() {
@@ -207,6 +228,7 @@ impl TierRunner {
                 // next discovery.
                 self.logs.notices.entering_denied(info, e);
                 slot.refused_in = Some(generation);
+                slot.failing[i] = false;
                 store.publish(
                     info,
                     name,
@@ -243,6 +265,7 @@ impl TierRunner {
             if let Some(e) = &error {
                 lane.errors.push(format!("netns {}: {e}", info.name));
             }
+            slot.failing[i] = error.is_some();
             let outcome = error.map_or(Outcome::Ok, Outcome::Failed);
             store.publish(info, name, part, outcome, took);
         }
