@@ -140,6 +140,13 @@ impl TierRunner {
         self.lanes.is_empty()
     }
 
+    /// Drops the handles and state of namespaces no longer collected:
+    /// handles keep a deleted namespace alive in the kernel.
+    pub fn prune(&mut self, store: &Store) {
+        let set = store.targets();
+        self.slots.retain(|id, _| set.get(*id).is_some());
+    }
+
     /// Samples every namespace with every collector that is due there, and
     /// records each collector's pass.
     pub fn pass(&mut self, store: &Store) {
@@ -327,6 +334,35 @@ fn every(interval: Duration, shutdown: &Shutdown, mut tick: impl FnMut()) {
     }
 }
 
+/// Runs `runner`'s passes every `interval` until shutdown, as [`every`]
+/// does, and in between, every `prune_every`, lets go of namespaces that
+/// vanished, so that a slow tier (connections every 15 s, or every hour)
+/// does not keep a deleted namespace alive until its next pass.
+fn run_tier(
+    runner: &mut TierRunner,
+    interval: Duration,
+    prune_every: Duration,
+    store: &Store,
+    shutdown: &Shutdown,
+) {
+    let mut next = Instant::now() + interval;
+    loop {
+        if shutdown.wait_until(next.min(Instant::now() + prune_every)) {
+            return;
+        }
+        if Instant::now() < next {
+            runner.prune(store);
+            continue;
+        }
+        runner.pass(store);
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now + interval;
+        }
+    }
+}
+
 /// One discovery pass: finds and names the namespaces, and publishes them
 /// unless the scan failed (a failed scan knows only the daemon's own
 /// namespace; dropping every other one's series for a passing procfs
@@ -393,13 +429,14 @@ impl Sampler {
                 }),
             )?);
         }
+        let prune_every = config.discovery.rescan_interval;
         if !fast.is_empty() {
             fast.pass(&store);
             let interval = config.fast_interval;
             threads.push(spawn(
                 "sample-fast",
                 Box::new(move |store, shutdown| {
-                    every(interval, shutdown, || fast.pass(store));
+                    run_tier(&mut fast, interval, prune_every, store, shutdown);
                 }),
             )?);
         }
@@ -409,7 +446,7 @@ impl Sampler {
                 "sample-full",
                 Box::new(move |store, shutdown| {
                     full.pass(store);
-                    every(interval, shutdown, || full.pass(store));
+                    run_tier(&mut full, interval, prune_every, store, shutdown);
                 }),
             )?);
         }
