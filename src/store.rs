@@ -48,7 +48,8 @@ impl TargetSet {
 /// Health of one collector, as the exporter's own metrics report it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CollectorHealth {
-    /// Passes attempted.
+    /// Passes recorded: every discovery pass; every tier pass in which the
+    /// collector was due somewhere, and its first.
     pub samples_total: u64,
     /// Passes that failed (in any namespace).
     pub errors_total: u64,

@@ -32,6 +32,16 @@ fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// Descriptors the daemon holds on a namespace it collects: the fast
+/// tier's socket (listener, unix and UDP dumps share it) and its
+/// `ip_local_port_range`; the full tier's socket and its procfs files:
+/// `net/netstat`, `somaxconn`, `net/snmp`, and where the kernel has them,
+/// `tcp_ehash_entries` (Linux 6.1+) and `net/snmp6` (IPv6 on).
+fn handles_per_namespace() -> usize {
+    let has = |p: &str| usize::from(std::path::Path::new(p).exists());
+    2 + 1 + 3 + has("/proc/sys/net/ipv4/tcp_ehash_entries") + has("/proc/self/net/snmp6")
+}
+
 /// Polls `/metrics` until `ready` holds, for at most 15 s.
 fn wait_for(daemon: &Daemon, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
     let start = Instant::now();
@@ -269,13 +279,9 @@ fn a_vanished_namespace_leaves_no_series_errors_or_descriptors() {
                 let goes_name = format!("ino:{}", goes.netns_inode());
                 wait_for(&daemon, "the second namespace", |m| present(m, &goes_name));
                 let with_it = settle();
-                // The fast tier's socket (TCP and unix listener dumps share
-                // it), the full tier's socket, and three procfs files:
-                // netstat, somaxconn and tcp_ehash_entries (Linux 6.1+).
-                let ehash = std::path::Path::new("/proc/sys/net/ipv4/tcp_ehash_entries").exists();
                 assert_eq!(
                     with_it,
-                    baseline + 4 + usize::from(ehash),
+                    baseline + handles_per_namespace(),
                     "round {round}: fds while collecting it"
                 );
                 goes.kill();
@@ -288,6 +294,70 @@ fn a_vanished_namespace_leaves_no_series_errors_or_descriptors() {
             }
             let m = daemon.metrics();
             assert_every_collector_healthy(&m);
+        },
+    );
+}
+
+/// Regression: the full tier let go of a vanished namespace's handles (its
+/// sock_diag socket and procfs files) only at its next pass, a whole
+/// `--collector.connections.interval` later (up to 24 h), so a deleted
+/// namespace, network stack and all, stayed alive in the kernel that long.
+#[test]
+fn a_vanished_namespace_is_freed_before_the_next_connection_pass() {
+    in_netns(
+        "a_vanished_namespace_is_freed_before_the_next_connection_pass",
+        || {
+            let goes = NetnsProcess::start(7074, 4, 0);
+            let goes_name = format!("ino:{}", goes.netns_inode());
+            // Daemon::start sets a 200 ms connection interval, which hides
+            // the delay: this one samples connections once, at start.
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let child = Command::new(exporter_bin())
+                .arg("--web.listen-address")
+                .arg(addr.to_string())
+                .args(["--collector.listeners.interval", "50ms"])
+                .args(["--collector.connections.interval", "1h"])
+                .args(flags(&[]))
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("starting the daemon");
+            let daemon = Daemon { child, addr };
+            let start = Instant::now();
+            while !matches!(daemon.try_get("/healthz"), Ok((200, _))) {
+                assert!(start.elapsed() < Duration::from_secs(15), "not healthy");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            wait_for(&daemon, "the namespace on both tiers", |m| {
+                let l = [("netns", goes_name.as_str())];
+                !m.find("sockdiag_accept_queue_length", &l).is_empty()
+                    && !m
+                        .find("sockdiag_netstat_listen_overflows_total", &l)
+                        .is_empty()
+            });
+            let pid = daemon.child.id();
+            let settle = || {
+                // Past a few rescans, then the fewest of several looks (a
+                // look can catch a directory open for a /proc scan).
+                std::thread::sleep(Duration::from_millis(500));
+                (0..10)
+                    .map(|_| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        open_fds(pid)
+                    })
+                    .min()
+                    .unwrap_or(0)
+            };
+            let with_it = settle();
+            goes.kill();
+            wait_for(&daemon, "the namespace's series to go", |m| {
+                !m.0.iter()
+                    .any(|s| s.labels.get("netns") == Some(&goes_name))
+            });
+            assert_eq!(
+                settle(),
+                with_it - handles_per_namespace(),
+                "every handle on the vanished namespace is closed"
+            );
         },
     );
 }

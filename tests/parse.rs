@@ -783,6 +783,52 @@ fn unix_names_longer_than_sun_path_are_malformed() {
     }
 }
 
+/// Regression: `bind()` accepts a path that fills all 108 bytes of
+/// `sun_path` without a NUL; the kernel appends one when binding and
+/// reports the name as 109 bytes. Taking that for damage failed every unix
+/// dump of the namespace, so any local user could blind the unix collector
+/// there (and make `snapshot` exit 1) with one socket.
+#[test]
+fn a_path_that_fills_sun_path_decodes() {
+    use std::os::fd::FromRawFd;
+    in_netns("a_path_that_fills_sun_path_decodes", || {
+        let dir = format!("/tmp/sockdiag-sun-path-{}", std::process::id());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the socket dir");
+        let mut path = format!("{dir}/").into_bytes();
+        path.resize(MAX_NAME, b'L');
+        // socket2 and std refuse a path without room for its NUL; the
+        // kernel does not.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0, "unix socket: {}", std::io::Error::last_os_error());
+        let listener = unsafe { Socket::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (to, from) in addr.sun_path.iter_mut().zip(&path) {
+            *to = *from as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let rc = unsafe { libc::bind(fd, (&raw const addr).cast(), len) };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        listener.listen(4).expect("listen");
+
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let mut names = Vec::new();
+        let dumped = socket.dump_unix(&UnixListenersRequest, |r| names.push(r.name.to_vec()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dumped.expect("a unix dump beside a listener whose path fills sun_path");
+        let mut reported = path.clone();
+        reported.push(0);
+        assert_eq!(names, vec![reported], "the path and the kernel's NUL");
+        assert_eq!(
+            address_label(&names[0]).as_bytes(),
+            &path[..],
+            "labelled as the path"
+        );
+        drop(listener);
+    });
+}
+
 #[test]
 fn unix_replies_of_other_families_kinds_and_states_are_skipped() {
     let (bytes, seq, expected) = unix_fixture_records();

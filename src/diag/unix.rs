@@ -35,6 +35,17 @@ const STATE_LISTEN: u8 = 10;
 /// The longest `sun_path`.
 pub const MAX_NAME: usize = 108;
 
+/// The longest name the kernel reports: a path that fills `sun_path`
+/// (108 bytes, no NUL, which `bind()` accepts) comes back with the NUL the
+/// kernel appended when binding, 109 bytes.
+fn longest_name(name: &[u8]) -> usize {
+    if name.first().is_some_and(|&b| b != 0) && name.last() == Some(&0) {
+        MAX_NAME + 1
+    } else {
+        MAX_NAME
+    }
+}
+
 /// The kinds of unix socket that can listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -164,7 +175,7 @@ pub fn parse_unix_reply(payload: &[u8], base: usize) -> Result<Option<UnixRecord
     let attrs = &payload[UNIX_DIAG_MSG_LEN..];
     let mut name_too_long = false;
     for_each_attribute(attrs, base + UNIX_DIAG_MSG_LEN, |kind, value| match kind {
-        UNIX_DIAG_NAME if value.len() > MAX_NAME => name_too_long = true,
+        UNIX_DIAG_NAME if value.len() > longest_name(value) => name_too_long = true,
         UNIX_DIAG_NAME => record.name = value,
         UNIX_DIAG_RQLEN if value.len() >= 8 => {
             record.queue_length = Some(read_u32(value, 0));

@@ -74,15 +74,18 @@ struct Lane {
     errors: Vec<String>,
     /// Time spent sampling in this pass.
     spent: Duration,
-    /// Namespaces sampled in this pass: a pass in which the collector was
-    /// due nowhere (its own cost bound) is not recorded as one.
-    sampled: usize,
+    /// Whether it was due in some namespace in this pass.
+    sampled: bool,
+    /// Whether any pass was recorded yet.
+    recorded: bool,
 }
 
 struct Slot {
     handles: Handles,
     states: Vec<Box<dyn Any + Send>>,
     due: Vec<Due>,
+    /// Whether each collector's last sample here failed.
+    failing: Vec<bool>,
     /// The discovery generation in which entering was refused; not retried
     /// before the next one.
     refused_in: Option<u64>,
@@ -117,7 +120,8 @@ impl TierRunner {
                 scratch: c.new_scratch(),
                 errors: Vec::new(),
                 spent: Duration::ZERO,
-                sampled: 0,
+                sampled: false,
+                recorded: false,
             })
             .collect();
         TierRunner {
@@ -136,6 +140,13 @@ impl TierRunner {
         self.lanes.is_empty()
     }
 
+    /// Drops the handles and state of namespaces no longer collected:
+    /// handles keep a deleted namespace alive in the kernel.
+    pub fn prune(&mut self, store: &Store) {
+        let set = store.targets();
+        self.slots.retain(|id, _| set.get(*id).is_some());
+    }
+
     /// Samples every namespace with every collector that is due there, and
     /// records each collector's pass.
     pub fn pass(&mut self, store: &Store) {
@@ -147,21 +158,28 @@ impl TierRunner {
             lane.collector.begin_pass(&mut *lane.scratch);
             lane.errors.clear();
             lane.spent = Duration::ZERO;
-            lane.sampled = 0;
+            lane.sampled = false;
         }
         for info in &set.targets.list {
             self.sample_namespace(store, info, set.generation);
         }
-        for lane in &mut self.lanes {
-            if lane.sampled == 0 && !set.targets.list.is_empty() {
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let name = lane.collector.registration().name;
+            if !lane.errors.is_empty() {
+                store.record(name, lane.spent, Err(lane.errors.join("; ")));
+            } else if self.slots.values().any(|s| s.failing[i]) {
+                // A namespace not due in this pass (sampled less often, see
+                // `min_period`) failed at its last sample: the collector
+                // still fails there, and this pass cannot say otherwise.
+                continue;
+            } else if lane.sampled || !lane.recorded {
+                store.record(name, lane.spent, Ok(()));
+            } else {
+                // Nothing was due: the last pass's duration and success
+                // time still describe the figures served.
                 continue;
             }
-            let result = if lane.errors.is_empty() {
-                Ok(())
-            } else {
-                Err(lane.errors.join("; "))
-            };
-            store.record(lane.collector.registration().name, lane.spent, result);
+            lane.recorded = true;
         }
     }
 
@@ -171,6 +189,7 @@ impl TierRunner {
             handles: Handles::new(info, procfs),
             states: lanes.iter().map(|l| l.collector.new_state()).collect(),
             due: lanes.iter().map(|_| Due::new(interval)).collect(),
+            failing: vec![false; lanes.len()],
             refused_in: None,
         });
         if slot.refused_in == Some(generation) {
@@ -201,6 +220,7 @@ impl TierRunner {
         let mut entering = self.clock.now().saturating_duration_since(now);
         for i in due {
             let lane = &mut self.lanes[i];
+            lane.sampled = true;
             let name = lane.collector.registration().name;
             let started = self.clock.now();
             if prepared.is_ok() {
@@ -218,6 +238,7 @@ impl TierRunner {
                 // next discovery.
                 self.logs.notices.entering_denied(info, e);
                 slot.refused_in = Some(generation);
+                slot.failing[i] = false;
                 store.publish(
                     info,
                     name,
@@ -241,7 +262,6 @@ impl TierRunner {
             let ended = self.clock.now();
             let took = ended.saturating_duration_since(started) + std::mem::take(&mut entering);
             lane.spent += took;
-            lane.sampled += 1;
             slot.due[i].sampled(started, self.interval, lane.collector.min_period(took));
             let (part, error) = match sample {
                 Sample::Done(part) => (Some(part), None),
@@ -255,6 +275,7 @@ impl TierRunner {
             if let Some(e) = &error {
                 lane.errors.push(format!("netns {}: {e}", info.name));
             }
+            slot.failing[i] = error.is_some();
             let outcome = error.map_or(Outcome::Ok, Outcome::Failed);
             store.publish(info, name, part, outcome, took);
         }
@@ -308,6 +329,35 @@ fn every(interval: Duration, shutdown: &Shutdown, mut tick: impl FnMut()) {
             return;
         }
         tick();
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            next = now + interval;
+        }
+    }
+}
+
+/// Runs `runner`'s passes every `interval` until shutdown, as [`every`]
+/// does, and in between, every `prune_every`, lets go of namespaces that
+/// vanished, so that a slow tier (connections every 15 s, or every hour)
+/// does not keep a deleted namespace alive until its next pass.
+fn run_tier(
+    runner: &mut TierRunner,
+    interval: Duration,
+    prune_every: Duration,
+    store: &Store,
+    shutdown: &Shutdown,
+) {
+    let mut next = Instant::now() + interval;
+    loop {
+        if shutdown.wait_until(next.min(Instant::now() + prune_every)) {
+            return;
+        }
+        if Instant::now() < next {
+            runner.prune(store);
+            continue;
+        }
+        runner.pass(store);
         next += interval;
         let now = Instant::now();
         if next < now {
@@ -382,13 +432,14 @@ impl Sampler {
                 }),
             )?);
         }
+        let prune_every = config.discovery.rescan_interval;
         if !fast.is_empty() {
             fast.pass(&store);
             let interval = config.fast_interval;
             threads.push(spawn(
                 "sample-fast",
                 Box::new(move |store, shutdown| {
-                    every(interval, shutdown, || fast.pass(store));
+                    run_tier(&mut fast, interval, prune_every, store, shutdown);
                 }),
             )?);
         }
@@ -398,7 +449,7 @@ impl Sampler {
                 "sample-full",
                 Box::new(move |store, shutdown| {
                     full.pass(store);
-                    every(interval, shutdown, || full.pass(store));
+                    run_tier(&mut full, interval, prune_every, store, shutdown);
                 }),
             )?);
         }

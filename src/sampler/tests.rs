@@ -293,6 +293,71 @@ fn the_full_tier_reads_what_the_fast_tier_published() {
     assert_eq!(
         store.health()[0].1.samples_total,
         2,
-        "the pass in which nothing was due is not recorded"
+        "every pass that sampled is recorded"
     );
+}
+
+/// Regression: a pass in which a collector was due nowhere (its one
+/// namespace is dear, so sampled every second) recorded a success with a
+/// duration of 0, though that namespace's last sample had failed:
+/// `sockdiag_collector_success` went back to 1 and its last success time
+/// moved on every tick, so a failing dear namespace never held
+/// `SockdiagCollectorFailing` or `SockdiagCollectorStale`, and the
+/// collector's duration read 0 most of the time.
+#[test]
+fn a_pass_that_samples_nothing_leaves_the_collectors_health_alone() {
+    let clock = Arc::new(FakeClock::default());
+    let fake = Fake::new(
+        &clock,
+        Duration::from_millis(5),
+        Some(Duration::from_secs(1)),
+    );
+    let store = store_with(vec![ns(1, "bad")]);
+    let mut fast = runner(Tier::Fast, &[fake.clone() as Arc<dyn Collector>], &clock);
+    fast.pass(&store);
+    clock.advance(Duration::from_secs(1));
+    fast.pass(&store);
+    let failed = store.health()[0].1.clone();
+    assert!(!failed.last_ok, "the second sample fails");
+    for _ in 0..4 {
+        clock.advance(Duration::from_millis(200));
+        fast.pass(&store);
+    }
+    assert_eq!(fake.samples.load(Ordering::Relaxed), 2, "not due meanwhile");
+    let h = &store.health()[0].1;
+    assert!(!h.last_ok, "still failing");
+    assert_eq!(h.last_success, failed.last_success);
+    assert_eq!(h.last_duration, Some(Duration::from_millis(5)));
+    assert_eq!(h.errors_total, 1, "one failed sample");
+}
+
+/// Regression: with a dear namespace failing, a pass that sampled only
+/// other namespaces, all fine, recorded the collector as healthy again.
+#[test]
+fn a_namespace_still_failing_keeps_its_collector_failing() {
+    let clock = Arc::new(FakeClock::default());
+    let fake = Fake::new(&clock, Duration::ZERO, Some(Duration::from_secs(1)));
+    let store = store_with(vec![ns(1, "bad")]);
+    let mut fast = runner(Tier::Fast, &[fake.clone() as Arc<dyn Collector>], &clock);
+    fast.pass(&store);
+    clock.advance(Duration::from_secs(1));
+    fast.pass(&store);
+    assert!(!store.health()[0].1.last_ok, "the second sample fails");
+    // A namespace appears: sampled at once, while "bad" is not due.
+    store.set_targets(Targets {
+        list: vec![ns(1, "bad"), ns(2, "good")],
+        ..Targets::default()
+    });
+    clock.advance(Duration::from_millis(200));
+    fast.pass(&store);
+    assert_eq!(samples_in(&store, 2), Some(1));
+    assert!(!store.health()[0].1.last_ok, "bad still fails");
+    // Once the failing namespace is gone, the collector is healthy again.
+    store.set_targets(Targets {
+        list: vec![ns(2, "good")],
+        ..Targets::default()
+    });
+    clock.advance(Duration::from_secs(1));
+    fast.pass(&store);
+    assert!(store.health()[0].1.last_ok);
 }
