@@ -118,26 +118,7 @@ fn readme_tables_match_the_code() {
 /// Contract names whose collector is a later issue: each must stay
 /// unexported until that issue lands (then remove it here), so this list
 /// cannot go stale silently.
-const PENDING: &[(&str, &str)] = &[
-    (
-        "sockdiag_udp_receive_queue_bytes",
-        "issue 11 (UDP receivers)",
-    ),
-    (
-        "sockdiag_udp_receive_buffer_bytes",
-        "issue 11 (UDP receivers)",
-    ),
-    ("sockdiag_udp_drops_total", "issue 11 (UDP receivers)"),
-    ("sockdiag_udp_sockets", "issue 11 (UDP receivers)"),
-    (
-        "sockdiag_netstat_udp_rcvbuf_errors_total",
-        "issue 11 (UDP receivers)",
-    ),
-    (
-        "sockdiag_netstat_udp_in_errors_total",
-        "issue 11 (UDP receivers)",
-    ),
-];
+const PENDING: &[(&str, &str)] = &[];
 
 /// Every name the shared metric contract fixes must be exported.
 #[test]

@@ -28,8 +28,14 @@ const TIMED: &[&str] = &[
     "sockdiag_accept_queue_oldest_seconds",
 ];
 
-/// Families whose value depends on the machine rather than the scenario.
-const MACHINE: &[&str] = &["sockdiag_netns_processes_unreadable"];
+/// Families whose value depends on the machine rather than the scenario:
+/// UDP queues count the kernel's accounting per datagram, which differs
+/// between kernels.
+const MACHINE: &[&str] = &[
+    "sockdiag_netns_processes_unreadable",
+    "sockdiag_udp_receive_queue_bytes",
+    "sockdiag_udp_receive_queue_peak_bytes",
+];
 
 /// Labels whose values differ between runs or machines.
 const VOLATILE_LABELS: &[&str] = &["pid", "inode", "unit", "container_id", "exe", "cmdline"];
@@ -169,6 +175,33 @@ fn metrics_page_matches_the_golden_file() {
             .map(|_| unix_connect(b"golden-app", libc::SOCK_STREAM))
             .collect();
         let _seq = unix_listener(b"golden-seq", libc::SOCK_SEQPACKET, 1);
+
+        // UDP: a receiver with three datagrams waiting, a reuseport pair,
+        // and the client that sent them (an ephemeral port, never a label).
+        // Buffers are set, so they do not depend on net.core.rmem_default.
+        let udp = |addr: &str, reuse: bool| {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                None,
+            )
+            .expect("udp socket");
+            s.set_recv_buffer_size(65536).expect("SO_RCVBUF");
+            if reuse {
+                s.set_reuse_port(true).expect("SO_REUSEPORT");
+            }
+            s.bind(&addr.into()).expect("bind udp");
+            s
+        };
+        let _dns = udp("127.0.0.1:5353", false);
+        let _statsd = [udp("[::]:8125", true), udp("[::]:8125", true)];
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp client");
+        for _ in 0..3 {
+            sender
+                .send_to(b"query", "127.0.0.1:5353")
+                .expect("send datagram");
+        }
 
         // Another namespace, named by a symlink like `ip netns` makes.
         let blue = NetnsProcess::start(8080, 8, 0);
