@@ -17,15 +17,16 @@ use crate::sampler::{Config as SamplerConfig, NETNS};
 
 /// Prometheus exporter for Linux socket queues.
 ///
-/// Reads TCP and unix sockets straight from the kernel over
+/// Reads TCP, UDP and unix sockets straight from the kernel over
 /// NETLINK_SOCK_DIAG, in every network namespace, and serves, per listener
 /// (TCP, and unix stream/seqpacket such as php-fpm or gunicorn sockets),
 /// the accept queue against its limit (now, peak, time full) and the
 /// process that owns it; for TCP also unaccepted connections (count,
-/// bytes, age), SYN-RECV requests and drops; per port, connection states
-/// and Send-Q/Recv-Q by role; per namespace, ListenOverflows/ListenDrops
-/// and somaxconn. Scrapes read the latest sample and never make the kernel
-/// work.
+/// bytes, age), SYN-RECV requests and drops; per UDP receiver, the receive
+/// queue against its buffer, its peak and the datagrams dropped; per port,
+/// connection states and Send-Q/Recv-Q by role; per namespace,
+/// ListenOverflows/ListenDrops, UDP receive-buffer errors and somaxconn.
+/// Scrapes read the latest sample and never make the kernel work.
 #[derive(Debug, Parser)]
 #[command(
     name = "sockdiag-exporter",
@@ -89,9 +90,10 @@ pub enum Command {
     /// Take one full sample of every namespace the daemon would collect,
     /// print it, and exit.
     ///
-    /// The `ss -ltn; ss -xl; ss -tn` replacement for a person at a shell:
-    /// per namespace, TCP and unix listeners with queue, limit, fill, drops
-    /// and owner, then ports by role. The peak and full-time figures need
+    /// The `ss -ltn; ss -xl; ss -ulnm; ss -tn` replacement for a person at
+    /// a shell: per namespace, TCP and unix listeners with queue, limit,
+    /// fill, drops and owner, UDP receivers with queue, buffer, fill and
+    /// drops, then ports by role. The peak and full-time figures need
     /// the daemon's repeated sampling and are not shown. Exits 1 when a
     /// sample failed (a namespace that may not be entered is reported, not
     /// a failure).
