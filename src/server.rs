@@ -190,14 +190,19 @@ pub async fn serve(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut refused = 0u64;
+    let mut accept_failures = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Usually EMFILE/ENFILE: back off instead of spinning,
-                    // but not past a shutdown.
-                    tracing::warn!(error = %e, "accept failed");
+                    // but not past a shutdown; and say so at a bounded rate
+                    // (the 1st, 2nd, 4th, 8th ... failure).
+                    accept_failures += 1;
+                    if accept_failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures = accept_failures, "accept failed");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100)) => continue,
                         () = &mut shutdown => break,

@@ -399,6 +399,13 @@ fn start_logged(mut cmd: Command, what: &str) -> (Daemon, std::path::PathBuf) {
     (Daemon::start_command(cmd, &flags(&[])), log)
 }
 
+/// Removes the directory [`start_logged`] made for `log`.
+fn remove_log(log: &std::path::Path) {
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// How often `needle` occurs in the daemon's log.
 fn logged(log: &std::path::Path, needle: &str) -> usize {
     std::fs::read_to_string(log)
@@ -469,6 +476,7 @@ fn without_privileges_only_the_own_namespace_is_collected() {
             assert_eq!(logged(&log, "cannot see the network namespace of"), 1);
             assert_eq!(logged(&log, "cannot read the open files"), 1);
             drop(other);
+            remove_log(&log);
         },
     );
 }
@@ -523,6 +531,7 @@ fn without_cap_sys_admin_other_namespaces_show_as_down() {
             drop(daemon);
             assert_eq!(logged(&log, "cannot enter other network namespaces"), 1);
             drop(other);
+            remove_log(&log);
         },
     );
 }

@@ -322,7 +322,7 @@ impl TypedCollector for Connections {
         match sample_connections(socket, work, &self.settings) {
             Ok(sample) => Sample::Done(Arc::new(sample)),
             Err(e) => {
-                ctx.handles.drop_diag();
+                ctx.handles.after_failed_dump(&e);
                 Sample::Failed(SampleError::Diag(e))
             }
         }

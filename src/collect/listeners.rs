@@ -89,7 +89,7 @@ impl TypedCollector for Listeners {
             Err(e) => return Sample::Failed(e.into()),
         };
         if let Err(e) = dump_listeners(socket, true, &mut s.records) {
-            ctx.handles.drop_diag();
+            ctx.handles.after_failed_dump(&e);
             return Sample::Failed(SampleError::Diag(e));
         }
         s.seen.clear();

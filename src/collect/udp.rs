@@ -337,7 +337,7 @@ impl TypedCollector for Udp {
                 self.classify(r, ephemeral, scratch, &mut tally)
             });
             if let Err(e) = result {
-                ctx.handles.drop_diag();
+                ctx.handles.after_failed_dump(&e);
                 return Sample::Failed(SampleError::Diag(e));
             }
         }

@@ -272,7 +272,7 @@ impl TypedCollector for Unix {
             });
         });
         if let Err(e) = result {
-            ctx.handles.drop_diag();
+            ctx.handles.after_failed_dump(&e);
             return Sample::Failed(SampleError::Diag(e));
         }
         state.names.retain(|_, n| n.seen_in == dump);

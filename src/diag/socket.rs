@@ -67,6 +67,22 @@ pub enum DiagError {
     },
 }
 
+impl DiagError {
+    /// Whether the socket is idle after this error, ready for the next
+    /// dump: the kernel answered the request with an error (no such
+    /// family, not permitted), which ends the dump. After any other error
+    /// the kernel may still be sending the rest of the dump.
+    pub fn leaves_socket_idle(&self) -> bool {
+        matches!(
+            self,
+            DiagError::Reply {
+                source: ParseError::Kernel { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// What one dump returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DumpStats {

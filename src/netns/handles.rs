@@ -288,12 +288,16 @@ impl Handles {
         self.diag.get("sock_diag socket", now)
     }
 
-    /// Forgets the socket after a failed dump: the kernel may still be
-    /// dumping on it and would refuse the next request. A new one is opened
-    /// at the next [`Handles::prepare`], without back-off, since opening
-    /// did not fail.
-    pub fn drop_diag(&mut self) {
-        self.diag.value = None;
+    /// After a failed dump: forgets the socket if the kernel may still be
+    /// dumping on it (it would refuse the next request), so a new one is
+    /// opened at the next [`Handles::prepare`], without back-off since
+    /// opening did not fail; keeps it when the kernel ended the dump with
+    /// an error reply, so a dump the kernel refuses every time (a module
+    /// missing) costs no namespace entry per sample.
+    pub fn after_failed_dump(&mut self, error: &DiagError) {
+        if !error.leaves_socket_idle() {
+            self.diag.value = None;
+        }
     }
 
     /// A procfs file.

@@ -32,7 +32,9 @@ struct Entry {
 /// Rate-limited logging of sample failures and recoveries.
 #[derive(Debug, Default)]
 pub struct FailureLog {
-    entries: Mutex<HashMap<(&'static str, String), Entry>>,
+    /// By collector, then namespace; only keys that failed lately, so a
+    /// healthy sample costs one lookup and no allocation.
+    entries: Mutex<HashMap<&'static str, HashMap<String, Entry>>>,
 }
 
 /// What [`FailureLog::outcome`] did, for tests.
@@ -59,45 +61,69 @@ impl FailureLog {
         now: Instant,
         error: Option<&str>,
     ) -> Logged {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if error.is_none() && !entries.contains_key(&(collector, netns.to_string())) {
+        let logged = self.decide(collector, netns, now, error);
+        // Written after the lock is released: both tiers share it.
+        match (logged, error) {
+            (Logged::Failure { suppressed }, Some(error)) => tracing::warn!(
+                collector,
+                netns,
+                error,
+                suppressed,
+                "sample failed; serving the last good figures (at most one line per minute per \
+                 collector and namespace; suppressed counts lines held back)"
+            ),
+            (Logged::Recovery, _) => {
+                tracing::info!(collector, netns, "collector recovered")
+            }
+            (_, Some(error)) => tracing::debug!(collector, netns, error, "sample failed again"),
+            (_, None) => {}
+        }
+        logged
+    }
+
+    fn decide(
+        &self,
+        collector: &'static str,
+        netns: &str,
+        now: Instant,
+        error: Option<&str>,
+    ) -> Logged {
+        let mut all = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let by_netns = all.entry(collector).or_default();
+        if error.is_none() && !by_netns.contains_key(netns) {
             return Logged::Nothing;
         }
-        if entries.len() >= MAX_KEYS {
-            entries.retain(|_, e| {
+        if by_netns.len() >= MAX_KEYS {
+            // Namespaces come and go: forget keys neither failing nor heard
+            // from within a window.
+            by_netns.retain(|_, e| {
                 e.failing
                     || e.touched
                         .is_some_and(|t| now.saturating_duration_since(t) < WINDOW)
             });
         }
-        let e = entries.entry((collector, netns.to_string())).or_default();
+        let e = match by_netns.get_mut(netns) {
+            Some(e) => e,
+            None => by_netns.entry(netns.to_string()).or_default(),
+        };
         e.touched = Some(now);
         let may_log = e
             .logged_at
             .is_none_or(|t| now.saturating_duration_since(t) >= WINDOW);
         match error {
-            Some(error) => {
+            Some(_) => {
                 let starts = !e.failing;
                 e.failing = true;
                 if may_log {
                     let suppressed = std::mem::take(&mut e.suppressed);
                     e.logged_at = Some(now);
                     e.announced = true;
-                    tracing::warn!(
-                        collector,
-                        netns,
-                        error,
-                        suppressed,
-                        "sample failed; serving the last good figures (at most one line per \
-                         minute per collector and namespace; suppressed counts lines held back)"
-                    );
                     return Logged::Failure { suppressed };
                 }
                 if starts {
                     e.announced = false;
                 }
                 e.suppressed += 1;
-                tracing::debug!(collector, netns, error, "sample failed again");
                 Logged::Nothing
             }
             None => {
@@ -108,13 +134,10 @@ impl FailureLog {
                 if e.announced {
                     // The end of an announced streak is always worth a line:
                     // it says the figures are fresh again.
-                    let suppressed = std::mem::take(&mut e.suppressed);
                     e.announced = false;
-                    tracing::info!(collector, netns, suppressed, "collector recovered");
                     return Logged::Recovery;
                 }
                 e.suppressed += 1;
-                tracing::debug!(collector, netns, "collector recovered");
                 Logged::Nothing
             }
         }
@@ -198,7 +221,13 @@ mod tests {
         let log = FailureLog::default();
         let t0 = Instant::now();
         assert_eq!(log.outcome("netstat", "a", t0, None), Logged::Nothing);
-        assert!(log.entries.lock().unwrap().is_empty());
+        assert!(
+            log.entries
+                .lock()
+                .unwrap()
+                .values()
+                .all(|by_netns| by_netns.is_empty())
+        );
         assert_eq!(
             log.outcome("netstat", "a", t0, Some("x")),
             Logged::Failure { suppressed: 0 }

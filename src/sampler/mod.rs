@@ -48,6 +48,10 @@ pub struct Config {
 pub trait Clock: Send + Sync {
     /// Now.
     fn now(&self) -> Instant;
+    /// CPU time the calling thread has used: what a sample costs, as
+    /// opposed to how long it waited (for the kernel, or for a CPU under a
+    /// throttled cgroup).
+    fn cpu(&self) -> Duration;
 }
 
 /// The real monotonic clock.
@@ -57,6 +61,21 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn cpu(&self) -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a pointer to a timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+            return Duration::ZERO;
+        }
+        Duration::new(
+            u64::try_from(ts.tv_sec).unwrap_or(0),
+            u32::try_from(ts.tv_nsec).unwrap_or(0),
+        )
     }
 }
 
@@ -256,13 +275,20 @@ impl TierRunner {
                 wall: SystemTime::now(),
                 period: slot.due[i].period(),
             };
+            let cpu_before = self.clock.cpu();
             let sample = lane
                 .collector
                 .sample(&mut ctx, &mut *slot.states[i], &mut *lane.scratch);
             let ended = self.clock.now();
+            let cpu = self.clock.cpu().saturating_sub(cpu_before);
             let took = ended.saturating_duration_since(started) + std::mem::take(&mut entering);
             lane.spent += took;
-            slot.due[i].sampled(started, self.interval, lane.collector.min_period(took));
+            // A collector's cost bound follows the CPU a good sample cost
+            // (waiting is no cost to bound); a failed one backs off instead.
+            match &sample {
+                Sample::Failed(_) => slot.due[i].failed(started, self.interval),
+                _ => slot.due[i].sampled(started, self.interval, lane.collector.min_period(cpu)),
+            }
             let (part, error) = match sample {
                 Sample::Done(part) => (Some(part), None),
                 Sample::Partial(part, e) => (Some(part), Some(e.to_string())),

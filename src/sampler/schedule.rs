@@ -5,11 +5,16 @@
 
 use std::time::{Duration, Instant};
 
+/// The longest a collector's cost bound may stretch a namespace's period.
+pub const MAX_STRETCH: Duration = Duration::from_secs(60);
+
 /// One collector's timing in one namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
     next: Option<Instant>,
     period: Duration,
+    /// Failed samples in a row.
+    failures: u32,
 }
 
 impl Due {
@@ -18,6 +23,7 @@ impl Due {
         Due {
             next: None,
             period: base,
+            failures: 0,
         }
     }
 
@@ -35,8 +41,26 @@ impl Due {
 
     /// Records a sample that started at `started`; `least` is the least
     /// period the collector asks for after what that sample cost, if any.
+    /// However dear a namespace, it is sampled at least every
+    /// [`MAX_STRETCH`] (or every `base`, if that is longer): its figures
+    /// are never older than that.
     pub fn sampled(&mut self, started: Instant, base: Duration, least: Option<Duration>) {
-        self.period = least.map_or(base, |l| l.max(base));
+        self.failures = 0;
+        self.period = least.map_or(base, |l| l.min(MAX_STRETCH).max(base));
+        self.next = Some(started + self.period);
+    }
+
+    /// Records a failed sample: the next waits twice as long as the last,
+    /// up to [`MAX_STRETCH`], so a namespace whose samples time out does
+    /// not hold its tier every pass, and one failing now and then is
+    /// hardly slowed.
+    pub fn failed(&mut self, started: Instant, base: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        self.period = base
+            .checked_mul(1 << self.failures.min(16))
+            .unwrap_or(MAX_STRETCH)
+            .min(MAX_STRETCH)
+            .max(base);
         self.next = Some(started + self.period);
     }
 }
@@ -78,6 +102,28 @@ mod tests {
     }
 
     #[test]
+    fn failures_back_off_and_a_success_ends_it() {
+        let t0 = Instant::now();
+        let mut d = Due::new(BASE);
+        let periods: Vec<u64> = (0..12)
+            .map(|_| {
+                d.failed(t0, BASE);
+                d.period().as_millis() as u64
+            })
+            .collect();
+        assert_eq!(
+            periods,
+            vec![
+                400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 60000, 60000, 60000, 60000
+            ]
+        );
+        d.sampled(t0, BASE, None);
+        assert_eq!(d.period(), BASE);
+        d.failed(t0, BASE);
+        assert_eq!(d.period(), BASE * 2, "afresh");
+    }
+
+    #[test]
     fn the_bound_follows_the_cost_as_it_changes() {
         // Dear at first, cheap again after tick 10.
         let ticks = run(4_000, |t| (t < 10).then_some(Duration::from_millis(1000)));
@@ -87,5 +133,17 @@ mod tests {
         assert_eq!(d.period(), Duration::from_secs(2));
         d.sampled(Instant::now(), BASE, None);
         assert_eq!(d.period(), BASE);
+        d.sampled(Instant::now(), BASE, Some(Duration::from_secs(3600)));
+        assert_eq!(d.period(), MAX_STRETCH, "bounded staleness");
+        d.sampled(
+            Instant::now(),
+            Duration::from_secs(120),
+            Some(Duration::from_secs(3600)),
+        );
+        assert_eq!(
+            d.period(),
+            Duration::from_secs(120),
+            "never shorter than the tier's"
+        );
     }
 }
