@@ -1,8 +1,9 @@
 //! The deployment artefacts under deploy/ and dashboards/: Prometheus rules and
 //! their unit tests (promtool), the systemd unit (systemd-analyze), the
 //! PrometheusRule mirroring rules.yml, metric names against the exporter's
-//! metric table, the Grafana dashboard, and an end-to-end run of a real
-//! Prometheus server alerting on a real accept-queue overflow.
+//! metric table, the Grafana dashboard, and end-to-end runs of a real
+//! Prometheus server alerting on a real accept-queue overflow (TCP and unix)
+//! and on a real UDP receiver dropping datagrams.
 //!
 //! Tools come from Debian packages: `prometheus` (promtool, prometheus) and
 //! `systemd` (systemd-analyze). A missing tool fails the test with the package
@@ -705,6 +706,12 @@ fn dashboard_is_importable() {
         "sockdiag_collector_success",
         "sockdiag_collector_errors_total",
         "sockdiag_collector_duration_seconds",
+        "sockdiag_udp_receive_queue_bytes",
+        "sockdiag_udp_receive_queue_peak_bytes",
+        "sockdiag_udp_receive_buffer_bytes",
+        "sockdiag_udp_drops_total",
+        "sockdiag_udp_receiver_process_info",
+        "sockdiag_netstat_udp_rcvbuf_errors_total",
     ] {
         assert!(exprs.contains(metric), "dashboard never queries {metric}");
     }
@@ -714,14 +721,19 @@ fn dashboard_is_importable() {
         "no unix listener panel: {titles:?}"
     );
     assert!(exprs.contains(r#"family="unix""#));
+    // A row for UDP receivers, with their owners too.
+    assert!(
+        titles.iter().any(|t| t.starts_with("UDP receivers")),
+        "no UDP receiver panel: {titles:?}"
+    );
     let tables = panels.iter().filter(|p| p["type"] == "table");
     let renamed: Vec<&Value> = tables
         .flat_map(|p| p["transformations"].as_array().into_iter().flatten())
         .filter_map(|t| t["options"]["renameByName"].get("exe"))
         .collect();
     assert!(
-        renamed.len() >= 2,
-        "the listener tables should show the owner's exe"
+        renamed.len() >= 3,
+        "the listener and UDP receiver tables should show the owner's exe"
     );
 }
 
@@ -752,13 +764,30 @@ impl PromServer {
     /// rules.yml's rules and every `for:` shortened to one evaluation, its
     /// files in `tmp`; waits (until `deadline`) for it to be ready.
     fn start(tmp: &TempDir, target: SocketAddr, deadline: Instant) -> PromServer {
+        PromServer::start_with_rate_window(tmp, target, deadline, None)
+    }
+
+    /// Like [`PromServer::start`], with every `[5m]` range of the rules
+    /// replaced by `rate_window` when given: an alert on a 5-minute rate
+    /// stays active for 5 minutes after the events stop, far past a test's
+    /// 60 s.
+    fn start_with_rate_window(
+        tmp: &TempDir,
+        target: SocketAddr,
+        deadline: Instant,
+        rate_window: Option<&str>,
+    ) -> PromServer {
         let rules: String = read("deploy/prometheus/rules.yml")
             .lines()
             .map(|l| {
+                let l = match rate_window {
+                    Some(w) => l.replace("[5m]", &format!("[{w}]")),
+                    None => l.to_string(),
+                };
                 if l.trim_start().starts_with("for:") {
                     format!("{}for: 1s", &l[..l.len() - l.trim_start().len()])
                 } else {
-                    l.to_string()
+                    l
                 }
             })
             .collect::<Vec<_>>()
@@ -926,6 +955,12 @@ fn shows_unix_listeners(expr: &str) -> bool {
         && !expr.contains(r#"family!="unix""#)
 }
 
+/// Whether `expr` reads a UDP metric or recording rule (every UDP name
+/// has `udp` in it; no other does).
+fn reads_udp(expr: &str) -> bool {
+    metric_names_in(expr).iter().any(|n| n.contains("udp"))
+}
+
 /// Waits, bounded by `deadline`, until every expression in `pending`
 /// returns a series that `ours` accepts; returns those that never did.
 /// Rates need two scrapes and recording rules an evaluation after them, so
@@ -1026,8 +1061,9 @@ fn prometheus_alerts_on_real_overflow() {
         // Every rule and dashboard expression parses and runs; every
         // dashboard query and every recording rule also returns series
         // (with a queue overflowing, each panel has something to show).
-        // Queries of unix listeners only (the Unix listeners row) have
-        // nothing here: the unix end-to-end test requires their data.
+        // Queries of unix listeners only (the Unix listeners row) and of UDP
+        // (the UDP receivers row, the udp recording rules) have nothing
+        // here: the unix and UDP end-to-end tests require their data.
         let rules = read("deploy/prometheus/rules.yml");
         for e in yaml_exprs(&rules) {
             prom.query(&e);
@@ -1036,6 +1072,7 @@ fn prometheus_alerts_on_real_overflow() {
             .into_iter()
             .filter(|e| !e.contains(r#"family="unix""#))
             .chain(record_names(&rules))
+            .filter(|e| !reads_udp(e))
             .collect();
         // Within the test's 60 s, leaving time for the queue to drain.
         let data_deadline =
@@ -1278,6 +1315,345 @@ fn prometheus_alerts_on_real_unix_overflow() {
         );
         assert_eq!(accepted.len(), 3, "accepted {}", accepted.len());
         drop(clients);
+        drop(prom);
+        drop(daemon);
+    });
+}
+
+/// A port a UDP socket may bind in this namespace and still count as a
+/// receiver: outside `net.ipv4.ip_local_port_range`, where only clients'
+/// ephemeral ports live.
+fn receiver_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("reading net.ipv4.ip_local_port_range");
+    let bounds: Vec<u16> = range
+        .split_whitespace()
+        .map(|v| v.parse().expect("a port in ip_local_port_range"))
+        .collect();
+    match bounds[..] {
+        [low, _] if low > 1024 => low - 1,
+        [_, high] if high < u16::MAX => high + 1,
+        _ => panic!("ip_local_port_range {range:?} leaves no port for a UDP receiver"),
+    }
+}
+
+/// Drops the kernel counts for the UDP socket bound to `port` (`d` in
+/// `ss -ulnm`'s skmem), 0 while it has none.
+fn udp_drops_seen_by_ss(port: u16) -> u64 {
+    let filter = format!("sport = :{port}");
+    common::parse_ss(&common::ss(&["-ulnm", &filter]))
+        .iter()
+        .filter(|s| s.local_port() == port)
+        .filter_map(|s| s.drops())
+        .sum()
+}
+
+/// Needs the exporter's udp collector (`--collector.udp`, on by default):
+/// without it no UDP series exist and the alert never fires.
+#[test]
+fn prometheus_alerts_on_real_udp_drops() {
+    require_tool("prometheus", "prometheus");
+    common::in_netns("prometheus_alerts_on_real_udp_drops", || {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(60);
+        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
+        let tmp = TempDir::new("e2e-udp");
+        let daemon = common::Daemon::start(&[]);
+        mark("exporter healthy");
+        let prom = PromServer::start_with_rate_window(&tmp, daemon.addr, deadline, Some("10s"));
+        mark(
+            "prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s, [5m] ranges 10 s)",
+        );
+
+        // A receiver that never reads, with the smallest buffer the kernel
+        // gives (4096 asked, doubled): a handful of datagrams fill it.
+        let port = receiver_port();
+        let port_text = port.to_string();
+        let target: SocketAddr = ([127, 0, 0, 1], port).into();
+        let receiver = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("UDP receiver socket");
+        receiver.set_recv_buffer_size(4096).expect("SO_RCVBUF 4096");
+        receiver
+            .bind(&target.into())
+            .unwrap_or_else(|e| panic!("bind {target}: {e}"));
+        let buffer = receiver.recv_buffer_size().expect("reading SO_RCVBUF");
+        assert!(
+            (4096..=16384).contains(&buffer),
+            "SO_RCVBUF 4096 gave a {buffer}-byte buffer"
+        );
+
+        // Flood it from loopback until the kernel drops (bounded: at most
+        // 5000 datagrams), then keep datagrams coming in the background (100
+        // every 100 ms, until told or the deadline) so the drop rate stays up
+        // while Prometheus is asked.
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("UDP sender socket");
+        let payload = b"sockdiag-exporter deploy e2e";
+        let mut sent = 0;
+        while sent < 5000 && udp_drops_seen_by_ss(port) == 0 {
+            for _ in 0..100 {
+                sender.send_to(payload, target).expect("sending a datagram");
+                sent += 1;
+            }
+        }
+        let dropped = udp_drops_seen_by_ss(port);
+        assert!(
+            dropped > 0,
+            "{sent} datagrams into a {buffer}-byte buffer and no drop in ss -ulnm"
+        );
+        mark(&format!(
+            "{sent} datagrams sent to 127.0.0.1:{port} ({buffer}-byte buffer): {dropped} dropped"
+        ));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let stop = stop.clone();
+            let sender = sender.try_clone().expect("cloning the sender");
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    for _ in 0..100 {
+                        if sender.send_to(payload, target).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                sent
+            })
+        };
+
+        // Both severities fire: hundreds of drops per second.
+        let firing = |name: &str| -> Vec<Value> {
+            prom.alerts(name, "port", &port_text)
+                .into_iter()
+                .filter(|a| a["state"] == "firing")
+                .collect()
+        };
+        let fire_deadline = deadline - Duration::from_secs(25);
+        let dropping = loop {
+            let found = firing("SockdiagUdpReceiverDropping");
+            if found.len() >= 2 || Instant::now() > fire_deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        mark(&format!(
+            "SockdiagUdpReceiverDropping firing {} time(s)",
+            dropping.len()
+        ));
+        assert_eq!(
+            dropping.len(),
+            2,
+            "SockdiagUdpReceiverDropping should fire at warning and critical for port {port} \
+             (does the exporter have the udp collector?): {}\nUDP series: {:?}\n{}",
+            prom.get_json("/api/v1/alerts"),
+            prom.query("{__name__=~\"sockdiag_udp_.*\"}"),
+            prom.log_text()
+        );
+        let mut severities: Vec<&str> = dropping
+            .iter()
+            .map(|a| a["labels"]["severity"].as_str().unwrap_or(""))
+            .collect();
+        severities.sort_unstable();
+        assert_eq!(severities, ["critical", "warning"]);
+        for alert in &dropping {
+            let labels = &alert["labels"];
+            assert_eq!(labels["netns"], "host", "{labels}");
+            assert_eq!(labels["family"], "ipv4", "{labels}");
+            assert_eq!(labels["address"], "127.0.0.1", "{labels}");
+            assert_eq!(labels["job"], "sockdiag-exporter", "{labels}");
+            assert_eq!(
+                labels["instance"],
+                daemon.addr.to_string().as_str(),
+                "{labels}"
+            );
+            assert!(
+                labels.get("member").is_none(),
+                "one socket, summed without member: {labels}"
+            );
+            let summary = alert["annotations"]["summary"].as_str().unwrap_or("");
+            assert!(
+                summary.starts_with(&format!("UDP receiver 127.0.0.1 port {port} drops "))
+                    && summary.ends_with(&format!(" datagrams/s (netns host, {})", daemon.addr)),
+                "summary: {summary}"
+            );
+            let description = alert["annotations"]["description"].as_str().unwrap_or("");
+            assert!(
+                description.contains(&format!(
+                    "receiving on 127.0.0.1 port {port} in netns host on {}",
+                    daemon.addr
+                )),
+                "description: {description}"
+            );
+        }
+        // A queue held at its buffer by a reader that never reads.
+        let full = loop {
+            let found = firing("SockdiagUdpReceiveBufferFull");
+            if !found.is_empty() || Instant::now() > fire_deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert_eq!(full.len(), 1, "SockdiagUdpReceiveBufferFull: {full:?}");
+        assert!(
+            full[0]["labels"].get("member").is_none(),
+            "{}",
+            full[0]["labels"]
+        );
+        mark("SockdiagUdpReceiveBufferFull firing");
+
+        // Every rule and dashboard query runs; each one about UDP shows our
+        // socket (those with a port label) or our namespace (the others).
+        let rules = read("deploy/prometheus/rules.yml");
+        for e in yaml_exprs(&rules) {
+            prom.query(&e);
+        }
+        let queries = dashboard_queries_with_all_selected();
+        for e in &queries {
+            prom.query(e);
+        }
+        let wanted: Vec<String> = queries
+            .into_iter()
+            .chain(record_names(&rules))
+            .filter(|e| reads_udp(e))
+            .collect();
+        assert!(wanted.len() >= 10, "too few UDP queries: {wanted:#?}");
+        let data_deadline =
+            (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(15));
+        let pending = wait_for_data(&prom, wanted, data_deadline, |e, series| {
+            if series.iter().any(|s| s["metric"].get("port").is_some()) {
+                let ours: Vec<&Value> = series
+                    .iter()
+                    .filter(|s| s["metric"]["port"] == port_text.as_str())
+                    .collect();
+                for s in &ours {
+                    assert_eq!(s["metric"]["address"], "127.0.0.1", "`{e}`: {s}");
+                    assert_eq!(s["metric"]["family"], "ipv4", "`{e}`: {s}");
+                }
+                !ours.is_empty()
+            } else {
+                series
+                    .iter()
+                    .any(|s| s["metric"].get("netns").is_none_or(|n| n == "host"))
+            }
+        });
+        assert!(
+            pending.is_empty(),
+            "UDP queries that do not show the dropping receiver on port {port}: {pending:#?}"
+        );
+        mark("every rule and dashboard query ran; every UDP query shows the socket or its netns");
+        let ratio: Vec<Value> = prom
+            .query("sockdiag:udp_receive_buffer_fill_ratio")
+            .into_iter()
+            .filter(|s| s["metric"]["port"] == port_text.as_str())
+            .collect();
+        assert_eq!(ratio.len(), 1, "{ratio:?}");
+        let fill: f64 = ratio[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(
+            fill > 0.8,
+            "fill ratio of a receiver that never reads: {fill}"
+        );
+        // The receivers explain the namespace's RcvbufErrors: no alert about
+        // drops nobody accounts for.
+        let unexplained = prom.alerts("SockdiagNetnsUdpDropsWithoutReceiverDrops", "netns", "host");
+        assert!(
+            unexplained.iter().all(|a| a["state"] != "firing"),
+            "{unexplained:?}\nnetns RcvbufErrors: {:?}\nreceiver drops: {:?}",
+            prom.query("sockdiag:netstat_udp_rcvbuf_errors:rate5m"),
+            prom.query("sockdiag:udp_drops:rate5m")
+        );
+
+        // The runbook's owner join names this process, by executable.
+        let join = "(sockdiag:udp_receive_buffer_peak_ratio > 0.8) \
+                    * on (job, instance, netns, family, address, port, member) \
+                    group_left (comm, exe, cmdline, pid, unit, container_id) \
+                    sockdiag_udp_receiver_process_info";
+        let owner: Vec<Value> = prom
+            .query(join)
+            .into_iter()
+            .filter(|s| s["metric"]["port"] == port_text.as_str())
+            .collect();
+        assert_eq!(owner.len(), 1, "owner join for port {port}: {owner:?}");
+        let me = std::env::current_exe().expect("the test binary's path");
+        assert_eq!(
+            owner[0]["metric"]["pid"],
+            std::process::id().to_string().as_str()
+        );
+        assert_eq!(
+            owner[0]["metric"]["exe"],
+            me.to_str().expect("utf-8 binary path"),
+            "{owner:?}"
+        );
+        mark("the owner join names this process");
+
+        // Stop the flood and read everything: drops stop, the rate window
+        // passes, the drop alert resolves.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flooded = flood.join().expect("the flood thread");
+        receiver
+            .set_nonblocking(true)
+            .expect("non-blocking receiver");
+        let mut read = 0u64;
+        let mut datagram = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+        let resolved = loop {
+            while receiver.recv(&mut datagram).is_ok() {
+                read += 1;
+            }
+            if prom
+                .alerts("SockdiagUdpReceiverDropping", "port", &port_text)
+                .is_empty()
+            {
+                break true;
+            }
+            if Instant::now() > deadline - Duration::from_secs(3) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        mark(&format!(
+            "flood stopped after {flooded} more datagrams; {read} read; \
+             SockdiagUdpReceiverDropping resolved: {resolved}"
+        ));
+        assert!(
+            resolved,
+            "SockdiagUdpReceiverDropping still active after the drops stopped: {}",
+            prom.get_json("/api/v1/alerts")
+        );
+        assert!(read > 0, "nothing was queued for the receiver");
+        let queue: Vec<Value> = prom
+            .query("sockdiag_udp_receive_queue_bytes")
+            .into_iter()
+            .filter(|s| s["metric"]["port"] == port_text.as_str())
+            .collect();
+        assert!(
+            queue.len() == 1 && queue[0]["value"][1] == "0",
+            "the drained receiver's queue: {queue:?}"
+        );
+
+        // Closed, the socket's series go and its buffer alert with them (its
+        // peak would otherwise hold it for the exporter's peak window).
+        drop(receiver);
+        let closed = loop {
+            if prom
+                .alerts("SockdiagUdpReceiveBufferFull", "port", &port_text)
+                .is_empty()
+            {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        mark("receiver closed; SockdiagUdpReceiveBufferFull resolved");
+        assert!(
+            closed,
+            "SockdiagUdpReceiveBufferFull still active after closing: {}",
+            prom.get_json("/api/v1/alerts")
+        );
         drop(prom);
         drop(daemon);
     });
