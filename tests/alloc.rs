@@ -189,3 +189,97 @@ fn a_warm_unix_listener_dump_allocates_nothing() {
         drop(keep);
     });
 }
+
+/// A warm UDP dump, as the udp collector makes it (each family, every
+/// state, SKMEMINFO), hands every record over from the receive buffer: no
+/// allocation with 10 UDP sockets, none with 1,000 (several datagrams).
+#[test]
+fn a_warm_udp_dump_allocates_nothing() {
+    use sockdiag_exporter::diag::{DumpRequest, Family, Protocol, StateSet};
+    use socket2::{Domain, Socket, Type};
+
+    in_netns("a_warm_udp_dump_allocates_nothing", || {
+        raise_fd_limit(1200);
+        let mut keep: Vec<Socket> = Vec::new();
+        let mut receivers: Vec<SocketAddr> = Vec::new();
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let mut queued = 0u64;
+        for total in [10usize, 1000] {
+            while keep.len() < total {
+                let i = keep.len();
+                // Receivers on both families, clients unconnected after
+                // sendto (their datagram queued on a receiver), connected
+                // clients.
+                let s = match i % 4 {
+                    0 | 3 => {
+                        let addr: SocketAddr = if i % 4 == 0 {
+                            ([127, 0, 0, 1], 10000 + i as u16).into()
+                        } else {
+                            format!("[::1]:{}", 10000 + i).parse().unwrap()
+                        };
+                        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)
+                            .expect("udp socket");
+                        s.bind(&addr.into()).expect("bind a receiver");
+                        receivers.push(addr);
+                        s
+                    }
+                    1 => {
+                        let to = receivers[i % receivers.len()];
+                        let s = Socket::new(Domain::for_address(to), Type::DGRAM, None)
+                            .expect("udp client");
+                        s.send_to(b"datagram", &to.into()).expect("sendto");
+                        queued += 1;
+                        s
+                    }
+                    _ => {
+                        let to = receivers[(i / 2) % receivers.len()];
+                        let s = Socket::new(Domain::for_address(to), Type::DGRAM, None)
+                            .expect("udp client");
+                        s.connect(&to.into()).expect("connect");
+                        s
+                    }
+                };
+                keep.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let dump = |socket: &mut DiagSocket| {
+                let (mut records, mut with_data, mut datagrams) = (0usize, 0u64, 0usize);
+                for family in [Family::Ipv4, Family::Ipv6] {
+                    let request = DumpRequest {
+                        protocol: Protocol::Udp,
+                        family,
+                        states: StateSet::All,
+                        meminfo: true,
+                        tcp_info: false,
+                        filter: None,
+                    };
+                    let stats = socket
+                        .dump(&request, |r| {
+                            records += 1;
+                            if r.rqueue > 0 && r.rcvbuf.is_some() && r.drops.is_some() {
+                                with_data += 1;
+                            }
+                        })
+                        .expect("udp dump");
+                    datagrams += stats.datagrams;
+                }
+                (records, with_data, datagrams)
+            };
+            // Warm up: the request buffer reaches its size.
+            dump(&mut socket);
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let (records, with_data, datagrams) = dump(&mut socket);
+            let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            println!(
+                "{allocations} allocations for {records} UDP sockets in {datagrams} datagrams"
+            );
+            assert_eq!(records, total);
+            assert!(
+                with_data > 0 && with_data <= queued,
+                "receivers with queued datagrams: {with_data} (sent {queued})"
+            );
+            assert_eq!(allocations, 0, "a warm UDP dump of {total} sockets");
+        }
+        drop(keep);
+    });
+}
