@@ -815,8 +815,9 @@ impl NsOracle {
     /// The contract's rule, applied to ss: a receiver is an unconnected
     /// socket on a port outside the namespace's ephemeral range or listed;
     /// a connected socket on such a port counts under the receiver on its
-    /// exact address, else under its family's wildcard receiver, else under
-    /// its own address; every other socket is "other".
+    /// exact address, else under its family's wildcard receiver, else (an
+    /// IPv4 socket) under a dual-stack `::` receiver, else under its own
+    /// address; every other socket is "other".
     fn new(plan: &NsPlan, helper: &Helper, reading: &Reading, listed: &BTreeSet<u16>) -> NsOracle {
         let lines = &reading.ss[&plan.label];
         let nstat = &reading.nstat[&plan.label];
@@ -841,10 +842,13 @@ impl NsOracle {
             .collect();
         for key in connected {
             let wild = (key.0, wildcard(key.0), key.2);
+            let dual = ("ipv6", wildcard("ipv6"), key.2);
             let at = if receivers.contains_key(&key) {
                 key
             } else if receivers.contains_key(&wild) {
                 wild
+            } else if receivers.contains_key(&dual) {
+                dual
             } else {
                 key
             };

@@ -263,21 +263,18 @@ impl Udp {
 
 /// The receiving address a connected socket on a receiving port belongs
 /// to: the receiver on its exact address, else the wildcard receiver of its
-/// family (a v4-mapped socket on a dual-stack `::` receiver is IPv6
-/// already), else its own address.
+/// family, else (for IPv4) a dual-stack `::` receiver (a v4-mapped socket is
+/// IPv6 already, but a plain IPv4 socket may share a `::` receiver's port
+/// through SO_REUSEPORT), else its own address.
 fn receiving_address(key: ListenKey, receivers: &HashMap<ListenKey, u64>) -> ListenKey {
-    if receivers.contains_key(&key) {
-        return key;
-    }
-    let wildcard = ListenKey {
-        addr: RawAddr::unspecified(key.family()),
+    let wildcard = |family| ListenKey {
+        addr: RawAddr::unspecified(family),
         port: key.port,
     };
-    if receivers.contains_key(&wildcard) {
-        wildcard
-    } else {
-        key
-    }
+    [key, wildcard(key.family()), wildcard(Family::Ipv6)]
+        .into_iter()
+        .find(|k| receivers.contains_key(k))
+        .unwrap_or(key)
 }
 
 impl TypedCollector for Udp {
@@ -494,7 +491,11 @@ impl TypedCollector for Udp {
                 r.endpoint.to_string(),
                 r.member.map_or_else(dash, |m| m.to_string()),
                 r.queue_bytes.to_string(),
-                r.buffer_bytes.to_string(),
+                if r.buffer_bytes > 0 {
+                    r.buffer_bytes.to_string()
+                } else {
+                    dash()
+                },
                 r.fill().map_or_else(dash, |f| format!("{:.0}%", f * 100.0)),
                 r.peak_bytes.map_or_else(dash, |p| p.to_string()),
                 r.drops.map_or_else(dash, |d| d.to_string()),
@@ -603,6 +604,20 @@ mod tests {
             RawAddr::unspecified(Family::Ipv6),
             "v4-mapped on the dual-stack wildcard"
         );
+        let plain_v4 = ListenKey {
+            addr: RawAddr::from_ip("127.0.0.1".parse().unwrap()),
+            port: 443,
+        };
+        assert_eq!(
+            receiving_address(plain_v4, &receivers).addr,
+            RawAddr::unspecified(Family::Ipv6),
+            "a plain IPv4 socket sharing a dual-stack receiver's port"
+        );
+        let elsewhere = ListenKey {
+            addr: RawAddr::from_ip("127.0.0.1".parse().unwrap()),
+            port: 9999,
+        };
+        assert_eq!(receiving_address(elsewhere, &receivers), elsewhere);
     }
 
     #[test]
