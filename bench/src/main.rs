@@ -12,6 +12,8 @@
 //!   `internal-netns-holder` processes each holding a child namespace;
 //! - `unix` measures the unix listener pass on S unix sockets held by `internal-unix-worker`
 //!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`;
+//! - `udp` measures the UDP receiver pass on S UDP sockets held by `internal-udp-worker`
+//!   processes, against `udp-floor` (a raw inet_diag UDP dump with SKMEMINFO) and `ss -uanm`;
 //! - `churn` runs the daemon under connection, listener or namespace churn and checks what
 //!   it serves and what it holds (`internal-churn-load` makes the TCP churn).
 
@@ -26,6 +28,8 @@ mod proc_util;
 mod render;
 mod report;
 mod setup;
+mod udp_bench;
+mod udp_diag;
 mod unix_bench;
 mod unix_diag;
 mod worker;
@@ -116,6 +120,16 @@ enum Cmd {
     /// namespace, with names and queue figures: the floor of the unix benchmark.
     UnixFloor,
 
+    /// The UDP receiver pass at scale: S UDP sockets (R receivers, some with datagrams
+    /// queued, some flooded until they drop; the rest clients on ephemeral ports) in a
+    /// private namespace; the exporter's udp-only snapshot against a raw UDP dump and
+    /// `ss -uanm`, and optionally the daemon's CPU on them.
+    Udp(udp_bench::UdpOpts),
+
+    /// One raw inet_diag dump of the UDP sockets of the current network namespace, both
+    /// families, with SKMEMINFO: the floor of the udp benchmark.
+    UdpFloor,
+
     /// Robustness under churn, bounded in time: the daemon on fast intervals while a load
     /// loop opens and resets TCP connections and a listener comes and goes every 100 ms
     /// (or, with --namespaces K, while K network namespaces are created and deleted);
@@ -133,6 +147,14 @@ enum Cmd {
     /// Holder of a share of the unix sockets (started by the unix benchmark).
     #[command(hide = true)]
     InternalUnixWorker(unix_bench::UnixWorkerArgs),
+
+    /// The udp benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalUdp(udp_bench::UdpOpts),
+
+    /// Holder of a share of the UDP sockets (started by the udp benchmark).
+    #[command(hide = true)]
+    InternalUdpWorker(udp_bench::UdpWorkerArgs),
 
     /// The churn run inside the private namespace.
     #[command(hide = true)]
@@ -231,6 +253,10 @@ fn main() -> ExitCode {
         Some(Cmd::UnixFloor) => unix_diag::floor_main(),
         Some(Cmd::InternalUnix(u)) => unix_bench::internal_main(&cli.opts, &u),
         Some(Cmd::InternalUnixWorker(args)) => unix_bench::worker_main(&args),
+        Some(Cmd::Udp(u)) => udp_bench::run_outer(cli.opts, u),
+        Some(Cmd::UdpFloor) => udp_diag::floor_main(),
+        Some(Cmd::InternalUdp(u)) => udp_bench::internal_main(&cli.opts, &u),
+        Some(Cmd::InternalUdpWorker(args)) => udp_bench::worker_main(&args),
         Some(Cmd::Churn(c)) => churn::run_outer(cli.opts, c),
         Some(Cmd::InternalChurn(c)) => churn::internal_main(&cli.opts, &c),
         Some(Cmd::InternalChurnLoad(args)) => churn::load_main(&args),

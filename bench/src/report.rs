@@ -173,6 +173,23 @@ pub fn command_json(
     })
 }
 
+/// A warning when the floor waited for a CPU: it is single-threaded and never sleeps, so
+/// wall well above CPU means something else held the cores. `min_gap` seconds of
+/// difference are tolerated: on a dump of a few milliseconds, fork + exec alone is more
+/// than 15% of it.
+pub fn floor_busy_warning(results: &[CommandResult], min_gap: f64) -> Option<String> {
+    let (w, c) = results
+        .iter()
+        .find(|r| r.is_floor())
+        .and_then(|f| Some((f.median_wall()?, f.median_cpu()?)))
+        .filter(|&(w, c)| c > 0.0 && w > 1.15 * c && w - c > min_gap)?;
+    Some(format!(
+        "Warning: the floor's wall time is {:.0}% above its CPU time: other work competed for \
+         the CPUs, so times and ratios are noisier than usual.",
+        100.0 * (w / c - 1.0)
+    ))
+}
+
 pub fn markdown(
     env: &Environment,
     results: &[CommandResult],
@@ -218,20 +235,8 @@ pub fn markdown(
         &ratio_to_floor,
         with_baseline,
     ));
-    // The floor is single-threaded and never sleeps: wall well above CPU means it waited
-    // for a core that something else held.
-    let floor_busy = results
-        .iter()
-        .find(|r| r.is_floor())
-        .and_then(|f| Some((f.median_wall()?, f.median_cpu()?)))
-        .filter(|&(w, c)| c > 0.0 && w > 1.15 * c);
-    if let Some((w, c)) = floor_busy {
-        let _ = writeln!(
-            s,
-            "\nWarning: the floor's wall time is {:.0}% above its CPU time: other work competed \
-             for the CPUs, so times and ratios are noisier than usual.",
-            100.0 * (w / c - 1.0)
-        );
+    if let Some(w) = floor_busy_warning(results, 0.0) {
+        let _ = writeln!(s, "\n{w}");
     }
     match daemon {
         None => {}
