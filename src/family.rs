@@ -47,6 +47,19 @@ pub struct MetricDef {
 
 /// Labels of a per-listener family; unix listeners leave out `port`.
 pub const LISTENER_LABELS: &[&str] = &["netns", "family", "address", "port"];
+/// Labels of a socket-owner info family: the socket's, then the owner's.
+pub const OWNER_LABELS: &[&str] = &[
+    "netns",
+    "family",
+    "address",
+    "port",
+    "pid",
+    "comm",
+    "exe",
+    "cmdline",
+    "unit",
+    "container_id",
+];
 /// Labels of a per-port family.
 pub const PORT_LABELS: &[&str] = &["netns", "role", "port"];
 /// Labels of a per-namespace family.

@@ -5,7 +5,7 @@
 
 use crate::aggregate::ListenerRecord;
 use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, Protocol, StateSet};
-use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef};
+use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, OWNER_LABELS};
 use crate::model::{Endpoint, ListenerFigures, ListenerSample, NetnsView, OwnerSample};
 use crate::owners::Owner;
 use crate::tracker::Seen;
@@ -92,18 +92,7 @@ pub fn forget_history(sample: &mut ListenerSample) {
 pub const LISTENER_PROCESS_INFO: MetricDef = MetricDef {
     name: "sockdiag_listener_process_info",
     kind: Kind::Gauge,
-    labels: &[
-        "netns",
-        "family",
-        "address",
-        "port",
-        "pid",
-        "comm",
-        "exe",
-        "cmdline",
-        "unit",
-        "container_id",
-    ],
+    labels: OWNER_LABELS,
     member: true,
     help: "Always 1: the process owning this listening socket (the lowest pid holding it): its command name, executable, command line (at most 128 characters, control characters as ?), systemd unit and container. Join on job, instance, netns, family, address, port and member to name the owner of a full queue (unix listeners have no port).",
 };

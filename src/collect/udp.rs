@@ -22,7 +22,7 @@ use clap::{Arg, ArgAction, value_parser};
 
 use crate::aggregate::ListenKey;
 use crate::diag::{DumpRequest, Family, Protocol, RawAddr, SockRecord, StateSet, TcpState};
-use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS};
+use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, OWNER_LABELS};
 use crate::model::{Endpoint, UdpAddress, UdpReceiver, UdpSample};
 use crate::netns::{Need, ProcName};
 use crate::procfs;
@@ -105,18 +105,7 @@ pub const DROPS: MetricDef = MetricDef {
 pub const PROCESS_INFO: MetricDef = MetricDef {
     name: "sockdiag_udp_receiver_process_info",
     kind: Kind::Gauge,
-    labels: &[
-        "netns",
-        "family",
-        "address",
-        "port",
-        "pid",
-        "comm",
-        "exe",
-        "cmdline",
-        "unit",
-        "container_id",
-    ],
+    labels: OWNER_LABELS,
     member: true,
     help: "Always 1: the process owning this UDP receiver (the lowest pid holding it): its command name, executable, command line, systemd unit and container. Join on job, instance, netns, family, address, port and member.",
 };
