@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::collect::{Collector, LISTENERS, NETSTAT, UNIX};
+use crate::collect::{Collector, LISTENERS, UNIX};
 use crate::model::NetnsView;
 use crate::netns::{HOST_NETNS, NetnsInfo};
 use crate::sampler::{NETNS, namespace_view};
@@ -48,14 +48,16 @@ pub fn problems(snapshot: &Snapshot) -> Vec<Problem> {
     out
 }
 
-/// Whether the snapshot misses figures because something failed (a
-/// namespace that may not be entered, or a procfs file, only blanks its
-/// own figures and does not count).
+/// Whether the snapshot misses figures because something failed: a
+/// collector that published nothing where it should have. A namespace that
+/// may not be entered is a lack of privilege, and a sample that published
+/// figures with some missing (a procfs file unreadable) only blanks those:
+/// both are told, neither fails the snapshot.
 pub fn failed(snapshot: &Snapshot) -> bool {
     snapshot.namespaces().any(|(_, view)| {
         view.status
             .iter()
-            .any(|(collector, st)| !st.ok && !st.refused && *collector != NETSTAT)
+            .any(|(collector, st)| !st.ok && !st.refused && !view.parts.contains_key(collector))
     })
 }
 
