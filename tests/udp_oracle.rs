@@ -50,76 +50,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use common::report::Report;
+use common::rng::{Rng, Seed};
 use common::{Daemon, Metrics, exporter_bin};
 use serde_json::{Value, json};
-
-// ---------------------------------------------------------------------------
-// Randomness (the TCP and unix oracles' generator)
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "empty range {lo}..={hi}");
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.range(0, v.len() as u64 - 1) as usize]
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.range(0, i as u64) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-const SEED_VAR: &str = "SOCKDIAG_UDP_ORACLE_SEED";
-
-fn seed() -> u64 {
-    match std::env::var(SEED_VAR).map(|v| v.trim().to_string()) {
-        Ok(text) if !text.is_empty() => {
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("{SEED_VAR}={text:?} is not a u64: {e}"))
-        }
-        _ => {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64;
-            nanos ^ (u64::from(std::process::id()) << 32)
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The plan of one namespace
@@ -973,47 +909,6 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
 // ---------------------------------------------------------------------------
 // Comparing
 
-struct Report {
-    phase: String,
-    seed: u64,
-    problems: Vec<String>,
-}
-
-impl Report {
-    fn new(phase: impl Into<String>, seed: u64) -> Report {
-        Report {
-            phase: phase.into(),
-            seed,
-            problems: Vec::new(),
-        }
-    }
-
-    fn fail(&mut self, what: impl Into<String>) {
-        self.problems.push(what.into());
-    }
-
-    fn eq<T: PartialEq + Debug>(&mut self, what: impl std::fmt::Display, ours: T, oracle: T) {
-        if ours != oracle {
-            self.fail(format!("{what}: ours {ours:?}, ss/nstat {oracle:?}"));
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.problems.is_empty(),
-            "{}: {} discrepancies (replay with {SEED_VAR}={}):\n  {}",
-            self.phase,
-            self.problems.len(),
-            self.seed,
-            self.problems.join("\n  ")
-        );
-        println!(
-            "{}: every UDP receiver agrees with ss and nstat",
-            self.phase
-        );
-    }
-}
-
 fn members_wanted(n: usize) -> Vec<Option<u64>> {
     if n == 1 {
         vec![None]
@@ -1423,9 +1318,8 @@ fn settle(plans: &[NsPlan], helpers: &[Helper], history: &str) -> Reading {
 fn udp_oracle_against_ss_and_nstat() {
     common::in_netns("udp_oracle_against_ss_and_nstat", || {
         let started = Instant::now();
-        let seed = seed();
-        println!("udp oracle seed {seed} (replay: {SEED_VAR}={seed} cargo test --test udp_oracle)");
-        let mut rng = Rng::new(seed);
+        let seed = Seed::from_env("SOCKDIAG_UDP_ORACLE_SEED", "udp_oracle");
+        let mut rng = seed.rng();
         let root = tempdir("udp-oracle");
         let _cleanup = RemoveOnDrop(root.clone());
         let run_netns = root.join("run-netns");
@@ -1543,10 +1437,20 @@ fn udp_oracle_against_ss_and_nstat() {
         let with_ports = snapshot(&flags_listed);
         let after = read_all(&plans, &helpers, history);
         assert_eq!(after, before, "the mix changed while the snapshots ran");
-        let mut report = Report::new("snapshot --format json", seed);
+        let mut report = Report::new(
+            "snapshot --format json",
+            seed,
+            "ss and nstat",
+            "UDP receiver",
+        );
         compare_snapshot(&mut report, &plain, &oracles_plain);
         report.finish();
-        let mut report = Report::new(format!("snapshot --collector.udp.ports {ports_arg}"), seed);
+        let mut report = Report::new(
+            format!("snapshot --collector.udp.ports {ports_arg}"),
+            seed,
+            "ss and nstat",
+            "UDP receiver",
+        );
         compare_snapshot(&mut report, &with_ports, &oracles);
         report.finish();
         println!("phase 1 done at {:?}", started.elapsed());
@@ -1583,7 +1487,7 @@ fn udp_oracle_against_ss_and_nstat() {
                     .collect();
                 panic!(
                     "daemon did not show every UDP receiver and owner within 15 s \
-                     (replay with {SEED_VAR}={seed}): (netns, expected, queues, owners) {seen:?}"
+                     (replay with {seed}): (netns, expected, queues, owners) {seen:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -1591,7 +1495,7 @@ fn udp_oracle_against_ss_and_nstat() {
         let m = daemon.metrics();
         let last = read_all(&plans, &helpers, history);
         assert_eq!(last, before, "the mix changed while the daemon ran");
-        let mut report = Report::new("daemon /metrics", seed);
+        let mut report = Report::new("daemon /metrics", seed, "ss and nstat", "UDP receiver");
         for oracle in &oracles {
             compare_metrics(&mut report, &m, oracle, daemon.addr.port());
         }

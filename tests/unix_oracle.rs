@@ -34,73 +34,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use common::report::Report;
+use common::rng::{Rng, Seed};
 use common::{Daemon, Metrics, exporter_bin};
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
-
-// ---------------------------------------------------------------------------
-// Randomness (the TCP oracle's generator: the same seed, the same mix)
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "empty range {lo}..={hi}");
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.range(0, i as u64) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-const SEED_VAR: &str = "SOCKDIAG_UNIX_ORACLE_SEED";
-
-fn seed() -> u64 {
-    match std::env::var(SEED_VAR).map(|v| v.trim().to_string()) {
-        Ok(text) if !text.is_empty() => {
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("{SEED_VAR}={text:?} is not a u64: {e}"))
-        }
-        _ => {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64;
-            nanos ^ (u64::from(std::process::id()) << 32)
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The plan of one namespace
@@ -581,44 +521,6 @@ fn expected_label(ss_name: &str) -> String {
 // ---------------------------------------------------------------------------
 // Comparing
 
-struct Report {
-    phase: &'static str,
-    seed: u64,
-    problems: Vec<String>,
-}
-
-impl Report {
-    fn new(phase: &'static str, seed: u64) -> Report {
-        Report {
-            phase,
-            seed,
-            problems: Vec::new(),
-        }
-    }
-
-    fn fail(&mut self, what: impl Into<String>) {
-        self.problems.push(what.into());
-    }
-
-    fn eq<T: PartialEq + Debug>(&mut self, what: impl std::fmt::Display, ours: T, ss: T) {
-        if ours != ss {
-            self.fail(format!("{what}: ours {ours:?}, ss {ss:?}"));
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.problems.is_empty(),
-            "{}: {} discrepancies (replay with {SEED_VAR}={}):\n  {}",
-            self.phase,
-            self.problems.len(),
-            self.seed,
-            self.problems.join("\n  ")
-        );
-        println!("{}: every unix listener agrees with ss", self.phase);
-    }
-}
-
 /// One namespace as ss saw it, keyed by label.
 struct NsOracle {
     label: String,
@@ -1027,11 +929,8 @@ fn read_all(plans: &[NsPlan], helpers: &[Helper]) -> BTreeMap<String, Vec<SsList
 fn unix_oracle_against_ss() {
     common::in_netns("unix_oracle_against_ss", || {
         let started = Instant::now();
-        let seed = seed();
-        println!(
-            "unix oracle seed {seed} (replay: {SEED_VAR}={seed} cargo test --test unix_oracle)"
-        );
-        let mut rng = Rng::new(seed);
+        let seed = Seed::from_env("SOCKDIAG_UNIX_ORACLE_SEED", "unix_oracle");
+        let mut rng = seed.rng();
         let root = tempdir("unix-oracle");
         let _cleanup = RemoveOnDrop(root.clone());
         let run_netns = root.join("run-netns");
@@ -1155,7 +1054,7 @@ fn unix_oracle_against_ss() {
             String::from_utf8_lossy(&out.stderr)
         );
         let doc: Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
-        let mut report = Report::new("snapshot --format json", seed);
+        let mut report = Report::new("snapshot --format json", seed, "ss", "unix listener");
         for e in doc["errors"].as_array().expect("errors[]") {
             let text = e["error"].as_str().unwrap_or_default();
             if oracles
@@ -1210,7 +1109,7 @@ fn unix_oracle_against_ss() {
                     .collect();
                 panic!(
                     "daemon did not show every unix listener and owner within 15 s \
-                     (replay with {SEED_VAR}={seed}): expected {expected:?}, \
+                     (replay with {seed}): expected {expected:?}, \
                      (listeners, owners) {seen:?}"
                 );
             }
@@ -1221,7 +1120,7 @@ fn unix_oracle_against_ss() {
         let m = daemon.metrics();
         let last = read_all(&plans, &helpers);
         assert_eq!(last, before, "the mix changed while the daemon ran");
-        let mut report = Report::new("daemon /metrics", seed);
+        let mut report = Report::new("daemon /metrics", seed, "ss", "unix listener");
         for oracle in &oracles {
             compare_metrics(&mut report, &m, oracle);
         }

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod report;
+pub mod rng;
 pub mod strace;
 
 use std::collections::BTreeMap;

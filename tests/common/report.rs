@@ -1,0 +1,88 @@
+//! What an oracle test found wrong, gathered over one phase and reported at
+//! once, with the seed that replays it.
+
+use std::collections::BTreeMap;
+use std::fmt::{Debug, Display};
+
+use super::rng::Seed;
+
+pub struct Report {
+    phase: String,
+    seed: Seed,
+    /// Who judges the exporter's figures (`ss`, `ss and nstat`).
+    judge: &'static str,
+    /// What every figure is about, for the line that says all agree.
+    subject: &'static str,
+    problems: Vec<String>,
+}
+
+impl Report {
+    pub fn new(
+        phase: impl Into<String>,
+        seed: Seed,
+        judge: &'static str,
+        subject: &'static str,
+    ) -> Report {
+        Report {
+            phase: phase.into(),
+            seed,
+            judge,
+            subject,
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn fail(&mut self, problem: impl Into<String>) {
+        self.problems.push(problem.into());
+    }
+
+    pub fn eq<T: PartialEq + Debug>(&mut self, what: impl Display, ours: T, judged: T) {
+        if ours != judged {
+            let judge = self.judge;
+            self.fail(format!("{what}: ours {ours:?}, {judge} {judged:?}"));
+        }
+    }
+
+    /// `ours` read between two readings of the judge, `lo` before and `hi`
+    /// after.
+    pub fn within(&mut self, what: impl Display, ours: u64, lo: u64, hi: u64) {
+        if ours < lo || ours > hi {
+            let judge = self.judge;
+            self.fail(format!(
+                "{what}: ours {ours}, {judge} {lo} before and {hi} after"
+            ));
+        }
+    }
+
+    /// Nothing missing, nothing extra.
+    pub fn same_keys<K: Ord + Debug, A, B>(
+        &mut self,
+        what: &str,
+        ours: &BTreeMap<K, A>,
+        judged: &BTreeMap<K, B>,
+    ) {
+        let judge = self.judge;
+        for k in ours.keys().filter(|k| !judged.contains_key(k)) {
+            self.fail(format!("{what} {k:?}: reported by us, unknown to {judge}"));
+        }
+        for k in judged.keys().filter(|k| !ours.contains_key(k)) {
+            self.fail(format!("{what} {k:?}: seen by {judge}, missing from ours"));
+        }
+    }
+
+    pub fn finish(self) {
+        assert!(
+            self.problems.is_empty(),
+            "{}: {} discrepancies with {} (replay with {}):\n  {}",
+            self.phase,
+            self.problems.len(),
+            self.judge,
+            self.seed,
+            self.problems.join("\n  ")
+        );
+        println!(
+            "{}: every {} agrees with {}",
+            self.phase, self.subject, self.judge
+        );
+    }
+}
