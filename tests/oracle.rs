@@ -17,12 +17,11 @@ use std::fmt::Debug;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::report::Report;
 use common::rng::{Rng, Seed};
-use common::{Daemon, Metrics, exporter_bin, listen, ss, start_connect, wait_connected};
+use common::{Daemon, Metrics, listen, ss, start_connect, wait_connected};
 use serde_json::Value;
 use socket2::Socket;
 
@@ -1508,25 +1507,15 @@ fn oracle_against_ss() {
         let before = settle();
         let overflows_before = tcp_ext("ListenOverflows");
         let listen_drops_before = tcp_ext("ListenDrops");
-        let out = Command::new(exporter_bin())
-            .args(["snapshot", "--format", "json"])
-            .output()
-            .expect("running sockdiag-exporter snapshot");
+        let whole = common::snapshot_json(&[]);
         let overflows_after = tcp_ext("ListenOverflows");
         let listen_drops_after = tcp_ext("ListenDrops");
         let after = read_ss();
-        assert!(
-            out.status.success(),
-            "snapshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         assert_eq!(
             signatures(&after),
             signatures(&before),
             "the mix changed while the snapshot ran"
         );
-        let whole: Value =
-            serde_json::from_slice(&out.stdout).expect("snapshot --format json is JSON");
         let doc = common::snapshot_host(&whole);
         let oracle = Oracle::new(&before, &after);
         check_coverage(&before, &oracle);
@@ -1568,20 +1557,14 @@ fn oracle_against_ss() {
         // any sample it takes lies between `after` and the final reading.
         let daemon = Daemon::start(&[]);
         let daemon_port = daemon.addr.port();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = daemon.metrics();
-            let sampled =
-                |c: &str| m.value_or_zero("sockdiag_collector_success", &[("collector", c)]) == 1.0;
-            if sampled("connections") && sampled("listeners") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon took no connection sample within 15 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let sampled = |m: &Metrics, c: &str| {
+            m.value_or_zero("sockdiag_collector_success", &[("collector", c)]) == 1.0
+        };
+        daemon.wait_for(
+            "a connection and a listener sample",
+            |m| sampled(m, "connections") && sampled(m, "listeners"),
+            |m| format!("{:?}", m.find("sockdiag_collector_success", &[])),
+        );
         // Full time needs two listener samples that both saw a queue full;
         // several 50 ms intervals make sure there were.
         std::thread::sleep(Duration::from_millis(300));

@@ -45,16 +45,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::report::Report;
 use common::rng::{Rng, Seed};
-use common::{Daemon, Metrics, exporter_bin};
+use common::{
+    Daemon, Metrics, NsHelper, RemoveOnDrop, in_new_netns, nsenter, python_with_loopback,
+    snapshot_json, tempdir,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -480,8 +479,9 @@ print("ready " + json.dumps({"inodes": inodes, "clients": clients, "shared": sha
 sys.stdin.read()
 "#;
 
-struct Helper {
-    child: Child,
+/// What the helper of one namespace built.
+#[derive(serde::Deserialize)]
+struct Built {
     /// Socket inodes of each group's members, in plan order.
     inodes: Vec<Vec<u64>>,
     /// Local ports of every client socket.
@@ -490,78 +490,16 @@ struct Helper {
     shared: Vec<(String, u16)>,
 }
 
-impl Helper {
-    fn start(plan: &NsPlan) -> Helper {
-        // A new namespace's loopback starts down.
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "ip link set lo up && exec python3 -c \"$0\" \"$@\"",
-            HELPER,
-            &plan.to_json(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-        if plan.own_netns {
-            // SAFETY: only raw syscalls between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .expect("starting the python3 helper (package python3)");
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        out.read_line(&mut line)
-            .expect("reading the helper's first line");
-        let Some(built) = line.trim().strip_prefix("ready ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "helper for netns {} did not build its mix: {:?}",
-                plan.label,
-                line.trim()
-            );
-        };
-        let built: Value = serde_json::from_str(built).expect("helper's JSON");
-        let inodes: Vec<Vec<u64>> =
-            serde_json::from_value(built["inodes"].clone()).expect("inodes[][]");
-        let clients: BTreeSet<u16> =
-            serde_json::from_value(built["clients"].clone()).expect("clients[]");
-        let shared: Vec<(String, u16)> =
-            serde_json::from_value(built["shared"].clone()).expect("shared[]");
-        assert_eq!(inodes.len(), plan.groups.len());
-        Helper {
-            child,
-            inodes,
-            clients,
-            shared,
-        }
-    }
+type Helper = NsHelper<Built>;
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+fn start_helper(plan: &NsPlan) -> Helper {
+    let mut cmd = python_with_loopback(HELPER, &[&plan.to_json()]);
+    if plan.own_netns {
+        in_new_netns(&mut cmd);
     }
-
-    fn netns_inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
-            .expect("stat of the helper's netns")
-            .ino()
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let helper: Helper = NsHelper::spawn(cmd, &format!("helper for netns {}", plan.label));
+    assert_eq!(helper.built.inodes.len(), plan.groups.len());
+    helper
 }
 
 // ---------------------------------------------------------------------------
@@ -603,21 +541,6 @@ impl SsUdp {
 
 /// (family label, address label, port).
 type AddrKey = (&'static str, String, u16);
-
-fn nsenter(pid: u32, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running nsenter (util-linux)");
-    assert!(
-        out.status.success(),
-        "nsenter --net=/proc/{pid}/ns/net {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
 
 /// Every UDP socket of the namespace of process `pid`.
 fn read_ss(pid: u32) -> Vec<SsUdp> {
@@ -799,7 +722,7 @@ impl NsOracle {
             rcvbuf_errors: nstat["UdpRcvbufErrors"] + nstat["Udp6RcvbufErrors"],
             in_errors: nstat["UdpInErrors"] + nstat["Udp6InErrors"],
             helper_pid: helper.pid(),
-            clients: helper.clients.clone(),
+            clients: helper.built.clients.clone(),
         }
     }
 
@@ -840,7 +763,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
     for s in lines {
         assert_eq!(s.pid, Some(helper.pid()), "netns {at}: owner of {s:?}");
     }
-    for (g, inodes) in plan.groups.iter().zip(&helper.inodes) {
+    for (g, inodes) in plan.groups.iter().zip(&helper.built.inodes) {
         let what = format!("netns {at} {}", g.describe());
         let members: Vec<&SsUdp> = inodes
             .iter()
@@ -884,7 +807,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
             );
         }
     }
-    for (addr, port) in &helper.shared {
+    for (addr, port) in &helper.built.shared {
         let found = lines.iter().any(|s| {
             !s.unconnected() && s.local.port() == *port && s.local.ip().to_string() == *addr
         });
@@ -893,7 +816,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
             "netns {at}: connected socket on {addr}:{port} not in ss"
         );
     }
-    for port in &helper.clients {
+    for port in &helper.built.clients {
         assert!(
             (plan.range.0..=plan.range.1).contains(port),
             "netns {at}: client port {port} outside {:?}",
@@ -1247,58 +1170,6 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
 
 // ---------------------------------------------------------------------------
 
-/// A fresh directory under the system temp dir, unique to this process.
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
-}
-
-/// Removes the test's directory however the test ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn snapshot(flags: &[&str]) -> Value {
-    let out = Command::new(exporter_bin())
-        .args(["snapshot", "--format", "json"])
-        .args(flags)
-        .output()
-        .expect("running sockdiag-exporter snapshot");
-    assert!(
-        out.status.success(),
-        "snapshot {flags:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("snapshot JSON")
-}
-
-fn compare_snapshot(report: &mut Report, doc: &Value, oracles: &[NsOracle]) {
-    for e in doc["errors"].as_array().expect("errors[]") {
-        let text = e["error"].as_str().unwrap_or_default();
-        if oracles
-            .iter()
-            .any(|o| text.starts_with(&format!("netns {}:", o.label)))
-        {
-            report.fail(format!("error in one of the test's namespaces: {e}"));
-        } else {
-            println!("  (elsewhere on the machine: {e})");
-        }
-    }
-    let namespaces = doc["namespaces"].as_array().expect("namespaces[]");
-    for oracle in oracles {
-        match namespaces.iter().find(|ns| ns["netns"] == oracle.label) {
-            Some(ns) => compare_json(report, ns, oracle),
-            None => report.fail(format!("netns {} missing from the snapshot", oracle.label)),
-        }
-    }
-}
-
 /// Reads until two readings 100 ms apart agree (loopback delivery is done
 /// by then), bounded.
 fn settle(plans: &[NsPlan], helpers: &[Helper], history: &str) -> Reading {
@@ -1360,16 +1231,12 @@ fn udp_oracle_against_ss_and_nstat() {
             plan.add_listed(&mut rng, &listed_ports);
         }
 
-        let helpers: Vec<Helper> = plans.iter().map(Helper::start).collect();
+        let helpers: Vec<Helper> = plans.iter().map(start_helper).collect();
         for (plan, helper) in plans.iter_mut().zip(&helpers).skip(1) {
             if plan.label == "blue" {
-                std::os::unix::fs::symlink(
-                    format!("/proc/{}/ns/net", helper.pid()),
-                    run_netns.join("blue"),
-                )
-                .expect("naming the namespace");
+                helper.name_netns(&run_netns, "blue");
             } else {
-                plan.label = format!("ino:{}", helper.netns_inode());
+                plan.label = helper.ino_label();
             }
         }
         for plan in &plans {
@@ -1433,8 +1300,8 @@ fn udp_oracle_against_ss_and_nstat() {
 
         // Phase 1: a snapshot without the flag, one with it, between two
         // readings.
-        let plain = snapshot(&flags);
-        let with_ports = snapshot(&flags_listed);
+        let plain = snapshot_json(&flags);
+        let with_ports = snapshot_json(&flags_listed);
         let after = read_all(&plans, &helpers, history);
         assert_eq!(after, before, "the mix changed while the snapshots ran");
         let mut report = Report::new(
@@ -1443,7 +1310,7 @@ fn udp_oracle_against_ss_and_nstat() {
             "ss and nstat",
             "UDP receiver",
         );
-        compare_snapshot(&mut report, &plain, &oracles_plain);
+        report.snapshot_namespaces(&plain, &oracles_plain, |o| &o.label, compare_json);
         report.finish();
         let mut report = Report::new(
             format!("snapshot --collector.udp.ports {ports_arg}"),
@@ -1451,47 +1318,41 @@ fn udp_oracle_against_ss_and_nstat() {
             "ss and nstat",
             "UDP receiver",
         );
-        compare_snapshot(&mut report, &with_ports, &oracles);
+        report.snapshot_namespaces(&with_ports, &oracles, |o| &o.label, compare_json);
         report.finish();
         println!("phase 1 done at {:?}", started.elapsed());
 
         // Phase 2: a running daemon (with the flag), between `after` and a
         // last reading.
         let daemon = Daemon::start(&flags_listed);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = daemon.metrics();
-            let count = |name: &str, ns: &str| m.find(name, &[("netns", ns)]).len();
-            let ready = oracles.iter().all(|o| {
-                let at = o.label.as_str();
-                RECEIVER_SERIES
-                    .iter()
-                    .chain([&PROCESS_INFO])
-                    .all(|n| count(n, at) == o.receiver_count())
-                    && count("sockdiag_netstat_udp_rcvbuf_errors_total", at) == 1
-            });
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
+        let count = |m: &Metrics, name: &str, ns: &str| m.find(name, &[("netns", ns)]).len();
+        daemon.wait_for(
+            "every UDP receiver and owner",
+            |m| {
+                oracles.iter().all(|o| {
+                    let at = o.label.as_str();
+                    RECEIVER_SERIES
+                        .iter()
+                        .chain([&PROCESS_INFO])
+                        .all(|n| count(m, n, at) == o.receiver_count())
+                        && count(m, "sockdiag_netstat_udp_rcvbuf_errors_total", at) == 1
+                })
+            },
+            |m| {
                 let seen: Vec<(String, usize, usize, usize)> = oracles
                     .iter()
                     .map(|o| {
                         (
                             o.label.clone(),
                             o.receiver_count(),
-                            count(RECEIVER_SERIES[0], &o.label),
-                            count(PROCESS_INFO, &o.label),
+                            count(m, RECEIVER_SERIES[0], &o.label),
+                            count(m, PROCESS_INFO, &o.label),
                         )
                     })
                     .collect();
-                panic!(
-                    "daemon did not show every UDP receiver and owner within 15 s \
-                     (replay with {seed}): (netns, expected, queues, owners) {seen:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                format!("replay with {seed}; (netns, expected, queues, owners) {seen:?}")
+            },
+        );
         let m = daemon.metrics();
         let last = read_all(&plans, &helpers, history);
         assert_eq!(last, before, "the mix changed while the daemon ran");

@@ -29,16 +29,16 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::report::Report;
 use common::rng::{Rng, Seed};
-use common::{Daemon, Metrics, exporter_bin};
+use common::{
+    Daemon, Metrics, NsHelper, RemoveOnDrop, in_new_netns, nsenter, snapshot_json, tempdir,
+};
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -362,68 +362,20 @@ print("ready " + json.dumps(inodes), flush=True)
 sys.stdin.read()
 "#;
 
-struct Helper {
-    child: Child,
-    /// Socket inodes of the plan's listeners, in plan order.
-    inodes: Vec<u64>,
-}
+/// The helper of one namespace; what it built is its listeners' socket
+/// inodes, in plan order.
+type Helper = NsHelper<Vec<u64>>;
 
-impl Helper {
-    fn start(plan: &NsPlan) -> Helper {
-        std::fs::create_dir_all(&plan.dir).expect("creating the namespace's socket dir");
-        let mut cmd = Command::new("python3");
-        cmd.args(["-c", HELPER, &plan.to_json()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if plan.own_netns {
-            // SAFETY: only a raw syscall between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .expect("starting the python3 helper (package python3)");
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        out.read_line(&mut line)
-            .expect("reading the helper's first line");
-        let Some(inodes) = line.trim().strip_prefix("ready ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "helper for netns {} did not build its mix: {:?}",
-                plan.label,
-                line.trim()
-            );
-        };
-        let inodes: Vec<u64> = serde_json::from_str(inodes).expect("helper's inode list");
-        assert_eq!(inodes.len(), plan.listeners.len());
-        Helper { child, inodes }
+fn start_helper(plan: &NsPlan) -> Helper {
+    std::fs::create_dir_all(&plan.dir).expect("creating the namespace's socket dir");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", HELPER, &plan.to_json()]);
+    if plan.own_netns {
+        in_new_netns(&mut cmd);
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn netns_inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
-            .expect("stat of the helper's netns")
-            .ino()
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let helper: Helper = NsHelper::spawn(cmd, &format!("helper for netns {}", plan.label));
+    assert_eq!(helper.built.len(), plan.listeners.len());
+    helper
 }
 
 /// A non-blocking client of `name` in the test's own namespace.
@@ -452,18 +404,7 @@ struct SsListener {
 /// `ss -xlHp` in the namespace of process `pid`, listeners only (`-l` also
 /// lists unconnected sockets).
 fn read_ss(pid: u32) -> Vec<SsListener> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["ss", "-xlHp"])
-        .output()
-        .expect("running nsenter (util-linux) and ss (iproute2)");
-    assert!(
-        out.status.success(),
-        "nsenter --net=/proc/{pid}/ns/net ss -xlHp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut v: Vec<SsListener> = String::from_utf8(out.stdout)
-        .expect("ss prints UTF-8 names as they are")
+    let mut v: Vec<SsListener> = nsenter(pid, &["ss", "-xlHp"], &[])
         .lines()
         .filter_map(parse_ss_line)
         .collect();
@@ -556,7 +497,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsListener]) {
         lines.len(),
         plan.listeners.len()
     );
-    for (l, inode) in plan.listeners.iter().zip(&helper.inodes) {
+    for (l, inode) in plan.listeners.iter().zip(&helper.built) {
         let s = by_inode.get(inode).unwrap_or_else(|| {
             panic!(
                 "netns {}: ss does not list {:?} (inode {inode})",
@@ -899,23 +840,6 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
 
 // ---------------------------------------------------------------------------
 
-/// A fresh directory under the system temp dir, unique to this process.
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
-}
-
-/// Removes the test's directory however the test ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Every namespace's ss reading, by netns label.
 fn read_all(plans: &[NsPlan], helpers: &[Helper]) -> BTreeMap<String, Vec<SsListener>> {
     plans
@@ -969,16 +893,12 @@ fn unix_oracle_against_ss() {
             plan.describe();
         }
 
-        let helpers: Vec<Helper> = plans.iter().map(Helper::start).collect();
+        let helpers: Vec<Helper> = plans.iter().map(start_helper).collect();
         for (plan, helper) in plans.iter_mut().zip(&helpers).skip(1) {
             if plan.label == "blue" {
-                std::os::unix::fs::symlink(
-                    format!("/proc/{}/ns/net", helper.pid()),
-                    run_netns.join("blue"),
-                )
-                .expect("naming the namespace");
+                helper.name_netns(&run_netns, "blue");
             } else {
-                plan.label = format!("ino:{}", helper.netns_inode());
+                plan.label = helper.ino_label();
             }
         }
         let mut cross_clients = Vec::new();
@@ -1041,38 +961,11 @@ fn unix_oracle_against_ss() {
         ];
 
         // Phase 1: one snapshot between two ss readings.
-        let out = Command::new(exporter_bin())
-            .args(["snapshot", "--format", "json"])
-            .args(flags)
-            .output()
-            .expect("running sockdiag-exporter snapshot");
+        let doc = snapshot_json(&flags);
         let after = read_all(&plans, &helpers);
         assert_eq!(after, before, "the mix changed while the snapshot ran");
-        assert!(
-            out.status.success(),
-            "snapshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let doc: Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
         let mut report = Report::new("snapshot --format json", seed, "ss", "unix listener");
-        for e in doc["errors"].as_array().expect("errors[]") {
-            let text = e["error"].as_str().unwrap_or_default();
-            if oracles
-                .iter()
-                .any(|o| text.starts_with(&format!("netns {}:", o.label)))
-            {
-                report.fail(format!("error in one of the test's namespaces: {e}"));
-            } else {
-                println!("  (elsewhere on the machine: {e})");
-            }
-        }
-        let namespaces = doc["namespaces"].as_array().expect("namespaces[]");
-        for oracle in &oracles {
-            match namespaces.iter().find(|ns| ns["netns"] == oracle.label) {
-                Some(ns) => compare_json(&mut report, ns, oracle),
-                None => report.fail(format!("netns {} missing from the snapshot", oracle.label)),
-            }
-        }
+        report.snapshot_namespaces(&doc, &oracles, |o| &o.label, compare_json);
         report.finish();
         println!("phase 1 done at {:?}", started.elapsed());
 
@@ -1082,39 +975,35 @@ fn unix_oracle_against_ss() {
             .iter()
             .map(|o| (o.label.as_str(), o.by_label.values().map(Vec::len).sum()))
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = daemon.metrics();
+        // (listeners, owners) the daemon shows in each of the namespaces.
+        let seen = |m: &Metrics| {
             let count =
                 |name: &str, ns: &str| m.find(name, &[("family", "unix"), ("netns", ns)]).len();
-            let ready = expected.iter().all(|(ns, n)| {
-                count("sockdiag_accept_queue_length", ns) == *n
-                    && count("sockdiag_listener_process_info", ns) == *n
-            });
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                let seen: BTreeMap<&str, (usize, usize)> = expected
-                    .keys()
-                    .map(|ns| {
-                        (
-                            *ns,
-                            (
-                                count("sockdiag_accept_queue_length", ns),
-                                count("sockdiag_listener_process_info", ns),
-                            ),
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "daemon did not show every unix listener and owner within 15 s \
-                     (replay with {seed}): expected {expected:?}, \
-                     (listeners, owners) {seen:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            expected
+                .keys()
+                .map(|ns| {
+                    let listeners = count("sockdiag_accept_queue_length", ns);
+                    (
+                        *ns,
+                        (listeners, count("sockdiag_listener_process_info", ns)),
+                    )
+                })
+                .collect::<BTreeMap<&str, (usize, usize)>>()
+        };
+        daemon.wait_for(
+            "every unix listener and owner",
+            |m| {
+                seen(m).iter().all(|(ns, &(listeners, owners))| {
+                    (listeners, owners) == (expected[ns], expected[ns])
+                })
+            },
+            |m| {
+                format!(
+                    "replay with {seed}; expected {expected:?}, (listeners, owners) {:?}",
+                    seen(m)
+                )
+            },
+        );
         // Full time needs two samples that both saw a queue full.
         std::thread::sleep(Duration::from_millis(300));
         let m = daemon.metrics();

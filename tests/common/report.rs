@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 
+use serde_json::Value;
+
 use super::rng::Seed;
 
 pub struct Report {
@@ -67,6 +69,37 @@ impl Report {
         }
         for k in judged.keys().filter(|k| !ours.contains_key(k)) {
             self.fail(format!("{what} {k:?}: seen by {judge}, missing from ours"));
+        }
+    }
+
+    /// Hands the snapshot's view of each of the test's namespaces (one per
+    /// oracle, found by its `netns` label) to `compare`. A namespace
+    /// missing, or an error the snapshot reports in one of them, is a
+    /// discrepancy; errors elsewhere on the machine are only printed.
+    pub fn snapshot_namespaces<O>(
+        &mut self,
+        doc: &Value,
+        oracles: &[O],
+        label: impl Fn(&O) -> &str,
+        mut compare: impl FnMut(&mut Report, &Value, &O),
+    ) {
+        for e in doc["errors"].as_array().expect("errors[]") {
+            let text = e["error"].as_str().unwrap_or_default();
+            if oracles
+                .iter()
+                .any(|o| text.starts_with(&format!("netns {}:", label(o))))
+            {
+                self.fail(format!("error in one of the test's namespaces: {e}"));
+            } else {
+                println!("  (elsewhere on the machine: {e})");
+            }
+        }
+        let namespaces = doc["namespaces"].as_array().expect("namespaces[]");
+        for oracle in oracles {
+            match namespaces.iter().find(|ns| ns["netns"] == label(oracle)) {
+                Some(ns) => compare(self, ns, oracle),
+                None => self.fail(format!("netns {} missing from the snapshot", label(oracle))),
+            }
         }
     }
 
