@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, RemoveOnDrop, in_new_netns, nsenter, python_with_loopback,
-    snapshot_json, tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, members_wanted, nsenter,
+    python_with_loopback, snapshot_json, tempdir,
 };
 use serde_json::{Value, json};
 
@@ -832,14 +832,6 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
 // ---------------------------------------------------------------------------
 // Comparing
 
-fn members_wanted(n: usize) -> Vec<Option<u64>> {
-    if n == 1 {
-        vec![None]
-    } else {
-        (0..n as u64).map(Some).collect()
-    }
-}
-
 /// The snapshot's UDP view of one namespace against the oracle.
 fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
     let at = &oracle.label;
@@ -908,32 +900,13 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         );
         ours.entry(key).or_default().push(r);
     }
-    for key in ours.keys().filter(|k| !oracle.receivers.contains_key(*k)) {
-        report.fail(format!(
-            "netns {at} {key:?}: a receiver for us, not by ss: {:?}",
-            ours[key]
-        ));
-    }
-    for (key, ss) in &oracle.receivers {
-        let what = format!("netns {at} {key:?}");
-        let Some(mine) = ours.get(key) else {
-            report.fail(format!("{what}: receiver by ss, missing from ours"));
-            continue;
-        };
-        report.eq(format!("{what}: receivers"), mine.len(), ss.len());
-        let mut members: Vec<Option<u64>> = mine.iter().map(|r| r["member"].as_u64()).collect();
-        members.sort();
-        report.eq(
-            format!("{what}: members"),
-            members,
-            members_wanted(ss.len()),
-        );
-        for s in ss {
-            let Some(r) = mine.iter().find(|r| r["inode"].as_u64() == Some(s.inode)) else {
-                report.fail(format!("{what}: no receiver with ss's inode {}", s.inode));
-                continue;
-            };
-            let what = format!("{what} inode {}", s.inode);
+    report.pair_by_inode(
+        at,
+        "receiver",
+        &ours,
+        &oracle.receivers,
+        |s| s.inode,
+        |report, what, r, s| {
             report.eq(
                 format!("{what} queue_bytes (Recv-Q)"),
                 r["queue_bytes"].as_u64(),
@@ -952,8 +925,8 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
             );
             let owner = r["cookie"].as_u64().and_then(|c| owners.get(&c)).copied();
             report.eq(format!("{what} owner pid"), owner, s.pid.map(u64::from));
-        }
-    }
+        },
+    );
     let mut addresses: BTreeMap<AddrKey, (u64, u64)> = BTreeMap::new();
     for a in udp["addresses"].as_array().into_iter().flatten() {
         let family = if a["family"] == "ipv4" {
@@ -1036,11 +1009,8 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
                     .unwrap_or(0),
             )
         };
-        let names: Vec<&str> = s.labels.keys().map(String::as_str).collect();
-        let member = s.labels.get("member").map(|v| {
-            v.parse::<u64>()
-                .unwrap_or_else(|_| panic!("member label {v:?}"))
-        });
+        let names = s.label_names();
+        let member = s.member();
         let mut base = vec!["address", "family", "netns", "port"];
         if member.is_some() {
             base.push("member");
@@ -1054,7 +1024,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
                 report.fail(format!("{what}: twice"));
             }
         } else if s.name == PROCESS_INFO {
-            base.extend(["cmdline", "comm", "container_id", "exe", "pid", "unit"]);
+            base.extend(OWNER_LABELS);
             base.sort();
             report.eq(format!("{what} label names"), names, base);
             let entry = ours.entry((key(), member)).or_default();

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, RemoveOnDrop, in_new_netns, nsenter, snapshot_json, tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, members_wanted, nsenter,
+    snapshot_json, tempdir,
 };
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -588,34 +589,13 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         }
         ours.entry(label).or_default().push(l);
     }
-    for label in ours.keys().filter(|k| !oracle.by_label.contains_key(*k)) {
-        report.fail(format!(
-            "netns {at} {label:?}: reported by us, unknown to ss"
-        ));
-    }
-    for (label, ss) in &oracle.by_label {
-        let Some(mine) = ours.get(label) else {
-            report.fail(format!(
-                "netns {at} {label:?}: seen by ss, missing from ours"
-            ));
-            continue;
-        };
-        let what = format!("netns {at} {label:?}");
-        report.eq(format!("{what}: listeners"), mine.len(), ss.len());
-        let mut members: Vec<Option<u64>> = mine.iter().map(|l| l["member"].as_u64()).collect();
-        members.sort();
-        let want: Vec<Option<u64>> = if ss.len() == 1 {
-            vec![None]
-        } else {
-            (0..ss.len() as u64).map(Some).collect()
-        };
-        report.eq(format!("{what}: members"), members, want);
-        for s in ss {
-            let Some(l) = mine.iter().find(|l| l["inode"].as_u64() == Some(s.inode)) else {
-                report.fail(format!("{what}: no listener with ss's inode {}", s.inode));
-                continue;
-            };
-            let what = format!("{what} inode {}", s.inode);
+    report.pair_by_inode(
+        at,
+        "listener",
+        &ours,
+        &oracle.by_label,
+        |s| s.inode,
+        |report, what, l, s| {
             report.eq(
                 format!("{what} queue length"),
                 l["queue_length"].as_u64(),
@@ -628,8 +608,8 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
             );
             let owner = l["cookie"].as_u64().and_then(|c| owners.get(&c)).copied();
             report.eq(format!("{what} owner pid"), owner, s.pid.map(u64::from));
-        }
-    }
+        },
+    );
 }
 
 /// Label values as written in the exposition format, unescaped once more
@@ -678,8 +658,8 @@ fn unix_series(
     m: &Metrics,
     netns: &str,
     report: &mut Report,
-) -> BTreeMap<(String, Option<u32>), MetricListener> {
-    let mut out: BTreeMap<(String, Option<u32>), MetricListener> = BTreeMap::new();
+) -> BTreeMap<(String, Option<u64>), MetricListener> {
+    let mut out: BTreeMap<(String, Option<u64>), MetricListener> = BTreeMap::new();
     for s in &m.0 {
         if s.labels.get("family").map(String::as_str) != Some("unix")
             || s.labels.get("netns").map(String::as_str) != Some(netns)
@@ -687,11 +667,8 @@ fn unix_series(
             continue;
         }
         let label = unescape(&s.labels["address"]);
-        let member = s.labels.get("member").map(|v| {
-            v.parse::<u32>()
-                .unwrap_or_else(|_| panic!("member label {v:?}"))
-        });
-        let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        let member = s.member();
+        let keys = s.label_names();
         let base: Vec<&str> = if member.is_some() {
             vec!["address", "family", "member", "netns"]
         } else {
@@ -706,7 +683,7 @@ fn unix_series(
             }
         } else if s.name == "sockdiag_listener_process_info" {
             let mut want = base.clone();
-            want.extend(["cmdline", "comm", "container_id", "exe", "pid", "unit"]);
+            want.extend(OWNER_LABELS);
             want.sort();
             report.eq(format!("{what} label names"), keys, want);
             if entry.pid.replace(s.labels["pid"].clone()).is_some() {
@@ -761,7 +738,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
     }
     for (label, ss) in &oracle.by_label {
         let what = format!("netns {at} {label:?}");
-        let mine: Vec<(&Option<u32>, &MetricListener)> = ours
+        let mine: Vec<(&Option<u64>, &MetricListener)> = ours
             .iter()
             .filter(|((l, _), _)| l == label)
             .map(|((_, m), v)| (m, v))
@@ -770,13 +747,12 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
             report.fail(format!("{what}: seen by ss, missing from ours"));
             continue;
         }
-        let members: Vec<Option<u32>> = mine.iter().map(|(m, _)| **m).collect();
-        let want: Vec<Option<u32>> = if ss.len() == 1 {
-            vec![None]
-        } else {
-            (0..ss.len() as u32).map(Some).collect()
-        };
-        report.eq(format!("{what}: members"), members, want);
+        let members: Vec<Option<u64>> = mine.iter().map(|(m, _)| **m).collect();
+        report.eq(
+            format!("{what}: members"),
+            members,
+            members_wanted(ss.len()),
+        );
         // Members carry no inode on /metrics: compare the figures as
         // multisets, each member's own series agreeing with each other.
         let mut got: Vec<(u64, u64, String)> = Vec::new();

@@ -336,6 +336,35 @@ pub struct Sample {
     pub value: f64,
 }
 
+impl Sample {
+    /// Its `member` label, which must be a number where present.
+    pub fn member(&self) -> Option<u64> {
+        self.labels.get("member").map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("member label {v:?} of {self:?}"))
+        })
+    }
+
+    /// Its label names, sorted.
+    pub fn label_names(&self) -> Vec<&str> {
+        self.labels.keys().map(String::as_str).collect()
+    }
+}
+
+/// What a `*_process_info` series adds to the labels of the socket it is
+/// about: its owner.
+pub const OWNER_LABELS: [&str; 6] = ["cmdline", "comm", "container_id", "exe", "pid", "unit"];
+
+/// The `member` labels of the `n` sockets sharing one address: none for a
+/// lone socket, 0..n for a group.
+pub fn members_wanted(n: usize) -> Vec<Option<u64>> {
+    if n == 1 {
+        vec![None]
+    } else {
+        (0..n as u64).map(Some).collect()
+    }
+}
+
 /// A parsed `/metrics` page.
 #[derive(Debug, Clone)]
 pub struct Metrics(pub Vec<Sample>);

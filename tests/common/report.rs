@@ -103,6 +103,51 @@ impl Report {
         }
     }
 
+    /// The snapshot's sockets under each address (`ours`, JSON objects with
+    /// `member` and `inode`) against the judge's (`judged`): no address
+    /// missing or extra, as many sockets, `member` labels as the contract
+    /// says, and each judged socket found by its inode and handed to
+    /// `compare` with ours.
+    pub fn pair_by_inode<K: Ord + Debug, S>(
+        &mut self,
+        at: &str,
+        noun: &str,
+        ours: &BTreeMap<K, Vec<&Value>>,
+        judged: &BTreeMap<K, Vec<S>>,
+        inode: impl Fn(&S) -> u64,
+        mut compare: impl FnMut(&mut Report, &str, &Value, &S),
+    ) {
+        let judge = self.judge;
+        for (key, mine) in ours.iter().filter(|(k, _)| !judged.contains_key(*k)) {
+            self.fail(format!(
+                "netns {at} {key:?}: reported by us, unknown to {judge}: {mine:?}"
+            ));
+        }
+        for (key, theirs) in judged {
+            let what = format!("netns {at} {key:?}");
+            let Some(mine) = ours.get(key) else {
+                self.fail(format!("{what}: seen by {judge}, missing from ours"));
+                continue;
+            };
+            self.eq(format!("{what}: {noun}s"), mine.len(), theirs.len());
+            let mut members: Vec<Option<u64>> = mine.iter().map(|o| o["member"].as_u64()).collect();
+            members.sort();
+            self.eq(
+                format!("{what}: members"),
+                members,
+                super::members_wanted(theirs.len()),
+            );
+            for s in theirs {
+                let ino = inode(s);
+                let Some(o) = mine.iter().find(|o| o["inode"].as_u64() == Some(ino)) else {
+                    self.fail(format!("{what}: no {noun} with inode {ino}"));
+                    continue;
+                };
+                compare(self, &format!("{what} inode {ino}"), o, s);
+            }
+        }
+    }
+
     pub fn finish(self) {
         assert!(
             self.problems.is_empty(),
