@@ -766,6 +766,22 @@ pub fn tcp_ext_at(path: &str, name: &str) -> f64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
+/// The UDP dump the udp collector asks for, one family at a time: every
+/// state, with SKMEMINFO.
+pub fn udp_dump_request(
+    family: sockdiag_exporter::diag::Family,
+) -> sockdiag_exporter::diag::DumpRequest<'static> {
+    use sockdiag_exporter::diag::{DumpRequest, Protocol, StateSet};
+    DumpRequest {
+        protocol: Protocol::Udp,
+        family,
+        states: StateSet::All,
+        meminfo: true,
+        tcp_info: false,
+        filter: None,
+    }
+}
+
 /// Runs `args` in the network namespace of process `pid` (with `envs`
 /// set), which must exit 0; its standard output.
 pub fn nsenter(pid: u32, args: &[&str], envs: &[(&str, &str)]) -> String {
