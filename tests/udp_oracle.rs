@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, members_wanted, nsenter,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, nsenter,
     python_with_loopback, snapshot_json, tempdir,
 };
 use serde_json::{Value, json};
@@ -1045,31 +1045,11 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
             }
         }
     }
-    let keys: BTreeSet<&AddrKey> = ours.keys().map(|(k, _)| k).collect();
-    for key in keys.iter().filter(|k| !oracle.receivers.contains_key(**k)) {
-        report.fail(format!("netns {at} {key:?}: a receiver for us, not by ss"));
-    }
-    for (key, ss) in &oracle.receivers {
-        let what = format!("netns {at} {key:?}");
-        let mine: Vec<(&Option<u64>, &MetricReceiver)> = ours
-            .iter()
-            .filter(|((k, _), _)| k == key)
-            .map(|((_, m), v)| (m, v))
-            .collect();
-        if mine.is_empty() {
-            report.fail(format!("{what}: receiver by ss, missing from ours"));
-            continue;
-        }
-        let members: Vec<Option<u64>> = mine.iter().map(|(m, _)| **m).collect();
-        report.eq(
-            format!("{what}: members"),
-            members,
-            members_wanted(ss.len()),
-        );
+    report.pair_members(at, &ours, &oracle.receivers, |report, what, mine, ss| {
         // Members carry no inode on /metrics: the figures are compared as
         // multisets.
         let mut got: Vec<(u64, u64, u64)> = Vec::new();
-        for (member, r) in &mine {
+        for (member, r) in mine {
             let what = format!("{what} member {member:?}");
             let v = |name: &str| r.values.get(name).map(|v| *v as u64);
             let (Some(queue), Some(buffer), Some(drops)) = (
@@ -1097,7 +1077,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
         got.sort();
         want.sort();
         report.eq(format!("{what}: (queue, buffer, drops)"), got, want);
-    }
+    });
     report.eq(
         format!("netns {at}: sockdiag_udp_sockets (unconnected, connected)"),
         sockets,

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, members_wanted, nsenter,
-    snapshot_json, tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, nsenter, snapshot_json,
+    tempdir,
 };
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -730,33 +730,11 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
             0.0,
         );
     }
-    let labels: BTreeSet<&String> = ours.keys().map(|(l, _)| l).collect();
-    for label in labels.iter().filter(|l| !oracle.by_label.contains_key(**l)) {
-        report.fail(format!(
-            "netns {at} {label:?}: reported by us, unknown to ss"
-        ));
-    }
-    for (label, ss) in &oracle.by_label {
-        let what = format!("netns {at} {label:?}");
-        let mine: Vec<(&Option<u64>, &MetricListener)> = ours
-            .iter()
-            .filter(|((l, _), _)| l == label)
-            .map(|((_, m), v)| (m, v))
-            .collect();
-        if mine.is_empty() {
-            report.fail(format!("{what}: seen by ss, missing from ours"));
-            continue;
-        }
-        let members: Vec<Option<u64>> = mine.iter().map(|(m, _)| **m).collect();
-        report.eq(
-            format!("{what}: members"),
-            members,
-            members_wanted(ss.len()),
-        );
+    report.pair_members(at, &ours, &oracle.by_label, |report, what, mine, ss| {
         // Members carry no inode on /metrics: compare the figures as
         // multisets, each member's own series agreeing with each other.
         let mut got: Vec<(u64, u64, String)> = Vec::new();
-        for (member, l) in &mine {
+        for (member, l) in mine {
             let what = format!("{what} member {member:?}");
             let v = |name: &str| l.values.get(name).copied();
             let (Some(length), Some(limit)) = (
@@ -806,7 +784,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
         got.sort();
         want.sort();
         report.eq(format!("{what}: (length, limit, owner pid)"), got, want);
-    }
+    });
     report.eq(
         "unix collector errors",
         m.value_or_zero("sockdiag_collector_errors_total", &[("collector", "unix")]),

@@ -1,7 +1,7 @@
 //! What an oracle test found wrong, gathered over one phase and reported at
 //! once, with the seed that replays it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Debug, Display};
 
 use serde_json::Value;
@@ -145,6 +145,46 @@ impl Report {
                 };
                 compare(self, &format!("{what} inode {ino}"), o, s);
             }
+        }
+    }
+
+    /// The daemon's series per (address, member) (`ours`) against the
+    /// judge's sockets per address (`judged`): no address missing or extra,
+    /// `member` labels as the contract says. `compare` gets each address's
+    /// members and the judge's sockets there; members carry no inode on
+    /// /metrics, so their figures compare as multisets.
+    pub fn pair_members<K: Ord + Debug, V, S>(
+        &mut self,
+        at: &str,
+        ours: &BTreeMap<(K, Option<u64>), V>,
+        judged: &BTreeMap<K, Vec<S>>,
+        mut compare: impl FnMut(&mut Report, &str, &[(Option<u64>, &V)], &[S]),
+    ) {
+        let judge = self.judge;
+        let keys: BTreeSet<&K> = ours.keys().map(|(k, _)| k).collect();
+        for key in keys.iter().filter(|k| !judged.contains_key(**k)) {
+            self.fail(format!(
+                "netns {at} {key:?}: reported by us, unknown to {judge}"
+            ));
+        }
+        for (key, theirs) in judged {
+            let what = format!("netns {at} {key:?}");
+            let mine: Vec<(Option<u64>, &V)> = ours
+                .iter()
+                .filter(|((k, _), _)| k == key)
+                .map(|((_, m), v)| (*m, v))
+                .collect();
+            if mine.is_empty() {
+                self.fail(format!("{what}: seen by {judge}, missing from ours"));
+                continue;
+            }
+            let members: Vec<Option<u64>> = mine.iter().map(|(m, _)| *m).collect();
+            self.eq(
+                format!("{what}: members"),
+                members,
+                super::members_wanted(theirs.len()),
+            );
+            compare(self, &what, &mine, theirs);
         }
     }
 
