@@ -58,15 +58,10 @@ fn failed_open_is_retried(paths: &[&str], figure: &str) {
     let traced = TracedDaemon::start(
         Fault::first_open(paths, "EMFILE"),
         &[
-            "--path.run-netns",
-            names_arg,
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-            "--collector.netns.include",
-            NS,
-        ],
+            &netns_flags(names_arg)[..],
+            &["--collector.netns.include", NS],
+        ]
+        .concat(),
     );
     let start = Instant::now();
     loop {
@@ -288,14 +283,7 @@ fn start_on(run_netns: &Path, dir: &Path) -> (Daemon, std::path::PathBuf) {
         .stderr(std::fs::File::create(&log).expect("creating the daemon's log"));
     let daemon = Daemon::start_command(
         cmd,
-        &[
-            "--path.run-netns",
-            run_netns.to_str().expect("temp path is UTF-8"),
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-        ],
+        &netns_flags(run_netns.to_str().expect("temp path is UTF-8")),
     );
     (daemon, log)
 }

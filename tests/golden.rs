@@ -201,14 +201,7 @@ fn metrics_page_matches_the_golden_file() {
         let names = tempdir("golden-run-netns");
         blue.name_netns(&names, "blue");
 
-        let daemon = Daemon::start(&[
-            "--collector.netns.rescan-interval",
-            "100ms",
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--path.run-netns",
-            names.to_str().unwrap(),
-        ]);
+        let daemon = Daemon::start(&netns_flags(names.to_str().unwrap()));
         // Until every part of both namespaces is in: owners (five TCP and
         // two unix listeners, and the daemon's own), connection figures
         // and procfs counters.

@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, nsenter,
-    python_with_loopback, snapshot_json, tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, netns_flags, nsenter,
+    python_with_loopback, snapshot_json, snapshot_owners, tempdir,
 };
 use serde_json::{Value, json};
 
@@ -870,14 +870,7 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         ns["netstat"]["udp_in_errors"].as_u64(),
         Some(oracle.in_errors),
     );
-    let owners: BTreeMap<u64, u64> = ns["processes"]["owners"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|pair| Some((pair[0].as_u64()?, pair[1]["pid"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let owners = snapshot_owners(ns);
     let mut ours: BTreeMap<AddrKey, Vec<&Value>> = BTreeMap::new();
     for r in list {
         let family = match r["family"].as_str() {
@@ -1183,11 +1176,7 @@ fn udp_oracle_against_ss_and_nstat() {
 
         let helpers: Vec<Helper> = plans.iter().map(start_helper).collect();
         for (plan, helper) in plans.iter_mut().zip(&helpers).skip(1) {
-            if plan.label == "blue" {
-                helper.name_netns(&run_netns, "blue");
-            } else {
-                plan.label = helper.ino_label();
-            }
+            helper.label_netns(&run_netns, &mut plan.label);
         }
         for plan in &plans {
             println!("netns {} ({} groups):", plan.label, plan.groups.len());
@@ -1237,14 +1226,7 @@ fn udp_oracle_against_ss_and_nstat() {
         println!("mix built in {:?}", started.elapsed());
         let run_netns_arg = run_netns.to_str().expect("UTF-8 temp dir");
         let ports_arg = format!("{},{}", listed_ports[0], listed_ports[1]);
-        let flags = [
-            "--path.run-netns",
-            run_netns_arg,
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-        ];
+        let flags = netns_flags(run_netns_arg);
         let mut flags_listed = flags.to_vec();
         flags_listed.extend(["--collector.udp.ports", &ports_arg]);
 

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, nsenter, snapshot_json,
-    tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, netns_flags, nsenter,
+    snapshot_json, snapshot_owners, tempdir,
 };
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -540,14 +540,7 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         ns["listeners"]["listeners"].as_array().map(Vec::len),
         Some(0),
     );
-    let owners: BTreeMap<u64, u64> = ns["processes"]["owners"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|pair| Some((pair[0].as_u64()?, pair[1]["pid"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let owners = snapshot_owners(ns);
     let mut ours: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     let mut cookies = BTreeSet::new();
     for l in list {
@@ -849,11 +842,7 @@ fn unix_oracle_against_ss() {
 
         let helpers: Vec<Helper> = plans.iter().map(start_helper).collect();
         for (plan, helper) in plans.iter_mut().zip(&helpers).skip(1) {
-            if plan.label == "blue" {
-                helper.name_netns(&run_netns, "blue");
-            } else {
-                plan.label = helper.ino_label();
-            }
+            helper.label_netns(&run_netns, &mut plan.label);
         }
         let mut cross_clients = Vec::new();
         for &(pi, li) in &cross_plan {
@@ -905,14 +894,7 @@ fn unix_oracle_against_ss() {
             .map(|p| NsOracle::new(&p.label, &before[&p.label]))
             .collect();
         let run_netns_arg = run_netns.to_str().expect("UTF-8 temp dir");
-        let flags = [
-            "--path.run-netns",
-            run_netns_arg,
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-        ];
+        let flags = netns_flags(run_netns_arg);
 
         // Phase 1: one snapshot between two ss readings.
         let doc = snapshot_json(&flags);

@@ -676,6 +676,16 @@ impl<T> NsHelper<T> {
             .expect("naming the namespace");
     }
 
+    /// Gives its namespace its `netns` label: `blue` is named so in
+    /// `run_netns`, any other is known by inode.
+    pub fn label_netns(&self, run_netns: &std::path::Path, label: &mut String) {
+        if label == "blue" {
+            self.name_netns(run_netns, "blue");
+        } else {
+            *label = self.ino_label();
+        }
+    }
+
     /// Kills it (by pid) and waits, so its namespace is gone when this
     /// returns (nothing else holds it but the daemon's handles).
     pub fn kill(mut self) {
@@ -709,6 +719,33 @@ impl NetnsProcess {
         in_new_netns(&mut cmd);
         NsHelper::spawn(cmd, "netns helper")
     }
+}
+
+/// Daemon flags for collecting the test's own network namespaces only:
+/// those named in `run_netns` (a directory of the test's, not the
+/// machine's /run/netns) or held by its processes, no pods of the machine,
+/// and a rescan every 100 ms.
+pub fn netns_flags(run_netns: &str) -> [&str; 6] {
+    [
+        "--path.run-netns",
+        run_netns,
+        "--path.pod-logs",
+        "/nonexistent/pods",
+        "--collector.netns.rescan-interval",
+        "100ms",
+    ]
+}
+
+/// The owners the snapshot lists for one namespace: socket cookie -> pid.
+pub fn snapshot_owners(ns: &serde_json::Value) -> BTreeMap<u64, u64> {
+    ns["processes"]["owners"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|pair| Some((pair[0].as_u64()?, pair[1]["pid"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A fresh directory under the system temp dir, unique to this process and
