@@ -884,13 +884,22 @@ impl PromServer {
         rules
     }
 
-    /// Runs every dashboard query (each must succeed); the queries.
-    fn run_every_dashboard_query(&self) -> Vec<String> {
+    /// Runs every rule and every dashboard query (each must succeed);
+    /// returns the dashboard queries and recording rules that are about
+    /// `what` (`about` says which), at least ten of them.
+    fn run_all_keep_about(&self, what: &str, about: impl Fn(&str) -> bool) -> Vec<String> {
+        let rules = self.run_every_rule();
         let queries = dashboard_queries_with_all_selected();
         for e in &queries {
             self.query(e);
         }
-        queries
+        let wanted: Vec<String> = queries
+            .into_iter()
+            .chain(record_names(&rules))
+            .filter(|e| about(e))
+            .collect();
+        assert!(wanted.len() >= 10, "too few {what} queries: {wanted:#?}");
+        wanted
     }
 }
 
@@ -1295,8 +1304,7 @@ fn prometheus_alerts_on_real_unix_overflow() {
         // dashboard query over metrics unix listeners have shows ours (the
         // Port variable at All must not hide a series without `port`), and
         // the legend label built for both kinds is the path alone.
-        let rules = prom.run_every_rule();
-        let queries = prom.run_every_dashboard_query();
+        let wanted = prom.run_all_keep_about("unix", shows_unix_listeners);
         let ours_in = |series: &[Value]| {
             series
                 .iter()
@@ -1304,12 +1312,6 @@ fn prometheus_alerts_on_real_unix_overflow() {
                 .cloned()
                 .collect::<Vec<Value>>()
         };
-        let wanted: Vec<String> = queries
-            .into_iter()
-            .chain(record_names(&rules))
-            .filter(|e| shows_unix_listeners(e))
-            .collect();
-        assert!(wanted.len() >= 10, "too few unix queries: {wanted:#?}");
         // Within the test's 60 s, leaving time for the queue to drain.
         let data_deadline = e2e.data_deadline(Duration::from_secs(10));
         let pending = wait_for_data(prom, wanted, data_deadline, |e, series| {
@@ -1539,14 +1541,7 @@ fn prometheus_alerts_on_real_udp_drops() {
 
         // Every rule and dashboard query runs; each one about UDP shows our
         // socket (those with a port label) or our namespace (the others).
-        let rules = prom.run_every_rule();
-        let queries = prom.run_every_dashboard_query();
-        let wanted: Vec<String> = queries
-            .into_iter()
-            .chain(record_names(&rules))
-            .filter(|e| reads_udp(e))
-            .collect();
-        assert!(wanted.len() >= 10, "too few UDP queries: {wanted:#?}");
+        let wanted = prom.run_all_keep_about("UDP", reads_udp);
         let data_deadline = e2e.data_deadline(Duration::from_secs(15));
         let pending = wait_for_data(prom, wanted, data_deadline, |e, series| {
             if series.iter().any(|s| s["metric"].get("port").is_some()) {

@@ -1142,19 +1142,27 @@ fn udp_with_skmeminfo(with: &[u8]) -> (Vec<SockRecord>, Vec<SockRecord>) {
     (got, expected)
 }
 
+/// The capture's records with the tiny receiver's buffer and drops as given.
+fn with_tiny_meminfo(
+    mut records: Vec<SockRecord>,
+    rcvbuf: Option<u32>,
+    drops: Option<u32>,
+) -> Vec<SockRecord> {
+    let tiny = records
+        .iter_mut()
+        .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
+        .expect("the tiny receiver's record");
+    tiny.rcvbuf = rcvbuf;
+    tiny.drops = drops;
+    records
+}
+
 /// Without INET_DIAG_SKMEMINFO (a kernel that did not send it) the record
 /// has no buffer and no drop figure rather than zeros; the rest stands.
 #[test]
 fn a_udp_reply_without_skmeminfo_has_no_buffer_or_drops() {
     let (got, expected) = udp_with_skmeminfo(&[]);
-    let mut want = expected.clone();
-    let tiny = want
-        .iter_mut()
-        .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
-        .unwrap();
-    tiny.drops = None;
-    tiny.rcvbuf = None;
-    assert_eq!(got, want);
+    assert_eq!(got, with_tiny_meminfo(expected, None, None));
 }
 
 /// A SKMEMINFO too short to hold SK_MEMINFO_DROPS (index 8; kernels from
@@ -1167,26 +1175,20 @@ fn a_short_udp_skmeminfo_is_ignored_a_long_one_read() {
             .flat_map(|v| (v + 1).to_ne_bytes())
             .collect();
         let (got, expected) = udp_with_skmeminfo(&attr(INET_DIAG_SKMEMINFO, &value));
-        let mut want = expected.clone();
-        let tiny = want
-            .iter_mut()
-            .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
-            .unwrap();
-        tiny.drops = None;
-        tiny.rcvbuf = None;
-        assert_eq!(got, want, "SKMEMINFO of {fields} fields");
+        assert_eq!(
+            got,
+            with_tiny_meminfo(expected, None, None),
+            "SKMEMINFO of {fields} fields"
+        );
     }
     // Ten fields, numbered 1..=10: rcvbuf is field 1, drops field 8.
     let value: Vec<u8> = (0..10u32).flat_map(|v| (v + 1).to_ne_bytes()).collect();
     let (got, expected) = udp_with_skmeminfo(&attr(INET_DIAG_SKMEMINFO, &value));
-    let mut want = expected.clone();
-    let tiny = want
-        .iter_mut()
-        .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
-        .unwrap();
-    tiny.rcvbuf = Some(2);
-    tiny.drops = Some(9);
-    assert_eq!(got, want, "SKMEMINFO of 10 fields");
+    assert_eq!(
+        got,
+        with_tiny_meminfo(expected, Some(2), Some(9)),
+        "SKMEMINFO of 10 fields"
+    );
 }
 
 /// What the udp collector makes of such a record: the receiver keeps its
