@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, netns_flags, nsenter,
-    python_with_loopback, snapshot_json, snapshot_owners, tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, TempDir, in_new_netns, netns_flags, nsenter,
+    python_with_loopback, snapshot_json, snapshot_owners,
 };
 use serde_json::{Value, json};
 
@@ -1134,8 +1134,8 @@ fn udp_oracle_against_ss_and_nstat() {
         let started = Instant::now();
         let seed = Seed::from_env("SOCKDIAG_UDP_ORACLE_SEED", "udp_oracle");
         let mut rng = seed.rng();
-        let root = tempdir("udp-oracle");
-        let _cleanup = RemoveOnDrop(root.clone());
+        let tmp = TempDir::new("udp-oracle");
+        let root = tmp.path();
         let run_netns = root.join("run-netns");
         std::fs::create_dir_all(&run_netns).expect("creating the run-netns dir");
         let history = root.join("nstat.history");

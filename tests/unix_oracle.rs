@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use common::report::Report;
 use common::rng::{Rng, Seed};
 use common::{
-    Daemon, Metrics, NsHelper, OWNER_LABELS, RemoveOnDrop, in_new_netns, netns_flags, nsenter,
-    snapshot_json, snapshot_owners, tempdir,
+    Daemon, Metrics, NsHelper, OWNER_LABELS, TempDir, in_new_netns, netns_flags, nsenter,
+    snapshot_json, snapshot_owners,
 };
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -802,8 +802,8 @@ fn unix_oracle_against_ss() {
         let started = Instant::now();
         let seed = Seed::from_env("SOCKDIAG_UNIX_ORACLE_SEED", "unix_oracle");
         let mut rng = seed.rng();
-        let root = tempdir("unix-oracle");
-        let _cleanup = RemoveOnDrop(root.clone());
+        let tmp = TempDir::new("unix-oracle");
+        let root = tmp.path();
         let run_netns = root.join("run-netns");
         std::fs::create_dir_all(&run_netns).expect("creating the run-netns dir");
 

@@ -759,10 +759,33 @@ pub fn tempdir(what: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Removes a test's directory however the test ends.
-pub struct RemoveOnDrop(pub std::path::PathBuf);
+/// A fresh directory of a test's ([`tempdir`]), removed however the test
+/// ends.
+pub struct TempDir(pub std::path::PathBuf);
 
-impl Drop for RemoveOnDrop {
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        TempDir(tempdir(what))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+
+    /// A path in the directory as text, for config files and flags.
+    pub fn file(&self, name: &str) -> String {
+        let p = self.0.join(name);
+        p.to_str()
+            .unwrap_or_else(|| panic!("temp path {p:?} is not UTF-8"))
+            .to_string()
+    }
+}
+
+impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
