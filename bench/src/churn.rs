@@ -33,7 +33,8 @@ use serde_json::{Value, json};
 use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::netns_bench::{label, parse_sample};
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util};
+use crate::report::mib;
+use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report};
 
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);
 const LOAD_PORT: u16 = 21000;
@@ -365,10 +366,6 @@ impl ProcFigures {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
 // ---------------------------------------------------------------------------------------
 // The verdict.
 
@@ -499,7 +496,7 @@ fn scrape_rows(c: &Checker) -> Vec<Row> {
 fn table(rows: &[Row]) -> String {
     let mut s = String::from("| check | verdict | detail |\n|---|---|---|\n");
     for r in rows {
-        let d = r.detail.replace('|', "\\|").replace('\n', " ");
+        let d = report::cell(&r.detail);
         s.push_str(&format!("| {} | {} | {d} |\n", r.check, r.verdict.text()));
     }
     let count = |v| rows.iter().filter(|r| r.verdict == v).count();
@@ -1030,7 +1027,7 @@ fn tcp_churn(opts: &ChurnOpts, exporter: &Path, run_netns: &Path) -> Result<(Str
         opts.seconds,
         args.join(" "),
         SCRAPE_EVERY.as_millis(),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
         table(&rows)
     );
     let doc = json!({
@@ -1406,7 +1403,7 @@ fn netns_churn(
         opts.seconds,
         args.join(" "),
         SCRAPE_EVERY.as_millis(),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
         table(&rows)
     );
     let doc = json!({
@@ -1437,16 +1434,6 @@ fn netns_churn(
     Ok((md, doc, failed))
 }
 
-fn kernel_and_cpus() -> String {
-    format!(
-        "Kernel {}, {} CPUs",
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".to_string()),
-        std::thread::available_parallelism().map_or(0, |p| p.get())
-    )
-}
-
 /// The coordinator inside the private namespace.
 pub fn internal_main(bench: &BenchOpts, opts: &ChurnOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
@@ -1467,17 +1454,8 @@ pub fn internal_main(bench: &BenchOpts, opts: &ChurnOpts) -> Result<ExitCode> {
         Some(k) => netns_churn(opts, k, &exporter, &run_netns)?,
     };
     print!("{md}");
-    if let Some(path) = &opts.json {
-        let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-        text.push('\n');
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report::write_json(opts.json.as_deref(), || report::json_text(&doc))?;
+    Ok(report::exit_code(failed))
 }
 
 /// `churn`: makes the test-owned run-netns directory, hands over to a coordinator inside a

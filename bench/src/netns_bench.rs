@@ -35,7 +35,8 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::{BenchOpts, diag, measure, namespace, proc_util, setup, worker};
+use crate::report::mib;
+use crate::{BenchOpts, diag, measure, namespace, proc_util, report, setup, worker};
 
 /// The daemon's connections interval here: several full passes within one window.
 const CONNECTIONS_INTERVAL: &str = "2s";
@@ -878,34 +879,18 @@ pub fn internal_main(opts: &NamespacesOpts, exporter: &Path) -> Result<ExitCode>
         Some(n) => one_big(&ctx, n)?,
     };
     print!("{markdown}");
-    if let Some(path) = &opts.json {
-        let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-        text.push('\n');
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || report::json_text(&doc))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn environment() -> Value {
     json!({
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".to_string()),
-        "cpus": std::thread::available_parallelism().map_or(0, |p| p.get()),
+        "kernel": report::kernel(),
+        "cpus": report::cpus(),
         "daemon_listen": LISTEN,
         "connections_interval": CONNECTIONS_INTERVAL,
         "scrape_every_seconds": SCRAPE_EVERY.as_secs_f64(),
     })
-}
-
-fn kernel_and_cpus() -> String {
-    let env = environment();
-    format!(
-        "Kernel {}, {} CPUs",
-        env["kernel"].as_str().unwrap_or("unknown"),
-        env["cpus"]
-    )
 }
 
 /// Scenario 1: K small namespaces, the daemon on all of them against the daemon on its
@@ -946,7 +931,7 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
         SCRAPE_EVERY.as_secs(),
         opts.seconds,
         ms(Some(host_walk)),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
     );
     s.push_str(
         "| daemon | namespaces | listeners pass | connections pass | connections sample per \
@@ -1167,7 +1152,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
         SCRAPE_EVERY.as_secs(),
         opts.seconds,
         ms(Some(empty_walk)),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
     );
     let halves: Vec<&Half> = std::iter::once(&shared).chain(private.as_ref()).collect();
     s.push('|');
@@ -1305,10 +1290,6 @@ fn ms(v: Option<f64>) -> String {
             }
         }
     }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {

@@ -2,6 +2,9 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
 
 use serde_json::{Value, json};
 
@@ -22,10 +25,56 @@ pub struct Environment {
     pub baseline_exporter: Option<String>,
 }
 
-fn kernel_release() -> String {
+/// The running kernel's release.
+pub fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |p| p.get())
+}
+
+/// `Kernel <release>, <n> CPUs`, as every report says where it ran.
+pub fn kernel_and_cpus() -> String {
+    format!("Kernel {}, {} CPUs", kernel(), cpus())
+}
+
+/// Milliseconds with two decimals; `-` when unknown.
+pub fn ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |s| format!("{:.2} ms", s * 1000.0))
+}
+
+/// Free text made fit for one table cell: no `|` or line break to split the table.
+pub fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A JSON report as written to `--json`: pretty, ending in a newline.
+pub fn json_text(doc: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
+}
+
+/// Writes the JSON report made by `text` to `path` when `--json` asked for one, and says
+/// so.
+pub fn write_json(path: Option<&Path>, text: impl FnOnce() -> String) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, text()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("sockdiag-bench: results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A benchmark's exit status: 2 when something it measured failed.
+pub fn exit_code(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 impl Environment {
@@ -39,8 +88,8 @@ impl Environment {
         Environment {
             connections: opts.connections,
             runs: opts.runs,
-            kernel: kernel_release(),
-            cpus: std::thread::available_parallelism().map_or(0, |p| p.get()),
+            kernel: kernel(),
+            cpus: cpus(),
             census,
             setup_seconds,
             workers,
@@ -53,7 +102,7 @@ impl Environment {
     }
 }
 
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
@@ -120,12 +169,10 @@ pub fn table(
                 );
             }
             Outcome::Failed(why) => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
-                let _ = writeln!(s, "| `{}` | FAILED: {why}{blanks}", r.label);
+                let _ = writeln!(s, "| `{}` | FAILED: {}{blanks}", r.label, cell(why));
             }
             Outcome::Skipped(why) => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
-                let _ = writeln!(s, "| `{}` | skipped: {why}{blanks}", r.label);
+                let _ = writeln!(s, "| `{}` | skipped: {}{blanks}", r.label, cell(why));
             }
         }
     }
@@ -341,7 +388,5 @@ pub fn json(
         "commands": commands,
         "daemon": daemon,
     });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    json_text(&doc)
 }

@@ -363,20 +363,13 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
 
     let markdown = report::markdown(&env, &results, daemon.as_ref());
     print!("{markdown}");
-    if let Some(path) = &opts.json {
-        let json = report::json(&env, &results, daemon.as_ref());
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || {
+        report::json(&env, &results, daemon.as_ref())
+    })?;
 
     eprintln!("sockdiag-bench: tearing down");
     drop(held_queued);
     drop(fleet);
     drop(listeners);
-    let failed = results.iter().any(|r| r.failed());
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::exit_code(results.iter().any(|r| r.failed())))
 }

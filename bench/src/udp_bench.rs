@@ -26,8 +26,8 @@ use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
+use crate::report::{mib, ms};
 use crate::udp_diag::{self, TCP_ESTABLISHED};
-use crate::unix_bench::{kernel, mib, ms};
 use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report, setup, worker};
 
 /// The namespace's ephemeral range, written explicitly so that which sockets count as
@@ -1305,22 +1305,16 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
         baseline: baseline.map(|b| b.display().to_string()),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
-    if let Some(path) = &opts.json {
-        let text = json_report(&env, &results, sanity.as_ref(), &daemons);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || {
+        json_report(&env, &results, sanity.as_ref(), &daemons)
+    })?;
     eprintln!("sockdiag-bench: tearing down");
     drop(fleet);
     let failed = results.iter().any(CommandResult::failed)
         || daemons
             .iter()
             .any(|d| matches!(d, DaemonRow::Failed { .. }));
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::exit_code(failed))
 }
 
 struct UdpEnv {
@@ -1374,8 +1368,8 @@ fn markdown(
         c.connected,
         env.setup_seconds,
         env.workers,
-        kernel(),
-        std::thread::available_parallelism().map_or(0, |p| p.get()),
+        report::kernel(),
+        report::cpus(),
         env.runs,
     );
     if let Some(b) = &env.baseline {
@@ -1482,11 +1476,11 @@ fn daemon_table(daemons: &[DaemonRow]) -> String {
                 ));
             }
             DaemonRow::Failed { label, why } => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
+                let why = report::cell(why);
                 s.push_str(&format!("| `{label}` | FAILED: {why} | | | | | | |\n"));
             }
             DaemonRow::Skipped { label, why } => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
+                let why = report::cell(why);
                 s.push_str(&format!("| `{label}` | skipped: {why} | | | | | | |\n"));
             }
         }
@@ -1587,8 +1581,8 @@ fn json_report(
         "dual_stack_receivers": env.dual_stack,
         "ip_local_port_range": [env.range.0, env.range.1],
         "runs": env.runs,
-        "kernel": kernel(),
-        "cpus": std::thread::available_parallelism().map_or(0, |p| p.get()),
+        "kernel": report::kernel(),
+        "cpus": report::cpus(),
         "setup_seconds": env.setup_seconds,
         "workers": env.workers,
         "exporter": env.exporter,
@@ -1612,9 +1606,7 @@ fn json_report(
         "daemon_listen": LISTEN,
         "daemons": daemons,
     });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    report::json_text(&doc)
 }
 
 /// `udp`: hands over to a coordinator inside a new user + network namespace.

@@ -25,6 +25,7 @@ use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
+use crate::report::{mib, ms};
 use crate::unix_diag::{self, UnixCensus};
 use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report, setup, worker};
 
@@ -803,14 +804,6 @@ fn run_daemon(
     })
 }
 
-pub(crate) fn ms(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), |s| format!("{:.2} ms", s * 1000.0))
-}
-
-pub(crate) fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
 pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
@@ -911,19 +904,13 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
         baseline: baseline.map(|b| b.display().to_string()),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
-    if let Some(path) = &opts.json {
-        let text = json_report(&env, &results, sanity.as_ref(), &daemons);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || {
+        json_report(&env, &results, sanity.as_ref(), &daemons)
+    })?;
     eprintln!("sockdiag-bench: tearing down");
     drop(fleet);
     let failed = results.iter().any(CommandResult::failed) || daemons.iter().any(Result::is_err);
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::exit_code(failed))
 }
 
 struct UnixEnv {
@@ -971,8 +958,8 @@ fn markdown(
         env.ss.listeners,
         env.ss.over_full,
         env.ss.queued,
-        kernel(),
-        std::thread::available_parallelism().map_or(0, |p| p.get()),
+        report::kernel(),
+        report::cpus(),
         env.runs,
     );
     if let Some(b) = &env.baseline {
@@ -1049,8 +1036,7 @@ fn markdown(
                     ));
                 }
                 Err(e) => {
-                    let e = e.replace('|', "\\|").replace('\n', " ");
-                    s.push_str(&format!("| FAILED: {e} | | | | | |\n"));
+                    s.push_str(&format!("| FAILED: {} | | | | | |\n", report::cell(e)));
                 }
             }
         }
@@ -1077,12 +1063,6 @@ fn markdown(
         }
     }
     s
-}
-
-pub(crate) fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 fn json_report(
@@ -1128,8 +1108,8 @@ fn json_report(
         "listeners": env.listeners,
         "seed": env.seed,
         "runs": env.runs,
-        "kernel": kernel(),
-        "cpus": std::thread::available_parallelism().map_or(0, |p| p.get()),
+        "kernel": report::kernel(),
+        "cpus": report::cpus(),
         "setup_seconds": env.setup_seconds,
         "workers": env.workers,
         "exporter": env.exporter,
@@ -1157,9 +1137,7 @@ fn json_report(
         "daemon_listen": LISTEN,
         "daemons": daemons,
     });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    report::json_text(&doc)
 }
 
 /// `unix`: makes the socket directory, then hands over to a coordinator inside a new user +
