@@ -34,7 +34,7 @@ use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::netns_bench::{label, parse_sample};
 use crate::report::mib;
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report};
+use crate::{BenchOpts, namespace, proc_util, report};
 
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);
 const LOAD_PORT: u16 = 21000;
@@ -126,12 +126,8 @@ impl ChurnOpts {
         if let Some(k) = self.namespaces {
             a.extend(["--namespaces".into(), k.to_string().into()]);
         }
-        if let Some(p) = &self.json {
-            a.extend(["--json".into(), p.into()]);
-        }
-        if let Some(p) = &self.run_netns_dir {
-            a.extend(["--run-netns-dir".into(), p.into()]);
-        }
+        crate::push_flag(&mut a, "--json", self.json.as_deref());
+        crate::push_flag(&mut a, "--run-netns-dir", self.run_netns_dir.as_deref());
         a
     }
 }
@@ -1439,13 +1435,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &ChurnOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     namespace::raise_nofile_limit()?;
-    let exporter = bench.exporter.clone().unwrap_or_else(default_exporter_path);
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
-    }
+    let exporter = crate::resolve_exporter(bench.exporter.as_deref())?;
     let Some(run_netns) = opts.run_netns_dir.clone() else {
         bail!("internal-churn needs --run-netns-dir");
     };
@@ -1462,14 +1452,9 @@ pub fn internal_main(bench: &BenchOpts, opts: &ChurnOpts) -> Result<ExitCode> {
 /// new user + network (+ mount, for named namespaces) namespace, and removes it afterwards.
 pub fn run_outer(bench: BenchOpts, mut opts: ChurnOpts) -> Result<ExitCode> {
     let exporter = crate::resolve_exporter(bench.exporter.as_deref())?;
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    opts.json = crate::absolute(opts.json.take(), "--json")?;
     let run_netns =
         std::env::temp_dir().join(format!("sockdiag-bench-churn-netns.{}", std::process::id()));
-    std::fs::create_dir(&run_netns).with_context(|| format!("creating {}", run_netns.display()))?;
     opts.run_netns_dir = Some(run_netns.clone());
     let mut args: Vec<OsString> = vec!["--exporter".into(), exporter.into()];
     args.push("internal-churn".into());
@@ -1480,14 +1465,10 @@ pub fn run_outer(bench: BenchOpts, mut opts: ChurnOpts) -> Result<ExitCode> {
     } else {
         0
     };
-    let status = namespace::run_in_new_namespace_with(&args, extra);
-    // The mounts died with the namespace; the files they covered are plain files here.
-    if let Err(e) = std::fs::remove_dir_all(&run_netns) {
-        eprintln!(
-            "sockdiag-bench: warning: removing {}: {e}",
-            run_netns.display()
-        );
-    }
+    // The mounts die with the namespace; the files they covered are plain files here.
+    let status = namespace::with_dir(&run_netns, || {
+        namespace::run_in_new_namespace_with(&args, extra)
+    })?;
     namespace::exit_code_of(status?, "the churn coordinator")
 }
 

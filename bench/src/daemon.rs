@@ -154,11 +154,8 @@ pub fn fetch_metrics() -> Result<(Scrape, String), String> {
 /// Starts the daemon, lets it run for `run_for`, reads its CPU time and peak RSS, scrapes it
 /// once, and kills it.
 pub fn run(exporter: &Path, run_for: Duration) -> DaemonOutcome {
-    if !exporter.is_file() {
-        return DaemonOutcome::Skipped(format!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        ));
+    if let Some(why) = crate::exporter_missing(exporter) {
+        return DaemonOutcome::Skipped(why);
     }
     eprintln!(
         "sockdiag-bench: running the exporter daemon on {LISTEN} for {} s",

@@ -223,6 +223,17 @@ pub fn raise_nofile_limit() -> Result<u64> {
     }
 }
 
+/// Makes the directory `dir` for a run, runs it, and removes `dir` with whatever is left in
+/// it afterwards, however the run ended (failing to remove it is only a warning).
+pub fn with_dir<T>(dir: &std::path::Path, run: impl FnOnce() -> T) -> Result<T> {
+    std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = run();
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("sockdiag-bench: warning: removing {}: {e}", dir.display());
+    }
+    Ok(out)
+}
+
 /// The bench's exit code from the coordinator's `status`: its own code when it exited, 130
 /// when the user interrupted it (the namespace and its processes are gone with it), else an
 /// error naming `what` died.

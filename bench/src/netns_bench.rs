@@ -134,12 +134,8 @@ impl NamespacesOpts {
         if self.processes {
             a.push("--processes".into());
         }
-        if let Some(p) = &self.json {
-            a.extend(["--json".into(), p.into()]);
-        }
-        if let Some(p) = &self.run_netns_dir {
-            a.extend(["--run-netns-dir".into(), p.into()]);
-        }
+        crate::push_flag(&mut a, "--json", self.json.as_deref());
+        crate::push_flag(&mut a, "--run-netns-dir", self.run_netns_dir.as_deref());
         a
     }
 }
@@ -867,12 +863,6 @@ pub fn internal_main(opts: &NamespacesOpts, exporter: &Path) -> Result<ExitCode>
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     namespace::raise_nofile_limit()?;
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
-    }
     let ctx = Ctx::new(opts, exporter)?;
     let (markdown, doc) = match opts.big_ns_connections {
         None => many_small(&ctx)?,
@@ -1356,20 +1346,14 @@ fn text_row(name: &str, halves: &[&Half], f: impl Fn(&Half) -> String) -> String
 /// a coordinator inside a new user + network namespace.
 pub fn run_outer(opts: BenchOpts, mut ns: NamespacesOpts) -> Result<ExitCode> {
     let exporter = crate::resolve_exporter(opts.exporter.as_deref())?;
-    if let Some(p) = ns.json.take().or(opts.json) {
-        ns.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    ns.json = crate::absolute(ns.json.take().or(opts.json), "--json")?;
     let run_netns =
         std::env::temp_dir().join(format!("sockdiag-bench-run-netns.{}", std::process::id()));
-    std::fs::create_dir(&run_netns).with_context(|| format!("creating {}", run_netns.display()))?;
     ns.run_netns_dir = Some(run_netns.clone());
     let mut args: Vec<OsString> = vec!["--exporter".into(), exporter.into()];
     args.push("internal-namespaces".into());
     args.extend(ns.to_args());
-    let status = namespace::run_in_new_namespace(&args);
-    let _ = std::fs::remove_dir(&run_netns);
+    let status = namespace::with_dir(&run_netns, || namespace::run_in_new_namespace(&args))?;
     namespace::exit_code_of(status?, "the namespace coordinator")
 }
 

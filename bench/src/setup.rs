@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::diag::{self, Census};
 use crate::report::{self, Environment};
 use crate::worker::{self, DATA, DATA_EVERY, STALL_LIMIT};
-use crate::{BenchOpts, daemon, default_exporter_path, measure, namespace, proc_util};
+use crate::{BenchOpts, daemon, measure, namespace, proc_util};
 
 pub const LISTENERS: u16 = 16;
 pub const FIRST_PORT: u16 = 20000;
@@ -321,7 +321,7 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     let nofile = namespace::raise_nofile_limit()?;
-    let exporter = opts.exporter.clone().unwrap_or_else(default_exporter_path);
+    let exporter = opts.exporter();
     let n = opts.connections;
 
     let per_worker = per_worker(nofile)?;

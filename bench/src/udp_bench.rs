@@ -28,7 +28,7 @@ use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
 use crate::report::{mib, ms};
 use crate::udp_diag::{self, TCP_ESTABLISHED};
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report, setup, worker};
+use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
 /// The namespace's ephemeral range, written explicitly so that which sockets count as
 /// receivers does not depend on the kernel's default.
@@ -1224,7 +1224,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
         );
     }
     let nofile = namespace::raise_nofile_limit()?;
-    let exporter = bench.exporter.clone().unwrap_or_else(default_exporter_path);
+    let exporter = bench.exporter();
     let baseline = opts.baseline_exporter.as_deref();
     let (s, r) = (opts.udp_sockets, opts.receivers);
 
@@ -1611,22 +1611,9 @@ fn json_report(
 
 /// `udp`: hands over to a coordinator inside a new user + network namespace.
 pub fn run_outer(bench: BenchOpts, mut opts: UdpOpts) -> Result<ExitCode> {
-    let exporter = match &bench.exporter {
-        Some(p) => std::path::absolute(p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if let Some(p) = opts.baseline_exporter.take() {
-        opts.baseline_exporter = Some(
-            std::path::absolute(&p)
-                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
-        );
-    }
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    let exporter = crate::exporter_path(bench.exporter.as_deref())?;
+    opts.baseline_exporter = crate::absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
+    opts.json = crate::absolute(opts.json.take(), "--json")?;
     // Refused here rather than inside the namespace, where the message is the same but
     // comes after the namespace was made.
     plan(opts.udp_sockets, opts.receivers, PORT_RANGE.0)?;
@@ -1643,12 +1630,12 @@ pub fn run_outer(bench: BenchOpts, mut opts: UdpOpts) -> Result<ExitCode> {
         "--daemon-seconds".into(),
         opts.daemon_seconds.to_string().into(),
     ];
-    if let Some(b) = &opts.baseline_exporter {
-        args.extend(["--baseline-exporter".into(), b.into()]);
-    }
-    if let Some(p) = &opts.json {
-        args.extend(["--json".into(), p.into()]);
-    }
+    crate::push_flag(
+        &mut args,
+        "--baseline-exporter",
+        opts.baseline_exporter.as_deref(),
+    );
+    crate::push_flag(&mut args, "--json", opts.json.as_deref());
     let status = namespace::run_in_new_namespace(&args)?;
     namespace::exit_code_of(status, "the udp benchmark")
 }

@@ -27,7 +27,7 @@ use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
 use crate::report::{mib, ms};
 use crate::unix_diag::{self, UnixCensus};
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report, setup, worker};
+use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
 /// Descriptors a worker holds at most: the machine's hard limit is 20,000.
 const MAX_FDS_PER_WORKER: u64 = 18_000;
@@ -808,7 +808,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     let nofile = namespace::raise_nofile_limit()?;
-    let exporter = bench.exporter.clone().unwrap_or_else(default_exporter_path);
+    let exporter = bench.exporter();
     let baseline = opts.baseline_exporter.as_deref();
     let Some(dir) = opts.socket_dir.clone() else {
         bail!("internal-unix needs --socket-dir");
@@ -1143,22 +1143,9 @@ fn json_report(
 /// `unix`: makes the socket directory, then hands over to a coordinator inside a new user +
 /// network namespace, and removes the directory afterwards.
 pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
-    let exporter = match &bench.exporter {
-        Some(p) => std::path::absolute(p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if let Some(p) = opts.baseline_exporter.take() {
-        opts.baseline_exporter = Some(
-            std::path::absolute(&p)
-                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
-        );
-    }
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    let exporter = crate::exporter_path(bench.exporter.as_deref())?;
+    opts.baseline_exporter = crate::absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
+    opts.json = crate::absolute(opts.json.take(), "--json")?;
     let dir = std::env::temp_dir().join(format!("sockdiag-bench-unix.{}", std::process::id()));
     // A path-named socket must fit in sockaddr_un (108 bytes with its NUL).
     let longest = dir
@@ -1171,7 +1158,6 @@ pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
             dir.display()
         );
     }
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut args: Vec<OsString> = vec![
         "--exporter".into(),
         exporter.into(),
@@ -1189,16 +1175,13 @@ pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
         "--socket-dir".into(),
         dir.clone().into(),
     ];
-    if let Some(b) = &opts.baseline_exporter {
-        args.extend(["--baseline-exporter".into(), b.into()]);
-    }
-    if let Some(p) = &opts.json {
-        args.extend(["--json".into(), p.into()]);
-    }
-    let status = namespace::run_in_new_namespace(&args);
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        eprintln!("sockdiag-bench: warning: removing {}: {e}", dir.display());
-    }
+    crate::push_flag(
+        &mut args,
+        "--baseline-exporter",
+        opts.baseline_exporter.as_deref(),
+    );
+    crate::push_flag(&mut args, "--json", opts.json.as_deref());
+    let status = namespace::with_dir(&dir, || namespace::run_in_new_namespace(&args))?;
     namespace::exit_code_of(status?, "the unix benchmark")
 }
 
