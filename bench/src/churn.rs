@@ -518,10 +518,10 @@ fn rows_json(rows: &[Row]) -> Value {
 /// `collectors` at least once.
 fn start_daemon(exporter: &Path, args: &[String], collectors: &[&str]) -> Result<daemon::Running> {
     let mut d = daemon::Running::start(exporter, args)?;
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        d.check_alive()?;
-        let why = match daemon::fetch_metrics() {
+    d.ready_or_fail(
+        Duration::from_millis(200),
+        DAEMON_READY_TIMEOUT,
+        |page| match page {
             Ok((s, body)) if s.status_line.contains(" 200") => {
                 let missing: Vec<&&str> = collectors
                     .iter()
@@ -531,22 +531,13 @@ fn start_daemon(exporter: &Path, args: &[String], collectors: &[&str]) -> Result
                         ))
                     })
                     .collect();
-                if missing.is_empty() {
-                    return Ok(d);
-                }
-                format!("no duration yet for {missing:?}")
+                (!missing.is_empty()).then(|| format!("no duration yet for {missing:?}"))
             }
-            Ok((s, _)) => s.status_line,
-            Err(e) => e,
-        };
-        if d.started.elapsed() > DAEMON_READY_TIMEOUT {
-            let tail = d.stderr_tail(600);
-            bail!(
-                "the daemon was not ready within {} s: {why}; its stderr: {tail}",
-                DAEMON_READY_TIMEOUT.as_secs()
-            );
-        }
-    }
+            Ok((s, _)) => Some(s.status_line),
+            Err(e) => Some(e),
+        },
+    )?;
+    Ok(d)
 }
 
 /// One scrape, checked; returns the page for callers that read figures from it.

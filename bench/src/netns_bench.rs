@@ -588,9 +588,7 @@ struct DaemonRun {
     args: Vec<String>,
     namespaces: usize,
     ready_seconds: f64,
-    window_seconds: f64,
-    cpu_seconds: f64,
-    vm_hwm_bytes: u64,
+    window: daemon::Window,
     series: usize,
     bytes: usize,
     scrapes: Vec<Figures>,
@@ -601,7 +599,7 @@ struct DaemonRun {
 
 impl DaemonRun {
     fn cpu_percent(&self) -> f64 {
-        100.0 * self.cpu_seconds / self.window_seconds.max(f64::MIN_POSITIVE)
+        100.0 * self.window.cpu_fraction()
     }
 
     /// Median over scrapes of the last full pass of `collector`.
@@ -642,10 +640,10 @@ impl DaemonRun {
             "daemon_args": self.args,
             "namespaces": self.namespaces,
             "ready_seconds": self.ready_seconds,
-            "window_seconds": self.window_seconds,
-            "cpu_seconds": self.cpu_seconds,
+            "window_seconds": self.window.seconds,
+            "cpu_seconds": self.window.cpu_seconds,
             "cpu_percent_of_one_core": self.cpu_percent(),
-            "peak_rss_bytes": self.vm_hwm_bytes,
+            "peak_rss_bytes": self.window.vm_hwm_bytes,
             "metrics_series": self.series,
             "metrics_bytes": self.bytes,
             "scrapes": self.scrapes.len(),
@@ -699,70 +697,44 @@ fn run_daemon(
         opts.seconds
     );
     let mut d = daemon::Running::start(ctx.exporter, &args)?;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        d.check_alive()?;
-        let why = match daemon::fetch_metrics() {
-            Ok((_, body)) => match Figures::parse(&body).not_ready(&expected) {
-                None => break,
-                Some(why) => why,
-            },
-            Err(e) => e,
-        };
-        if d.started.elapsed() > READY_TIMEOUT {
-            let tail = d.stderr_tail(600);
-            bail!(
-                "the daemon ({label}) did not report every namespace within {} s: {why}{}{tail}",
-                READY_TIMEOUT.as_secs(),
-                if tail.is_empty() {
-                    ""
-                } else {
-                    "; its stderr: "
-                }
-            );
-        }
-    }
+    d.ready_or_fail(
+        Duration::from_millis(250),
+        READY_TIMEOUT,
+        |page| match page {
+            Ok((_, body)) => Figures::parse(&body).not_ready(&expected),
+            Err(e) => Some(e),
+        },
+    )
+    .with_context(|| format!("the daemon ({label}) reporting every namespace"))?;
     let ready_seconds = d.started.elapsed().as_secs_f64();
     // One more connections pass, so that no figure is the first, cold one.
     std::thread::sleep(Duration::from_secs(2));
 
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(opts.seconds);
     let mut scrapes = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     let (mut series, mut bytes) = (0, 0);
-    let mut next = start;
-    while next < end {
-        d.check_alive()?;
-        let (scrape, body) = daemon::fetch_metrics()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("scraping the daemon ({label})"))?;
-        if !scrape.status_line.contains(" 200") {
-            bail!("the daemon ({label}) answered {}", scrape.status_line);
-        }
-        (series, bytes) = (scrape.series, scrape.bytes);
-        let f = Figures::parse(&body);
-        if let Some(why) = f.not_ready(&expected).filter(|w| !warnings.contains(w)) {
-            eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
-            warnings.push(why);
-        }
-        scrapes.push(f);
-        next += SCRAPE_EVERY;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let cpu1 = daemon::cpu_seconds(d.pid)?;
-    let window_seconds = start.elapsed().as_secs_f64();
-    let vm_hwm_bytes = daemon::vm_hwm_bytes(d.pid)?;
+    let window = d
+        .sample_window(
+            Duration::from_secs(opts.seconds),
+            SCRAPE_EVERY,
+            |scrape, body| {
+                (series, bytes) = (scrape.series, scrape.bytes);
+                let f = Figures::parse(body);
+                if let Some(why) = f.not_ready(&expected).filter(|w| !warnings.contains(w)) {
+                    eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
+                    warnings.push(why);
+                }
+                scrapes.push(f);
+            },
+        )
+        .with_context(|| format!("the daemon ({label})"))?;
     drop(d);
     Ok(DaemonRun {
         label: label.to_string(),
         args,
         namespaces: expected.len(),
         ready_seconds,
-        window_seconds,
-        cpu_seconds: cpu1 - cpu0,
-        vm_hwm_bytes,
+        window,
         series,
         bytes,
         scrapes,
@@ -940,7 +912,7 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
             ms(r.per_ns(Role::Small, "connections")),
             ms(r.per_ns(Role::Host, "connections")),
             r.cpu_percent(),
-            mib(r.vm_hwm_bytes),
+            mib(r.window.vm_hwm_bytes),
             r.series,
         ));
     }
@@ -955,8 +927,8 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
         ),
         ratio(Some(all.cpu_percent()), Some(base.cpu_percent())),
         ratio(
-            Some(all.vm_hwm_bytes as f64),
-            Some(base.vm_hwm_bytes as f64)
+            Some(all.window.vm_hwm_bytes as f64),
+            Some(base.window.vm_hwm_bytes as f64)
         ),
         ratio(Some(all.series as f64), Some(base.series as f64)),
     ));
@@ -1187,7 +1159,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
     s.push_str(&figure_row(
         "daemon peak RSS",
         &halves,
-        &|h| Some(h.run.vm_hwm_bytes as f64),
+        &|h| Some(h.run.window.vm_hwm_bytes as f64),
         |v| v.map_or("-".to_string(), |v| mib(v as u64)),
     ));
     s.push_str(&text_row(

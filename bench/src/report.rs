@@ -46,6 +46,17 @@ pub fn ms(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |s| format!("{:.2} ms", s * 1000.0))
 }
 
+/// The median and the longest of a collector's passes as two table cells; the median is
+/// `absent` when the daemon exported none.
+pub fn pass_cells(durations: &[f64]) -> (String, String) {
+    let median = if durations.is_empty() {
+        "absent".to_string()
+    } else {
+        ms(measure::median(durations.to_vec()))
+    };
+    (median, ms(durations.iter().copied().reduce(f64::max)))
+}
+
 /// Free text made fit for one table cell: no `|` or line break to split the table.
 pub fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")

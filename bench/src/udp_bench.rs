@@ -26,7 +26,7 @@ use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
-use crate::report::{mib, ms};
+use crate::report::mib;
 use crate::udp_diag::{self, TCP_ESTABLISHED};
 use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
@@ -66,10 +66,6 @@ const WORKER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Loopback delivery runs in softirq context, usually inside the send, but under load it
 /// may be deferred to ksoftirqd: the census is retried this long.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Daemon start-up work (owner discovery reads every worker's descriptors once) left out
-/// of its CPU figure.
-const DAEMON_WARMUP: Duration = Duration::from_secs(3);
 const SS_UANM: &str = "ss -uanm";
 /// The floor's wall may exceed its CPU by this much (fork + exec, a few ms) before the
 /// table warns that the CPUs were busy.
@@ -861,31 +857,6 @@ fn set_port_range() -> Result<(u16, u16)> {
     }
 }
 
-/// Whether `exporter` has the udp collector, from its `--help`: a build without it would
-/// run the udp-only snapshot with every collector off (or refuse `--no-collector.udp`)
-/// and time nothing.
-pub fn udp_support(exporter: &Path) -> Result<(), String> {
-    if !exporter.is_file() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        ));
-    }
-    let out = Command::new(exporter)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {} --help: {e}", exporter.display()))?;
-    if String::from_utf8_lossy(&out.stdout).contains("--collector.udp") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} has no udp collector (no --collector.udp in its --help): nothing to time",
-            exporter.display()
-        ))
-    }
-}
-
 const UDP_ONLY_FLAGS: [&str; 6] = [
     "--no-collector.listeners",
     "--no-collector.unix",
@@ -907,8 +878,8 @@ fn udp_only(json: bool) -> Vec<&'static str> {
 fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
     let me = std::env::current_exe().context("locating this executable")?;
     let ss = Path::new("ss");
-    let skip = udp_support(exporter).err();
-    let mut specs = vec![
+    let skip = measure::collector_support(exporter, "udp").err();
+    let specs = vec![
         Spec::new(FLOOR_LABEL, &me, &["udp-floor"], None),
         Spec::new(
             "sockdiag-exporter snapshot (udp collector only)",
@@ -925,13 +896,9 @@ fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
         Spec::new(SS_UANM, ss, &["-uanm"], None),
         Spec::new("ss -ulnm", ss, &["-ulnm"], None),
     ];
-    if let Some(b) = baseline {
-        let why = udp_support(b)
-            .err()
-            .map(|e| format!("{e}; baseline row skipped"));
-        specs = measure::add_baseline(specs, exporter, b, |_| why.clone());
-    }
-    Ok(specs)
+    Ok(measure::add_collector_baseline(
+        specs, exporter, baseline, "udp",
+    ))
 }
 
 /// UDP receivers in one snapshot JSON document, and how many of them dropped: objects
@@ -975,24 +942,10 @@ pub fn count_udp_receivers(v: &Value, ports: &BTreeSet<u16>) -> (u64, u64) {
     acc
 }
 
-/// Runs the udp-only snapshot once more, outside the timing, and counts the receivers it
-/// reports.
+/// Receivers (and those with drops) the udp-only snapshot reports, run once more outside
+/// the timing.
 fn snapshot_sanity(exporter: &Path, ports: &BTreeSet<u16>) -> Result<(u64, u64), String> {
-    let out = Command::new(exporter)
-        .args(udp_only(true))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running the snapshot: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the snapshot failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("the snapshot's output is not JSON: {e}"))?;
-    Ok(count_udp_receivers(&v, ports))
+    measure::snapshot_json(exporter, &udp_only(true)).map(|v| count_udp_receivers(&v, ports))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1000,11 +953,7 @@ fn snapshot_sanity(exporter: &Path, ports: &BTreeSet<u16>) -> Result<(u64, u64),
 
 /// One daemon run on the UDP sockets.
 pub struct DaemonUdp {
-    label: String,
-    args: Vec<String>,
-    window: f64,
-    cpu: f64,
-    vm_hwm: u64,
+    run: daemon::Sampled,
     /// `sockdiag_collector_duration_seconds{collector="udp"}`, one per scrape.
     udp_durations: Vec<f64>,
     /// Distinct udp pass timestamps seen, in order: the daemon's cost bound may sample a
@@ -1012,17 +961,11 @@ pub struct DaemonUdp {
     udp_passes: Vec<f64>,
     /// At the last scrape.
     figures: UdpFigures,
-    scrapes: usize,
     /// Whether a udp pass was waited for (the build has the collector and it is on).
     expect_udp: bool,
-    note: Option<String>,
 }
 
 impl DaemonUdp {
-    fn cpu_fraction(&self) -> f64 {
-        self.cpu / self.window.max(f64::MIN_POSITIVE)
-    }
-
     /// Passes completed between the first and the last scrape, and the mean time between
     /// them; `at_least` when every scrape saw a new one (the passes may be faster than the
     /// scrapes).
@@ -1032,7 +975,7 @@ impl DaemonUdp {
         Some(PassRate {
             passes,
             mean_interval: (passes > 0).then(|| (last - first) / passes as f64),
-            at_least: passes + 1 >= self.scrapes,
+            at_least: passes + 1 >= self.run.window.scrapes,
         })
     }
 }
@@ -1112,71 +1055,32 @@ fn run_daemon(
     seconds: u64,
     expect_udp: bool,
 ) -> Result<DaemonUdp> {
-    let mut args = vec!["--log.level".to_string(), "warn".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    eprintln!("sockdiag-bench: daemon ({label_text}) for {seconds} s");
-    let mut d = daemon::Running::start(exporter, &args)?;
-    let mut note = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        d.check_alive()?;
-        if let Ok((s, body)) = daemon::fetch_metrics()
-            && s.status_line.contains(" 200")
-            && body.contains("sockdiag_collector_duration_seconds")
-            && (!expect_udp || udp_figures(&body).duration.is_some())
-        {
-            break;
-        }
-        if d.started.elapsed() > DAEMON_READY_TIMEOUT {
-            note = Some(format!(
-                "no udp sample within {} s",
-                DAEMON_READY_TIMEOUT.as_secs()
-            ));
-            break;
-        }
-    }
-    std::thread::sleep(DAEMON_WARMUP);
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
     let mut durations = Vec::new();
     let mut passes: Vec<f64> = Vec::new();
     let mut figures = UdpFigures::default();
-    let mut scrapes = 0;
-    let mut next = start;
-    while next < end {
-        d.check_alive()?;
-        let (s, body) = daemon::fetch_metrics().map_err(anyhow::Error::msg)?;
-        if !s.status_line.contains(" 200") {
-            bail!("the daemon answered {}", s.status_line);
-        }
-        figures = udp_figures(&body);
-        scrapes += 1;
-        durations.extend(figures.duration);
-        if let Some(t) = figures.last_success
-            && passes.last() != Some(&t)
-        {
-            passes.push(t);
-        }
-        next += Duration::from_secs(1);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let cpu1 = daemon::cpu_seconds(d.pid)?;
-    let window = start.elapsed().as_secs_f64();
-    let vm_hwm = daemon::vm_hwm_bytes(d.pid)?;
-    drop(d);
+    let run = daemon::sample(
+        exporter,
+        label_text,
+        extra,
+        seconds,
+        "udp",
+        |body| !expect_udp || udp_figures(body).duration.is_some(),
+        |body| {
+            figures = udp_figures(body);
+            durations.extend(figures.duration);
+            if let Some(t) = figures.last_success
+                && passes.last() != Some(&t)
+            {
+                passes.push(t);
+            }
+        },
+    )?;
     Ok(DaemonUdp {
-        label: label_text.to_string(),
-        args,
-        window,
-        cpu: cpu1 - cpu0,
-        vm_hwm,
+        run,
         udp_durations: durations,
         udp_passes: passes,
         figures,
-        scrapes,
         expect_udp,
-        note,
     })
 }
 
@@ -1189,7 +1093,7 @@ fn daemons(exporter: &Path, seconds: u64) -> Vec<DaemonRow> {
             why: format!("{} not found", exporter.display()),
         }];
     }
-    let support = udp_support(exporter);
+    let support = measure::collector_support(exporter, "udp");
     let ran = |label: &str, extra: &[&str], expect_udp: bool| match run_daemon(
         exporter, label, extra, seconds, expect_udp,
     ) {
@@ -1271,7 +1175,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
 
     let specs = specs(&exporter, baseline)?;
     let results = measure::measure_specs(&specs, opts.runs);
-    let sanity = match udp_support(&exporter) {
+    let sanity = match measure::collector_support(&exporter, "udp") {
         Ok(()) => Some(snapshot_sanity(&exporter, &ports)),
         Err(_) => None,
     };
@@ -1431,7 +1335,7 @@ fn markdown(
                 s.push_str(&format!(
                     "\nWarning (`{}`): the daemon exported {} receivers ({} with drops), not {} \
                      ({dropping} with drops).\n",
-                    d.label, d.figures.receivers, d.figures.dropping, env.receivers
+                    d.run.label, d.figures.receivers, d.figures.dropping, env.receivers
                 ));
             }
         }
@@ -1449,30 +1353,21 @@ fn daemon_table(daemons: &[DaemonRow]) -> String {
         match d {
             DaemonRow::Ran(d) => {
                 let f = &d.figures;
-                let med = measure::median(d.udp_durations.clone());
-                let max = d.udp_durations.iter().copied().reduce(f64::max);
+                let (med, max) = report::pass_cells(&d.udp_durations);
                 let unexported = if f.unexported > 0.0 {
                     format!(" +{} unexported", f.unexported)
                 } else {
                     String::new()
                 };
                 s.push_str(&format!(
-                    "| `{}` | {:.3} ({:.1}%) | {} | {} | {} | {} / {} | {} ({}){unexported} | {} |\n",
-                    d.label,
-                    d.cpu_fraction(),
-                    100.0 * d.cpu_fraction(),
-                    if d.udp_durations.is_empty() {
-                        "absent".to_string()
-                    } else {
-                        ms(med)
-                    },
-                    ms(max),
+                    "{} {med} | {max} | {} | {} / {} | {} ({}){unexported} | {} |\n",
+                    d.run.row_start(),
                     d.pass_rate().map_or("-".to_string(), |p| p.cell()),
                     f.series,
                     f.udp_series,
                     f.receivers,
                     f.dropping,
-                    mib(d.vm_hwm),
+                    mib(d.run.window.vm_hwm_bytes),
                 ));
             }
             DaemonRow::Failed { label, why } => {
@@ -1496,17 +1391,15 @@ fn daemon_table(daemons: &[DaemonRow]) -> String {
              are the last scrape's. Passes seen: changes of \
              `sockdiag_collector_last_success_timestamp_seconds{{collector=\"udp\"}}` between \
              scrapes (≥ when every scrape saw one: the passes may be more frequent).\n",
-            d.window,
-            DAEMON_WARMUP.as_secs(),
-            d.scrapes
+            d.run.window.seconds,
+            daemon::WARMUP.as_secs(),
+            d.run.window.scrapes
         ));
     }
     for d in daemons {
         if let DaemonRow::Ran(d) = d {
-            if let Some(n) = &d.note {
-                s.push_str(&format!("\nNote (`{}`): {n}.\n", d.label));
-            }
-            if d.udp_durations.is_empty() && !d.expect_udp && d.label == "default collectors" {
+            s.extend(d.run.note_line());
+            if d.udp_durations.is_empty() && !d.expect_udp && d.run.label == "default collectors" {
                 s.push_str(
                     "\nNote: the daemon exports no udp collector duration: this build has no \
                      udp collector, so this row is the daemon without one.\n",
@@ -1541,14 +1434,8 @@ fn json_report(
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| match d {
-            DaemonRow::Ran(d) => json!({
-                "label": d.label,
+            DaemonRow::Ran(d) => d.run.json(json!({
                 "status": "ok",
-                "args": d.args,
-                "window_seconds": d.window,
-                "cpu_seconds": d.cpu,
-                "cpu_fraction_of_one_core": d.cpu_fraction(),
-                "peak_rss_bytes": d.vm_hwm,
                 "udp_duration_seconds_per_scrape": d.udp_durations,
                 "udp_duration_median_seconds": measure::median(d.udp_durations.clone()),
                 "udp_duration_max_seconds": d.udp_durations.iter().copied().reduce(f64::max),
@@ -1561,9 +1448,8 @@ fn json_report(
                 "receivers_exported": d.figures.receivers,
                 "receivers_dropping": d.figures.dropping,
                 "receivers_unexported": d.figures.unexported,
-                "scrapes": d.scrapes,
-                "note": d.note,
-            }),
+                "scrapes": d.run.window.scrapes,
+            })),
             DaemonRow::Failed { label, why } => {
                 json!({"label": label, "status": "failed", "note": why})
             }

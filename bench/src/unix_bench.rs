@@ -25,7 +25,7 @@ use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
-use crate::report::{mib, ms};
+use crate::report::mib;
 use crate::unix_diag::{self, UnixCensus};
 use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
@@ -34,11 +34,6 @@ const MAX_FDS_PER_WORKER: u64 = 18_000;
 const FD_HEADROOM: u64 = 100;
 /// A worker that has not built its share in this long is stuck.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest wait for the daemon's first unix sample.
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Daemon start-up work (owner discovery reads every worker's descriptors once) left out
-/// of its CPU figure.
-const DAEMON_WARMUP: Duration = Duration::from_secs(3);
 const ABSTRACT_PREFIX: &str = "sockdiag-bench/l";
 const SS_XL: &str = "ss -xl";
 
@@ -580,30 +575,6 @@ fn ss_check() -> Result<SsCount> {
     count_ss(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Whether `exporter` has the unix collector, from its `--help`: a build without it would
-/// run the unix-only snapshot with every collector off and time nothing.
-pub fn unix_support(exporter: &Path) -> Result<(), String> {
-    if !exporter.is_file() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        ));
-    }
-    let out = Command::new(exporter)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {} --help: {e}", exporter.display()))?;
-    if String::from_utf8_lossy(&out.stdout).contains("--collector.unix") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} has no unix collector (no --collector.unix in its --help): nothing to time",
-            exporter.display()
-        ))
-    }
-}
-
 const UNIX_ONLY: [&str; 8] = [
     "snapshot",
     "--format",
@@ -628,7 +599,7 @@ const UNIX_ONLY_TABLE: [&str; 6] = [
 fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
     let me = std::env::current_exe().context("locating this executable")?;
     let ss = Path::new("ss");
-    let mut specs = vec![
+    let specs = vec![
         Spec::new(
             "floor (raw unix_diag dump of listeners)",
             &me,
@@ -639,24 +610,20 @@ fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
             "sockdiag-exporter snapshot (unix collector only)",
             exporter,
             &UNIX_ONLY,
-            unix_support(exporter).err(),
+            measure::collector_support(exporter, "unix").err(),
         ),
         Spec::new(
             "sockdiag-exporter snapshot (unix collector only, table)",
             exporter,
             &UNIX_ONLY_TABLE,
-            unix_support(exporter).err(),
+            measure::collector_support(exporter, "unix").err(),
         ),
         Spec::new(SS_XL, ss, &["-xl"], None),
         Spec::new("ss -xlH", ss, &["-xlH"], None),
     ];
-    if let Some(b) = baseline {
-        let why = unix_support(b)
-            .err()
-            .map(|e| format!("{e}; baseline row skipped"));
-        specs = measure::add_baseline(specs, exporter, b, |_| why.clone());
-    }
-    Ok(specs)
+    Ok(measure::add_collector_baseline(
+        specs, exporter, baseline, "unix",
+    ))
 }
 
 /// Unix listeners in one snapshot JSON document: objects whose `family` is `unix`.
@@ -671,47 +638,20 @@ pub fn count_unix_listeners(v: &Value) -> u64 {
     }
 }
 
-/// Runs the unix-only snapshot once more, outside the timing, and counts the unix listeners
-/// it reports.
+/// Unix listeners the unix-only snapshot reports, run once more outside the timing.
 fn snapshot_sanity(exporter: &Path) -> Result<u64, String> {
-    let out = Command::new(exporter)
-        .args(UNIX_ONLY)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running the snapshot: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the snapshot failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("the snapshot's output is not JSON: {e}"))?;
-    Ok(count_unix_listeners(&v))
+    measure::snapshot_json(exporter, &UNIX_ONLY).map(|v| count_unix_listeners(&v))
 }
 
 /// One daemon run on the unix sockets.
 pub struct DaemonUnix {
-    label: String,
-    args: Vec<String>,
-    window: f64,
-    cpu: f64,
-    vm_hwm: u64,
+    run: daemon::Sampled,
     /// `sockdiag_collector_duration_seconds{collector="unix"}`, one per scrape.
     unix_durations: Vec<f64>,
     /// Unix listeners exported (`sockdiag_accept_queue_length{family="unix"}`) at the last
     /// scrape.
     unix_series: u64,
-    scrapes: usize,
     unexported: f64,
-    note: Option<String>,
-}
-
-impl DaemonUnix {
-    fn cpu_fraction(&self) -> f64 {
-        self.cpu / self.window.max(f64::MIN_POSITIVE)
-    }
 }
 
 /// What one scrape says about the unix collector.
@@ -743,64 +683,25 @@ fn run_daemon(
     seconds: u64,
     expect_unix: bool,
 ) -> Result<DaemonUnix> {
-    let mut args = vec!["--log.level".to_string(), "warn".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    eprintln!("sockdiag-bench: daemon ({label_text}) for {seconds} s");
-    let mut d = daemon::Running::start(exporter, &args)?;
-    let mut note = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        d.check_alive()?;
-        if let Ok((s, body)) = daemon::fetch_metrics()
-            && s.status_line.contains(" 200")
-            && body.contains("sockdiag_collector_duration_seconds")
-            && (!expect_unix || unix_figures(&body).0.is_some())
-        {
-            break;
-        }
-        if d.started.elapsed() > DAEMON_READY_TIMEOUT {
-            note = Some(format!(
-                "no unix sample within {} s",
-                DAEMON_READY_TIMEOUT.as_secs()
-            ));
-            break;
-        }
-    }
-    std::thread::sleep(DAEMON_WARMUP);
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
     let (mut durations, mut series, mut unexported) = (Vec::new(), 0, 0.0);
-    let mut scrapes = 0;
-    let mut next = start;
-    while next < end {
-        d.check_alive()?;
-        let (s, body) = daemon::fetch_metrics().map_err(anyhow::Error::msg)?;
-        if !s.status_line.contains(" 200") {
-            bail!("the daemon answered {}", s.status_line);
-        }
-        let (dur, n, u) = unix_figures(&body);
-        scrapes += 1;
-        durations.extend(dur);
-        (series, unexported) = (n, u);
-        next += Duration::from_secs(1);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let cpu1 = daemon::cpu_seconds(d.pid)?;
-    let window = start.elapsed().as_secs_f64();
-    let vm_hwm = daemon::vm_hwm_bytes(d.pid)?;
-    drop(d);
+    let run = daemon::sample(
+        exporter,
+        label_text,
+        extra,
+        seconds,
+        "unix",
+        |body| !expect_unix || unix_figures(body).0.is_some(),
+        |body| {
+            let (dur, n, u) = unix_figures(body);
+            durations.extend(dur);
+            (series, unexported) = (n, u);
+        },
+    )?;
     Ok(DaemonUnix {
-        label: label_text.to_string(),
-        args,
-        window,
-        cpu: cpu1 - cpu0,
-        vm_hwm,
+        run,
         unix_durations: durations,
         unix_series: series,
-        scrapes,
         unexported,
-        note,
     })
 }
 
@@ -855,14 +756,14 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
 
     let specs = specs(&exporter, baseline)?;
     let results = measure::measure_specs(&specs, opts.runs);
-    let sanity = match unix_support(&exporter) {
+    let sanity = match measure::collector_support(&exporter, "unix") {
         Ok(()) => Some(snapshot_sanity(&exporter)),
         Err(_) => None,
     };
 
     let mut daemons: Vec<Result<DaemonUnix, String>> = Vec::new();
     if opts.daemon_seconds > 0 {
-        let has_unix = unix_support(&exporter).is_ok();
+        let has_unix = measure::collector_support(&exporter, "unix").is_ok();
         if exporter.is_file() {
             daemons.push(
                 run_daemon(
@@ -1013,26 +914,17 @@ fn markdown(
         for d in daemons {
             match d {
                 Ok(d) => {
-                    let med = measure::median(d.unix_durations.clone());
-                    let max = d.unix_durations.iter().copied().reduce(f64::max);
+                    let (med, max) = report::pass_cells(&d.unix_durations);
                     let unexported = if d.unexported > 0.0 {
                         format!(" (+{} unexported)", d.unexported)
                     } else {
                         String::new()
                     };
                     s.push_str(&format!(
-                        "| `{}` | {:.3} ({:.1}%) | {} | {} | {}{unexported} | {} |\n",
-                        d.label,
-                        d.cpu_fraction(),
-                        100.0 * d.cpu_fraction(),
-                        if d.unix_durations.is_empty() {
-                            "absent".to_string()
-                        } else {
-                            ms(med)
-                        },
-                        ms(max),
+                        "{} {med} | {max} | {}{unexported} | {} |\n",
+                        d.run.row_start(),
                         d.unix_series,
-                        mib(d.vm_hwm),
+                        mib(d.run.window.vm_hwm_bytes),
                     ));
                 }
                 Err(e) => {
@@ -1045,16 +937,14 @@ fn markdown(
                 "\nCPU over {:.0} s after a {} s warm-up, from utime + stime in /proc/PID/stat; \
                  the unix pass from `sockdiag_collector_duration_seconds{{collector=\"unix\"}}`, \
                  scraped once a second ({} scrapes).\n",
-                d.window,
-                DAEMON_WARMUP.as_secs(),
-                d.scrapes
+                d.run.window.seconds,
+                daemon::WARMUP.as_secs(),
+                d.run.window.scrapes
             ));
         }
         for d in daemons.iter().flatten() {
-            if let Some(n) = &d.note {
-                s.push_str(&format!("\nNote (`{}`): {n}.\n", d.label));
-            }
-            if d.unix_durations.is_empty() && d.label == "default collectors" {
+            s.extend(d.run.note_line());
+            if d.unix_durations.is_empty() && d.run.label == "default collectors" {
                 s.push_str(
                     "\nNote: the daemon exports no unix collector duration: this build has no \
                      unix collector.\n",
@@ -1086,19 +976,12 @@ fn json_report(
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| match d {
-            Ok(d) => json!({
-                "label": d.label,
-                "args": d.args,
-                "window_seconds": d.window,
-                "cpu_seconds": d.cpu,
-                "cpu_fraction_of_one_core": d.cpu_fraction(),
-                "peak_rss_bytes": d.vm_hwm,
+            Ok(d) => d.run.json(json!({
                 "unix_duration_seconds_per_scrape": d.unix_durations,
                 "unix_duration_median_seconds": measure::median(d.unix_durations.clone()),
                 "unix_listeners_exported": d.unix_series,
                 "unix_listeners_unexported": d.unexported,
-                "note": d.note,
-            }),
+            })),
             Err(e) => json!({"status": "failed", "note": e}),
         })
         .collect();
