@@ -16,10 +16,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -31,10 +30,10 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::helper::Helper;
+use crate::helper::{self, Helper};
 use crate::netns_bench::{label, parse_sample};
 use crate::report::mib;
-use crate::{BenchOpts, namespace, proc_util, report};
+use crate::{BenchOpts, namespace, proc_util, report, worker};
 
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);
 const LOAD_PORT: u16 = 21000;
@@ -811,10 +810,7 @@ pub fn load_main(args: &LoadArgs) -> Result<ExitCode> {
     namespace::raise_nofile_limit()?;
     let listener = tcp_listener(LOAD_PORT, LOAD_BACKLOG, true)
         .with_context(|| format!("listening on 127.0.0.1:{LOAD_PORT}"))?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready")
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator")?;
+    worker::say_ready("")?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
     let stop = Arc::new(AtomicBool::new(false));
@@ -861,8 +857,7 @@ pub fn load_main(args: &LoadArgs) -> Result<ExitCode> {
         })
         .collect();
     detail.sort();
-    writeln!(
-        out,
+    worker::say_line(&format!(
         "done connects={connects} accepted={} failed={failed} toggles={} toggle_failed={} \
          seconds={seconds:.3} errors={}",
         accepted.load(Ordering::Relaxed),
@@ -873,9 +868,7 @@ pub fn load_main(args: &LoadArgs) -> Result<ExitCode> {
         } else {
             detail.join(",")
         }
-    )
-    .and_then(|()| out.flush())
-    .context("reporting to the coordinator")?;
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -904,20 +897,12 @@ fn tcp_churn(opts: &ChurnOpts, exporter: &Path, run_netns: &Path) -> Result<(Str
     let cpu0 = daemon::cpu_seconds(d.pid)?;
     let cpu_from = Instant::now();
 
-    let exe = std::env::current_exe().context("locating this executable")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let mut cmd = Command::new(&exe);
-    cmd.arg("internal-churn-load")
-        .args(["--seconds", &opts.seconds.to_string()])
+    let mut cmd = helper::bench_command("internal-churn-load")?;
+    cmd.args(["--seconds", &opts.seconds.to_string()])
         .args(["--rate", &opts.rate.to_string()])
-        .args(["--threads", &opts.load_threads.to_string()])
-        .args(["--parent", &me.to_string()]);
+        .args(["--threads", &opts.load_threads.to_string()]);
     let mut load = Helper::spawn(cmd, "the churn load")?;
-    let line = load.read_line(Duration::from_secs(10))?;
-    if line != "ready" {
-        bail!("unexpected line from the churn load: {line:?}");
-    }
+    load.wait_ready(Duration::from_secs(10))?;
     eprintln!(
         "sockdiag-bench: churn: load running for {} s, scraping every {} ms",
         opts.seconds,
@@ -1200,23 +1185,9 @@ fn netns_churn(
                         "--connections",
                         "0",
                     ]);
-                    // SAFETY: unshare is async-signal-safe and touches no memory of ours.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                                return Err(io::Error::last_os_error());
-                            }
-                            Ok(())
-                        });
-                    }
+                    namespace::in_new_netns(&mut cmd);
                     let mut holder = Helper::spawn(cmd, "a namespace holder")?;
-                    let line = holder.read_line(Duration::from_secs(30))?;
-                    if !line.starts_with("ready") {
-                        bail!(
-                            "unexpected line from namespace holder {}: {line:?}",
-                            holder.pid
-                        );
-                    }
+                    holder.wait_ready(Duration::from_secs(30))?;
                     let mut ns = Ns {
                         holder,
                         named: None,

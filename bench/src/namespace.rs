@@ -223,6 +223,21 @@ pub fn raise_nofile_limit() -> Result<u64> {
     }
 }
 
+/// Makes `cmd` start in a network namespace of its own, created from the caller's (which is
+/// when the kernel reads the caller's `tcp_child_ehash_entries`).
+pub fn in_new_netns(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: unshare is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes the directory `dir` for a run, runs it, and removes `dir` with whatever is left in
 /// it afterwards, however the run ended (failing to remove it is only a warning).
 pub fn with_dir<T>(dir: &std::path::Path, run: impl FnOnce() -> T) -> Result<T> {

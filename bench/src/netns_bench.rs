@@ -22,12 +22,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -35,8 +34,9 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
+use crate::helper::Helper;
 use crate::report::mib;
-use crate::{BenchOpts, diag, measure, namespace, proc_util, report, setup, worker};
+use crate::{BenchOpts, diag, measure, namespace, report, setup, worker};
 
 /// The daemon's connections interval here: several full passes within one window.
 const CONNECTIONS_INTERVAL: &str = "2s";
@@ -231,11 +231,7 @@ pub fn holder_main(args: &HolderArgs) -> Result<ExitCode> {
         }
     };
     let ehash = own_ehash_entries().map_or_else(|| "?".to_string(), |e| e.to_string());
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {ehash}")
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator (is it gone?)")?;
-    drop(out);
+    worker::say_ready(&ehash)?;
 
     worker::hold_until_stdin_closes();
     drop(fleet);
@@ -256,14 +252,12 @@ enum Role {
 }
 
 struct Holder {
-    pid: i32,
-    child: Child,
+    helper: Helper,
     role: Role,
     /// The inode of its network namespace, as `sockdiag_netns_info{inode}` shows it.
     inode: u64,
     /// Its `tcp_ehash_entries` (negative: the host-wide table); `None` if unknown.
     ehash: Option<i64>,
-    line: Vec<u8>,
 }
 
 /// Every holder started so far. Dropping it ends them all, by pid: on success and on
@@ -284,35 +278,17 @@ impl Holders {
     /// when the kernel reads the caller's `tcp_child_ehash_entries`.
     fn spawn(&mut self, exe: &Path, role: Role, holder_args: &[String]) -> Result<()> {
         let mut cmd = Command::new(exe);
-        cmd.arg("internal-netns-holder")
-            .args(holder_args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: unshare is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        proc_util::tie_to_this_process(&mut cmd);
-        let child = cmd
-            .spawn()
-            .context("starting a namespace holder in a new network namespace")?;
-        let pid = i32::try_from(child.id()).context("holder pid out of range")?;
+        cmd.arg("internal-netns-holder").args(holder_args);
+        namespace::in_new_netns(&mut cmd);
+        let helper = Helper::spawn(cmd, "a namespace holder")?;
+        let path = format!("/proc/{}/ns/net", helper.pid);
         // Pushed before anything can fail, so that Drop ends it.
         self.list.push(Holder {
-            pid,
-            child,
+            helper,
             role,
             inode: 0,
             ehash: None,
-            line: Vec::new(),
         });
-        let path = format!("/proc/{pid}/ns/net");
         let inode = std::fs::metadata(&path)
             .with_context(|| format!("stat of {path}"))?
             .ino();
@@ -325,58 +301,10 @@ impl Holders {
     /// Waits until every holder from `from` on has said `ready`, for at most `timeout`.
     fn wait_ready(&mut self, from: usize, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        for i in from..self.list.len() {
-            loop {
-                let h = &mut self.list[i];
-                if let Some(pos) = h.line.iter().position(|&b| b == b'\n') {
-                    let line = String::from_utf8_lossy(&h.line[..pos]).trim().to_string();
-                    match line.split_whitespace().collect::<Vec<_>>()[..] {
-                        ["ready", e] => h.ehash = e.parse().ok(),
-                        _ => bail!("unexpected line from holder {}: {line:?}", h.pid),
-                    }
-                    break;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    bail!(
-                        "namespace holder {} was not ready within {} s",
-                        h.pid,
-                        timeout.as_secs()
-                    );
-                }
-                let Some(out) = h.child.stdout.as_mut() else {
-                    bail!("holder {} has no stdout", h.pid);
-                };
-                let mut pfd = libc::pollfd {
-                    fd: out.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let ms = i32::try_from(left.as_millis().clamp(1, 1000)).unwrap_or(1000);
-                // SAFETY: one valid pollfd.
-                if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
-                    continue;
-                }
-                let mut chunk = [0u8; 256];
-                match out.read(&mut chunk) {
-                    Ok(0) => {
-                        let status =
-                            match proc_util::wait_with_timeout(h.pid, Duration::from_secs(10)) {
-                                Ok(Some(r)) => r.describe(),
-                                Ok(None) => "hung after closing its stdout".to_string(),
-                                Err(e) => format!("not reapable: {e}"),
-                            };
-                        h.child.stdin = None;
-                        h.pid = 0;
-                        bail!(
-                            "a namespace holder stopped before it was ready ({status}); its error is above"
-                        );
-                    }
-                    Ok(n) => h.line.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e).context("reading a namespace holder"),
-                }
-            }
+        for h in &mut self.list[from..] {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ehash = h.helper.wait_ready(left)?;
+            h.ehash = ehash.parse().ok();
         }
         Ok(())
     }
@@ -385,22 +313,16 @@ impl Holders {
     /// ends its workers first), then kills and reaps the rest, each by its pid.
     fn shutdown(&mut self) {
         for h in &mut self.list {
-            drop(h.child.stdin.take());
+            h.helper.close_stdin();
         }
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        for h in self.list.drain(..) {
-            if h.pid <= 0 {
-                continue;
-            }
+        for mut h in self.list.drain(..) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match proc_util::wait_with_timeout(h.pid, left.max(Duration::from_millis(1))) {
-                Ok(Some(_)) => {}
-                // Timed out: wait_with_timeout has killed and reaped it.
-                Ok(None) => eprintln!(
+            if !h.helper.stop(left.max(Duration::from_millis(1))) {
+                eprintln!(
                     "sockdiag-bench: namespace holder {} did not exit in time; killed",
-                    h.pid
-                ),
-                Err(_) => proc_util::kill_and_reap(h.pid),
+                    h.helper.pid
+                );
             }
         }
     }

@@ -23,7 +23,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::helper::Helper;
+use crate::helper::{self, Helper};
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
 use crate::report::mib;
@@ -743,7 +743,6 @@ fn open_client(c: &ClientPlan) -> Result<OwnedFd> {
 /// `internal-udp-worker`: builds its share, says `ready <sockets>`, and holds everything
 /// until stdin closes.
 pub fn worker_main(args: &UdpWorkerArgs) -> Result<ExitCode> {
-    use std::io::Write;
     proc_util::die_with_parent(args.parent).context("the coordinator is gone")?;
     namespace::raise_nofile_limit()?;
     let plan = plan(args.udp_sockets, args.receivers, PORT_RANGE.0)?;
@@ -760,11 +759,7 @@ pub fn worker_main(args: &UdpWorkerArgs) -> Result<ExitCode> {
         let c = plan.client(k);
         held.push(open_client(&c).with_context(|| format!("client {k} ({c:?})"))?);
     }
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {}", held.len())
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator (is it gone?)")?;
-    drop(out);
+    worker::say_ready(&held.len().to_string())?;
     worker::hold_until_stdin_closes();
     // The kernel closes 18,000 sockets faster than we would one by one.
     std::process::exit(0);
@@ -811,35 +806,20 @@ pub fn assign(plan: &Plan, max_fds: u64) -> Result<Vec<WorkerShare>> {
 }
 
 fn build(shares: &[WorkerShare], opts: &UdpOpts, parallel: usize) -> Result<Vec<Helper>> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let mut fleet: Vec<Helper> = Vec::with_capacity(shares.len());
     // The receivers first and alone: the rest need nothing from them (a UDP connect sends
     // nothing), but a failure there is the likeliest and should come first.
-    for batch in std::iter::once(&shares[..1]).chain(shares[1..].chunks(parallel.max(1))) {
-        let from = fleet.len();
-        for w in batch {
-            let mut cmd = Command::new(&exe);
-            cmd.arg("internal-udp-worker")
-                .args(["--udp-sockets", &opts.udp_sockets.to_string()])
-                .args(["--receivers", &opts.receivers.to_string()])
-                .args(["--first", &w.first.to_string()])
-                .args(["--count", &w.count.to_string()])
-                .args(["--parent", &me.to_string()]);
-            if w.with_receivers {
-                cmd.arg("--with-receivers");
-            }
-            fleet.push(Helper::spawn(cmd, "a udp worker")?);
+    let batches = std::iter::once(&shares[..1]).chain(shares[1..].chunks(parallel.max(1)));
+    helper::start_fleet(batches, "a udp worker", WORKER_TIMEOUT, |w| {
+        let mut cmd = helper::bench_command("internal-udp-worker")?;
+        cmd.args(["--udp-sockets", &opts.udp_sockets.to_string()])
+            .args(["--receivers", &opts.receivers.to_string()])
+            .args(["--first", &w.first.to_string()])
+            .args(["--count", &w.count.to_string()]);
+        if w.with_receivers {
+            cmd.arg("--with-receivers");
         }
-        for h in &mut fleet[from..] {
-            let line = h.read_line(WORKER_TIMEOUT)?;
-            if !line.starts_with("ready ") {
-                bail!("unexpected line from udp worker {}: {line:?}", h.pid);
-            }
-        }
-    }
-    Ok(fleet)
+        Ok((cmd, None))
+    })
 }
 
 /// Sets the namespace's ephemeral range to [`PORT_RANGE`] and returns what it reads back.

@@ -22,7 +22,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::helper::Helper;
+use crate::helper::{self, Helper};
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
 use crate::report::mib;
@@ -431,7 +431,7 @@ fn accepted_pair(dir: &Path, l: &ListenerPlan, listener: &OwnedFd) -> Result<[Ow
 /// `internal-unix-worker`: reads its plan on stdin (`L ...` lines, `P pairs`, `END`), builds
 /// it, says `ready <sockets>`, and holds everything until stdin closes.
 pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
-    use std::io::{BufRead, Write};
+    use std::io::BufRead;
     proc_util::die_with_parent(args.parent).context("the coordinator is gone")?;
     namespace::raise_nofile_limit()?;
     let mut listeners = Vec::new();
@@ -472,12 +472,7 @@ pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
         };
         held.extend(pair);
     }
-    let sockets = built.len() + held.len();
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {sockets}")
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator (is it gone?)")?;
-    drop(out);
+    worker::say_ready(&(built.len() + held.len()).to_string())?;
     worker::hold_until_stdin_closes();
     // The kernel closes 18,000 sockets faster than we would one by one.
     std::process::exit(0);
@@ -489,38 +484,21 @@ pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
 /// Starts the workers, at most `parallel` building at once, and waits until each holds its
 /// share. Dropping the returned helpers ends them.
 fn build(workers: &[WorkerPlan], dir: &Path, parallel: usize) -> Result<Vec<Helper>> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let mut fleet: Vec<Helper> = Vec::with_capacity(workers.len());
-    for batch in workers.chunks(parallel.max(1)) {
-        let from = fleet.len();
-        for w in batch {
-            let mut cmd = Command::new(&exe);
-            cmd.arg("internal-unix-worker")
-                .arg("--dir")
-                .arg(dir)
-                .args(["--parent", &me.to_string()]);
-            let h = Helper::spawn(cmd, "a unix worker")?;
+    helper::start_fleet(
+        workers.chunks(parallel.max(1)),
+        "a unix worker",
+        WORKER_TIMEOUT,
+        |w| {
+            let mut cmd = helper::bench_command("internal-unix-worker")?;
+            cmd.arg("--dir").arg(dir);
             let mut text = String::with_capacity(40 * w.listeners.len() + 32);
             for l in &w.listeners {
                 text.push_str(&l.line());
             }
             text.push_str(&format!("P {}\nEND\n", w.pairs));
-            // Pushed before the plan is sent, so that an error still ends it.
-            fleet.push(h);
-            if let Some(h) = fleet.last_mut() {
-                h.send(&text)?;
-            }
-        }
-        for h in &mut fleet[from..] {
-            let line = h.read_line(WORKER_TIMEOUT)?;
-            if !line.starts_with("ready ") {
-                bail!("unexpected line from unix worker {}: {line:?}", h.pid);
-            }
-        }
-    }
-    Ok(fleet)
+            Ok((cmd, Some(text)))
+        },
+    )
 }
 
 /// What `ss -xlH` shows, to check the setup with the tool operators trust.

@@ -181,10 +181,27 @@ fn listener_port(fd: RawFd) -> Result<u16> {
     Ok(u16::from_be(sa.sin_port))
 }
 
-fn report(out: &mut impl Write, word: &str, connected: u64, accepted: u64) -> Result<()> {
-    writeln!(out, "{word} {connected} {accepted}")
+fn report(word: &str, connected: u64, accepted: u64) -> Result<()> {
+    say_line(&format!("{word} {connected} {accepted}"))
+}
+
+/// Writes one line to the coordinator, at once.
+pub fn say_line(line: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .context("reporting to the coordinator (is it gone?)")
+}
+
+/// Tells the coordinator (`ready` and `what`, if anything) that this helper holds what it
+/// was asked to build.
+pub fn say_ready(what: &str) -> Result<()> {
+    let line = if what.is_empty() {
+        "ready".to_string()
+    } else {
+        format!("ready {what}")
+    };
+    say_line(&line)
 }
 
 pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
@@ -198,7 +215,6 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
     let n = args.clients;
     let mut clients = Vec::with_capacity(n as usize);
     let mut servers = Vec::with_capacity(n as usize);
-    let mut out = io::stdout().lock();
     let (mut connected, mut accepted) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     let mut next_report = PROGRESS_EVERY;
@@ -228,12 +244,11 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
             wait_readable(&args.listen_fds, Duration::from_secs(1));
         }
         if connected + accepted >= next_report {
-            report(&mut out, "progress", connected, accepted)?;
+            report("progress", connected, accepted)?;
             next_report += PROGRESS_EVERY;
         }
     }
-    report(&mut out, "ready", connected, accepted)?;
-    drop(out);
+    report("ready", connected, accepted)?;
 
     // Hold every socket until the coordinator closes our stdin (or dies: PDEATHSIG).
     hold_until_stdin_closes();
