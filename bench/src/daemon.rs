@@ -347,19 +347,18 @@ impl Sampled {
 
     /// What every benchmark's JSON says of a daemon run; `more` adds its own figures.
     pub fn json(&self, more: Value) -> Value {
-        let mut v = json!({
-            "label": self.label,
-            "args": self.args,
-            "window_seconds": self.window.seconds,
-            "cpu_seconds": self.window.cpu_seconds,
-            "cpu_fraction_of_one_core": self.window.cpu_fraction(),
-            "peak_rss_bytes": self.window.vm_hwm_bytes,
-            "note": self.note,
-        });
-        if let (Some(v), Value::Object(more)) = (v.as_object_mut(), more) {
-            v.extend(more);
-        }
-        v
+        crate::report::merge(
+            json!({
+                "label": self.label,
+                "args": self.args,
+                "window_seconds": self.window.seconds,
+                "cpu_seconds": self.window.cpu_seconds,
+                "cpu_fraction_of_one_core": self.window.cpu_fraction(),
+                "peak_rss_bytes": self.window.vm_hwm_bytes,
+                "note": self.note,
+            }),
+            more,
+        )
     }
 }
 

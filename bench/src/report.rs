@@ -15,14 +15,68 @@ use crate::measure::{self, CommandResult, Outcome};
 
 pub struct Environment {
     pub connections: u64,
-    pub runs: u32,
-    pub kernel: String,
-    pub cpus: usize,
     pub census: Census,
+    pub run: RunInfo,
+}
+
+/// How a benchmark ran, as every report says it.
+pub struct RunInfo {
+    pub runs: u32,
     pub setup_seconds: f64,
     pub workers: usize,
     pub exporter: String,
-    pub baseline_exporter: Option<String>,
+    pub baseline: Option<String>,
+}
+
+impl RunInfo {
+    pub fn new(
+        runs: u32,
+        setup_seconds: f64,
+        workers: usize,
+        exporter: &Path,
+        baseline: Option<&Path>,
+    ) -> RunInfo {
+        RunInfo {
+            runs,
+            setup_seconds,
+            workers,
+            exporter: exporter.display().to_string(),
+            baseline: baseline.map(|b| b.display().to_string()),
+        }
+    }
+
+    /// `Kernel <release>, <n> CPUs, <runs> run(s) per command, medians shown.`
+    pub fn environment(&self) -> String {
+        format!(
+            "{}, {} run(s) per command, medians shown.",
+            kernel_and_cpus(),
+            self.runs
+        )
+    }
+
+    /// A report's JSON: these fields, and those of `more`.
+    pub fn json(&self, more: Value) -> Value {
+        merge(
+            json!({
+                "runs": self.runs,
+                "kernel": kernel(),
+                "cpus": cpus(),
+                "setup_seconds": self.setup_seconds,
+                "workers": self.workers,
+                "exporter": self.exporter,
+                "baseline_exporter": self.baseline,
+            }),
+            more,
+        )
+    }
+}
+
+/// The fields of JSON object `a` and those of `b`.
+pub fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
 }
 
 /// The running kernel's release.
@@ -98,17 +152,14 @@ impl Environment {
     ) -> Self {
         Environment {
             connections: opts.connections,
-            runs: opts.runs,
-            kernel: kernel(),
-            cpus: cpus(),
             census,
-            setup_seconds,
-            workers,
-            exporter: exporter.display().to_string(),
-            baseline_exporter: opts
-                .baseline_exporter
-                .as_ref()
-                .map(|p| p.display().to_string()),
+            run: RunInfo::new(
+                opts.runs,
+                setup_seconds,
+                workers,
+                exporter,
+                opts.baseline_exporter.as_deref(),
+            ),
         }
     }
 }
@@ -190,6 +241,75 @@ pub fn table(
     s
 }
 
+/// Every command's figures for the JSON reports, each with what `more` adds.
+pub fn commands_json(
+    results: &[CommandResult],
+    mut more: impl FnMut(&CommandResult, &mut Value),
+) -> Vec<Value> {
+    let ratios = measure::baseline_ratios(results);
+    results
+        .iter()
+        .zip(ratios)
+        .map(|(r, pair)| {
+            let mut v = command_json(r, results, pair);
+            more(r, &mut v);
+            v
+        })
+        .collect()
+}
+
+/// The wall ratio of a row to the row labelled `label`, paired by round (see
+/// [`measure::paired_ratio`]).
+pub fn paired_wall_ratio<'a>(
+    results: &'a [CommandResult],
+    label: &str,
+) -> impl Fn(&CommandResult) -> Option<f64> + 'a {
+    let to = results.iter().find(|r| r.label == label);
+    move |r| to.and_then(|to| measure::paired_ratio(r, to, measure::wall_of))
+}
+
+/// The results of a benchmark measured against `reference` (an `ss` row run in the same
+/// rounds): who is under test, the table with each row's wall ratio to `reference`, paired
+/// by round, and how the exporter's first row compares with the floor (`what` names its
+/// snapshot, e.g. `unix-only`).
+pub fn paired_results(
+    results: &[CommandResult],
+    run: &RunInfo,
+    reference: &str,
+    what: &str,
+) -> String {
+    let mut s = String::new();
+    if let Some(b) = &run.baseline {
+        let _ = write!(
+            s,
+            "Exporter under test: `{}`; baseline: `{b}`.\n\n",
+            run.exporter
+        );
+    }
+    let to_reference = paired_wall_ratio(results, reference);
+    let ratio = |r: &CommandResult| to_reference(r).map_or("-".to_string(), |x| format!("{x:.2}x"));
+    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
+    s.push_str(&table(
+        results,
+        &format!("wall ratio to `{reference}` (paired)"),
+        &ratio,
+        with_baseline,
+    ));
+    let exporter_row = results
+        .iter()
+        .find(|r| r.label.starts_with("sockdiag-exporter") && r.baseline_of.is_none());
+    let floor = results.iter().find(|r| r.is_floor());
+    if let (Some(e), Some(f)) = (exporter_row, floor)
+        && let Some(x) = measure::paired_ratio(e, f, measure::wall_of)
+    {
+        let _ = write!(
+            s,
+            "\nThe exporter's {what} snapshot takes {x:.2}x the floor's wall time (paired).\n"
+        );
+    }
+    s
+}
+
 /// One command's figures for the JSON reports.
 pub fn command_json(
     r: &CommandResult,
@@ -260,25 +380,22 @@ pub fn markdown(
         s,
         "## sockdiag-bench: {} connections\n\n\
          {} TCP sockets in a private network namespace ({} listeners, {} connections in \
-         accept queues, {} bytes unread in Recv-Q), set up in {:.1} s by {} workers. \
-         Kernel {}, {} CPUs, {} run(s) per command, medians shown.\n",
+         accept queues, {} bytes unread in Recv-Q), set up in {:.1} s by {} workers. {}\n",
         env.connections,
         c.sockets,
         c.listeners,
         c.accept_queued,
         c.recv_q_bytes,
-        env.setup_seconds,
-        env.workers,
-        env.kernel,
-        env.cpus,
-        env.runs,
+        env.run.setup_seconds,
+        env.run.workers,
+        env.run.environment(),
     );
-    if let Some(b) = &env.baseline_exporter {
+    if let Some(b) = &env.run.baseline {
         let _ = writeln!(
             s,
             "Exporter under test: `{}`; baseline: `{b}` (rows marked `[baseline]`, run back \
              to back with the row above them, in alternating order).\n",
-            env.exporter
+            env.run.exporter
         );
     }
     let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
@@ -342,19 +459,12 @@ pub fn json(
     daemon: Option<&DaemonOutcome>,
 ) -> String {
     let floor = floor_wall(results);
-    let ratios = measure::baseline_ratios(results);
-    let commands: Vec<Value> = results
-        .iter()
-        .zip(ratios)
-        .map(|(r, pair)| {
-            let mut v = command_json(r, results, pair);
-            v["wall_ratio_to_floor"] = match (r.median_wall(), floor) {
-                (Some(w), Some(f)) if f > 0.0 => json!(w / f),
-                _ => Value::Null,
-            };
-            v
-        })
-        .collect();
+    let commands = commands_json(results, |r, v| {
+        v["wall_ratio_to_floor"] = match (r.median_wall(), floor) {
+            (Some(w), Some(f)) if f > 0.0 => json!(w / f),
+            _ => Value::Null,
+        };
+    });
     let daemon = match daemon {
         None => Value::Null,
         Some(DaemonOutcome::Skipped(why)) => json!({"status": "skipped", "note": why}),
@@ -378,15 +488,8 @@ pub fn json(
         }),
     };
     let c = &env.census;
-    let doc = json!({
+    let doc = env.run.json(json!({
         "connections": env.connections,
-        "runs": env.runs,
-        "kernel": env.kernel,
-        "cpus": env.cpus,
-        "setup_seconds": env.setup_seconds,
-        "workers": env.workers,
-        "exporter": env.exporter,
-        "baseline_exporter": env.baseline_exporter,
         "sockets": {
             "total": c.sockets,
             "listeners": c.listeners,
@@ -398,6 +501,6 @@ pub fn json(
         },
         "commands": commands,
         "daemon": daemon,
-    });
+    }));
     json_text(&doc)
 }

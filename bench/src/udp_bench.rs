@@ -1180,13 +1180,9 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
             .iter()
             .filter(|r| r.bind == Bind::Dual)
             .count(),
-        runs: opts.runs,
         range: (low, high),
-        setup_seconds,
-        workers: fleet.len(),
         census,
-        exporter: exporter.display().to_string(),
-        baseline: baseline.map(|b| b.display().to_string()),
+        run: report::RunInfo::new(opts.runs, setup_seconds, fleet.len(), &exporter, baseline),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
     report::write_json(opts.json.as_deref(), || {
@@ -1207,17 +1203,9 @@ struct UdpEnv {
     receiver_ports: usize,
     groups: u64,
     dual_stack: usize,
-    runs: u32,
     range: (u16, u16),
-    setup_seconds: f64,
-    workers: usize,
     census: UdpCensus,
-    exporter: String,
-    baseline: Option<String>,
-}
-
-fn ss_row(results: &[CommandResult]) -> Option<&CommandResult> {
-    results.iter().find(|r| r.label == SS_UANM)
+    run: report::RunInfo,
 }
 
 fn markdown(
@@ -1233,8 +1221,7 @@ fn markdown(
          {} ports below the ephemeral range {}-{} ({} SO_REUSEPORT groups of {GROUP_SIZE}, \
          {} dual-stack), {} with a tiny buffer, {} with datagrams queued, {} flooded until \
          they dropped; the rest clients on ephemeral ports, {} sockets connected. Set up in \
-         {:.1} s by {} workers; `ss -uanmH` agrees. Kernel {}, {} CPUs, {} run(s) per \
-         command, medians shown.\n\n",
+         {:.1} s by {} workers; `ss -uanmH` agrees. {}\n\n",
         env.sockets,
         env.receivers,
         c.sockets,
@@ -1250,41 +1237,13 @@ fn markdown(
         c.queued_ports.len(),
         c.dropping_ports.len(),
         c.connected,
-        env.setup_seconds,
-        env.workers,
-        report::kernel(),
-        report::cpus(),
-        env.runs,
+        env.run.setup_seconds,
+        env.run.workers,
+        env.run.environment(),
     );
-    if let Some(b) = &env.baseline {
-        s.push_str(&format!(
-            "Exporter under test: `{}`; baseline: `{b}`.\n\n",
-            env.exporter
-        ));
-    }
-    let ss = ss_row(results);
-    let ratio = |r: &CommandResult| {
-        ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of))
-            .map_or("-".to_string(), |x| format!("{x:.2}x"))
-    };
-    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
-    s.push_str(&report::table(
-        results,
-        "wall ratio to `ss -uanm` (paired)",
-        &ratio,
-        with_baseline,
+    s.push_str(&report::paired_results(
+        results, &env.run, SS_UANM, "udp-only",
     ));
-    let exporter_row = results
-        .iter()
-        .find(|r| r.label.starts_with("sockdiag-exporter") && r.baseline_of.is_none());
-    let floor = results.iter().find(|r| r.is_floor());
-    if let (Some(e), Some(f)) = (exporter_row, floor)
-        && let Some(x) = measure::paired_ratio(e, f, measure::wall_of)
-    {
-        s.push_str(&format!(
-            "\nThe exporter's udp-only snapshot takes {x:.2}x the floor's wall time (paired).\n"
-        ));
-    }
     if let Some(w) = report::floor_busy_warning(results, FLOOR_GAP_TOLERATED) {
         s.push_str(&format!("\n{w}\n"));
     }
@@ -1396,21 +1355,12 @@ fn json_report(
     sanity: Option<&Result<(u64, u64), String>>,
     daemons: &[DaemonRow],
 ) -> String {
-    let ss = ss_row(results);
-    let floor = results.iter().find(|r| r.is_floor());
-    let ratios = measure::baseline_ratios(results);
-    let commands: Vec<Value> = results
-        .iter()
-        .zip(ratios)
-        .map(|(r, pair)| {
-            let mut v = report::command_json(r, results, pair);
-            v["wall_ratio_to_ss_uanm_paired"] =
-                json!(ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of)));
-            v["wall_ratio_to_floor_paired"] =
-                json!(floor.and_then(|f| measure::paired_ratio(r, f, measure::wall_of)));
-            v
-        })
-        .collect();
+    let to_ss = report::paired_wall_ratio(results, SS_UANM);
+    let to_floor = report::paired_wall_ratio(results, FLOOR_LABEL);
+    let commands = report::commands_json(results, |r, v| {
+        v["wall_ratio_to_ss_uanm_paired"] = json!(to_ss(r));
+        v["wall_ratio_to_floor_paired"] = json!(to_floor(r));
+    });
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| match d {
@@ -1439,20 +1389,13 @@ fn json_report(
         })
         .collect();
     let c = &env.census;
-    let doc = json!({
+    let doc = env.run.json(json!({
         "udp_sockets": env.sockets,
         "receivers": env.receivers,
         "receiver_ports": env.receiver_ports,
         "reuseport_groups": env.groups,
         "dual_stack_receivers": env.dual_stack,
         "ip_local_port_range": [env.range.0, env.range.1],
-        "runs": env.runs,
-        "kernel": report::kernel(),
-        "cpus": report::cpus(),
-        "setup_seconds": env.setup_seconds,
-        "workers": env.workers,
-        "exporter": env.exporter,
-        "baseline_exporter": env.baseline,
         "census": {
             "sockets": c.sockets,
             "ipv4": c.ipv4,
@@ -1471,7 +1414,7 @@ fn json_report(
         },
         "daemon_listen": LISTEN,
         "daemons": daemons,
-    });
+    }));
     report::json_text(&doc)
 }
 

@@ -774,13 +774,9 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
         sockets: s,
         listeners: l,
         seed: opts.seed,
-        runs: opts.runs,
-        setup_seconds,
-        workers: fleet.len(),
         census,
         ss,
-        exporter: exporter.display().to_string(),
-        baseline: baseline.map(|b| b.display().to_string()),
+        run: report::RunInfo::new(opts.runs, setup_seconds, fleet.len(), &exporter, baseline),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
     report::write_json(opts.json.as_deref(), || {
@@ -796,17 +792,9 @@ struct UnixEnv {
     sockets: u64,
     listeners: u64,
     seed: u64,
-    runs: u32,
-    setup_seconds: f64,
-    workers: usize,
     census: UnixCensus,
     ss: SsCount,
-    exporter: String,
-    baseline: Option<String>,
-}
-
-fn ss_row(results: &[CommandResult]) -> Option<&CommandResult> {
-    results.iter().find(|r| r.label == SS_XL)
+    run: report::RunInfo,
 }
 
 fn markdown(
@@ -822,7 +810,7 @@ fn markdown(
          path-named, half abstract), {} of them with clients never accepted and {} over full \
          (queue = backlog + 1), {} clients queued in all; the rest connected pairs. Set up in \
          {:.1} s by {} workers (seed {}). `ss -xlH` shows {} listeners, {} over full, {} \
-         queued. Kernel {}, {} CPUs, {} run(s) per command, medians shown.\n\n",
+         queued. {}\n\n",
         env.sockets,
         env.listeners,
         c.sockets,
@@ -831,45 +819,20 @@ fn markdown(
         c.pending,
         c.over_full,
         c.queued,
-        env.setup_seconds,
-        env.workers,
+        env.run.setup_seconds,
+        env.run.workers,
         env.seed,
         env.ss.listeners,
         env.ss.over_full,
         env.ss.queued,
-        report::kernel(),
-        report::cpus(),
-        env.runs,
+        env.run.environment(),
     );
-    if let Some(b) = &env.baseline {
-        s.push_str(&format!(
-            "Exporter under test: `{}`; baseline: `{b}`.\n\n",
-            env.exporter
-        ));
-    }
-    let ss = ss_row(results);
-    let ratio = |r: &CommandResult| {
-        ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of))
-            .map_or("-".to_string(), |x| format!("{x:.2}x"))
-    };
-    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
-    s.push_str(&report::table(
+    s.push_str(&report::paired_results(
         results,
-        "wall ratio to `ss -xl` (paired)",
-        &ratio,
-        with_baseline,
+        &env.run,
+        SS_XL,
+        "unix-only",
     ));
-    let exporter_row = results
-        .iter()
-        .find(|r| r.label.starts_with("sockdiag-exporter") && r.baseline_of.is_none());
-    let floor = results.iter().find(|r| r.is_floor());
-    if let (Some(e), Some(f)) = (exporter_row, floor)
-        && let Some(x) = measure::paired_ratio(e, f, measure::wall_of)
-    {
-        s.push_str(&format!(
-            "\nThe exporter's unix-only snapshot takes {x:.2}x the floor's wall time (paired).\n"
-        ));
-    }
     match sanity {
         None => {}
         Some(Ok(n)) if *n == env.listeners => s.push_str(&format!(
@@ -939,18 +902,10 @@ fn json_report(
     sanity: Option<&Result<u64, String>>,
     daemons: &[Result<DaemonUnix, String>],
 ) -> String {
-    let ss = ss_row(results);
-    let ratios = measure::baseline_ratios(results);
-    let commands: Vec<Value> = results
-        .iter()
-        .zip(ratios)
-        .map(|(r, pair)| {
-            let mut v = report::command_json(r, results, pair);
-            v["wall_ratio_to_ss_xl_paired"] =
-                json!(ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of)));
-            v
-        })
-        .collect();
+    let to_ss = report::paired_wall_ratio(results, SS_XL);
+    let commands = report::commands_json(results, |r, v| {
+        v["wall_ratio_to_ss_xl_paired"] = json!(to_ss(r));
+    });
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| match d {
@@ -964,17 +919,10 @@ fn json_report(
         })
         .collect();
     let c = &env.census;
-    let doc = json!({
+    let doc = env.run.json(json!({
         "unix_sockets": env.sockets,
         "listeners": env.listeners,
         "seed": env.seed,
-        "runs": env.runs,
-        "kernel": report::kernel(),
-        "cpus": report::cpus(),
-        "setup_seconds": env.setup_seconds,
-        "workers": env.workers,
-        "exporter": env.exporter,
-        "baseline_exporter": env.baseline,
         "census": {
             "sockets": c.sockets,
             "listeners": c.listeners,
@@ -997,7 +945,7 @@ fn json_report(
         },
         "daemon_listen": LISTEN,
         "daemons": daemons,
-    });
+    }));
     report::json_text(&doc)
 }
 
