@@ -29,29 +29,8 @@ pub fn create_listeners(count: u16) -> Result<Vec<OwnedFd>> {
     (0..count)
         .map(|i| {
             let port = FIRST_PORT + i;
-            let fd = proc_util::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
-                .context("creating a listener socket")?;
-            proc_util::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)
-                .context("SO_REUSEADDR")?;
-            let sa = proc_util::sockaddr_v4(0x7f00_0001, port);
-            // SAFETY: sa is a valid sockaddr_in of the length passed.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("binding a listener to 127.0.0.1:{port}"));
-            }
-            // SAFETY: plain syscall on our socket.
-            if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("listen() on 127.0.0.1:{port}"));
-            }
-            Ok(fd)
+            proc_util::loopback_listener(port, BACKLOG, true)
+                .with_context(|| format!("listening on 127.0.0.1:{port}"))
         })
         .collect()
 }

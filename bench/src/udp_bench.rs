@@ -614,11 +614,11 @@ impl SockAddr {
         match self {
             SockAddr::V4(sa) => (
                 (sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                proc_util::len_of::<libc::sockaddr_in>(),
             ),
             SockAddr::V6(sa) => (
                 (sa as *const libc::sockaddr_in6).cast(),
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                proc_util::len_of::<libc::sockaddr_in6>(),
             ),
         }
     }
@@ -640,21 +640,17 @@ fn udp_socket(v6: bool, v6only: bool) -> Result<OwnedFd> {
 }
 
 fn bind(fd: &OwnedFd, sa: &SockAddr) -> io::Result<()> {
-    let (p, len) = sa.raw();
-    // SAFETY: p points to a live sockaddr of len bytes.
-    if unsafe { libc::bind(fd.as_raw_fd(), p, len) } != 0 {
-        return Err(io::Error::last_os_error());
+    match sa {
+        SockAddr::V4(sa) => proc_util::bind(fd, sa, proc_util::len_of::<libc::sockaddr_in>()),
+        SockAddr::V6(sa) => proc_util::bind(fd, sa, proc_util::len_of::<libc::sockaddr_in6>()),
     }
-    Ok(())
 }
 
 fn connect(fd: &OwnedFd, sa: &SockAddr) -> io::Result<()> {
-    let (p, len) = sa.raw();
-    // SAFETY: p points to a live sockaddr of len bytes.
-    if unsafe { libc::connect(fd.as_raw_fd(), p, len) } != 0 {
-        return Err(io::Error::last_os_error());
+    match sa {
+        SockAddr::V4(sa) => proc_util::connect(fd, sa, proc_util::len_of::<libc::sockaddr_in>()),
+        SockAddr::V6(sa) => proc_util::connect(fd, sa, proc_util::len_of::<libc::sockaddr_in6>()),
     }
-    Ok(())
 }
 
 fn send_to(fd: &OwnedFd, data: &[u8], to: Option<&SockAddr>) -> io::Result<()> {

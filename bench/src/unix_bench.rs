@@ -332,37 +332,19 @@ fn connect(
     len: libc::socklen_t,
 ) -> Result<Option<OwnedFd>> {
     let fd = unix_socket(seqpacket).context("socket(AF_UNIX)")?;
-    // SAFETY: sa is a valid sockaddr_un of at least len bytes.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), (sa as *const libc::sockaddr_un).cast(), len) };
-    if rc == 0 {
-        return Ok(Some(fd));
+    match proc_util::connect(&fd, sa, len) {
+        Ok(()) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e) => Err(e).context("connect()"),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EAGAIN) {
-        return Ok(None);
-    }
-    Err(err).context("connect()")
 }
 
 /// Builds one listener with its clients; returns every descriptor to hold.
 fn build_listener(dir: &Path, l: &ListenerPlan, held: &mut Vec<OwnedFd>) -> Result<OwnedFd> {
     let (sa, len, shown) = sockaddr(dir, l)?;
     let fd = unix_socket(l.seqpacket).context("socket(AF_UNIX)")?;
-    // SAFETY: sa is a valid sockaddr_un of at least len bytes.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error()).with_context(|| format!("bind({shown})"));
-    }
-    // SAFETY: plain syscall on our socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), l.backlog as i32) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("listen({shown})"));
-    }
+    proc_util::bind(&fd, &sa, len).with_context(|| format!("bind({shown})"))?;
+    proc_util::listen(&fd, l.backlog as i32).with_context(|| format!("listen({shown})"))?;
     for k in 0..l.clients {
         match connect(l.seqpacket, &sa, len).with_context(|| format!("client {k} of {shown}"))? {
             Some(c) => held.push(c),
@@ -412,20 +394,9 @@ fn accepted_pair(dir: &Path, l: &ListenerPlan, listener: &OwnedFd) -> Result<[Ow
     let (sa, len, shown) = sockaddr(dir, l)?;
     let client = connect(l.seqpacket, &sa, len)?
         .with_context(|| format!("{shown} refused a connect with an empty queue"))?;
-    // SAFETY: accept4 with null address pointers; the fd is owned below.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("accept() on {shown}"));
-    }
-    // SAFETY: fresh descriptor nobody else owns.
-    Ok([client, unsafe { OwnedFd::from_raw_fd(fd) }])
+    let server =
+        proc_util::accept(listener.as_raw_fd()).with_context(|| format!("accept() on {shown}"))?;
+    Ok([client, server])
 }
 
 /// `internal-unix-worker`: reads its plan on stdin (`L ...` lines, `P pairs`, `END`), builds
