@@ -183,16 +183,37 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `exporter --web.listen-address LISTEN args...`, tied to this process's life.
+    /// Starts `exporter --web.listen-address LISTEN args...`, tied to this process's life;
+    /// what it writes to stderr is kept for error messages.
     pub fn start<S: AsRef<std::ffi::OsStr>>(exporter: &Path, args: &[S]) -> Result<Running> {
+        Running::spawn(exporter, args, false)
+    }
+
+    /// Like [`Running::start`], the daemon's stderr going to the bench's.
+    pub fn start_showing_stderr<S: AsRef<std::ffi::OsStr>>(
+        exporter: &Path,
+        args: &[S],
+    ) -> Result<Running> {
+        Running::spawn(exporter, args, true)
+    }
+
+    fn spawn<S: AsRef<std::ffi::OsStr>>(
+        exporter: &Path,
+        args: &[S],
+        show_stderr: bool,
+    ) -> Result<Running> {
         let errfile = proc_util::memfd(c"daemon-stderr")?;
-        let errdup = errfile.try_clone().context("duplicating the stderr file")?;
+        let stderr = if show_stderr {
+            Stdio::inherit()
+        } else {
+            Stdio::from(errfile.try_clone().context("duplicating the stderr file")?)
+        };
         let mut cmd = Command::new(exporter);
         cmd.args(["--web.listen-address", LISTEN])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(errdup));
+            .stderr(stderr);
         proc_util::tie_to_this_process(&mut cmd);
         let started = Instant::now();
         let child = cmd

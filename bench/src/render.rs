@@ -41,7 +41,7 @@ pub fn internal_main(opts: &RenderOpts, exporter: &Path) -> Result<ExitCode> {
         );
         keep.push(worker::connect_client(u64::from(i), port)?);
     }
-    let mut daemon = daemon::Running::start(
+    let mut daemon = daemon::Running::start_showing_stderr(
         exporter,
         &[
             "--collector.connections.interval",
