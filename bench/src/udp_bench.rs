@@ -756,9 +756,7 @@ pub fn worker_main(args: &UdpWorkerArgs) -> Result<ExitCode> {
         held.push(open_client(&c).with_context(|| format!("client {k} ({c:?})"))?);
     }
     worker::say_ready(&held.len().to_string())?;
-    worker::hold_until_stdin_closes();
-    // The kernel closes 18,000 sockets faster than we would one by one.
-    std::process::exit(0);
+    worker::hold_then_exit()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -444,9 +444,7 @@ pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
         held.extend(pair);
     }
     worker::say_ready(&(built.len() + held.len()).to_string())?;
-    worker::hold_until_stdin_closes();
-    // The kernel closes 18,000 sockets faster than we would one by one.
-    std::process::exit(0);
+    worker::hold_then_exit()
 }
 
 // ---------------------------------------------------------------------------------------

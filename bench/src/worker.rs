@@ -221,10 +221,13 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
         }
     }
     report("ready", connected, accepted)?;
+    hold_then_exit()
+}
 
-    // Hold every socket until the coordinator closes our stdin (or dies: PDEATHSIG).
+/// Holds every socket until the coordinator closes our stdin (or dies: PDEATHSIG), then
+/// exits without closing them one by one: the kernel closes 18,000 sockets faster.
+pub fn hold_then_exit() -> ! {
     hold_until_stdin_closes();
-    // Exit without closing 18,000 sockets one by one; the kernel does it faster.
     std::process::exit(0);
 }
 
