@@ -430,20 +430,28 @@ impl Metrics {
     }
 }
 
+/// Runs `cmd`, which must exit 0; what it wrote to stdout. `what` names it
+/// in the panic, which shows its stderr.
+pub fn output_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs `ss` with `args` (always `-H -O`: no header, one line per socket)
 /// and returns its lines.
 pub fn ss(args: &[&str]) -> Vec<String> {
-    let out = Command::new("ss")
-        .args(["-H", "-O"])
-        .args(args)
-        .output()
-        .expect("running ss (package iproute2)");
-    assert!(
-        out.status.success(),
-        "ss {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("ss").args(["-H", "-O"]).args(args),
+        &format!("ss {args:?} (package iproute2)"),
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out)
         .lines()
         .map(str::to_string)
         .collect()
@@ -845,34 +853,26 @@ pub fn udp_dump_request(
 /// Runs `args` in the network namespace of process `pid` (with `envs`
 /// set), which must exit 0; its standard output.
 pub fn nsenter(pid: u32, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running nsenter (util-linux)");
-    assert!(
-        out.status.success(),
-        "nsenter --net=/proc/{pid}/ns/net {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(args)
+            .envs(envs.iter().copied()),
+        &format!("nsenter (util-linux) --net=/proc/{pid}/ns/net {args:?}"),
     );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+    String::from_utf8(out).expect("UTF-8 output")
 }
 
 /// `sockdiag-exporter snapshot --format json` with `flags`, which must exit
 /// 0: the document it prints.
 pub fn snapshot_json(flags: &[&str]) -> serde_json::Value {
-    let out = Command::new(exporter_bin())
-        .args(["snapshot", "--format", "json"])
-        .args(flags)
-        .output()
-        .expect("running sockdiag-exporter snapshot");
-    assert!(
-        out.status.success(),
-        "snapshot {flags:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(exporter_bin())
+            .args(["snapshot", "--format", "json"])
+            .args(flags),
+        &format!("sockdiag-exporter snapshot {flags:?}"),
     );
-    serde_json::from_slice(&out.stdout).expect("snapshot --format json is JSON")
+    serde_json::from_slice(&out).expect("snapshot --format json is JSON")
 }
 
 /// The daemon's own namespace (`netns` "host") in `snapshot --format json`
