@@ -77,16 +77,25 @@ fn connect_many(
     }
 }
 
-fn allocations_of_one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> (u64, u64) {
+/// Runs `f` once to warm up (reused maps and buffers reach their size),
+/// then again: the allocations of that second run, and what it returned.
+fn warm_allocations<T>(mut f: impl FnMut() -> T) -> (u64, T) {
+    f();
     let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let out = f();
+    (ALLOCATIONS.load(Ordering::Relaxed) - before, out)
+}
+
+/// One connection sample; the sockets it saw.
+fn one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> u64 {
     let settings = Settings {
         max_client_ports: 256,
         filter: None,
         queue_ages: true,
     };
-    let sample = sample_connections(socket, work, &settings).expect("connection sample");
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
-    (after - before, sample.sockets)
+    sample_connections(socket, work, &settings)
+        .expect("connection sample")
+        .sockets
 }
 
 #[test]
@@ -100,13 +109,10 @@ fn sample_allocations_do_not_grow_with_sockets() {
 
         let mut socket = DiagSocket::open().expect("sock_diag socket");
         let mut work = ConnectionWork::default();
-        // Warm up: the reused maps and buffers reach their size.
-        allocations_of_one_sample(&mut socket, &mut work);
-        let (small, small_sockets) = allocations_of_one_sample(&mut socket, &mut work);
+        let (small, small_sockets) = warm_allocations(|| one_sample(&mut socket, &mut work));
 
         connect_many(&listener, addr, 1050, &mut keep);
-        allocations_of_one_sample(&mut socket, &mut work);
-        let (large, large_sockets) = allocations_of_one_sample(&mut socket, &mut work);
+        let (large, large_sockets) = warm_allocations(|| one_sample(&mut socket, &mut work));
 
         println!("{small} allocations for {small_sockets} sockets, {large} for {large_sockets}");
         assert_eq!((small_sockets, large_sockets), (100, 2200));
@@ -117,14 +123,9 @@ fn sample_allocations_do_not_grow_with_sockets() {
 
         // The listener dump likewise.
         let mut records = Vec::new();
-        dump_listeners(&mut socket, true, &mut records).unwrap();
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        dump_listeners(&mut socket, true, &mut records).unwrap();
-        assert_eq!(
-            ALLOCATIONS.load(Ordering::Relaxed) - before,
-            0,
-            "a warm listener dump allocates nothing"
-        );
+        let (allocations, _) =
+            warm_allocations(|| dump_listeners(&mut socket, true, &mut records).unwrap());
+        assert_eq!(allocations, 0, "a warm listener dump allocates nothing");
         drop((keep, listener));
     });
 }
@@ -175,11 +176,8 @@ fn a_warm_unix_listener_dump_allocates_nothing() {
                     .expect("unix dump");
                 (records, length, stats.datagrams)
             };
-            // Warm up: the request buffer reaches its size.
-            dump(&mut socket);
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
-            let (records, length, datagrams) = dump(&mut socket);
-            let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            let (allocations, (records, length, datagrams)) =
+                warm_allocations(|| dump(&mut socket));
             println!(
                 "{allocations} allocations for {records} unix listeners in {datagrams} datagrams"
             );
@@ -195,7 +193,7 @@ fn a_warm_unix_listener_dump_allocates_nothing() {
 /// allocation with 10 UDP sockets, none with 1,000 (several datagrams).
 #[test]
 fn a_warm_udp_dump_allocates_nothing() {
-    use sockdiag_exporter::diag::{DumpRequest, Family, Protocol, StateSet};
+    use sockdiag_exporter::diag::Family;
     use socket2::{Domain, Socket, Type};
 
     in_netns("a_warm_udp_dump_allocates_nothing", || {
@@ -245,16 +243,8 @@ fn a_warm_udp_dump_allocates_nothing() {
             let dump = |socket: &mut DiagSocket| {
                 let (mut records, mut with_data, mut datagrams) = (0usize, 0u64, 0usize);
                 for family in [Family::Ipv4, Family::Ipv6] {
-                    let request = DumpRequest {
-                        protocol: Protocol::Udp,
-                        family,
-                        states: StateSet::All,
-                        meminfo: true,
-                        tcp_info: false,
-                        filter: None,
-                    };
                     let stats = socket
-                        .dump(&request, |r| {
+                        .dump(&udp_dump_request(family), |r| {
                             records += 1;
                             if r.rqueue > 0 && r.rcvbuf.is_some() && r.drops.is_some() {
                                 with_data += 1;
@@ -265,11 +255,8 @@ fn a_warm_udp_dump_allocates_nothing() {
                 }
                 (records, with_data, datagrams)
             };
-            // Warm up: the request buffer reaches its size.
-            dump(&mut socket);
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
-            let (records, with_data, datagrams) = dump(&mut socket);
-            let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            let (allocations, (records, with_data, datagrams)) =
+                warm_allocations(|| dump(&mut socket));
             println!(
                 "{allocations} allocations for {records} UDP sockets in {datagrams} datagrams"
             );

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::TempDir;
 use serde_json::Value;
 
 fn root() -> &'static Path {
@@ -65,30 +66,6 @@ fn run_ok(tool: &str, package: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sockdiag-deploy-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("creating a temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -762,16 +739,11 @@ struct PromServer {
 impl PromServer {
     /// Starts Prometheus scraping the exporter at `target` every second, with
     /// rules.yml's rules and every `for:` shortened to one evaluation, its
-    /// files in `tmp`; waits (until `deadline`) for it to be ready.
-    fn start(tmp: &TempDir, target: SocketAddr, deadline: Instant) -> PromServer {
-        PromServer::start_with_rate_window(tmp, target, deadline, None)
-    }
-
-    /// Like [`PromServer::start`], with every `[5m]` range of the rules
-    /// replaced by `rate_window` when given: an alert on a 5-minute rate
-    /// stays active for 5 minutes after the events stop, far past a test's
-    /// 60 s.
-    fn start_with_rate_window(
+    /// files in `tmp`; waits (until `deadline`) for it to be ready. Every
+    /// `[5m]` range of the rules becomes `rate_window` when given: an alert
+    /// on a 5-minute rate stays active for 5 minutes after the events stop,
+    /// far past a test's 60 s.
+    fn start(
         tmp: &TempDir,
         target: SocketAddr,
         deadline: Instant,
@@ -820,17 +792,14 @@ impl PromServer {
             .spawn()
             .expect("starting prometheus");
         let prom = PromServer { child, addr, log };
-        loop {
-            if let Ok((200, _)) = common::http_get(addr, "/-/ready") {
-                return prom;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready:\n{}",
-                prom.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let ready = poll(
+            deadline,
+            Duration::from_millis(100),
+            || matches!(common::http_get(addr, "/-/ready"), Ok((200, _))),
+            |&ready| ready,
+        );
+        assert!(ready, "prometheus not ready:\n{}", prom.log_text());
+        prom
     }
 
     fn get_json(&self, path: &str) -> Value {
@@ -875,16 +844,172 @@ impl PromServer {
     /// Polls (every 250 ms, until `until`) for alert `name` on `label`=`value`
     /// to be firing; true if it did.
     fn wait_firing(&self, name: &str, label: &str, value: &str, until: Instant) -> bool {
-        loop {
-            if self.alert_state(name, label, value).as_deref() == Some("firing") {
-                return true;
-            }
-            if Instant::now() > until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(250));
+        poll(
+            until,
+            Duration::from_millis(250),
+            || self.alert_state(name, label, value).as_deref() == Some("firing"),
+            |&firing| firing,
+        )
+    }
+
+    /// Runs every expression of rules.yml (each must succeed); rules.yml.
+    fn run_every_rule(&self) -> String {
+        let rules = read("deploy/prometheus/rules.yml");
+        for e in yaml_exprs(&rules) {
+            self.query(&e);
+        }
+        rules
+    }
+
+    /// Runs every rule and every dashboard query (each must succeed);
+    /// returns the dashboard queries and recording rules that are about
+    /// `what` (`about` says which), at least ten of them.
+    fn run_all_keep_about(&self, what: &str, about: impl Fn(&str) -> bool) -> Vec<String> {
+        let rules = self.run_every_rule();
+        let queries = dashboard_queries_with_all_selected();
+        for e in &queries {
+            self.query(e);
+        }
+        let wanted: Vec<String> = queries
+            .into_iter()
+            .chain(record_names(&rules))
+            .filter(|e| about(e))
+            .collect();
+        assert!(wanted.len() >= 10, "too few {what} queries: {wanted:#?}");
+        wanted
+    }
+}
+
+/// Calls `look` every `every` until `done` accepts what it returns or
+/// `until` has passed; the last look.
+fn poll<T>(
+    until: Instant,
+    every: Duration,
+    mut look: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    loop {
+        let seen = look();
+        if done(&seen) || Instant::now() > until {
+            return seen;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// One line of an end-to-end run's timeline, `t0` its start.
+fn timeline(t0: Instant, what: &str) {
+    eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
+}
+
+/// An end-to-end run: the exporter and a Prometheus server scraping it in
+/// the test's namespace, 60 s for it all, and a timeline on the test's
+/// output, what to read first when one fails in CI. Dropping it stops
+/// Prometheus, then the exporter.
+struct E2e {
+    t0: Instant,
+    deadline: Instant,
+    prom: PromServer,
+    daemon: common::Daemon,
+    tmp: TempDir,
+}
+
+impl E2e {
+    /// Starts both; `rate_window` as for [`PromServer::start`].
+    fn start(tag: &str, rate_window: Option<&str>) -> E2e {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(60);
+        let tmp = TempDir::new(tag);
+        let daemon = common::Daemon::start(&[]);
+        timeline(t0, "exporter healthy");
+        let prom = PromServer::start(&tmp, daemon.addr, deadline, rate_window);
+        let ranges = rate_window.map_or(String::new(), |w| format!(", [5m] ranges {w}"));
+        timeline(
+            t0,
+            &format!(
+                "prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s{ranges})"
+            ),
+        );
+        E2e {
+            t0,
+            deadline,
+            prom,
+            daemon,
+            tmp,
         }
     }
+
+    fn mark(&self, what: &str) {
+        timeline(self.t0, what);
+    }
+
+    /// Waits for SockdiagAcceptQueueFull on `label`=`value`, leaving 20 s of
+    /// the run for what follows; whether it fired.
+    fn wait_queue_full_alert(&self, label: &str, value: &str) -> bool {
+        let fired = self.prom.wait_firing(
+            "SockdiagAcceptQueueFull",
+            label,
+            value,
+            self.deadline - Duration::from_secs(20),
+        );
+        self.mark(if fired {
+            "SockdiagAcceptQueueFull firing"
+        } else {
+            "SockdiagAcceptQueueFull not firing by its deadline"
+        });
+        fired
+    }
+
+    /// How long queries may take to show data: 15 s, leaving `after` of the
+    /// run for what follows.
+    fn data_deadline(&self, after: Duration) -> Instant {
+        (Instant::now() + Duration::from_secs(15)).min(self.deadline - after)
+    }
+
+    /// Accepts from `listener` until SockdiagAcceptQueueFull for
+    /// `label`=`value` resolves, or the run's deadline; whether it resolved,
+    /// and the connections accepted.
+    fn drain_until_resolved(
+        &self,
+        listener: &socket2::Socket,
+        label: &str,
+        value: &str,
+    ) -> (bool, Vec<socket2::Socket>) {
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let mut accepted = Vec::new();
+        let resolved = poll(
+            self.deadline,
+            Duration::from_millis(250),
+            || {
+                while let Ok((s, _)) = listener.accept() {
+                    accepted.push(s);
+                }
+                self.prom
+                    .alert_state("SockdiagAcceptQueueFull", label, value)
+                    .is_none()
+            },
+            |&resolved| resolved,
+        );
+        self.mark("queue drained; SockdiagAcceptQueueFull resolved");
+        (resolved, accepted)
+    }
+}
+
+/// The owner join's series names this test process: its pid and its
+/// executable.
+fn assert_owned_by_this_process(owner: &[Value]) {
+    let me = std::env::current_exe().expect("the test binary's path");
+    assert_eq!(
+        owner[0]["metric"]["pid"],
+        std::process::id().to_string().as_str()
+    );
+    assert_eq!(
+        owner[0]["metric"]["exe"],
+        me.to_str().expect("utf-8 binary path"),
+        "{owner:?}"
+    );
 }
 
 impl Drop for PromServer {
@@ -971,53 +1096,24 @@ fn wait_for_data(
     deadline: Instant,
     ours: impl Fn(&str, &[Value]) -> bool,
 ) -> Vec<String> {
-    loop {
-        pending.retain(|e| !ours(e, &prom.query(e)));
-        if pending.is_empty() || Instant::now() > deadline {
-            return pending;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Drains a queue with `accept` until SockdiagAcceptQueueFull for
-/// `label`=`value` resolves, or `deadline`; whether it resolved.
-fn drain_until_resolved(
-    prom: &PromServer,
-    label: &str,
-    value: &str,
-    deadline: Instant,
-    mut accept: impl FnMut(),
-) -> bool {
-    loop {
-        accept();
-        if prom
-            .alert_state("SockdiagAcceptQueueFull", label, value)
-            .is_none()
-        {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    poll(
+        deadline,
+        Duration::from_millis(500),
+        || {
+            pending.retain(|e| !ours(e, &prom.query(e)));
+            pending.is_empty()
+        },
+        |&done| done,
+    );
+    pending
 }
 
 #[test]
 fn prometheus_alerts_on_real_overflow() {
     require_tool("prometheus", "prometheus");
     common::in_netns("prometheus_alerts_on_real_overflow", || {
-        let t0 = Instant::now();
-        let deadline = t0 + Duration::from_secs(60);
-        // The timeline goes to the test output: it is what to read first
-        // when this test fails in CI.
-        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
-        let tmp = TempDir::new("e2e");
-        let daemon = common::Daemon::start(&[]);
-        mark("exporter healthy");
-        let prom = PromServer::start(&tmp, daemon.addr, deadline);
-        mark("prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s)");
+        let e2e = E2e::start("e2e", None);
+        let prom = &e2e.prom;
 
         // listen(5): the queue holds 6 (full: length > limit); the rest of
         // the 10 clients sit in SYN-SENT.
@@ -1026,19 +1122,9 @@ fn prometheus_alerts_on_real_overflow() {
         let listener = common::listen(target, 5, false, None);
         let clients: Vec<socket2::Socket> =
             (0..10).map(|_| common::start_connect(target)).collect();
-        mark("listen(5) queue overflowed by 10 clients");
+        e2e.mark("listen(5) queue overflowed by 10 clients");
 
-        let fired = prom.wait_firing(
-            "SockdiagAcceptQueueFull",
-            "port",
-            &port,
-            deadline - Duration::from_secs(20),
-        );
-        mark(if fired {
-            "SockdiagAcceptQueueFull firing"
-        } else {
-            "SockdiagAcceptQueueFull not firing by its deadline"
-        });
+        let fired = e2e.wait_queue_full_alert("port", &port);
         assert!(
             fired,
             "SockdiagAcceptQueueFull never fired for port {port}: {}\n{}",
@@ -1064,10 +1150,7 @@ fn prometheus_alerts_on_real_overflow() {
         // Queries of unix listeners only (the Unix listeners row) and of UDP
         // (the UDP receivers row, the udp recording rules) have nothing
         // here: the unix and UDP end-to-end tests require their data.
-        let rules = read("deploy/prometheus/rules.yml");
-        for e in yaml_exprs(&rules) {
-            prom.query(&e);
-        }
+        let rules = prom.run_every_rule();
         let wanted: Vec<String> = dashboard_queries_with_all_selected()
             .into_iter()
             .filter(|e| !e.contains(r#"family="unix""#))
@@ -1075,14 +1158,15 @@ fn prometheus_alerts_on_real_overflow() {
             .filter(|e| !reads_udp(e))
             .collect();
         // Within the test's 60 s, leaving time for the queue to drain.
-        let data_deadline =
-            (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(10));
-        let pending = wait_for_data(&prom, wanted, data_deadline, |_, found| !found.is_empty());
+        let data_deadline = e2e.data_deadline(Duration::from_secs(10));
+        let pending = wait_for_data(prom, wanted, data_deadline, |_, found| !found.is_empty());
         assert!(
             pending.is_empty(),
             "queries with no data during an overflow: {pending:#?}"
         );
-        mark("every rule and dashboard query ran; every panel query and recording rule has data");
+        e2e.mark(
+            "every rule and dashboard query ran; every panel query and recording rule has data",
+        );
         let ratios = prom.query("sockdiag:accept_queue_fill_ratio:max_by_address");
         assert!(
             ratios.iter().any(|r| r["metric"]["port"] == port.as_str()),
@@ -1090,16 +1174,7 @@ fn prometheus_alerts_on_real_overflow() {
         );
 
         // Drain the queue (and the clients that get in later); the alert resolves.
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let mut accepted = Vec::new();
-        let resolved = drain_until_resolved(&prom, "port", &port, deadline, || {
-            while let Ok((s, _)) = listener.accept() {
-                accepted.push(s);
-            }
-        });
-        mark("queue drained; SockdiagAcceptQueueFull resolved");
+        let (resolved, accepted) = e2e.drain_until_resolved(&listener, "port", &port);
         assert!(
             resolved,
             "SockdiagAcceptQueueFull still active after draining: {}",
@@ -1107,8 +1182,7 @@ fn prometheus_alerts_on_real_overflow() {
         );
         assert!(accepted.len() >= 6, "accepted only {}", accepted.len());
         drop(clients);
-        drop(prom);
-        drop(daemon);
+        drop(e2e);
     });
 }
 
@@ -1138,18 +1212,12 @@ fn unix_connect(path: &Path) -> std::io::Result<socket2::Socket> {
 fn prometheus_alerts_on_real_unix_overflow() {
     require_tool("prometheus", "prometheus");
     common::in_netns("prometheus_alerts_on_real_unix_overflow", || {
-        let t0 = Instant::now();
-        let deadline = t0 + Duration::from_secs(60);
-        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
-        let tmp = TempDir::new("e2e-unix");
-        let daemon = common::Daemon::start(&[]);
-        mark("exporter healthy");
-        let prom = PromServer::start(&tmp, daemon.addr, deadline);
-        mark("prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s)");
+        let e2e = E2e::start("e2e-unix", None);
+        let (prom, daemon) = (&e2e.prom, &e2e.daemon);
 
         // listen(2) on a path: three connections fit (full: length 3 >
         // limit 2), the other three clients are refused with EAGAIN.
-        let path = tmp.0.join("app.sock");
+        let path = e2e.tmp.0.join("app.sock");
         let path_text = path.to_str().expect("utf-8 temp path").to_string();
         let listener = unix_listen(&path, 2);
         let attempts: Vec<std::io::Result<socket2::Socket>> =
@@ -1168,19 +1236,9 @@ fn prometheus_alerts_on_real_unix_overflow() {
             (3, 3),
             "listen(2) on a unix socket should queue 3 of 6 clients and refuse the rest"
         );
-        mark("unix listen(2) queue full: 3 queued, 3 refused with EAGAIN");
+        e2e.mark("unix listen(2) queue full: 3 queued, 3 refused with EAGAIN");
 
-        let fired = prom.wait_firing(
-            "SockdiagAcceptQueueFull",
-            "address",
-            &path_text,
-            deadline - Duration::from_secs(20),
-        );
-        mark(if fired {
-            "SockdiagAcceptQueueFull firing"
-        } else {
-            "SockdiagAcceptQueueFull not firing by its deadline"
-        });
+        let fired = e2e.wait_queue_full_alert("address", &path_text);
         assert!(
             fired,
             "SockdiagAcceptQueueFull never fired for {path_text} (does the exporter have the unix \
@@ -1223,14 +1281,7 @@ fn prometheus_alerts_on_real_unix_overflow() {
         // dashboard query over metrics unix listeners have shows ours (the
         // Port variable at All must not hide a series without `port`), and
         // the legend label built for both kinds is the path alone.
-        let rules = read("deploy/prometheus/rules.yml");
-        for e in yaml_exprs(&rules) {
-            prom.query(&e);
-        }
-        let queries = dashboard_queries_with_all_selected();
-        for e in &queries {
-            prom.query(e);
-        }
+        let wanted = prom.run_all_keep_about("unix", shows_unix_listeners);
         let ours_in = |series: &[Value]| {
             series
                 .iter()
@@ -1238,16 +1289,9 @@ fn prometheus_alerts_on_real_unix_overflow() {
                 .cloned()
                 .collect::<Vec<Value>>()
         };
-        let wanted: Vec<String> = queries
-            .into_iter()
-            .chain(record_names(&rules))
-            .filter(|e| shows_unix_listeners(e))
-            .collect();
-        assert!(wanted.len() >= 10, "too few unix queries: {wanted:#?}");
         // Within the test's 60 s, leaving time for the queue to drain.
-        let data_deadline =
-            (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(10));
-        let pending = wait_for_data(&prom, wanted, data_deadline, |e, series| {
+        let data_deadline = e2e.data_deadline(Duration::from_secs(10));
+        let pending = wait_for_data(prom, wanted, data_deadline, |e, series| {
             let found = ours_in(series);
             for s in &found {
                 assert_eq!(s["metric"]["family"], "unix", "`{e}`: {s}");
@@ -1261,7 +1305,7 @@ fn prometheus_alerts_on_real_unix_overflow() {
             pending.is_empty(),
             "queries that do not show the full unix listener {path_text}: {pending:#?}"
         );
-        mark("every rule and dashboard query ran; every unix listener query shows the socket");
+        e2e.mark("every rule and dashboard query ran; every unix listener query shows the socket");
         let ratio = ours_in(&prom.query("sockdiag:accept_queue_fill_ratio:max_by_address"));
         assert_eq!(ratio.len(), 1, "{ratio:?}");
         assert_eq!(ratio[0]["value"][1], "1.5", "3 queued on a backlog of 2");
@@ -1271,43 +1315,24 @@ fn prometheus_alerts_on_real_unix_overflow() {
                     * on (job, instance, netns, family, address, port, member) \
                     group_left (comm, exe, cmdline, pid, unit, container_id) \
                     sockdiag_listener_process_info";
-        let owner = loop {
-            let found = ours_in(&prom.query(join));
-            if !found.is_empty() || Instant::now() > data_deadline + Duration::from_secs(5) {
-                break found;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let owner = poll(
+            data_deadline + Duration::from_secs(5),
+            Duration::from_millis(500),
+            || ours_in(&prom.query(join)),
+            |found| !found.is_empty(),
+        );
         assert_eq!(owner.len(), 1, "owner join for {path_text}: {owner:?}");
-        let me = std::env::current_exe().expect("the test binary's path");
-        assert_eq!(
-            owner[0]["metric"]["pid"],
-            std::process::id().to_string().as_str()
-        );
-        assert_eq!(
-            owner[0]["metric"]["exe"],
-            me.to_str().expect("utf-8 binary path"),
-            "{owner:?}"
-        );
+        assert_owned_by_this_process(&owner);
         assert!(
             owner[0]["metric"]["cmdline"]
                 .as_str()
                 .is_some_and(|c| !c.is_empty()),
             "{owner:?}"
         );
-        mark("the owner join names this process with exe and cmdline");
+        e2e.mark("the owner join names this process with exe and cmdline");
 
         // Drain the queue; the alert resolves.
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let mut accepted = Vec::new();
-        let resolved = drain_until_resolved(&prom, "address", &path_text, deadline, || {
-            while let Ok((s, _)) = listener.accept() {
-                accepted.push(s);
-            }
-        });
-        mark("queue drained; SockdiagAcceptQueueFull resolved");
+        let (resolved, accepted) = e2e.drain_until_resolved(&listener, "address", &path_text);
         assert!(
             resolved,
             "SockdiagAcceptQueueFull still active after draining {path_text}: {}",
@@ -1315,8 +1340,7 @@ fn prometheus_alerts_on_real_unix_overflow() {
         );
         assert_eq!(accepted.len(), 3, "accepted {}", accepted.len());
         drop(clients);
-        drop(prom);
-        drop(daemon);
+        drop(e2e);
     });
 }
 
@@ -1354,16 +1378,8 @@ fn udp_drops_seen_by_ss(port: u16) -> u64 {
 fn prometheus_alerts_on_real_udp_drops() {
     require_tool("prometheus", "prometheus");
     common::in_netns("prometheus_alerts_on_real_udp_drops", || {
-        let t0 = Instant::now();
-        let deadline = t0 + Duration::from_secs(60);
-        let mark = |what: &str| eprintln!("e2e {:>6.2} s  {what}", t0.elapsed().as_secs_f64());
-        let tmp = TempDir::new("e2e-udp");
-        let daemon = common::Daemon::start(&[]);
-        mark("exporter healthy");
-        let prom = PromServer::start_with_rate_window(&tmp, daemon.addr, deadline, Some("10s"));
-        mark(
-            "prometheus ready (scrape and evaluation every 1 s, every `for:` 1 s, [5m] ranges 10 s)",
-        );
+        let e2e = E2e::start("e2e-udp", Some("10s"));
+        let (prom, daemon, deadline) = (&e2e.prom, &e2e.daemon, e2e.deadline);
 
         // A receiver that never reads, with the smallest buffer the kernel
         // gives (4096 asked, doubled): a handful of datagrams fill it.
@@ -1400,7 +1416,7 @@ fn prometheus_alerts_on_real_udp_drops() {
             dropped > 0,
             "{sent} datagrams into a {buffer}-byte buffer and no drop in ss -ulnm"
         );
-        mark(&format!(
+        e2e.mark(&format!(
             "{sent} datagrams sent to 127.0.0.1:{port} ({buffer}-byte buffer): {dropped} dropped"
         ));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1430,14 +1446,13 @@ fn prometheus_alerts_on_real_udp_drops() {
                 .collect()
         };
         let fire_deadline = deadline - Duration::from_secs(25);
-        let dropping = loop {
-            let found = firing("SockdiagUdpReceiverDropping");
-            if found.len() >= 2 || Instant::now() > fire_deadline {
-                break found;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        mark(&format!(
+        let dropping = poll(
+            fire_deadline,
+            Duration::from_millis(250),
+            || firing("SockdiagUdpReceiverDropping"),
+            |found| found.len() >= 2,
+        );
+        e2e.mark(&format!(
             "SockdiagUdpReceiverDropping firing {} time(s)",
             dropping.len()
         ));
@@ -1487,40 +1502,25 @@ fn prometheus_alerts_on_real_udp_drops() {
             );
         }
         // A queue held at its buffer by a reader that never reads.
-        let full = loop {
-            let found = firing("SockdiagUdpReceiveBufferFull");
-            if !found.is_empty() || Instant::now() > fire_deadline {
-                break found;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
+        let full = poll(
+            fire_deadline,
+            Duration::from_millis(250),
+            || firing("SockdiagUdpReceiveBufferFull"),
+            |found| !found.is_empty(),
+        );
         assert_eq!(full.len(), 1, "SockdiagUdpReceiveBufferFull: {full:?}");
         assert!(
             full[0]["labels"].get("member").is_none(),
             "{}",
             full[0]["labels"]
         );
-        mark("SockdiagUdpReceiveBufferFull firing");
+        e2e.mark("SockdiagUdpReceiveBufferFull firing");
 
         // Every rule and dashboard query runs; each one about UDP shows our
         // socket (those with a port label) or our namespace (the others).
-        let rules = read("deploy/prometheus/rules.yml");
-        for e in yaml_exprs(&rules) {
-            prom.query(&e);
-        }
-        let queries = dashboard_queries_with_all_selected();
-        for e in &queries {
-            prom.query(e);
-        }
-        let wanted: Vec<String> = queries
-            .into_iter()
-            .chain(record_names(&rules))
-            .filter(|e| reads_udp(e))
-            .collect();
-        assert!(wanted.len() >= 10, "too few UDP queries: {wanted:#?}");
-        let data_deadline =
-            (Instant::now() + Duration::from_secs(15)).min(deadline - Duration::from_secs(15));
-        let pending = wait_for_data(&prom, wanted, data_deadline, |e, series| {
+        let wanted = prom.run_all_keep_about("UDP", reads_udp);
+        let data_deadline = e2e.data_deadline(Duration::from_secs(15));
+        let pending = wait_for_data(prom, wanted, data_deadline, |e, series| {
             if series.iter().any(|s| s["metric"].get("port").is_some()) {
                 let ours: Vec<&Value> = series
                     .iter()
@@ -1541,7 +1541,9 @@ fn prometheus_alerts_on_real_udp_drops() {
             pending.is_empty(),
             "UDP queries that do not show the dropping receiver on port {port}: {pending:#?}"
         );
-        mark("every rule and dashboard query ran; every UDP query shows the socket or its netns");
+        e2e.mark(
+            "every rule and dashboard query ran; every UDP query shows the socket or its netns",
+        );
         let ratio: Vec<Value> = prom
             .query("sockdiag:udp_receive_buffer_fill_ratio")
             .into_iter()
@@ -1577,17 +1579,8 @@ fn prometheus_alerts_on_real_udp_drops() {
             .filter(|s| s["metric"]["port"] == port_text.as_str())
             .collect();
         assert_eq!(owner.len(), 1, "owner join for port {port}: {owner:?}");
-        let me = std::env::current_exe().expect("the test binary's path");
-        assert_eq!(
-            owner[0]["metric"]["pid"],
-            std::process::id().to_string().as_str()
-        );
-        assert_eq!(
-            owner[0]["metric"]["exe"],
-            me.to_str().expect("utf-8 binary path"),
-            "{owner:?}"
-        );
-        mark("the owner join names this process");
+        assert_owned_by_this_process(&owner);
+        e2e.mark("the owner join names this process");
 
         // Stop the flood and read everything: drops stop, the rate window
         // passes, the drop alert resolves.
@@ -1598,22 +1591,19 @@ fn prometheus_alerts_on_real_udp_drops() {
             .expect("non-blocking receiver");
         let mut read = 0u64;
         let mut datagram = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-        let resolved = loop {
-            while receiver.recv(&mut datagram).is_ok() {
-                read += 1;
-            }
-            if prom
-                .alerts("SockdiagUdpReceiverDropping", "port", &port_text)
-                .is_empty()
-            {
-                break true;
-            }
-            if Instant::now() > deadline - Duration::from_secs(3) {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        mark(&format!(
+        let resolved = poll(
+            deadline - Duration::from_secs(3),
+            Duration::from_millis(250),
+            || {
+                while receiver.recv(&mut datagram).is_ok() {
+                    read += 1;
+                }
+                prom.alerts("SockdiagUdpReceiverDropping", "port", &port_text)
+                    .is_empty()
+            },
+            |&resolved| resolved,
+        );
+        e2e.mark(&format!(
             "flood stopped after {flooded} more datagrams; {read} read; \
              SockdiagUdpReceiverDropping resolved: {resolved}"
         ));
@@ -1636,26 +1626,22 @@ fn prometheus_alerts_on_real_udp_drops() {
         // Closed, the socket's series go and its buffer alert with them (its
         // peak would otherwise hold it for the exporter's peak window).
         drop(receiver);
-        let closed = loop {
-            if prom
-                .alerts("SockdiagUdpReceiveBufferFull", "port", &port_text)
-                .is_empty()
-            {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        };
-        mark("receiver closed; SockdiagUdpReceiveBufferFull resolved");
+        let closed = poll(
+            deadline,
+            Duration::from_millis(250),
+            || {
+                prom.alerts("SockdiagUdpReceiveBufferFull", "port", &port_text)
+                    .is_empty()
+            },
+            |&closed| closed,
+        );
+        e2e.mark("receiver closed; SockdiagUdpReceiveBufferFull resolved");
         assert!(
             closed,
             "SockdiagUdpReceiveBufferFull still active after closing: {}",
             prom.get_json("/api/v1/alerts")
         );
-        drop(prom);
-        drop(daemon);
+        drop(e2e);
     });
 }
 

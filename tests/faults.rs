@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::strace::{Fault, TracedDaemon, scratch_dir};
+use common::strace::{Fault, TracedDaemon};
 use common::*;
 
 /// The second namespace's name: a link in the test's own `--path.run-netns`
@@ -52,22 +52,16 @@ fn a_failed_somaxconn_open_in_a_new_namespace_is_retried() {
 /// that one open the only one that failed.
 fn failed_open_is_retried(paths: &[&str], figure: &str) {
     let helper = NetnsProcess::start(7090, 8, 0);
-    let names = scratch_dir("run-netns");
-    std::os::unix::fs::symlink(format!("/proc/{}/ns/net", helper.pid()), names.join(NS))
-        .expect("naming the namespace");
+    let names = tempdir("run-netns");
+    helper.name_netns(&names, NS);
     let names_arg = names.to_str().expect("temp dir path is UTF-8");
     let traced = TracedDaemon::start(
         Fault::first_open(paths, "EMFILE"),
         &[
-            "--path.run-netns",
-            names_arg,
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-            "--collector.netns.include",
-            NS,
-        ],
+            &netns_flags(names_arg)[..],
+            &["--collector.netns.include", NS],
+        ]
+        .concat(),
     );
     let start = Instant::now();
     loop {
@@ -246,7 +240,7 @@ fn without_dac_override() -> Command {
 #[test]
 fn a_bad_run_netns_path_is_reported() {
     in_netns("a_bad_run_netns_path_is_reported", || {
-        let dir = scratch_dir("bad-run-netns");
+        let dir = tempdir("bad-run-netns");
         let file = dir.join("a-file");
         std::fs::write(&file, "not a directory\n").expect("writing a plain file");
         let closed = dir.join("closed");
@@ -289,14 +283,7 @@ fn start_on(run_netns: &Path, dir: &Path) -> (Daemon, std::path::PathBuf) {
         .stderr(std::fs::File::create(&log).expect("creating the daemon's log"));
     let daemon = Daemon::start_command(
         cmd,
-        &[
-            "--path.run-netns",
-            run_netns.to_str().expect("temp path is UTF-8"),
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-        ],
+        &netns_flags(run_netns.to_str().expect("temp path is UTF-8")),
     );
     (daemon, log)
 }

@@ -78,13 +78,6 @@ fn normalize(line: &str, own_comm: &str) -> String {
     format!("{name}{{{}}} {value}", out.join(","))
 }
 
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
-}
-
 /// A unix socket of `kind` listening on abstract name `name`.
 fn unix_listener(name: &[u8], kind: i32, backlog: i32) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
@@ -206,17 +199,9 @@ fn metrics_page_matches_the_golden_file() {
         // Another namespace, named by a symlink like `ip netns` makes.
         let blue = NetnsProcess::start(8080, 8, 0);
         let names = tempdir("golden-run-netns");
-        std::os::unix::fs::symlink(format!("/proc/{}/ns/net", blue.pid()), names.join("blue"))
-            .expect("naming the namespace");
+        blue.name_netns(&names, "blue");
 
-        let daemon = Daemon::start(&[
-            "--collector.netns.rescan-interval",
-            "100ms",
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--path.run-netns",
-            names.to_str().unwrap(),
-        ]);
+        let daemon = Daemon::start(&netns_flags(names.to_str().unwrap()));
         // Until every part of both namespaces is in: owners (five TCP and
         // two unix listeners, and the daemon's own), connection figures
         // and procfs counters.

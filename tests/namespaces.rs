@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -42,23 +42,31 @@ fn handles_per_namespace() -> usize {
     2 + 1 + 3 + has("/proc/sys/net/ipv4/tcp_ehash_entries") + has("/proc/self/net/snmp6")
 }
 
-/// Polls `/metrics` until `ready` holds, for at most 15 s.
+/// Polls `/metrics` until `ready` holds (at most 15 s); a timeout shows
+/// every series with a netns.
 fn wait_for(daemon: &Daemon, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
-    let start = Instant::now();
-    loop {
-        let m = daemon.metrics();
-        if ready(&m) {
-            return m;
-        }
-        if start.elapsed() > Duration::from_secs(15) {
-            let netns: Vec<_> =
-                m.0.iter()
-                    .filter(|s| s.labels.contains_key("netns"))
-                    .collect();
-            panic!("timed out waiting for {what}; series with a netns: {netns:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for(what, ready, |m| {
+        let netns: Vec<_> =
+            m.0.iter()
+                .filter(|s| s.labels.contains_key("netns"))
+                .collect();
+        format!("series with a netns: {netns:#?}")
+    })
+}
+
+/// The daemon's open descriptors once it has settled: 500 ms (two
+/// connection samples, a few rescans) after the last change, then the
+/// fewest of several looks, as a look can catch a directory the daemon has
+/// open for a moment (a /proc scan).
+fn settled_fds(daemon: &Daemon) -> usize {
+    std::thread::sleep(Duration::from_millis(500));
+    (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            open_fds(daemon.child.id())
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// Every collector's last sample succeeded and none ever failed: neither
@@ -102,12 +110,8 @@ fn namespaces_are_found_named_and_collected_apart() {
         let full = NetnsProcess::start(port, 2, 6);
         let named = NetnsProcess::start(port, 8, 0);
         let names_dir = tempdir("run-netns");
-        std::os::unix::fs::symlink(
-            format!("/proc/{}/ns/net", named.pid()),
-            names_dir.join("blue"),
-        )
-        .expect("naming the namespace");
-        let full_name = format!("ino:{}", full.netns_inode());
+        named.name_netns(&names_dir, "blue");
+        let full_name = full.ino_label();
         let names_arg = names_dir.to_str().unwrap();
         let daemon = Daemon::start(&flags(&["--path.run-netns", names_arg]));
 
@@ -246,7 +250,7 @@ fn a_vanished_namespace_leaves_no_series_errors_or_descriptors() {
         "a_vanished_namespace_leaves_no_series_errors_or_descriptors",
         || {
             let stays = NetnsProcess::start(7071, 4, 0);
-            let stays_name = format!("ino:{}", stays.netns_inode());
+            let stays_name = stays.ino_label();
             let daemon = Daemon::start(&flags(&[]));
             let present = |m: &Metrics, ns: &str| {
                 !m.find("sockdiag_accept_queue_length", &[("netns", ns)])
@@ -259,24 +263,11 @@ fn a_vanished_namespace_leaves_no_series_errors_or_descriptors() {
                         .is_empty()
             };
             wait_for(&daemon, "the first namespace", |m| present(m, &stays_name));
-            let pid = daemon.child.id();
-            let settle = || {
-                // Two connection samples (200 ms apart) after the last change,
-                // then the fewest of several looks: a look can catch a directory
-                // the daemon has open for a moment (a /proc scan).
-                std::thread::sleep(Duration::from_millis(500));
-                (0..10)
-                    .map(|_| {
-                        std::thread::sleep(Duration::from_millis(20));
-                        open_fds(pid)
-                    })
-                    .min()
-                    .unwrap_or(0)
-            };
+            let settle = || settled_fds(&daemon);
             let baseline = settle();
             for round in 0..5 {
                 let goes = NetnsProcess::start(7072, 4, 2);
-                let goes_name = format!("ino:{}", goes.netns_inode());
+                let goes_name = goes.ino_label();
                 wait_for(&daemon, "the second namespace", |m| present(m, &goes_name));
                 let with_it = settle();
                 assert_eq!(
@@ -308,7 +299,7 @@ fn a_vanished_namespace_is_freed_before_the_next_connection_pass() {
         "a_vanished_namespace_is_freed_before_the_next_connection_pass",
         || {
             let goes = NetnsProcess::start(7074, 4, 0);
-            let goes_name = format!("ino:{}", goes.netns_inode());
+            let goes_name = goes.ino_label();
             // Daemon::start sets a 200 ms connection interval, which hides
             // the delay: this one samples connections once, at start.
             let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -321,12 +312,7 @@ fn a_vanished_namespace_is_freed_before_the_next_connection_pass() {
                 .stdin(std::process::Stdio::null())
                 .spawn()
                 .expect("starting the daemon");
-            let daemon = Daemon { child, addr };
-            let start = Instant::now();
-            while !matches!(daemon.try_get("/healthz"), Ok((200, _))) {
-                assert!(start.elapsed() < Duration::from_secs(15), "not healthy");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let daemon = Daemon::wait_healthy(child, addr);
             wait_for(&daemon, "the namespace on both tiers", |m| {
                 let l = [("netns", goes_name.as_str())];
                 !m.find("sockdiag_accept_queue_length", &l).is_empty()
@@ -334,19 +320,7 @@ fn a_vanished_namespace_is_freed_before_the_next_connection_pass() {
                         .find("sockdiag_netstat_listen_overflows_total", &l)
                         .is_empty()
             });
-            let pid = daemon.child.id();
-            let settle = || {
-                // Past a few rescans, then the fewest of several looks (a
-                // look can catch a directory open for a /proc scan).
-                std::thread::sleep(Duration::from_millis(500));
-                (0..10)
-                    .map(|_| {
-                        std::thread::sleep(Duration::from_millis(20));
-                        open_fds(pid)
-                    })
-                    .min()
-                    .unwrap_or(0)
-            };
+            let settle = || settled_fds(&daemon);
             let with_it = settle();
             goes.kill();
             wait_for(&daemon, "the namespace's series to go", |m| {
@@ -423,7 +397,7 @@ fn without_privileges_only_the_own_namespace_is_collected() {
             // CAP_SYS_PTRACE over it, as sshd or a setuid program does.
             assert_eq!(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) }, 0);
             let other = NetnsProcess::start(7074, 4, 0);
-            let other_name = format!("ino:{}", other.netns_inode());
+            let other_name = other.ino_label();
             let _l = listen(([127, 0, 0, 1], 7074).into(), 4, false, None);
             // A user namespace of its own: the daemon keeps the uid but holds
             // no capability over the test's processes and namespaces.
@@ -487,7 +461,7 @@ fn without_cap_sys_admin_other_namespaces_show_as_down() {
         "without_cap_sys_admin_other_namespaces_show_as_down",
         || {
             let other = NetnsProcess::start(7075, 4, 0);
-            let other_name = format!("ino:{}", other.netns_inode());
+            let other_name = other.ino_label();
             let _l = listen(([127, 0, 0, 1], 7075).into(), 4, false, None);
             let mut cmd = Command::new("setpriv");
             cmd.args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"])
@@ -534,12 +508,4 @@ fn without_cap_sys_admin_other_namespaces_show_as_down() {
             remove_log(&log);
         },
     );
-}
-
-/// A fresh directory under the system temp dir, unique to this process.
-fn tempdir(what: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
 }

@@ -13,87 +13,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{Debug, Display};
+use std::fmt::Debug;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use common::{Daemon, Metrics, exporter_bin, listen, ss, start_connect, wait_connected};
+use common::report::Report;
+use common::rng::{Rng, Seed};
+use common::{Daemon, Metrics, listen, ss, start_connect, wait_connected};
 use serde_json::Value;
 use socket2::Socket;
-
-// ---------------------------------------------------------------------------
-// Randomness
-
-/// xorshift64: tiny, and the same seed gives the same mix on any machine.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 once, so that small or similar seeds still start far
-        // apart, and never zero (a fixed point of xorshift).
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "empty range {lo}..={hi}");
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.range(0, i as u64) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-const SEED_VAR: &str = "SOCKDIAG_ORACLE_SEED";
-
-fn seed() -> u64 {
-    // An empty value counts as unset, as CI templates often export one.
-    match std::env::var(SEED_VAR).map(|v| v.trim().to_string()) {
-        Ok(text) if !text.is_empty() => {
-            let text = text.as_str();
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("{SEED_VAR}={text:?} is not a u64: {e}"))
-        }
-        _ => {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64;
-            nanos ^ (u64::from(std::process::id()) << 32)
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Socket helpers the harness lacks
@@ -1364,67 +1294,6 @@ fn from_metrics(m: &Metrics, report: &mut Report) -> Ours {
 // ---------------------------------------------------------------------------
 // Comparing
 
-struct Report {
-    phase: &'static str,
-    seed: u64,
-    problems: Vec<String>,
-}
-
-impl Report {
-    fn new(phase: &'static str, seed: u64) -> Report {
-        Report {
-            phase,
-            seed,
-            problems: Vec::new(),
-        }
-    }
-
-    fn fail(&mut self, problem: String) {
-        self.problems.push(problem);
-    }
-
-    fn eq<T: PartialEq + Debug>(&mut self, what: impl Display, ours: T, ss: T) {
-        if ours != ss {
-            self.fail(format!("{what}: ours {ours:?}, ss {ss:?}"));
-        }
-    }
-
-    fn within(&mut self, what: impl Display, ours: u64, lo: u64, hi: u64) {
-        if ours < lo || ours > hi {
-            self.fail(format!(
-                "{what}: ours {ours}, ss {lo} before and {hi} after"
-            ));
-        }
-    }
-
-    /// Nothing missing, nothing extra.
-    fn same_keys<K: Ord + Debug, A, B>(
-        &mut self,
-        what: &str,
-        ours: &BTreeMap<K, A>,
-        ss: &BTreeMap<K, B>,
-    ) {
-        for k in ours.keys().filter(|k| !ss.contains_key(k)) {
-            self.fail(format!("{what} {k:?}: reported by us, unknown to ss"));
-        }
-        for k in ss.keys().filter(|k| !ours.contains_key(k)) {
-            self.fail(format!("{what} {k:?}: seen by ss, missing from ours"));
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.problems.is_empty(),
-            "{}: {} discrepancies with ss (replay with {SEED_VAR}={}):\n  {}",
-            self.phase,
-            self.problems.len(),
-            self.seed,
-            self.problems.join("\n  ")
-        );
-        println!("{}: every figure agrees with ss", self.phase);
-    }
-}
-
 /// Compares every figure both views share. `fresh` is true for a view taken
 /// by a brand-new tracker (the snapshot), which has seen one sample only.
 fn compare(report: &mut Report, ours: &Ours, oracle: &Oracle, fresh: bool) {
@@ -1619,9 +1488,8 @@ fn check_coverage(lines: &[SsLine], oracle: &Oracle) {
 fn oracle_against_ss() {
     common::in_netns("oracle_against_ss", || {
         let started = Instant::now();
-        let seed = seed();
-        println!("oracle seed {seed} (replay: {SEED_VAR}={seed} cargo test --test oracle)");
-        let mut rng = Rng::new(seed);
+        let seed = Seed::from_env("SOCKDIAG_ORACLE_SEED", "oracle");
+        let mut rng = seed.rng();
         let mix = Mix::build(&mut rng);
         for line in &mix.description {
             println!("  {line}");
@@ -1639,30 +1507,20 @@ fn oracle_against_ss() {
         let before = settle();
         let overflows_before = tcp_ext("ListenOverflows");
         let listen_drops_before = tcp_ext("ListenDrops");
-        let out = Command::new(exporter_bin())
-            .args(["snapshot", "--format", "json"])
-            .output()
-            .expect("running sockdiag-exporter snapshot");
+        let whole = common::snapshot_json(&[]);
         let overflows_after = tcp_ext("ListenOverflows");
         let listen_drops_after = tcp_ext("ListenDrops");
         let after = read_ss();
-        assert!(
-            out.status.success(),
-            "snapshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         assert_eq!(
             signatures(&after),
             signatures(&before),
             "the mix changed while the snapshot ran"
         );
-        let whole: Value =
-            serde_json::from_slice(&out.stdout).expect("snapshot --format json is JSON");
         let doc = common::snapshot_host(&whole);
         let oracle = Oracle::new(&before, &after);
         check_coverage(&before, &oracle);
 
-        let mut report = Report::new("snapshot --format json", seed);
+        let mut report = Report::new("snapshot --format json", seed, "ss", "figure");
         report.eq("errors", whole["errors"].clone(), Value::Array(Vec::new()));
         let ours = from_json(doc, &mut report);
         compare(&mut report, &ours, &oracle, true);
@@ -1699,20 +1557,14 @@ fn oracle_against_ss() {
         // any sample it takes lies between `after` and the final reading.
         let daemon = Daemon::start(&[]);
         let daemon_port = daemon.addr.port();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = daemon.metrics();
-            let sampled =
-                |c: &str| m.value_or_zero("sockdiag_collector_success", &[("collector", c)]) == 1.0;
-            if sampled("connections") && sampled("listeners") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon took no connection sample within 15 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let sampled = |m: &Metrics, c: &str| {
+            m.value_or_zero("sockdiag_collector_success", &[("collector", c)]) == 1.0
+        };
+        daemon.wait_for(
+            "a connection and a listener sample",
+            |m| sampled(m, "connections") && sampled(m, "listeners"),
+            |m| format!("{:?}", m.find("sockdiag_collector_success", &[])),
+        );
         // Full time needs two listener samples that both saw a queue full;
         // several 50 ms intervals make sure there were.
         std::thread::sleep(Duration::from_millis(300));
@@ -1728,7 +1580,7 @@ fn oracle_against_ss() {
             "the mix changed while the daemon ran"
         );
 
-        let mut report = Report::new("daemon /metrics", seed);
+        let mut report = Report::new("daemon /metrics", seed, "ss", "figure");
         let ours = from_metrics(&m, &mut report);
         // The daemon's own listener must show like any lone listener; its
         // figures move with our scrapes, so they are not compared.

@@ -33,8 +33,13 @@ fn fixture(name: &str) -> PathBuf {
 fn load(name: &str) -> (Vec<u8>, u32) {
     let bytes =
         std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("reading fixture {name}: {e}"));
-    let seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
+    let seq = seq_of(&bytes);
     (bytes, seq)
+}
+
+/// The sequence number of a capture's request: its first message's.
+fn seq_of(capture: &[u8]) -> u32 {
+    u32::from_ne_bytes(capture[8..12].try_into().unwrap())
 }
 
 fn records(bytes: &[u8], seq: u32) -> Result<Vec<SockRecord>, ParseError> {
@@ -66,16 +71,26 @@ fn build_scenario() -> Vec<socket2::Socket> {
     keep
 }
 
-fn capture(request: &DumpRequest<'_>) -> Vec<u8> {
+/// The datagrams of one dump of `request`, concatenated; `done` tells the
+/// last one (it parses a datagram and says whether it ends the dump).
+fn capture<R: sockdiag_exporter::diag::Request + ?Sized>(
+    request: &R,
+    done: impl Fn(&[u8], u32) -> Result<bool, ParseError>,
+) -> Vec<u8> {
     let mut socket = DiagSocket::open().expect("opening sock_diag socket");
     let mut all = Vec::new();
     socket
         .dump_datagrams(request, |d, seq| {
             all.extend_from_slice(d);
-            Ok(parse_datagram(d, seq, |_| {})?.done)
+            done(d, seq)
         })
         .expect("dump");
     all
+}
+
+/// Whether an inet_diag datagram ends its dump.
+fn inet_done(d: &[u8], seq: u32) -> Result<bool, ParseError> {
+    Ok(parse_datagram(d, seq, |_| {})?.done)
 }
 
 fn req(family: Family, states: StateSet, meminfo: bool, tcp_info: bool) -> DumpRequest<'static> {
@@ -108,7 +123,7 @@ fn regenerate_fixtures() {
                 req(Family::Ipv4, StateSet::Connections, false, true),
             ),
         ] {
-            std::fs::write(fixture(name), capture(&request)).expect("writing fixture");
+            std::fs::write(fixture(name), capture(&request, inet_done)).expect("writing fixture");
         }
     });
 }
@@ -162,15 +177,36 @@ fn captured_connections_decode() {
 fn truncation_at_every_byte_is_an_error_never_a_panic() {
     for name in ["listeners_v4.bin", "connections_v4.bin"] {
         let (bytes, seq) = load(name);
-        let boundaries = message_boundaries(&bytes);
-        for cut in 0..bytes.len() {
-            let result = parse_datagram(&bytes[..cut], seq, |_| {});
-            if boundaries.contains(&cut) {
-                // A cut between messages is a datagram that simply ended
-                // early: fine, but not done.
-                let s = result.unwrap_or_else(|e| panic!("{name} cut at boundary {cut}: {e}"));
-                assert!(!s.done);
-            } else {
+        every_cut(
+            name,
+            &bytes,
+            |b| parse_datagram(b, seq, |_| {}),
+            // A cut between messages is a datagram that simply ended early:
+            // fine, but not done.
+            |_, _, s| assert!(!s.done),
+        );
+    }
+}
+
+/// Parses every prefix of a capture with `parse`. A cut between messages
+/// is a datagram that ended early: `at_boundary` gets the cut, the
+/// messages before it and what `parse` made of it. A cut inside a message
+/// must be reported as truncated or malformed, never a panic.
+fn every_cut<T: std::fmt::Debug>(
+    name: &str,
+    bytes: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, ParseError>,
+    at_boundary: impl Fn(usize, usize, T),
+) {
+    let boundaries = message_boundaries(bytes);
+    for cut in 0..bytes.len() {
+        let result = parse(&bytes[..cut]);
+        match boundaries.iter().position(|&b| b == cut) {
+            Some(before) => {
+                let parsed = result.unwrap_or_else(|e| panic!("{name} cut at boundary {cut}: {e}"));
+                at_boundary(cut, before, parsed);
+            }
+            None => {
                 let e = result.expect_err("a cut inside a message must be reported");
                 assert!(
                     matches!(
@@ -222,13 +258,18 @@ fn unknown_attributes_are_skipped() {
     assert_eq!(got, expected);
 }
 
-/// Offset of the first attribute of `kind` in a reply message.
-fn find_attr(msg: &[u8], kind: u16) -> Option<usize> {
-    let mut at = 16 + 72;
+/// Where the attributes of an inet_diag reply start: after the netlink
+/// header and inet_diag_msg.
+const INET_ATTRS: usize = 16 + 72;
+
+/// Offset and length of the first attribute of `kind` in a reply message
+/// whose attributes start at `first`.
+fn find_attr(msg: &[u8], first: usize, kind: u16) -> Option<(usize, usize)> {
+    let mut at = first;
     while at + 4 <= msg.len() {
         let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
         if u16::from_ne_bytes([msg[at + 2], msg[at + 3]]) & 0x3fff == kind {
-            return Some(at);
+            return Some((at, len));
         }
         at += (len + 3) & !3;
     }
@@ -239,7 +280,7 @@ fn find_attr(msg: &[u8], kind: u16) -> Option<usize> {
 fn short_extensions_from_older_kernels_are_tolerated() {
     let (bytes, seq) = load("connections_v4.bin");
     let mut msgs = messages(&bytes);
-    let info = find_attr(&msgs[0], 2).expect("tcp_info attribute in capture");
+    let (info, _) = find_attr(&msgs[0], INET_ATTRS, 2).expect("tcp_info attribute in capture");
     // An old kernel's tcp_info that ends before tcpi_last_data_sent: cut the
     // attribute to 40 bytes of value and drop what followed it.
     let mut reply = msgs[0][..info + 4 + 40].to_vec();
@@ -256,7 +297,7 @@ fn short_extensions_from_older_kernels_are_tolerated() {
 fn damaged_attributes_are_errors() {
     let (bytes, seq) = load("listeners_v4.bin");
     let msgs = messages(&bytes);
-    let at = find_attr(&msgs[0], 7).expect("skmeminfo attribute in capture");
+    let (at, _) = find_attr(&msgs[0], INET_ATTRS, 7).expect("skmeminfo attribute in capture");
     // Length below the attribute header.
     let mut bad = msgs.clone();
     bad[0][at..at + 2].copy_from_slice(&2u16.to_ne_bytes());
@@ -548,14 +589,9 @@ fn build_unix_scenario() -> Vec<Socket> {
 fn regenerate_unix_fixture() {
     in_netns("regenerate_unix_fixture", || {
         let _sockets = build_unix_scenario();
-        let mut socket = DiagSocket::open().expect("opening sock_diag socket");
-        let mut all = Vec::new();
-        socket
-            .dump_datagrams(&UnixListenersRequest, |d, seq| {
-                all.extend_from_slice(d);
-                Ok(unix_diag::parse_datagram(d, seq, |_| {})?.done)
-            })
-            .expect("unix dump");
+        let all = capture(&UnixListenersRequest, |d, seq| {
+            Ok(unix_diag::parse_datagram(d, seq, |_| {})?.done)
+        });
         std::fs::write(fixture(UNIX_FIXTURE), all).expect("writing fixture");
         let _ = std::fs::remove_dir_all(UNIX_FIXTURE_DIR);
     });
@@ -625,43 +661,23 @@ fn captured_unix_listeners_decode_to_the_scenario() {
 #[test]
 fn unix_truncation_at_every_byte_is_an_error_never_a_panic() {
     let (bytes, seq) = load(UNIX_FIXTURE);
-    let boundaries = message_boundaries(&bytes);
     let replies = messages(&bytes).len() - 1;
-    for cut in 0..bytes.len() {
-        let result = unix_parse(&bytes[..cut], seq);
-        match boundaries.iter().position(|&b| b == cut) {
-            // A cut between messages is a datagram that ended early: the
-            // records before it, and not done, so the dump goes on.
-            Some(before) => {
-                let (rs, s) = result.unwrap_or_else(|e| panic!("cut at boundary {cut}: {e}"));
-                assert!(!s.done, "cut at {cut}");
-                assert_eq!(rs.len(), before.min(replies), "cut at {cut}");
-            }
-            None => {
-                let e = result.expect_err("a cut inside a message must be reported");
-                assert!(
-                    matches!(
-                        e,
-                        ParseError::Truncated { .. } | ParseError::Malformed { .. }
-                    ),
-                    "cut at {cut}: {e}"
-                );
-            }
-        }
-    }
+    every_cut(
+        UNIX_FIXTURE,
+        &bytes,
+        |b| unix_parse(b, seq),
+        // A cut between messages is a datagram that ended early: the
+        // records before it, and not done, so the dump goes on.
+        |cut, before, (rs, s)| {
+            assert!(!s.done, "cut at {cut}");
+            assert_eq!(rs.len(), before.min(replies), "cut at {cut}");
+        },
+    );
 }
 
-/// Offset of the first attribute of `kind` in a unix_diag reply message.
+/// Offset and length of the first attribute of `kind` in a unix_diag reply.
 fn find_unix_attr(msg: &[u8], kind: u16) -> Option<(usize, usize)> {
-    let mut at = UNIX_ATTRS;
-    while at + 4 <= msg.len() {
-        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
-        if u16::from_ne_bytes([msg[at + 2], msg[at + 3]]) & 0x3fff == kind {
-            return Some((at, len));
-        }
-        at += (len + 3) & !3;
-    }
-    None
+    find_attr(msg, UNIX_ATTRS, kind)
 }
 
 /// `msg` with the attribute at `at` (of length `len`) replaced by `with`
@@ -939,17 +955,6 @@ const UDP_V6_QUEUED: usize = 3;
 const UDP_PAYLOAD: usize = 100;
 const INET_DIAG_SKMEMINFO: u16 = 7;
 
-fn udp_request(family: Family) -> DumpRequest<'static> {
-    DumpRequest {
-        protocol: Protocol::Udp,
-        family,
-        states: StateSet::All,
-        meminfo: true,
-        tcp_info: false,
-        filter: None,
-    }
-}
-
 /// - receiver 127.0.0.1:5300 with SO_RCVBUF 2048 (4096 for the kernel),
 ///   sent 20 datagrams of 100 bytes by an unconnected client: it holds a
 ///   few and dropped the rest;
@@ -994,10 +999,9 @@ fn regenerate_udp_fixtures() {
             (UDP_FIXTURE_V4, Family::Ipv4),
             (UDP_FIXTURE_V6, Family::Ipv6),
         ] {
-            let bytes = capture(&udp_request(family));
+            let bytes = capture(&udp_dump_request(family), inet_done);
             // Only a capture that holds the scenario is written.
-            let seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
-            let rs = records(&bytes, seq).expect("the capture decodes");
+            let rs = records(&bytes, seq_of(&bytes)).expect("the capture decodes");
             for r in &rs {
                 println!(
                     "{name}: {:?} {}:{} -> {}:{} rqueue {} rcvbuf {:?} drops {:?}",
@@ -1099,47 +1103,24 @@ fn captured_udp_sockets_decode_to_the_scenario() {
 fn udp_truncation_at_every_byte_is_an_error_never_a_panic() {
     for name in [UDP_FIXTURE_V4, UDP_FIXTURE_V6] {
         let (bytes, seq) = load(name);
-        let boundaries = message_boundaries(&bytes);
         let replies = messages(&bytes).len() - 1;
-        for cut in 0..bytes.len() {
-            let mut n = 0;
-            let result = parse_datagram(&bytes[..cut], seq, |_| n += 1);
-            match boundaries.iter().position(|&b| b == cut) {
-                Some(before) => {
-                    let s = result.unwrap_or_else(|e| panic!("{name} cut at boundary {cut}: {e}"));
-                    assert!(!s.done, "{name} cut at {cut}");
-                    assert_eq!(
-                        (n, s.records),
-                        (before.min(replies), before.min(replies)),
-                        "{name} cut at {cut}"
-                    );
-                }
-                None => {
-                    let e = result.expect_err("a cut inside a message must be reported");
-                    assert!(
-                        matches!(
-                            e,
-                            ParseError::Truncated { .. } | ParseError::Malformed { .. }
-                        ),
-                        "{name} cut at {cut}: {e}"
-                    );
-                }
-            }
-        }
+        every_cut(
+            name,
+            &bytes,
+            |b| {
+                let mut n = 0;
+                parse_datagram(b, seq, |_| n += 1).map(|s| (n, s))
+            },
+            |cut, before, (n, s)| {
+                assert!(!s.done, "{name} cut at {cut}");
+                assert_eq!(
+                    (n, s.records),
+                    (before.min(replies), before.min(replies)),
+                    "{name} cut at {cut}"
+                );
+            },
+        );
     }
-}
-
-/// Offset and length of the first attribute of `kind` in an inet_diag reply.
-fn find_inet_attr(msg: &[u8], kind: u16) -> Option<(usize, usize)> {
-    let mut at = 16 + 72;
-    while at + 4 <= msg.len() {
-        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
-        if u16::from_ne_bytes([msg[at + 2], msg[at + 3]]) & 0x3fff == kind {
-            return Some((at, len));
-        }
-        at += (len + 3) & !3;
-    }
-    None
 }
 
 /// The tiny receiver's reply with its SKMEMINFO replaced by `with` (a whole
@@ -1149,9 +1130,9 @@ fn udp_with_skmeminfo(with: &[u8]) -> (Vec<SockRecord>, Vec<SockRecord>) {
     let mut msgs = messages(&bytes);
     let i = msgs
         .iter()
-        .position(|m| m.len() > 16 + 72 && u16::from_be_bytes([m[20], m[21]]) == UDP_TINY_PORT)
+        .position(|m| m.len() > INET_ATTRS && u16::from_be_bytes([m[20], m[21]]) == UDP_TINY_PORT)
         .expect("the tiny receiver's reply");
-    let skmem = find_inet_attr(&msgs[i], INET_DIAG_SKMEMINFO).expect("SKMEMINFO in capture");
+    let skmem = find_attr(&msgs[i], INET_ATTRS, INET_DIAG_SKMEMINFO).expect("SKMEMINFO in capture");
     msgs[i] = splice_attr(&msgs[i], skmem, with);
     let mut got = Vec::new();
     let s = parse_datagram(&msgs.concat(), seq, |r| got.push(*r))
@@ -1161,19 +1142,27 @@ fn udp_with_skmeminfo(with: &[u8]) -> (Vec<SockRecord>, Vec<SockRecord>) {
     (got, expected)
 }
 
+/// The capture's records with the tiny receiver's buffer and drops as given.
+fn with_tiny_meminfo(
+    mut records: Vec<SockRecord>,
+    rcvbuf: Option<u32>,
+    drops: Option<u32>,
+) -> Vec<SockRecord> {
+    let tiny = records
+        .iter_mut()
+        .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
+        .expect("the tiny receiver's record");
+    tiny.rcvbuf = rcvbuf;
+    tiny.drops = drops;
+    records
+}
+
 /// Without INET_DIAG_SKMEMINFO (a kernel that did not send it) the record
 /// has no buffer and no drop figure rather than zeros; the rest stands.
 #[test]
 fn a_udp_reply_without_skmeminfo_has_no_buffer_or_drops() {
     let (got, expected) = udp_with_skmeminfo(&[]);
-    let mut want = expected.clone();
-    let tiny = want
-        .iter_mut()
-        .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
-        .unwrap();
-    tiny.drops = None;
-    tiny.rcvbuf = None;
-    assert_eq!(got, want);
+    assert_eq!(got, with_tiny_meminfo(expected, None, None));
 }
 
 /// A SKMEMINFO too short to hold SK_MEMINFO_DROPS (index 8; kernels from
@@ -1186,26 +1175,20 @@ fn a_short_udp_skmeminfo_is_ignored_a_long_one_read() {
             .flat_map(|v| (v + 1).to_ne_bytes())
             .collect();
         let (got, expected) = udp_with_skmeminfo(&attr(INET_DIAG_SKMEMINFO, &value));
-        let mut want = expected.clone();
-        let tiny = want
-            .iter_mut()
-            .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
-            .unwrap();
-        tiny.drops = None;
-        tiny.rcvbuf = None;
-        assert_eq!(got, want, "SKMEMINFO of {fields} fields");
+        assert_eq!(
+            got,
+            with_tiny_meminfo(expected, None, None),
+            "SKMEMINFO of {fields} fields"
+        );
     }
     // Ten fields, numbered 1..=10: rcvbuf is field 1, drops field 8.
     let value: Vec<u8> = (0..10u32).flat_map(|v| (v + 1).to_ne_bytes()).collect();
     let (got, expected) = udp_with_skmeminfo(&attr(INET_DIAG_SKMEMINFO, &value));
-    let mut want = expected.clone();
-    let tiny = want
-        .iter_mut()
-        .find(|r| r.local_port == UDP_TINY_PORT && r.state == TcpState::Close)
-        .unwrap();
-    tiny.rcvbuf = Some(2);
-    tiny.drops = Some(9);
-    assert_eq!(got, want, "SKMEMINFO of 10 fields");
+    assert_eq!(
+        got,
+        with_tiny_meminfo(expected, Some(2), Some(9)),
+        "SKMEMINFO of 10 fields"
+    );
 }
 
 /// What the udp collector makes of such a record: the receiver keeps its

@@ -45,81 +45,16 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use common::{Daemon, Metrics, exporter_bin};
+use common::report::Report;
+use common::rng::{Rng, Seed};
+use common::{
+    Daemon, Metrics, NsHelper, OWNER_LABELS, TempDir, in_new_netns, netns_flags, nsenter,
+    python_with_loopback, snapshot_json, snapshot_owners,
+};
 use serde_json::{Value, json};
-
-// ---------------------------------------------------------------------------
-// Randomness (the TCP and unix oracles' generator)
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "empty range {lo}..={hi}");
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.range(0, v.len() as u64 - 1) as usize]
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.range(0, i as u64) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-const SEED_VAR: &str = "SOCKDIAG_UDP_ORACLE_SEED";
-
-fn seed() -> u64 {
-    match std::env::var(SEED_VAR).map(|v| v.trim().to_string()) {
-        Ok(text) if !text.is_empty() => {
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("{SEED_VAR}={text:?} is not a u64: {e}"))
-        }
-        _ => {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64;
-            nanos ^ (u64::from(std::process::id()) << 32)
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The plan of one namespace
@@ -544,8 +479,9 @@ print("ready " + json.dumps({"inodes": inodes, "clients": clients, "shared": sha
 sys.stdin.read()
 "#;
 
-struct Helper {
-    child: Child,
+/// What the helper of one namespace built.
+#[derive(serde::Deserialize)]
+struct Built {
     /// Socket inodes of each group's members, in plan order.
     inodes: Vec<Vec<u64>>,
     /// Local ports of every client socket.
@@ -554,78 +490,16 @@ struct Helper {
     shared: Vec<(String, u16)>,
 }
 
-impl Helper {
-    fn start(plan: &NsPlan) -> Helper {
-        // A new namespace's loopback starts down.
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "ip link set lo up && exec python3 -c \"$0\" \"$@\"",
-            HELPER,
-            &plan.to_json(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-        if plan.own_netns {
-            // SAFETY: only raw syscalls between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .expect("starting the python3 helper (package python3)");
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        out.read_line(&mut line)
-            .expect("reading the helper's first line");
-        let Some(built) = line.trim().strip_prefix("ready ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "helper for netns {} did not build its mix: {:?}",
-                plan.label,
-                line.trim()
-            );
-        };
-        let built: Value = serde_json::from_str(built).expect("helper's JSON");
-        let inodes: Vec<Vec<u64>> =
-            serde_json::from_value(built["inodes"].clone()).expect("inodes[][]");
-        let clients: BTreeSet<u16> =
-            serde_json::from_value(built["clients"].clone()).expect("clients[]");
-        let shared: Vec<(String, u16)> =
-            serde_json::from_value(built["shared"].clone()).expect("shared[]");
-        assert_eq!(inodes.len(), plan.groups.len());
-        Helper {
-            child,
-            inodes,
-            clients,
-            shared,
-        }
-    }
+type Helper = NsHelper<Built>;
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+fn start_helper(plan: &NsPlan) -> Helper {
+    let mut cmd = python_with_loopback(HELPER, &[&plan.to_json()]);
+    if plan.own_netns {
+        in_new_netns(&mut cmd);
     }
-
-    fn netns_inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
-            .expect("stat of the helper's netns")
-            .ino()
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let helper: Helper = NsHelper::spawn(cmd, &format!("helper for netns {}", plan.label));
+    assert_eq!(helper.built.inodes.len(), plan.groups.len());
+    helper
 }
 
 // ---------------------------------------------------------------------------
@@ -667,21 +541,6 @@ impl SsUdp {
 
 /// (family label, address label, port).
 type AddrKey = (&'static str, String, u16);
-
-fn nsenter(pid: u32, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running nsenter (util-linux)");
-    assert!(
-        out.status.success(),
-        "nsenter --net=/proc/{pid}/ns/net {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
 
 /// Every UDP socket of the namespace of process `pid`.
 fn read_ss(pid: u32) -> Vec<SsUdp> {
@@ -863,7 +722,7 @@ impl NsOracle {
             rcvbuf_errors: nstat["UdpRcvbufErrors"] + nstat["Udp6RcvbufErrors"],
             in_errors: nstat["UdpInErrors"] + nstat["Udp6InErrors"],
             helper_pid: helper.pid(),
-            clients: helper.clients.clone(),
+            clients: helper.built.clients.clone(),
         }
     }
 
@@ -904,7 +763,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
     for s in lines {
         assert_eq!(s.pid, Some(helper.pid()), "netns {at}: owner of {s:?}");
     }
-    for (g, inodes) in plan.groups.iter().zip(&helper.inodes) {
+    for (g, inodes) in plan.groups.iter().zip(&helper.built.inodes) {
         let what = format!("netns {at} {}", g.describe());
         let members: Vec<&SsUdp> = inodes
             .iter()
@@ -948,7 +807,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
             );
         }
     }
-    for (addr, port) in &helper.shared {
+    for (addr, port) in &helper.built.shared {
         let found = lines.iter().any(|s| {
             !s.unconnected() && s.local.port() == *port && s.local.ip().to_string() == *addr
         });
@@ -957,7 +816,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
             "netns {at}: connected socket on {addr}:{port} not in ss"
         );
     }
-    for port in &helper.clients {
+    for port in &helper.built.clients {
         assert!(
             (plan.range.0..=plan.range.1).contains(port),
             "netns {at}: client port {port} outside {:?}",
@@ -972,55 +831,6 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsUdp], range_tex
 
 // ---------------------------------------------------------------------------
 // Comparing
-
-struct Report {
-    phase: String,
-    seed: u64,
-    problems: Vec<String>,
-}
-
-impl Report {
-    fn new(phase: impl Into<String>, seed: u64) -> Report {
-        Report {
-            phase: phase.into(),
-            seed,
-            problems: Vec::new(),
-        }
-    }
-
-    fn fail(&mut self, what: impl Into<String>) {
-        self.problems.push(what.into());
-    }
-
-    fn eq<T: PartialEq + Debug>(&mut self, what: impl std::fmt::Display, ours: T, oracle: T) {
-        if ours != oracle {
-            self.fail(format!("{what}: ours {ours:?}, ss/nstat {oracle:?}"));
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.problems.is_empty(),
-            "{}: {} discrepancies (replay with {SEED_VAR}={}):\n  {}",
-            self.phase,
-            self.problems.len(),
-            self.seed,
-            self.problems.join("\n  ")
-        );
-        println!(
-            "{}: every UDP receiver agrees with ss and nstat",
-            self.phase
-        );
-    }
-}
-
-fn members_wanted(n: usize) -> Vec<Option<u64>> {
-    if n == 1 {
-        vec![None]
-    } else {
-        (0..n as u64).map(Some).collect()
-    }
-}
 
 /// The snapshot's UDP view of one namespace against the oracle.
 fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
@@ -1060,14 +870,7 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         ns["netstat"]["udp_in_errors"].as_u64(),
         Some(oracle.in_errors),
     );
-    let owners: BTreeMap<u64, u64> = ns["processes"]["owners"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|pair| Some((pair[0].as_u64()?, pair[1]["pid"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let owners = snapshot_owners(ns);
     let mut ours: BTreeMap<AddrKey, Vec<&Value>> = BTreeMap::new();
     for r in list {
         let family = match r["family"].as_str() {
@@ -1090,32 +893,13 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         );
         ours.entry(key).or_default().push(r);
     }
-    for key in ours.keys().filter(|k| !oracle.receivers.contains_key(*k)) {
-        report.fail(format!(
-            "netns {at} {key:?}: a receiver for us, not by ss: {:?}",
-            ours[key]
-        ));
-    }
-    for (key, ss) in &oracle.receivers {
-        let what = format!("netns {at} {key:?}");
-        let Some(mine) = ours.get(key) else {
-            report.fail(format!("{what}: receiver by ss, missing from ours"));
-            continue;
-        };
-        report.eq(format!("{what}: receivers"), mine.len(), ss.len());
-        let mut members: Vec<Option<u64>> = mine.iter().map(|r| r["member"].as_u64()).collect();
-        members.sort();
-        report.eq(
-            format!("{what}: members"),
-            members,
-            members_wanted(ss.len()),
-        );
-        for s in ss {
-            let Some(r) = mine.iter().find(|r| r["inode"].as_u64() == Some(s.inode)) else {
-                report.fail(format!("{what}: no receiver with ss's inode {}", s.inode));
-                continue;
-            };
-            let what = format!("{what} inode {}", s.inode);
+    report.pair_by_inode(
+        at,
+        "receiver",
+        &ours,
+        &oracle.receivers,
+        |s| s.inode,
+        |report, what, r, s| {
             report.eq(
                 format!("{what} queue_bytes (Recv-Q)"),
                 r["queue_bytes"].as_u64(),
@@ -1134,8 +918,8 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
             );
             let owner = r["cookie"].as_u64().and_then(|c| owners.get(&c)).copied();
             report.eq(format!("{what} owner pid"), owner, s.pid.map(u64::from));
-        }
-    }
+        },
+    );
     let mut addresses: BTreeMap<AddrKey, (u64, u64)> = BTreeMap::new();
     for a in udp["addresses"].as_array().into_iter().flatten() {
         let family = if a["family"] == "ipv4" {
@@ -1218,11 +1002,8 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
                     .unwrap_or(0),
             )
         };
-        let names: Vec<&str> = s.labels.keys().map(String::as_str).collect();
-        let member = s.labels.get("member").map(|v| {
-            v.parse::<u64>()
-                .unwrap_or_else(|_| panic!("member label {v:?}"))
-        });
+        let names = s.label_names();
+        let member = s.member();
         let mut base = vec!["address", "family", "netns", "port"];
         if member.is_some() {
             base.push("member");
@@ -1236,7 +1017,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
                 report.fail(format!("{what}: twice"));
             }
         } else if s.name == PROCESS_INFO {
-            base.extend(["cmdline", "comm", "container_id", "exe", "pid", "unit"]);
+            base.extend(OWNER_LABELS);
             base.sort();
             report.eq(format!("{what} label names"), names, base);
             let entry = ours.entry((key(), member)).or_default();
@@ -1257,31 +1038,11 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
             }
         }
     }
-    let keys: BTreeSet<&AddrKey> = ours.keys().map(|(k, _)| k).collect();
-    for key in keys.iter().filter(|k| !oracle.receivers.contains_key(**k)) {
-        report.fail(format!("netns {at} {key:?}: a receiver for us, not by ss"));
-    }
-    for (key, ss) in &oracle.receivers {
-        let what = format!("netns {at} {key:?}");
-        let mine: Vec<(&Option<u64>, &MetricReceiver)> = ours
-            .iter()
-            .filter(|((k, _), _)| k == key)
-            .map(|((_, m), v)| (m, v))
-            .collect();
-        if mine.is_empty() {
-            report.fail(format!("{what}: receiver by ss, missing from ours"));
-            continue;
-        }
-        let members: Vec<Option<u64>> = mine.iter().map(|(m, _)| **m).collect();
-        report.eq(
-            format!("{what}: members"),
-            members,
-            members_wanted(ss.len()),
-        );
+    report.pair_members(at, &ours, &oracle.receivers, |report, what, mine, ss| {
         // Members carry no inode on /metrics: the figures are compared as
         // multisets.
         let mut got: Vec<(u64, u64, u64)> = Vec::new();
-        for (member, r) in &mine {
+        for (member, r) in mine {
             let what = format!("{what} member {member:?}");
             let v = |name: &str| r.values.get(name).map(|v| *v as u64);
             let (Some(queue), Some(buffer), Some(drops)) = (
@@ -1309,7 +1070,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
         got.sort();
         want.sort();
         report.eq(format!("{what}: (queue, buffer, drops)"), got, want);
-    }
+    });
     report.eq(
         format!("netns {at}: sockdiag_udp_sockets (unconnected, connected)"),
         sockets,
@@ -1352,58 +1113,6 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle, daemon_p
 
 // ---------------------------------------------------------------------------
 
-/// A fresh directory under the system temp dir, unique to this process.
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
-}
-
-/// Removes the test's directory however the test ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn snapshot(flags: &[&str]) -> Value {
-    let out = Command::new(exporter_bin())
-        .args(["snapshot", "--format", "json"])
-        .args(flags)
-        .output()
-        .expect("running sockdiag-exporter snapshot");
-    assert!(
-        out.status.success(),
-        "snapshot {flags:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("snapshot JSON")
-}
-
-fn compare_snapshot(report: &mut Report, doc: &Value, oracles: &[NsOracle]) {
-    for e in doc["errors"].as_array().expect("errors[]") {
-        let text = e["error"].as_str().unwrap_or_default();
-        if oracles
-            .iter()
-            .any(|o| text.starts_with(&format!("netns {}:", o.label)))
-        {
-            report.fail(format!("error in one of the test's namespaces: {e}"));
-        } else {
-            println!("  (elsewhere on the machine: {e})");
-        }
-    }
-    let namespaces = doc["namespaces"].as_array().expect("namespaces[]");
-    for oracle in oracles {
-        match namespaces.iter().find(|ns| ns["netns"] == oracle.label) {
-            Some(ns) => compare_json(report, ns, oracle),
-            None => report.fail(format!("netns {} missing from the snapshot", oracle.label)),
-        }
-    }
-}
-
 /// Reads until two readings 100 ms apart agree (loopback delivery is done
 /// by then), bounded.
 fn settle(plans: &[NsPlan], helpers: &[Helper], history: &str) -> Reading {
@@ -1423,11 +1132,10 @@ fn settle(plans: &[NsPlan], helpers: &[Helper], history: &str) -> Reading {
 fn udp_oracle_against_ss_and_nstat() {
     common::in_netns("udp_oracle_against_ss_and_nstat", || {
         let started = Instant::now();
-        let seed = seed();
-        println!("udp oracle seed {seed} (replay: {SEED_VAR}={seed} cargo test --test udp_oracle)");
-        let mut rng = Rng::new(seed);
-        let root = tempdir("udp-oracle");
-        let _cleanup = RemoveOnDrop(root.clone());
+        let seed = Seed::from_env("SOCKDIAG_UDP_ORACLE_SEED", "udp_oracle");
+        let mut rng = seed.rng();
+        let tmp = TempDir::new("udp-oracle");
+        let root = tmp.path();
         let run_netns = root.join("run-netns");
         std::fs::create_dir_all(&run_netns).expect("creating the run-netns dir");
         let history = root.join("nstat.history");
@@ -1466,17 +1174,9 @@ fn udp_oracle_against_ss_and_nstat() {
             plan.add_listed(&mut rng, &listed_ports);
         }
 
-        let helpers: Vec<Helper> = plans.iter().map(Helper::start).collect();
+        let helpers: Vec<Helper> = plans.iter().map(start_helper).collect();
         for (plan, helper) in plans.iter_mut().zip(&helpers).skip(1) {
-            if plan.label == "blue" {
-                std::os::unix::fs::symlink(
-                    format!("/proc/{}/ns/net", helper.pid()),
-                    run_netns.join("blue"),
-                )
-                .expect("naming the namespace");
-            } else {
-                plan.label = format!("ino:{}", helper.netns_inode());
-            }
+            helper.label_netns(&run_netns, &mut plan.label);
         }
         for plan in &plans {
             println!("netns {} ({} groups):", plan.label, plan.groups.len());
@@ -1526,72 +1226,69 @@ fn udp_oracle_against_ss_and_nstat() {
         println!("mix built in {:?}", started.elapsed());
         let run_netns_arg = run_netns.to_str().expect("UTF-8 temp dir");
         let ports_arg = format!("{},{}", listed_ports[0], listed_ports[1]);
-        let flags = [
-            "--path.run-netns",
-            run_netns_arg,
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-        ];
+        let flags = netns_flags(run_netns_arg);
         let mut flags_listed = flags.to_vec();
         flags_listed.extend(["--collector.udp.ports", &ports_arg]);
 
         // Phase 1: a snapshot without the flag, one with it, between two
         // readings.
-        let plain = snapshot(&flags);
-        let with_ports = snapshot(&flags_listed);
+        let plain = snapshot_json(&flags);
+        let with_ports = snapshot_json(&flags_listed);
         let after = read_all(&plans, &helpers, history);
         assert_eq!(after, before, "the mix changed while the snapshots ran");
-        let mut report = Report::new("snapshot --format json", seed);
-        compare_snapshot(&mut report, &plain, &oracles_plain);
+        let mut report = Report::new(
+            "snapshot --format json",
+            seed,
+            "ss and nstat",
+            "UDP receiver",
+        );
+        report.snapshot_namespaces(&plain, &oracles_plain, |o| &o.label, compare_json);
         report.finish();
-        let mut report = Report::new(format!("snapshot --collector.udp.ports {ports_arg}"), seed);
-        compare_snapshot(&mut report, &with_ports, &oracles);
+        let mut report = Report::new(
+            format!("snapshot --collector.udp.ports {ports_arg}"),
+            seed,
+            "ss and nstat",
+            "UDP receiver",
+        );
+        report.snapshot_namespaces(&with_ports, &oracles, |o| &o.label, compare_json);
         report.finish();
         println!("phase 1 done at {:?}", started.elapsed());
 
         // Phase 2: a running daemon (with the flag), between `after` and a
         // last reading.
         let daemon = Daemon::start(&flags_listed);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = daemon.metrics();
-            let count = |name: &str, ns: &str| m.find(name, &[("netns", ns)]).len();
-            let ready = oracles.iter().all(|o| {
-                let at = o.label.as_str();
-                RECEIVER_SERIES
-                    .iter()
-                    .chain([&PROCESS_INFO])
-                    .all(|n| count(n, at) == o.receiver_count())
-                    && count("sockdiag_netstat_udp_rcvbuf_errors_total", at) == 1
-            });
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
+        let count = |m: &Metrics, name: &str, ns: &str| m.find(name, &[("netns", ns)]).len();
+        daemon.wait_for(
+            "every UDP receiver and owner",
+            |m| {
+                oracles.iter().all(|o| {
+                    let at = o.label.as_str();
+                    RECEIVER_SERIES
+                        .iter()
+                        .chain([&PROCESS_INFO])
+                        .all(|n| count(m, n, at) == o.receiver_count())
+                        && count(m, "sockdiag_netstat_udp_rcvbuf_errors_total", at) == 1
+                })
+            },
+            |m| {
                 let seen: Vec<(String, usize, usize, usize)> = oracles
                     .iter()
                     .map(|o| {
                         (
                             o.label.clone(),
                             o.receiver_count(),
-                            count(RECEIVER_SERIES[0], &o.label),
-                            count(PROCESS_INFO, &o.label),
+                            count(m, RECEIVER_SERIES[0], &o.label),
+                            count(m, PROCESS_INFO, &o.label),
                         )
                     })
                     .collect();
-                panic!(
-                    "daemon did not show every UDP receiver and owner within 15 s \
-                     (replay with {SEED_VAR}={seed}): (netns, expected, queues, owners) {seen:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                format!("replay with {seed}; (netns, expected, queues, owners) {seen:?}")
+            },
+        );
         let m = daemon.metrics();
         let last = read_all(&plans, &helpers, history);
         assert_eq!(last, before, "the mix changed while the daemon ran");
-        let mut report = Report::new("daemon /metrics", seed);
+        let mut report = Report::new("daemon /metrics", seed, "ss and nstat", "UDP receiver");
         for oracle in &oracles {
             compare_metrics(&mut report, &m, oracle, daemon.addr.port());
         }

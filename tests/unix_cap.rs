@@ -7,7 +7,7 @@ mod common;
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -29,21 +29,12 @@ fn exported(m: &Metrics) -> Vec<String> {
     v
 }
 
-/// Polls `/metrics` until `ready` holds, for at most 15 s.
+/// Polls `/metrics` until `ready` holds (at most 15 s); a timeout shows
+/// the unix listeners exported.
 fn wait_for(daemon: &Daemon, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
-    let start = Instant::now();
-    loop {
-        let m = daemon.metrics();
-        if ready(&m) {
-            return m;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out waiting for {what}; unix listeners exported: {:?}",
-            exported(&m)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_for(what, ready, |m| {
+        format!("unix listeners exported: {:?}", exported(m))
+    })
 }
 
 /// Regression: a listener first seen in the dump that starts the capping

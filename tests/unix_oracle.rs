@@ -29,78 +29,19 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::{Daemon, Metrics, exporter_bin};
+use common::report::Report;
+use common::rng::{Rng, Seed};
+use common::{
+    Daemon, Metrics, NsHelper, OWNER_LABELS, TempDir, in_new_netns, netns_flags, nsenter,
+    snapshot_json, snapshot_owners,
+};
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, Socket, Type};
-
-// ---------------------------------------------------------------------------
-// Randomness (the TCP oracle's generator: the same seed, the same mix)
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo <= hi, "empty range {lo}..={hi}");
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.range(0, i as u64) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
-const SEED_VAR: &str = "SOCKDIAG_UNIX_ORACLE_SEED";
-
-fn seed() -> u64 {
-    match std::env::var(SEED_VAR).map(|v| v.trim().to_string()) {
-        Ok(text) if !text.is_empty() => {
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("{SEED_VAR}={text:?} is not a u64: {e}"))
-        }
-        _ => {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64;
-            nanos ^ (u64::from(std::process::id()) << 32)
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The plan of one namespace
@@ -422,68 +363,20 @@ print("ready " + json.dumps(inodes), flush=True)
 sys.stdin.read()
 "#;
 
-struct Helper {
-    child: Child,
-    /// Socket inodes of the plan's listeners, in plan order.
-    inodes: Vec<u64>,
-}
+/// The helper of one namespace; what it built is its listeners' socket
+/// inodes, in plan order.
+type Helper = NsHelper<Vec<u64>>;
 
-impl Helper {
-    fn start(plan: &NsPlan) -> Helper {
-        std::fs::create_dir_all(&plan.dir).expect("creating the namespace's socket dir");
-        let mut cmd = Command::new("python3");
-        cmd.args(["-c", HELPER, &plan.to_json()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if plan.own_netns {
-            // SAFETY: only a raw syscall between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .expect("starting the python3 helper (package python3)");
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        out.read_line(&mut line)
-            .expect("reading the helper's first line");
-        let Some(inodes) = line.trim().strip_prefix("ready ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "helper for netns {} did not build its mix: {:?}",
-                plan.label,
-                line.trim()
-            );
-        };
-        let inodes: Vec<u64> = serde_json::from_str(inodes).expect("helper's inode list");
-        assert_eq!(inodes.len(), plan.listeners.len());
-        Helper { child, inodes }
+fn start_helper(plan: &NsPlan) -> Helper {
+    std::fs::create_dir_all(&plan.dir).expect("creating the namespace's socket dir");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", HELPER, &plan.to_json()]);
+    if plan.own_netns {
+        in_new_netns(&mut cmd);
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn netns_inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
-            .expect("stat of the helper's netns")
-            .ino()
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let helper: Helper = NsHelper::spawn(cmd, &format!("helper for netns {}", plan.label));
+    assert_eq!(helper.built.len(), plan.listeners.len());
+    helper
 }
 
 /// A non-blocking client of `name` in the test's own namespace.
@@ -512,18 +405,7 @@ struct SsListener {
 /// `ss -xlHp` in the namespace of process `pid`, listeners only (`-l` also
 /// lists unconnected sockets).
 fn read_ss(pid: u32) -> Vec<SsListener> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["ss", "-xlHp"])
-        .output()
-        .expect("running nsenter (util-linux) and ss (iproute2)");
-    assert!(
-        out.status.success(),
-        "nsenter --net=/proc/{pid}/ns/net ss -xlHp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut v: Vec<SsListener> = String::from_utf8(out.stdout)
-        .expect("ss prints UTF-8 names as they are")
+    let mut v: Vec<SsListener> = nsenter(pid, &["ss", "-xlHp"], &[])
         .lines()
         .filter_map(parse_ss_line)
         .collect();
@@ -581,44 +463,6 @@ fn expected_label(ss_name: &str) -> String {
 // ---------------------------------------------------------------------------
 // Comparing
 
-struct Report {
-    phase: &'static str,
-    seed: u64,
-    problems: Vec<String>,
-}
-
-impl Report {
-    fn new(phase: &'static str, seed: u64) -> Report {
-        Report {
-            phase,
-            seed,
-            problems: Vec::new(),
-        }
-    }
-
-    fn fail(&mut self, what: impl Into<String>) {
-        self.problems.push(what.into());
-    }
-
-    fn eq<T: PartialEq + Debug>(&mut self, what: impl std::fmt::Display, ours: T, ss: T) {
-        if ours != ss {
-            self.fail(format!("{what}: ours {ours:?}, ss {ss:?}"));
-        }
-    }
-
-    fn finish(self) {
-        assert!(
-            self.problems.is_empty(),
-            "{}: {} discrepancies (replay with {SEED_VAR}={}):\n  {}",
-            self.phase,
-            self.problems.len(),
-            self.seed,
-            self.problems.join("\n  ")
-        );
-        println!("{}: every unix listener agrees with ss", self.phase);
-    }
-}
-
 /// One namespace as ss saw it, keyed by label.
 struct NsOracle {
     label: String,
@@ -654,7 +498,7 @@ fn check_construction(plan: &NsPlan, helper: &Helper, lines: &[SsListener]) {
         lines.len(),
         plan.listeners.len()
     );
-    for (l, inode) in plan.listeners.iter().zip(&helper.inodes) {
+    for (l, inode) in plan.listeners.iter().zip(&helper.built) {
         let s = by_inode.get(inode).unwrap_or_else(|| {
             panic!(
                 "netns {}: ss does not list {:?} (inode {inode})",
@@ -696,14 +540,7 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         ns["listeners"]["listeners"].as_array().map(Vec::len),
         Some(0),
     );
-    let owners: BTreeMap<u64, u64> = ns["processes"]["owners"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .filter_map(|pair| Some((pair[0].as_u64()?, pair[1]["pid"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let owners = snapshot_owners(ns);
     let mut ours: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     let mut cookies = BTreeSet::new();
     for l in list {
@@ -745,34 +582,13 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
         }
         ours.entry(label).or_default().push(l);
     }
-    for label in ours.keys().filter(|k| !oracle.by_label.contains_key(*k)) {
-        report.fail(format!(
-            "netns {at} {label:?}: reported by us, unknown to ss"
-        ));
-    }
-    for (label, ss) in &oracle.by_label {
-        let Some(mine) = ours.get(label) else {
-            report.fail(format!(
-                "netns {at} {label:?}: seen by ss, missing from ours"
-            ));
-            continue;
-        };
-        let what = format!("netns {at} {label:?}");
-        report.eq(format!("{what}: listeners"), mine.len(), ss.len());
-        let mut members: Vec<Option<u64>> = mine.iter().map(|l| l["member"].as_u64()).collect();
-        members.sort();
-        let want: Vec<Option<u64>> = if ss.len() == 1 {
-            vec![None]
-        } else {
-            (0..ss.len() as u64).map(Some).collect()
-        };
-        report.eq(format!("{what}: members"), members, want);
-        for s in ss {
-            let Some(l) = mine.iter().find(|l| l["inode"].as_u64() == Some(s.inode)) else {
-                report.fail(format!("{what}: no listener with ss's inode {}", s.inode));
-                continue;
-            };
-            let what = format!("{what} inode {}", s.inode);
+    report.pair_by_inode(
+        at,
+        "listener",
+        &ours,
+        &oracle.by_label,
+        |s| s.inode,
+        |report, what, l, s| {
             report.eq(
                 format!("{what} queue length"),
                 l["queue_length"].as_u64(),
@@ -785,8 +601,8 @@ fn compare_json(report: &mut Report, ns: &Value, oracle: &NsOracle) {
             );
             let owner = l["cookie"].as_u64().and_then(|c| owners.get(&c)).copied();
             report.eq(format!("{what} owner pid"), owner, s.pid.map(u64::from));
-        }
-    }
+        },
+    );
 }
 
 /// Label values as written in the exposition format, unescaped once more
@@ -835,8 +651,8 @@ fn unix_series(
     m: &Metrics,
     netns: &str,
     report: &mut Report,
-) -> BTreeMap<(String, Option<u32>), MetricListener> {
-    let mut out: BTreeMap<(String, Option<u32>), MetricListener> = BTreeMap::new();
+) -> BTreeMap<(String, Option<u64>), MetricListener> {
+    let mut out: BTreeMap<(String, Option<u64>), MetricListener> = BTreeMap::new();
     for s in &m.0 {
         if s.labels.get("family").map(String::as_str) != Some("unix")
             || s.labels.get("netns").map(String::as_str) != Some(netns)
@@ -844,11 +660,8 @@ fn unix_series(
             continue;
         }
         let label = unescape(&s.labels["address"]);
-        let member = s.labels.get("member").map(|v| {
-            v.parse::<u32>()
-                .unwrap_or_else(|_| panic!("member label {v:?}"))
-        });
-        let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        let member = s.member();
+        let keys = s.label_names();
         let base: Vec<&str> = if member.is_some() {
             vec!["address", "family", "member", "netns"]
         } else {
@@ -863,7 +676,7 @@ fn unix_series(
             }
         } else if s.name == "sockdiag_listener_process_info" {
             let mut want = base.clone();
-            want.extend(["cmdline", "comm", "container_id", "exe", "pid", "unit"]);
+            want.extend(OWNER_LABELS);
             want.sort();
             report.eq(format!("{what} label names"), keys, want);
             if entry.pid.replace(s.labels["pid"].clone()).is_some() {
@@ -910,34 +723,11 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
             0.0,
         );
     }
-    let labels: BTreeSet<&String> = ours.keys().map(|(l, _)| l).collect();
-    for label in labels.iter().filter(|l| !oracle.by_label.contains_key(**l)) {
-        report.fail(format!(
-            "netns {at} {label:?}: reported by us, unknown to ss"
-        ));
-    }
-    for (label, ss) in &oracle.by_label {
-        let what = format!("netns {at} {label:?}");
-        let mine: Vec<(&Option<u32>, &MetricListener)> = ours
-            .iter()
-            .filter(|((l, _), _)| l == label)
-            .map(|((_, m), v)| (m, v))
-            .collect();
-        if mine.is_empty() {
-            report.fail(format!("{what}: seen by ss, missing from ours"));
-            continue;
-        }
-        let members: Vec<Option<u32>> = mine.iter().map(|(m, _)| **m).collect();
-        let want: Vec<Option<u32>> = if ss.len() == 1 {
-            vec![None]
-        } else {
-            (0..ss.len() as u32).map(Some).collect()
-        };
-        report.eq(format!("{what}: members"), members, want);
+    report.pair_members(at, &ours, &oracle.by_label, |report, what, mine, ss| {
         // Members carry no inode on /metrics: compare the figures as
         // multisets, each member's own series agreeing with each other.
         let mut got: Vec<(u64, u64, String)> = Vec::new();
-        for (member, l) in &mine {
+        for (member, l) in mine {
             let what = format!("{what} member {member:?}");
             let v = |name: &str| l.values.get(name).copied();
             let (Some(length), Some(limit)) = (
@@ -987,7 +777,7 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
         got.sort();
         want.sort();
         report.eq(format!("{what}: (length, limit, owner pid)"), got, want);
-    }
+    });
     report.eq(
         "unix collector errors",
         m.value_or_zero("sockdiag_collector_errors_total", &[("collector", "unix")]),
@@ -996,23 +786,6 @@ fn compare_metrics(report: &mut Report, m: &Metrics, oracle: &NsOracle) {
 }
 
 // ---------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, unique to this process.
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
-}
-
-/// Removes the test's directory however the test ends.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Every namespace's ss reading, by netns label.
 fn read_all(plans: &[NsPlan], helpers: &[Helper]) -> BTreeMap<String, Vec<SsListener>> {
@@ -1027,13 +800,10 @@ fn read_all(plans: &[NsPlan], helpers: &[Helper]) -> BTreeMap<String, Vec<SsList
 fn unix_oracle_against_ss() {
     common::in_netns("unix_oracle_against_ss", || {
         let started = Instant::now();
-        let seed = seed();
-        println!(
-            "unix oracle seed {seed} (replay: {SEED_VAR}={seed} cargo test --test unix_oracle)"
-        );
-        let mut rng = Rng::new(seed);
-        let root = tempdir("unix-oracle");
-        let _cleanup = RemoveOnDrop(root.clone());
+        let seed = Seed::from_env("SOCKDIAG_UNIX_ORACLE_SEED", "unix_oracle");
+        let mut rng = seed.rng();
+        let tmp = TempDir::new("unix-oracle");
+        let root = tmp.path();
         let run_netns = root.join("run-netns");
         std::fs::create_dir_all(&run_netns).expect("creating the run-netns dir");
 
@@ -1070,17 +840,9 @@ fn unix_oracle_against_ss() {
             plan.describe();
         }
 
-        let helpers: Vec<Helper> = plans.iter().map(Helper::start).collect();
+        let helpers: Vec<Helper> = plans.iter().map(start_helper).collect();
         for (plan, helper) in plans.iter_mut().zip(&helpers).skip(1) {
-            if plan.label == "blue" {
-                std::os::unix::fs::symlink(
-                    format!("/proc/{}/ns/net", helper.pid()),
-                    run_netns.join("blue"),
-                )
-                .expect("naming the namespace");
-            } else {
-                plan.label = format!("ino:{}", helper.netns_inode());
-            }
+            helper.label_netns(&run_netns, &mut plan.label);
         }
         let mut cross_clients = Vec::new();
         for &(pi, li) in &cross_plan {
@@ -1132,48 +894,14 @@ fn unix_oracle_against_ss() {
             .map(|p| NsOracle::new(&p.label, &before[&p.label]))
             .collect();
         let run_netns_arg = run_netns.to_str().expect("UTF-8 temp dir");
-        let flags = [
-            "--path.run-netns",
-            run_netns_arg,
-            "--path.pod-logs",
-            "/nonexistent/pods",
-            "--collector.netns.rescan-interval",
-            "100ms",
-        ];
+        let flags = netns_flags(run_netns_arg);
 
         // Phase 1: one snapshot between two ss readings.
-        let out = Command::new(exporter_bin())
-            .args(["snapshot", "--format", "json"])
-            .args(flags)
-            .output()
-            .expect("running sockdiag-exporter snapshot");
+        let doc = snapshot_json(&flags);
         let after = read_all(&plans, &helpers);
         assert_eq!(after, before, "the mix changed while the snapshot ran");
-        assert!(
-            out.status.success(),
-            "snapshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let doc: Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
-        let mut report = Report::new("snapshot --format json", seed);
-        for e in doc["errors"].as_array().expect("errors[]") {
-            let text = e["error"].as_str().unwrap_or_default();
-            if oracles
-                .iter()
-                .any(|o| text.starts_with(&format!("netns {}:", o.label)))
-            {
-                report.fail(format!("error in one of the test's namespaces: {e}"));
-            } else {
-                println!("  (elsewhere on the machine: {e})");
-            }
-        }
-        let namespaces = doc["namespaces"].as_array().expect("namespaces[]");
-        for oracle in &oracles {
-            match namespaces.iter().find(|ns| ns["netns"] == oracle.label) {
-                Some(ns) => compare_json(&mut report, ns, oracle),
-                None => report.fail(format!("netns {} missing from the snapshot", oracle.label)),
-            }
-        }
+        let mut report = Report::new("snapshot --format json", seed, "ss", "unix listener");
+        report.snapshot_namespaces(&doc, &oracles, |o| &o.label, compare_json);
         report.finish();
         println!("phase 1 done at {:?}", started.elapsed());
 
@@ -1183,45 +911,41 @@ fn unix_oracle_against_ss() {
             .iter()
             .map(|o| (o.label.as_str(), o.by_label.values().map(Vec::len).sum()))
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = daemon.metrics();
+        // (listeners, owners) the daemon shows in each of the namespaces.
+        let seen = |m: &Metrics| {
             let count =
                 |name: &str, ns: &str| m.find(name, &[("family", "unix"), ("netns", ns)]).len();
-            let ready = expected.iter().all(|(ns, n)| {
-                count("sockdiag_accept_queue_length", ns) == *n
-                    && count("sockdiag_listener_process_info", ns) == *n
-            });
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                let seen: BTreeMap<&str, (usize, usize)> = expected
-                    .keys()
-                    .map(|ns| {
-                        (
-                            *ns,
-                            (
-                                count("sockdiag_accept_queue_length", ns),
-                                count("sockdiag_listener_process_info", ns),
-                            ),
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "daemon did not show every unix listener and owner within 15 s \
-                     (replay with {SEED_VAR}={seed}): expected {expected:?}, \
-                     (listeners, owners) {seen:?}"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            expected
+                .keys()
+                .map(|ns| {
+                    let listeners = count("sockdiag_accept_queue_length", ns);
+                    (
+                        *ns,
+                        (listeners, count("sockdiag_listener_process_info", ns)),
+                    )
+                })
+                .collect::<BTreeMap<&str, (usize, usize)>>()
+        };
+        daemon.wait_for(
+            "every unix listener and owner",
+            |m| {
+                seen(m).iter().all(|(ns, &(listeners, owners))| {
+                    (listeners, owners) == (expected[ns], expected[ns])
+                })
+            },
+            |m| {
+                format!(
+                    "replay with {seed}; expected {expected:?}, (listeners, owners) {:?}",
+                    seen(m)
+                )
+            },
+        );
         // Full time needs two samples that both saw a queue full.
         std::thread::sleep(Duration::from_millis(300));
         let m = daemon.metrics();
         let last = read_all(&plans, &helpers);
         assert_eq!(last, before, "the mix changed while the daemon ran");
-        let mut report = Report::new("daemon /metrics", seed);
+        let mut report = Report::new("daemon /metrics", seed, "ss", "unix listener");
         for oracle in &oracles {
             compare_metrics(&mut report, &m, oracle);
         }

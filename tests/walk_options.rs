@@ -10,24 +10,12 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 fn snapshot(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(exporter_bin())
-        .args(["snapshot", "--format", "json"])
-        .args(args)
-        .output()
-        .expect("running snapshot");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("snapshot JSON");
-    snapshot_host(&doc).clone()
+    snapshot_host(&snapshot_json(args)).clone()
 }
 
 fn role_ports(v: &serde_json::Value, role: &str) -> Vec<u64> {

@@ -16,10 +16,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
@@ -31,9 +30,10 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::helper::Helper;
+use crate::helper::{self, Helper};
 use crate::netns_bench::{label, parse_sample};
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util};
+use crate::report::mib;
+use crate::{BenchOpts, namespace, proc_util, report, worker};
 
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);
 const LOAD_PORT: u16 = 21000;
@@ -125,12 +125,8 @@ impl ChurnOpts {
         if let Some(k) = self.namespaces {
             a.extend(["--namespaces".into(), k.to_string().into()]);
         }
-        if let Some(p) = &self.json {
-            a.extend(["--json".into(), p.into()]);
-        }
-        if let Some(p) = &self.run_netns_dir {
-            a.extend(["--run-netns-dir".into(), p.into()]);
-        }
+        crate::push_flag(&mut a, "--json", self.json.as_deref());
+        crate::push_flag(&mut a, "--run-netns-dir", self.run_netns_dir.as_deref());
         a
     }
 }
@@ -365,10 +361,6 @@ impl ProcFigures {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
 // ---------------------------------------------------------------------------------------
 // The verdict.
 
@@ -499,7 +491,7 @@ fn scrape_rows(c: &Checker) -> Vec<Row> {
 fn table(rows: &[Row]) -> String {
     let mut s = String::from("| check | verdict | detail |\n|---|---|---|\n");
     for r in rows {
-        let d = r.detail.replace('|', "\\|").replace('\n', " ");
+        let d = report::cell(&r.detail);
         s.push_str(&format!("| {} | {} | {d} |\n", r.check, r.verdict.text()));
     }
     let count = |v| rows.iter().filter(|r| r.verdict == v).count();
@@ -521,38 +513,99 @@ fn rows_json(rows: &[Row]) -> Value {
 // ---------------------------------------------------------------------------------------
 // The daemon.
 
-/// Starts the daemon with `args` and waits until it has served every collector in
-/// `collectors` at least once.
-fn start_daemon(exporter: &Path, args: &[String], collectors: &[&str]) -> Result<daemon::Running> {
-    let mut d = daemon::Running::start(exporter, args)?;
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        d.check_alive()?;
-        let why = match daemon::fetch_metrics() {
-            Ok((s, body)) if s.status_line.contains(" 200") => {
-                let missing: Vec<&&str> = collectors
-                    .iter()
-                    .filter(|c| {
-                        !body.contains(&format!(
-                            "sockdiag_collector_duration_seconds{{collector=\"{c}\"}}"
-                        ))
-                    })
-                    .collect();
-                if missing.is_empty() {
-                    return Ok(d);
+/// The daemon under churn: every scrape checked, its CPU counted from the churn's start.
+struct Watch {
+    d: daemon::Running,
+    checker: Checker,
+    /// Its settled figures before the churn.
+    before: ProcFigures,
+    cpu0: f64,
+    cpu_from: Instant,
+}
+
+/// How the daemon came out of a churn.
+struct Outcome {
+    checker: Checker,
+    /// Its figures once threads and descriptors were back where they started, or
+    /// [`RETURN_TIMEOUT`] passed, and how long that took.
+    after: ProcFigures,
+    return_seconds: f64,
+    cpu: f64,
+    cpu_window: f64,
+}
+
+impl Watch {
+    /// Starts the daemon with `args`, waits until it has served every collector in
+    /// `collectors` at least once, lets it run for `warm`, then scrapes it once (the page,
+    /// if it answered) and reads its settled figures.
+    fn start(
+        exporter: &Path,
+        args: &[String],
+        collectors: &[&str],
+        warm: Duration,
+    ) -> Result<(Watch, Option<String>)> {
+        eprintln!(
+            "sockdiag-bench: churn: starting the daemon: {}",
+            args.join(" ")
+        );
+        let mut d = daemon::Running::start(exporter, args)?;
+        d.ready_or_fail(
+            Duration::from_millis(200),
+            DAEMON_READY_TIMEOUT,
+            |page| match page {
+                Ok((s, body)) if s.status_line.contains(" 200") => {
+                    let missing: Vec<&&str> = collectors
+                        .iter()
+                        .filter(|c| {
+                            !body.contains(&format!(
+                                "sockdiag_collector_duration_seconds{{collector=\"{c}\"}}"
+                            ))
+                        })
+                        .collect();
+                    (!missing.is_empty()).then(|| format!("no duration yet for {missing:?}"))
                 }
-                format!("no duration yet for {missing:?}")
-            }
-            Ok((s, _)) => s.status_line,
-            Err(e) => e,
+                Ok((s, _)) => Some(s.status_line),
+                Err(e) => Some(e),
+            },
+        )?;
+        std::thread::sleep(warm);
+        let mut checker = Checker::default();
+        let page = scrape(&mut checker);
+        let before = ProcFigures::settled(d.pid)?;
+        let cpu0 = daemon::cpu_seconds(d.pid)?;
+        let watch = Watch {
+            d,
+            checker,
+            before,
+            cpu0,
+            cpu_from: Instant::now(),
         };
-        if d.started.elapsed() > DAEMON_READY_TIMEOUT {
-            let tail = d.stderr_tail(600);
-            bail!(
-                "the daemon was not ready within {} s: {why}; its stderr: {tail}",
-                DAEMON_READY_TIMEOUT.as_secs()
-            );
+        Ok((watch, page))
+    }
+
+    /// One scrape, checked.
+    fn scrape(&mut self) -> Option<String> {
+        scrape(&mut self.checker)
+    }
+
+    /// Four more scrapes, so that a connections pass or two rescans see the quiet
+    /// namespace and the daemon frees what it no longer needs; then its settled figures
+    /// and its CPU over the whole watch. Ends the daemon.
+    fn finish(mut self) -> Result<Outcome> {
+        for _ in 0..4 {
+            std::thread::sleep(SCRAPE_EVERY);
+            self.scrape();
         }
+        self.d.check_alive()?;
+        let (after, return_seconds) = settle_to(self.d.pid, self.before)?;
+        let cpu = daemon::cpu_seconds(self.d.pid)? - self.cpu0;
+        Ok(Outcome {
+            checker: self.checker,
+            after,
+            return_seconds,
+            cpu,
+            cpu_window: self.cpu_from.elapsed().as_secs_f64(),
+        })
     }
 }
 
@@ -651,29 +704,6 @@ fn errno_name(e: i32) -> String {
     }
 }
 
-fn tcp_listener(port: u16, backlog: i32, nonblock: bool) -> io::Result<OwnedFd> {
-    let ty = libc::SOCK_STREAM | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
-    let fd = proc_util::socket(libc::AF_INET, ty, 0)?;
-    proc_util::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
-    let sa = proc_util::sockaddr_v4(0x7f00_0001, port);
-    // SAFETY: sa is a valid sockaddr_in of the length passed.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: plain syscall on our socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
 /// Connects to 127.0.0.1:`port`; a non-blocking connect returns at once (EINPROGRESS).
 fn tcp_connect(port: u16, nonblock: bool) -> io::Result<OwnedFd> {
     let ty = libc::SOCK_STREAM | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
@@ -686,21 +716,10 @@ fn tcp_connect(port: u16, nonblock: bool) -> io::Result<OwnedFd> {
         proc_util::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
     }
     let sa = proc_util::sockaddr_v4(0x7f00_0001, port);
-    // SAFETY: sa is a valid sockaddr_in of the length passed.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if !(nonblock && err.raw_os_error() == Some(libc::EINPROGRESS)) {
-            return Err(err);
-        }
+    match proc_util::connect(&fd, &sa, proc_util::len_of::<libc::sockaddr_in>()) {
+        Err(e) if !(nonblock && e.raw_os_error() == Some(libc::EINPROGRESS)) => Err(e),
+        _ => Ok(fd),
     }
-    Ok(fd)
 }
 
 /// Connect + RST as fast as allowed: `rate` per second shared by the threads.
@@ -755,27 +774,14 @@ fn accept_loop(listener: &OwnedFd, stop: &AtomicBool, accepted: &AtomicU64) {
             libc::poll(&mut pfd, 1, 100);
         }
         loop {
-            // SAFETY: accept4 with null address pointers; the fd is closed at once.
-            let fd = unsafe {
-                libc::accept4(
-                    listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                let e = io::Error::last_os_error().raw_os_error();
-                if e == Some(libc::ECONNABORTED) || e == Some(libc::EINTR) {
-                    continue;
+            match proc_util::accept(listener.as_raw_fd()) {
+                // Closed at once.
+                Ok(_) => {
+                    accepted.fetch_add(1, Ordering::Relaxed);
                 }
-                break;
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}
+                Err(_) => break,
             }
-            // SAFETY: fresh descriptor of ours.
-            unsafe {
-                libc::close(fd);
-            }
-            accepted.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -803,7 +809,7 @@ fn toggle_loop(deadline: Instant) -> (u64, u64) {
         std::thread::sleep(
             (cycle_start + Duration::from_millis(delay)).saturating_duration_since(Instant::now()),
         );
-        match tcp_listener(TOGGLE_PORT, 1, true) {
+        match proc_util::loopback_listener(TOGGLE_PORT, 1, true) {
             Ok(l) => {
                 let clients: Vec<OwnedFd> = (0..3)
                     .filter_map(|_| tcp_connect(TOGGLE_PORT, true).ok())
@@ -825,12 +831,9 @@ fn toggle_loop(deadline: Instant) -> (u64, u64) {
 pub fn load_main(args: &LoadArgs) -> Result<ExitCode> {
     proc_util::die_with_parent(args.parent).context("the coordinator is gone")?;
     namespace::raise_nofile_limit()?;
-    let listener = tcp_listener(LOAD_PORT, LOAD_BACKLOG, true)
+    let listener = proc_util::loopback_listener(LOAD_PORT, LOAD_BACKLOG, true)
         .with_context(|| format!("listening on 127.0.0.1:{LOAD_PORT}"))?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready")
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator")?;
+    worker::say_ready("")?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
     let stop = Arc::new(AtomicBool::new(false));
@@ -877,8 +880,7 @@ pub fn load_main(args: &LoadArgs) -> Result<ExitCode> {
         })
         .collect();
     detail.sort();
-    writeln!(
-        out,
+    worker::say_line(&format!(
         "done connects={connects} accepted={} failed={failed} toggles={} toggle_failed={} \
          seconds={seconds:.3} errors={}",
         accepted.load(Ordering::Relaxed),
@@ -889,9 +891,7 @@ pub fn load_main(args: &LoadArgs) -> Result<ExitCode> {
         } else {
             detail.join(",")
         }
-    )
-    .and_then(|()| out.flush())
-    .context("reporting to the coordinator")?;
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -908,32 +908,20 @@ fn parse_done(line: &str) -> HashMap<String, String> {
 
 fn tcp_churn(opts: &ChurnOpts, exporter: &Path, run_netns: &Path) -> Result<(String, Value, bool)> {
     let args = daemon_args(opts, run_netns);
-    eprintln!(
-        "sockdiag-bench: churn: starting the daemon: {}",
-        args.join(" ")
-    );
-    let mut d = start_daemon(exporter, &args, &["listeners", "connections"])?;
-    std::thread::sleep(Duration::from_secs(1));
-    let mut checker = Checker::default();
-    scrape(&mut checker);
-    let start_figures = ProcFigures::settled(d.pid)?;
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let cpu_from = Instant::now();
+    let (mut watch, _) = Watch::start(
+        exporter,
+        &args,
+        &["listeners", "connections"],
+        Duration::from_secs(1),
+    )?;
+    let start_figures = watch.before;
 
-    let exe = std::env::current_exe().context("locating this executable")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let mut cmd = Command::new(&exe);
-    cmd.arg("internal-churn-load")
-        .args(["--seconds", &opts.seconds.to_string()])
+    let mut cmd = helper::bench_command("internal-churn-load")?;
+    cmd.args(["--seconds", &opts.seconds.to_string()])
         .args(["--rate", &opts.rate.to_string()])
-        .args(["--threads", &opts.load_threads.to_string()])
-        .args(["--parent", &me.to_string()]);
+        .args(["--threads", &opts.load_threads.to_string()]);
     let mut load = Helper::spawn(cmd, "the churn load")?;
-    let line = load.read_line(Duration::from_secs(10))?;
-    if line != "ready" {
-        bail!("unexpected line from the churn load: {line:?}");
-    }
+    load.wait_ready(Duration::from_secs(10))?;
     eprintln!(
         "sockdiag-bench: churn: load running for {} s, scraping every {} ms",
         opts.seconds,
@@ -946,8 +934,8 @@ fn tcp_churn(opts: &ChurnOpts, exporter: &Path, run_netns: &Path) -> Result<(Str
     let mut churn_scrapes = 0u64;
     let mut next = started;
     while next < end {
-        d.check_alive()?;
-        if let Some(body) = scrape(&mut checker) {
+        watch.d.check_alive()?;
+        if let Some(body) = watch.scrape() {
             churn_scrapes += 1;
             if body.lines().any(|l| {
                 l.starts_with("sockdiag_accept_queue_length{")
@@ -956,24 +944,21 @@ fn tcp_churn(opts: &ChurnOpts, exporter: &Path, run_netns: &Path) -> Result<(Str
                 toggled_seen += 1;
             }
         }
-        peak = peak.max(ProcFigures::read(d.pid)?);
+        peak = peak.max(ProcFigures::read(watch.d.pid)?);
         next += SCRAPE_EVERY;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let done = load.read_line(Duration::from_secs(30))?;
     load.stop(Duration::from_secs(10));
     let churn_seconds = started.elapsed().as_secs_f64();
-    // Let a connections pass see the quiet namespace, then the final figures.
-    for _ in 0..4 {
-        std::thread::sleep(SCRAPE_EVERY);
-        scrape(&mut checker);
-    }
-    d.check_alive()?;
-    let (end_figures, _) = settle_to(d.pid, start_figures)?;
+    let Outcome {
+        checker,
+        after: end_figures,
+        cpu,
+        cpu_window,
+        ..
+    } = watch.finish()?;
     peak = peak.max(end_figures);
-    let cpu = daemon::cpu_seconds(d.pid)? - cpu0;
-    let cpu_window = cpu_from.elapsed().as_secs_f64();
-    drop(d);
 
     let done = parse_done(&done);
     let num = |k: &str| {
@@ -1030,7 +1015,7 @@ fn tcp_churn(opts: &ChurnOpts, exporter: &Path, run_netns: &Path) -> Result<(Str
         opts.seconds,
         args.join(" "),
         SCRAPE_EVERY.as_millis(),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
         table(&rows)
     );
     let doc = json!({
@@ -1175,17 +1160,14 @@ fn netns_churn(
         "--collector.netns.rescan-interval".to_string(),
         opts.rescan_interval.clone(),
     ]);
-    eprintln!(
-        "sockdiag-bench: churn: starting the daemon: {}",
-        args.join(" ")
-    );
-    let mut d = start_daemon(exporter, &args, &["listeners", "connections", "netns"])?;
-    std::thread::sleep(Duration::from_secs(2));
-    let mut checker = Checker::default();
-    let listed_before = scrape(&mut checker).map_or(0, |b| namespaces_listed(&b).0);
-    let before = ProcFigures::settled(d.pid)?;
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let cpu_from = Instant::now();
+    let (mut watch, page) = Watch::start(
+        exporter,
+        &args,
+        &["listeners", "connections", "netns"],
+        Duration::from_secs(2),
+    )?;
+    let listed_before = page.map_or(0, |b| namespaces_listed(&b).0);
+    let before = watch.before;
 
     let exe = std::env::current_exe().context("locating this executable")?;
     let t = opts.seconds as f64;
@@ -1216,23 +1198,9 @@ fn netns_churn(
                         "--connections",
                         "0",
                     ]);
-                    // SAFETY: unshare is async-signal-safe and touches no memory of ours.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                                return Err(io::Error::last_os_error());
-                            }
-                            Ok(())
-                        });
-                    }
+                    namespace::in_new_netns(&mut cmd);
                     let mut holder = Helper::spawn(cmd, "a namespace holder")?;
-                    let line = holder.read_line(Duration::from_secs(30))?;
-                    if !line.starts_with("ready") {
-                        bail!(
-                            "unexpected line from namespace holder {}: {line:?}",
-                            holder.pid
-                        );
-                    }
+                    holder.wait_ready(Duration::from_secs(30))?;
                     let mut ns = Ns {
                         holder,
                         named: None,
@@ -1268,13 +1236,13 @@ fn netns_churn(
             peak_named_live =
                 peak_named_live.max(live.values().filter(|ns| ns.named.is_some()).count());
             if Instant::now() >= next_scrape {
-                d.check_alive()?;
-                if let Some(body) = scrape(&mut checker) {
+                watch.d.check_alive()?;
+                if let Some(body) = watch.scrape() {
                     let (all, named) = namespaces_listed(&body);
                     peak_listed = peak_listed.max(all);
                     peak_named_listed = peak_named_listed.max(named);
                 }
-                peak = peak.max(ProcFigures::read(d.pid)?);
+                peak = peak.max(ProcFigures::read(watch.d.pid)?);
                 next_scrape += SCRAPE_EVERY;
             }
             if started.elapsed() > Duration::from_secs_f64(t + 60.0) {
@@ -1294,8 +1262,8 @@ fn netns_churn(
     let forget_start = Instant::now();
     let mut listed_after = u64::MAX;
     while forget_start.elapsed() < FORGET_TIMEOUT {
-        d.check_alive()?;
-        if let Some(body) = scrape(&mut checker) {
+        watch.d.check_alive()?;
+        if let Some(body) = watch.scrape() {
             listed_after = namespaces_listed(&body).0;
             if listed_after <= listed_before {
                 break;
@@ -1304,16 +1272,13 @@ fn netns_churn(
         std::thread::sleep(SCRAPE_EVERY);
     }
     let forget_seconds = forget_start.elapsed().as_secs_f64();
-    // Two more rescans, so that whatever the daemon frees after forgetting is freed.
-    for _ in 0..4 {
-        std::thread::sleep(SCRAPE_EVERY);
-        scrape(&mut checker);
-    }
-    d.check_alive()?;
-    let (after, return_seconds) = settle_to(d.pid, before)?;
-    let cpu = daemon::cpu_seconds(d.pid)? - cpu0;
-    let cpu_window = cpu_from.elapsed().as_secs_f64();
-    drop(d);
+    let Outcome {
+        checker,
+        after,
+        return_seconds,
+        cpu,
+        cpu_window,
+    } = watch.finish()?;
 
     let mut rows = scrape_rows(&checker);
     rows.push(row("daemon alive to the end", Verdict::Pass, String::new()));
@@ -1406,7 +1371,7 @@ fn netns_churn(
         opts.seconds,
         args.join(" "),
         SCRAPE_EVERY.as_millis(),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
         table(&rows)
     );
     let doc = json!({
@@ -1437,28 +1402,12 @@ fn netns_churn(
     Ok((md, doc, failed))
 }
 
-fn kernel_and_cpus() -> String {
-    format!(
-        "Kernel {}, {} CPUs",
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".to_string()),
-        std::thread::available_parallelism().map_or(0, |p| p.get())
-    )
-}
-
 /// The coordinator inside the private namespace.
 pub fn internal_main(bench: &BenchOpts, opts: &ChurnOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     namespace::raise_nofile_limit()?;
-    let exporter = bench.exporter.clone().unwrap_or_else(default_exporter_path);
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
-    }
+    let exporter = crate::resolve_exporter(bench.exporter.as_deref())?;
     let Some(run_netns) = opts.run_netns_dir.clone() else {
         bail!("internal-churn needs --run-netns-dir");
     };
@@ -1467,31 +1416,17 @@ pub fn internal_main(bench: &BenchOpts, opts: &ChurnOpts) -> Result<ExitCode> {
         Some(k) => netns_churn(opts, k, &exporter, &run_netns)?,
     };
     print!("{md}");
-    if let Some(path) = &opts.json {
-        let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-        text.push('\n');
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report::write_json(opts.json.as_deref(), || report::json_text(&doc))?;
+    Ok(report::exit_code(failed))
 }
 
 /// `churn`: makes the test-owned run-netns directory, hands over to a coordinator inside a
 /// new user + network (+ mount, for named namespaces) namespace, and removes it afterwards.
 pub fn run_outer(bench: BenchOpts, mut opts: ChurnOpts) -> Result<ExitCode> {
     let exporter = crate::resolve_exporter(bench.exporter.as_deref())?;
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    opts.json = crate::absolute(opts.json.take(), "--json")?;
     let run_netns =
         std::env::temp_dir().join(format!("sockdiag-bench-churn-netns.{}", std::process::id()));
-    std::fs::create_dir(&run_netns).with_context(|| format!("creating {}", run_netns.display()))?;
     opts.run_netns_dir = Some(run_netns.clone());
     let mut args: Vec<OsString> = vec!["--exporter".into(), exporter.into()];
     args.push("internal-churn".into());
@@ -1502,14 +1437,10 @@ pub fn run_outer(bench: BenchOpts, mut opts: ChurnOpts) -> Result<ExitCode> {
     } else {
         0
     };
-    let status = namespace::run_in_new_namespace_with(&args, extra);
-    // The mounts died with the namespace; the files they covered are plain files here.
-    if let Err(e) = std::fs::remove_dir_all(&run_netns) {
-        eprintln!(
-            "sockdiag-bench: warning: removing {}: {e}",
-            run_netns.display()
-        );
-    }
+    // The mounts die with the namespace; the files they covered are plain files here.
+    let status = namespace::with_dir(&run_netns, || {
+        namespace::run_in_new_namespace_with(&args, extra)
+    })?;
     namespace::exit_code_of(status?, "the churn coordinator")
 }
 

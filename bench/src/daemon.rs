@@ -8,10 +8,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
 
 use crate::proc_util;
 
 pub const LISTEN: &str = "127.0.0.1:19199";
+/// Longest wait for the daemon's first sample of the pass a benchmark measures.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Daemon start-up work (owner discovery reads every worker's descriptors once) left out
+/// of its CPU figure.
+pub const WARMUP: Duration = Duration::from_secs(3);
 
 pub struct Scrape {
     pub seconds: f64,
@@ -154,11 +160,8 @@ pub fn fetch_metrics() -> Result<(Scrape, String), String> {
 /// Starts the daemon, lets it run for `run_for`, reads its CPU time and peak RSS, scrapes it
 /// once, and kills it.
 pub fn run(exporter: &Path, run_for: Duration) -> DaemonOutcome {
-    if !exporter.is_file() {
-        return DaemonOutcome::Skipped(format!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        ));
+    if let Some(why) = crate::exporter_missing(exporter) {
+        return DaemonOutcome::Skipped(why);
     }
     eprintln!(
         "sockdiag-bench: running the exporter daemon on {LISTEN} for {} s",
@@ -180,16 +183,37 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `exporter --web.listen-address LISTEN args...`, tied to this process's life.
+    /// Starts `exporter --web.listen-address LISTEN args...`, tied to this process's life;
+    /// what it writes to stderr is kept for error messages.
     pub fn start<S: AsRef<std::ffi::OsStr>>(exporter: &Path, args: &[S]) -> Result<Running> {
+        Running::spawn(exporter, args, false)
+    }
+
+    /// Like [`Running::start`], the daemon's stderr going to the bench's.
+    pub fn start_showing_stderr<S: AsRef<std::ffi::OsStr>>(
+        exporter: &Path,
+        args: &[S],
+    ) -> Result<Running> {
+        Running::spawn(exporter, args, true)
+    }
+
+    fn spawn<S: AsRef<std::ffi::OsStr>>(
+        exporter: &Path,
+        args: &[S],
+        show_stderr: bool,
+    ) -> Result<Running> {
         let errfile = proc_util::memfd(c"daemon-stderr")?;
-        let errdup = errfile.try_clone().context("duplicating the stderr file")?;
+        let stderr = if show_stderr {
+            Stdio::inherit()
+        } else {
+            Stdio::from(errfile.try_clone().context("duplicating the stderr file")?)
+        };
         let mut cmd = Command::new(exporter);
         cmd.args(["--web.listen-address", LISTEN])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(errdup));
+            .stderr(stderr);
         proc_util::tie_to_this_process(&mut cmd);
         let started = Instant::now();
         let child = cmd
@@ -227,6 +251,182 @@ impl Running {
     pub fn stderr_tail(&mut self, max: usize) -> String {
         proc_util::read_tail(&mut self.errfile, max)
     }
+
+    /// Scrapes /metrics every `every` until `missing` finds nothing missing from what it
+    /// got (a page, or why there is none), for at most `timeout` from the daemon's start;
+    /// then what was still missing.
+    pub fn wait_ready(
+        &mut self,
+        every: Duration,
+        timeout: Duration,
+        mut missing: impl FnMut(Result<(Scrape, String), String>) -> Option<String>,
+    ) -> Result<Option<String>> {
+        loop {
+            std::thread::sleep(every);
+            self.check_alive()?;
+            let why = match missing(fetch_metrics()) {
+                None => return Ok(None),
+                Some(why) => why,
+            };
+            if self.started.elapsed() > timeout {
+                return Ok(Some(why));
+            }
+        }
+    }
+
+    /// [`Running::wait_ready`], failing with the daemon's stderr when it is not ready in
+    /// time.
+    pub fn ready_or_fail(
+        &mut self,
+        every: Duration,
+        timeout: Duration,
+        missing: impl FnMut(Result<(Scrape, String), String>) -> Option<String>,
+    ) -> Result<()> {
+        let Some(why) = self.wait_ready(every, timeout, missing)? else {
+            return Ok(());
+        };
+        let tail = self.stderr_tail(600);
+        bail!(
+            "the daemon was not ready within {} s: {why}; its stderr: {tail}",
+            timeout.as_secs()
+        );
+    }
+
+    /// Scrapes /metrics every `every` for `length`, handing each page (which must be
+    /// answered 200) to `each`; the daemon's CPU time over that window and its peak RSS.
+    pub fn sample_window(
+        &mut self,
+        length: Duration,
+        every: Duration,
+        mut each: impl FnMut(&Scrape, &str),
+    ) -> Result<Window> {
+        let cpu0 = cpu_seconds(self.pid)?;
+        let start = Instant::now();
+        let end = start + length;
+        let mut scrapes = 0;
+        let mut next = start;
+        while next < end {
+            self.check_alive()?;
+            let (scrape, body) = fetch_metrics()
+                .map_err(anyhow::Error::msg)
+                .context("scraping the daemon")?;
+            if !scrape.status_line.contains(" 200") {
+                bail!("the daemon answered {}", scrape.status_line);
+            }
+            each(&scrape, &body);
+            scrapes += 1;
+            next += every;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        let cpu1 = cpu_seconds(self.pid)?;
+        Ok(Window {
+            seconds: start.elapsed().as_secs_f64(),
+            cpu_seconds: cpu1 - cpu0,
+            vm_hwm_bytes: vm_hwm_bytes(self.pid)?,
+            scrapes,
+        })
+    }
+}
+
+/// What the daemon cost over a window in which it was scraped at a fixed period.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Window {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    /// Peak RSS at the end of the window.
+    pub vm_hwm_bytes: u64,
+    pub scrapes: usize,
+}
+
+impl Window {
+    pub fn cpu_fraction(&self) -> f64 {
+        self.cpu_seconds / self.seconds.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// One daemon run of a benchmark that measures one collector's pass.
+pub struct Sampled {
+    pub label: String,
+    pub args: Vec<String>,
+    pub window: Window,
+    /// What went unexpected: no sample of the pass in time.
+    pub note: Option<String>,
+}
+
+impl Sampled {
+    /// `| `label` | CPU fraction (percent) |`: how a benchmark's daemon table starts a row.
+    pub fn row_start(&self) -> String {
+        let f = self.window.cpu_fraction();
+        format!("| `{}` | {f:.3} ({:.1}%) |", self.label, 100.0 * f)
+    }
+
+    /// The line under a daemon table about this run's note, if it has one.
+    pub fn note_line(&self) -> Option<String> {
+        let n = self.note.as_ref()?;
+        Some(format!("\nNote (`{}`): {n}.\n", self.label))
+    }
+
+    /// What every benchmark's JSON says of a daemon run; `more` adds its own figures.
+    pub fn json(&self, more: Value) -> Value {
+        crate::report::merge(
+            json!({
+                "label": self.label,
+                "args": self.args,
+                "window_seconds": self.window.seconds,
+                "cpu_seconds": self.window.cpu_seconds,
+                "cpu_fraction_of_one_core": self.window.cpu_fraction(),
+                "peak_rss_bytes": self.window.vm_hwm_bytes,
+                "note": self.note,
+            }),
+            more,
+        )
+    }
+}
+
+/// The daemon at default intervals (plus `extra`, logging warnings only) for `seconds`
+/// after a warm-up: waits until `has_pass` sees the `pass` collector's work in a page (or
+/// notes that it never did), then hands every scrape, once a second, to `each`.
+pub fn sample(
+    exporter: &Path,
+    label: &str,
+    extra: &[&str],
+    seconds: u64,
+    pass: &str,
+    has_pass: impl Fn(&str) -> bool,
+    mut each: impl FnMut(&str),
+) -> Result<Sampled> {
+    let mut args = vec!["--log.level".to_string(), "warn".to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    eprintln!("sockdiag-bench: daemon ({label}) for {seconds} s");
+    let mut d = Running::start(exporter, &args)?;
+    let late = d.wait_ready(
+        Duration::from_millis(250),
+        READY_TIMEOUT,
+        |page| match page {
+            Ok((s, body))
+                if s.status_line.contains(" 200")
+                    && body.contains("sockdiag_collector_duration_seconds")
+                    && has_pass(&body) =>
+            {
+                None
+            }
+            _ => Some(String::new()),
+        },
+    )?;
+    let note = late.map(|_| format!("no {pass} sample within {} s", READY_TIMEOUT.as_secs()));
+    std::thread::sleep(WARMUP);
+    let window = d.sample_window(
+        Duration::from_secs(seconds),
+        Duration::from_secs(1),
+        |_, body| each(body),
+    )?;
+    drop(d);
+    Ok(Sampled {
+        label: label.to_string(),
+        args,
+        window,
+        note,
+    })
 }
 
 impl Drop for Running {

@@ -47,15 +47,42 @@ pub fn u16_at(buf: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([buf[off], buf[off + 1]])
 }
 
-fn request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_V2_LEN] {
-    let mut req = [0u8; NLMSG_HDRLEN + REQ_V2_LEN];
+/// Writes the netlink header of a sock_diag dump request that fills `req`: its length, type,
+/// flags and `seq`. nlmsg_pid stays 0: the kernel is the destination.
+pub fn dump_header(req: &mut [u8], seq: u32) {
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     req[6..8].copy_from_slice(&flags.to_ne_bytes());
     req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid stays 0: the kernel is the destination.
+}
+
+/// Calls `each` with the type (flags masked off) and value of every attribute of a reply,
+/// starting at `off`; stops at the first one that does not fit.
+pub fn for_each_attr(payload: &[u8], mut off: usize, mut each: impl FnMut(u16, &[u8])) {
+    while off + 4 <= payload.len() {
+        let len = usize::from(u16_at(payload, off));
+        let ty = u16_at(payload, off + 2) & 0x3fff;
+        if len < 4 || off + len > payload.len() {
+            break;
+        }
+        each(ty, &payload[off + 4..off + len]);
+        off += (len + 3) & !3;
+    }
+}
+
+/// Says so on stderr when a dump was flagged inconsistent (NLM_F_DUMP_INTR); `who` names
+/// the dump.
+pub fn warn_if_interrupted(interrupted: bool, who: &str) {
+    if interrupted {
+        eprintln!("{who}: warning: dump was interrupted (NLM_F_DUMP_INTR)");
+    }
+}
+
+fn request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_V2_LEN] {
+    let mut req = [0u8; NLMSG_HDRLEN + REQ_V2_LEN];
+    dump_header(&mut req, seq);
     let p = NLMSG_HDRLEN;
     req[p] = family;
     req[p + 1] = libc::IPPROTO_TCP as u8;
@@ -198,9 +225,7 @@ pub fn floor_main() -> Result<ExitCode> {
         wqueue += u64::from(s.wqueue);
     })?;
     println!("sockets {count} rqueue_sum {rqueue} wqueue_sum {wqueue}");
-    if interrupted {
-        eprintln!("sockdiag-bench floor: warning: dump was interrupted (NLM_F_DUMP_INTR)");
-    }
+    warn_if_interrupted(interrupted, "sockdiag-bench floor");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,9 +265,7 @@ pub fn census() -> Result<Census> {
             }
         }
     })?;
-    if interrupted {
-        eprintln!("sockdiag-bench: warning: census dump was interrupted (NLM_F_DUMP_INTR)");
-    }
+    warn_if_interrupted(interrupted, "sockdiag-bench: census");
     Ok(c)
 }
 

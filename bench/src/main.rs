@@ -191,21 +191,54 @@ fn default_exporter_path() -> PathBuf {
         .join("target/release/sockdiag-exporter")
 }
 
-/// The exporter to measure: `--exporter` made absolute (so messages name the file the user
-/// meant), else the workspace's release build; it must exist.
+/// A path flag's value made absolute against the user's working directory before anything
+/// else happens, so that messages name the file the user meant; `flag` names it if that
+/// fails.
+pub fn absolute(given: Option<PathBuf>, flag: &str) -> Result<Option<PathBuf>> {
+    given
+        .map(|p| {
+            std::path::absolute(&p).with_context(|| format!("resolving {flag} {}", p.display()))
+        })
+        .transpose()
+}
+
+/// The exporter to measure: `--exporter` made absolute, else the workspace's release build.
+pub fn exporter_path(given: Option<&Path>) -> Result<PathBuf> {
+    Ok(absolute(given.map(Path::to_path_buf), "--exporter")?.unwrap_or_else(default_exporter_path))
+}
+
+/// Appends `flag value` to the arguments of a coordinator when the value is given.
+pub fn push_flag(args: &mut Vec<OsString>, flag: &str, value: Option<&Path>) {
+    if let Some(v) = value {
+        args.extend([flag.into(), v.into()]);
+    }
+}
+
+/// [`exporter_path`], which must exist.
 pub fn resolve_exporter(given: Option<&Path>) -> Result<PathBuf> {
-    let exporter = match given {
-        Some(p) => std::path::absolute(p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
+    let exporter = exporter_path(given)?;
+    if let Some(why) = exporter_missing(&exporter) {
+        bail!("{why}");
     }
     Ok(exporter)
+}
+
+/// Why `exporter` cannot be run, if it cannot: it is not there.
+pub fn exporter_missing(exporter: &Path) -> Option<String> {
+    (!exporter.is_file()).then(|| {
+        format!(
+            "{} not found: build it with `cargo build --release`",
+            exporter.display()
+        )
+    })
+}
+
+impl BenchOpts {
+    /// The exporter inside the namespace: as the outer process passed it, else the
+    /// workspace's release build.
+    pub fn exporter(&self) -> PathBuf {
+        self.exporter.clone().unwrap_or_else(default_exporter_path)
+    }
 }
 
 fn parse_count(text: &str) -> Result<u64, String> {
@@ -234,19 +267,10 @@ fn main() -> ExitCode {
         Some(Cmd::Floor) => diag::floor_main(),
         Some(Cmd::InternalNamespace) => setup::coordinator_main(&cli.opts),
         Some(Cmd::Render(r)) => run_render(cli.opts, r),
-        Some(Cmd::InternalRender(r)) => {
-            let exporter = cli
-                .opts
-                .exporter
-                .clone()
-                .unwrap_or_else(default_exporter_path);
-            render::internal_main(&r, &exporter)
-        }
+        Some(Cmd::InternalRender(r)) => render::internal_main(&r, &cli.opts.exporter()),
         Some(Cmd::Namespaces(n)) => netns_bench::run_outer(cli.opts, n),
-        Some(Cmd::InternalNamespaces(n)) => {
-            let exporter = cli.opts.exporter.unwrap_or_else(default_exporter_path);
-            netns_bench::internal_main(&n, &exporter)
-        }
+        Some(Cmd::InternalNamespaces(n)) => resolve_exporter(cli.opts.exporter.as_deref())
+            .and_then(|exporter| netns_bench::internal_main(&n, &exporter)),
         Some(Cmd::InternalNetnsHolder(args)) => netns_bench::holder_main(&args),
         Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
         Some(Cmd::Unix(u)) => unix_bench::run_outer(cli.opts, u),
@@ -274,23 +298,9 @@ fn main() -> ExitCode {
 /// that messages name the file the user meant, then hands over to a coordinator inside a
 /// new namespace.
 fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
-    let exporter = match opts.exporter.take() {
-        Some(p) => std::path::absolute(&p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    opts.exporter = Some(exporter);
-    if let Some(p) = opts.baseline_exporter.take() {
-        opts.baseline_exporter = Some(
-            std::path::absolute(&p)
-                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
-        );
-    }
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    opts.exporter = Some(exporter_path(opts.exporter.as_deref())?);
+    opts.baseline_exporter = absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
+    opts.json = absolute(opts.json.take(), "--json")?;
 
     let mut args: Vec<OsString> = vec![
         "--connections".into(),
@@ -302,18 +312,13 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
         "--queued".into(),
         opts.queued.to_string().into(),
     ];
-    if let Some(p) = &opts.exporter {
-        args.push("--exporter".into());
-        args.push(p.into());
-    }
-    if let Some(p) = &opts.json {
-        args.push("--json".into());
-        args.push(p.into());
-    }
-    if let Some(p) = &opts.baseline_exporter {
-        args.push("--baseline-exporter".into());
-        args.push(p.into());
-    }
+    push_flag(&mut args, "--exporter", opts.exporter.as_deref());
+    push_flag(&mut args, "--json", opts.json.as_deref());
+    push_flag(
+        &mut args,
+        "--baseline-exporter",
+        opts.baseline_exporter.as_deref(),
+    );
     args.push("internal-namespace".into());
 
     let status = namespace::run_in_new_namespace(&args)?;
@@ -333,10 +338,7 @@ fn run_render(opts: BenchOpts, render: render::RenderOpts) -> Result<ExitCode> {
         render.scrapes.to_string().into(),
     ];
     let status = namespace::run_in_new_namespace(&args)?;
-    match status.code() {
-        Some(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
-        None => bail!("the render benchmark died: {status}"),
-    }
+    namespace::exit_code_of(status, "the render benchmark")
 }
 
 #[cfg(test)]

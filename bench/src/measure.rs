@@ -240,6 +240,65 @@ pub fn exporter_skip(exporter: &Path) -> Option<String> {
     }
 }
 
+/// Whether `exporter` has the collector `name`, from its `--help`: a build without it would
+/// run a snapshot of that collector alone with every collector off (or refuse its
+/// `--no-collector.` flag) and time nothing.
+pub fn collector_support(exporter: &Path, name: &str) -> Result<(), String> {
+    if let Some(why) = crate::exporter_missing(exporter) {
+        return Err(why);
+    }
+    let out = Command::new(exporter)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} --help: {e}", exporter.display()))?;
+    let flag = format!("--collector.{name}");
+    if String::from_utf8_lossy(&out.stdout).contains(&flag) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} has no {name} collector (no {flag} in its --help): nothing to time",
+            exporter.display()
+        ))
+    }
+}
+
+/// [`add_baseline`] for a benchmark of the collector `name`: a baseline build without that
+/// collector gets its rows skipped, saying why.
+pub fn add_collector_baseline(
+    specs: Vec<Spec>,
+    exporter: &Path,
+    baseline: Option<&Path>,
+    name: &str,
+) -> Vec<Spec> {
+    let Some(b) = baseline else {
+        return specs;
+    };
+    let why = collector_support(b, name)
+        .err()
+        .map(|e| format!("{e}; baseline row skipped"));
+    add_baseline(specs, exporter, b, |_| why.clone())
+}
+
+/// Runs a JSON snapshot (`exporter args`) once more, outside the timing, for the benchmark
+/// to check what it reports.
+pub fn snapshot_json(exporter: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = Command::new(exporter)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running the snapshot: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the snapshot failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the snapshot's output is not JSON: {e}"))
+}
+
 /// Runs one command once, stdout discarded, stderr kept for the error message.
 fn run_once(spec: &Spec) -> Result<Sample, String> {
     let mut errfile = proc_util::memfd(c"bench-stderr").map_err(|e| format!("{e:#}"))?;

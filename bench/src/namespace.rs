@@ -223,6 +223,32 @@ pub fn raise_nofile_limit() -> Result<u64> {
     }
 }
 
+/// Makes `cmd` start in a network namespace of its own, created from the caller's (which is
+/// when the kernel reads the caller's `tcp_child_ehash_entries`).
+pub fn in_new_netns(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: unshare is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes the directory `dir` for a run, runs it, and removes `dir` with whatever is left in
+/// it afterwards, however the run ended (failing to remove it is only a warning).
+pub fn with_dir<T>(dir: &std::path::Path, run: impl FnOnce() -> T) -> Result<T> {
+    std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = run();
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("sockdiag-bench: warning: removing {}: {e}", dir.display());
+    }
+    Ok(out)
+}
+
 /// The bench's exit code from the coordinator's `status`: its own code when it exited, 130
 /// when the user interrupted it (the namespace and its processes are gone with it), else an
 /// error naming `what` died.

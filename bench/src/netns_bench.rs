@@ -22,12 +22,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -35,7 +34,9 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::{BenchOpts, diag, measure, namespace, proc_util, setup, worker};
+use crate::helper::Helper;
+use crate::report::mib;
+use crate::{BenchOpts, diag, measure, namespace, report, setup, worker};
 
 /// The daemon's connections interval here: several full passes within one window.
 const CONNECTIONS_INTERVAL: &str = "2s";
@@ -133,12 +134,8 @@ impl NamespacesOpts {
         if self.processes {
             a.push("--processes".into());
         }
-        if let Some(p) = &self.json {
-            a.extend(["--json".into(), p.into()]);
-        }
-        if let Some(p) = &self.run_netns_dir {
-            a.extend(["--run-netns-dir".into(), p.into()]);
-        }
+        crate::push_flag(&mut a, "--json", self.json.as_deref());
+        crate::push_flag(&mut a, "--run-netns-dir", self.run_netns_dir.as_deref());
         a
     }
 }
@@ -234,11 +231,7 @@ pub fn holder_main(args: &HolderArgs) -> Result<ExitCode> {
         }
     };
     let ehash = own_ehash_entries().map_or_else(|| "?".to_string(), |e| e.to_string());
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {ehash}")
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator (is it gone?)")?;
-    drop(out);
+    worker::say_ready(&ehash)?;
 
     worker::hold_until_stdin_closes();
     drop(fleet);
@@ -259,14 +252,12 @@ enum Role {
 }
 
 struct Holder {
-    pid: i32,
-    child: Child,
+    helper: Helper,
     role: Role,
     /// The inode of its network namespace, as `sockdiag_netns_info{inode}` shows it.
     inode: u64,
     /// Its `tcp_ehash_entries` (negative: the host-wide table); `None` if unknown.
     ehash: Option<i64>,
-    line: Vec<u8>,
 }
 
 /// Every holder started so far. Dropping it ends them all, by pid: on success and on
@@ -287,35 +278,17 @@ impl Holders {
     /// when the kernel reads the caller's `tcp_child_ehash_entries`.
     fn spawn(&mut self, exe: &Path, role: Role, holder_args: &[String]) -> Result<()> {
         let mut cmd = Command::new(exe);
-        cmd.arg("internal-netns-holder")
-            .args(holder_args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: unshare is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        proc_util::tie_to_this_process(&mut cmd);
-        let child = cmd
-            .spawn()
-            .context("starting a namespace holder in a new network namespace")?;
-        let pid = i32::try_from(child.id()).context("holder pid out of range")?;
+        cmd.arg("internal-netns-holder").args(holder_args);
+        namespace::in_new_netns(&mut cmd);
+        let helper = Helper::spawn(cmd, "a namespace holder")?;
+        let path = format!("/proc/{}/ns/net", helper.pid);
         // Pushed before anything can fail, so that Drop ends it.
         self.list.push(Holder {
-            pid,
-            child,
+            helper,
             role,
             inode: 0,
             ehash: None,
-            line: Vec::new(),
         });
-        let path = format!("/proc/{pid}/ns/net");
         let inode = std::fs::metadata(&path)
             .with_context(|| format!("stat of {path}"))?
             .ino();
@@ -328,58 +301,10 @@ impl Holders {
     /// Waits until every holder from `from` on has said `ready`, for at most `timeout`.
     fn wait_ready(&mut self, from: usize, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        for i in from..self.list.len() {
-            loop {
-                let h = &mut self.list[i];
-                if let Some(pos) = h.line.iter().position(|&b| b == b'\n') {
-                    let line = String::from_utf8_lossy(&h.line[..pos]).trim().to_string();
-                    match line.split_whitespace().collect::<Vec<_>>()[..] {
-                        ["ready", e] => h.ehash = e.parse().ok(),
-                        _ => bail!("unexpected line from holder {}: {line:?}", h.pid),
-                    }
-                    break;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    bail!(
-                        "namespace holder {} was not ready within {} s",
-                        h.pid,
-                        timeout.as_secs()
-                    );
-                }
-                let Some(out) = h.child.stdout.as_mut() else {
-                    bail!("holder {} has no stdout", h.pid);
-                };
-                let mut pfd = libc::pollfd {
-                    fd: out.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                let ms = i32::try_from(left.as_millis().clamp(1, 1000)).unwrap_or(1000);
-                // SAFETY: one valid pollfd.
-                if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
-                    continue;
-                }
-                let mut chunk = [0u8; 256];
-                match out.read(&mut chunk) {
-                    Ok(0) => {
-                        let status =
-                            match proc_util::wait_with_timeout(h.pid, Duration::from_secs(10)) {
-                                Ok(Some(r)) => r.describe(),
-                                Ok(None) => "hung after closing its stdout".to_string(),
-                                Err(e) => format!("not reapable: {e}"),
-                            };
-                        h.child.stdin = None;
-                        h.pid = 0;
-                        bail!(
-                            "a namespace holder stopped before it was ready ({status}); its error is above"
-                        );
-                    }
-                    Ok(n) => h.line.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e).context("reading a namespace holder"),
-                }
-            }
+        for h in &mut self.list[from..] {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ehash = h.helper.wait_ready(left)?;
+            h.ehash = ehash.parse().ok();
         }
         Ok(())
     }
@@ -388,22 +313,16 @@ impl Holders {
     /// ends its workers first), then kills and reaps the rest, each by its pid.
     fn shutdown(&mut self) {
         for h in &mut self.list {
-            drop(h.child.stdin.take());
+            h.helper.close_stdin();
         }
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        for h in self.list.drain(..) {
-            if h.pid <= 0 {
-                continue;
-            }
+        for mut h in self.list.drain(..) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match proc_util::wait_with_timeout(h.pid, left.max(Duration::from_millis(1))) {
-                Ok(Some(_)) => {}
-                // Timed out: wait_with_timeout has killed and reaped it.
-                Ok(None) => eprintln!(
+            if !h.helper.stop(left.max(Duration::from_millis(1))) {
+                eprintln!(
                     "sockdiag-bench: namespace holder {} did not exit in time; killed",
-                    h.pid
-                ),
-                Err(_) => proc_util::kill_and_reap(h.pid),
+                    h.helper.pid
+                );
             }
         }
     }
@@ -591,9 +510,7 @@ struct DaemonRun {
     args: Vec<String>,
     namespaces: usize,
     ready_seconds: f64,
-    window_seconds: f64,
-    cpu_seconds: f64,
-    vm_hwm_bytes: u64,
+    window: daemon::Window,
     series: usize,
     bytes: usize,
     scrapes: Vec<Figures>,
@@ -604,7 +521,7 @@ struct DaemonRun {
 
 impl DaemonRun {
     fn cpu_percent(&self) -> f64 {
-        100.0 * self.cpu_seconds / self.window_seconds.max(f64::MIN_POSITIVE)
+        100.0 * self.window.cpu_fraction()
     }
 
     /// Median over scrapes of the last full pass of `collector`.
@@ -645,10 +562,10 @@ impl DaemonRun {
             "daemon_args": self.args,
             "namespaces": self.namespaces,
             "ready_seconds": self.ready_seconds,
-            "window_seconds": self.window_seconds,
-            "cpu_seconds": self.cpu_seconds,
+            "window_seconds": self.window.seconds,
+            "cpu_seconds": self.window.cpu_seconds,
             "cpu_percent_of_one_core": self.cpu_percent(),
-            "peak_rss_bytes": self.vm_hwm_bytes,
+            "peak_rss_bytes": self.window.vm_hwm_bytes,
             "metrics_series": self.series,
             "metrics_bytes": self.bytes,
             "scrapes": self.scrapes.len(),
@@ -702,70 +619,44 @@ fn run_daemon(
         opts.seconds
     );
     let mut d = daemon::Running::start(ctx.exporter, &args)?;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        d.check_alive()?;
-        let why = match daemon::fetch_metrics() {
-            Ok((_, body)) => match Figures::parse(&body).not_ready(&expected) {
-                None => break,
-                Some(why) => why,
-            },
-            Err(e) => e,
-        };
-        if d.started.elapsed() > READY_TIMEOUT {
-            let tail = d.stderr_tail(600);
-            bail!(
-                "the daemon ({label}) did not report every namespace within {} s: {why}{}{tail}",
-                READY_TIMEOUT.as_secs(),
-                if tail.is_empty() {
-                    ""
-                } else {
-                    "; its stderr: "
-                }
-            );
-        }
-    }
+    d.ready_or_fail(
+        Duration::from_millis(250),
+        READY_TIMEOUT,
+        |page| match page {
+            Ok((_, body)) => Figures::parse(&body).not_ready(&expected),
+            Err(e) => Some(e),
+        },
+    )
+    .with_context(|| format!("the daemon ({label}) reporting every namespace"))?;
     let ready_seconds = d.started.elapsed().as_secs_f64();
     // One more connections pass, so that no figure is the first, cold one.
     std::thread::sleep(Duration::from_secs(2));
 
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(opts.seconds);
     let mut scrapes = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     let (mut series, mut bytes) = (0, 0);
-    let mut next = start;
-    while next < end {
-        d.check_alive()?;
-        let (scrape, body) = daemon::fetch_metrics()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("scraping the daemon ({label})"))?;
-        if !scrape.status_line.contains(" 200") {
-            bail!("the daemon ({label}) answered {}", scrape.status_line);
-        }
-        (series, bytes) = (scrape.series, scrape.bytes);
-        let f = Figures::parse(&body);
-        if let Some(why) = f.not_ready(&expected).filter(|w| !warnings.contains(w)) {
-            eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
-            warnings.push(why);
-        }
-        scrapes.push(f);
-        next += SCRAPE_EVERY;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let cpu1 = daemon::cpu_seconds(d.pid)?;
-    let window_seconds = start.elapsed().as_secs_f64();
-    let vm_hwm_bytes = daemon::vm_hwm_bytes(d.pid)?;
+    let window = d
+        .sample_window(
+            Duration::from_secs(opts.seconds),
+            SCRAPE_EVERY,
+            |scrape, body| {
+                (series, bytes) = (scrape.series, scrape.bytes);
+                let f = Figures::parse(body);
+                if let Some(why) = f.not_ready(&expected).filter(|w| !warnings.contains(w)) {
+                    eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
+                    warnings.push(why);
+                }
+                scrapes.push(f);
+            },
+        )
+        .with_context(|| format!("the daemon ({label})"))?;
     drop(d);
     Ok(DaemonRun {
         label: label.to_string(),
         args,
         namespaces: expected.len(),
         ready_seconds,
-        window_seconds,
-        cpu_seconds: cpu1 - cpu0,
-        vm_hwm_bytes,
+        window,
         series,
         bytes,
         scrapes,
@@ -866,46 +757,24 @@ pub fn internal_main(opts: &NamespacesOpts, exporter: &Path) -> Result<ExitCode>
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     namespace::raise_nofile_limit()?;
-    if !exporter.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        );
-    }
     let ctx = Ctx::new(opts, exporter)?;
     let (markdown, doc) = match opts.big_ns_connections {
         None => many_small(&ctx)?,
         Some(n) => one_big(&ctx, n)?,
     };
     print!("{markdown}");
-    if let Some(path) = &opts.json {
-        let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-        text.push('\n');
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || report::json_text(&doc))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn environment() -> Value {
     json!({
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".to_string()),
-        "cpus": std::thread::available_parallelism().map_or(0, |p| p.get()),
+        "kernel": report::kernel(),
+        "cpus": report::cpus(),
         "daemon_listen": LISTEN,
         "connections_interval": CONNECTIONS_INTERVAL,
         "scrape_every_seconds": SCRAPE_EVERY.as_secs_f64(),
     })
-}
-
-fn kernel_and_cpus() -> String {
-    let env = environment();
-    format!(
-        "Kernel {}, {} CPUs",
-        env["kernel"].as_str().unwrap_or("unknown"),
-        env["cpus"]
-    )
 }
 
 /// Scenario 1: K small namespaces, the daemon on all of them against the daemon on its
@@ -946,7 +815,7 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
         SCRAPE_EVERY.as_secs(),
         opts.seconds,
         ms(Some(host_walk)),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
     );
     s.push_str(
         "| daemon | namespaces | listeners pass | connections pass | connections sample per \
@@ -965,7 +834,7 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
             ms(r.per_ns(Role::Small, "connections")),
             ms(r.per_ns(Role::Host, "connections")),
             r.cpu_percent(),
-            mib(r.vm_hwm_bytes),
+            mib(r.window.vm_hwm_bytes),
             r.series,
         ));
     }
@@ -980,8 +849,8 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
         ),
         ratio(Some(all.cpu_percent()), Some(base.cpu_percent())),
         ratio(
-            Some(all.vm_hwm_bytes as f64),
-            Some(base.vm_hwm_bytes as f64)
+            Some(all.window.vm_hwm_bytes as f64),
+            Some(base.window.vm_hwm_bytes as f64)
         ),
         ratio(Some(all.series as f64), Some(base.series as f64)),
     ));
@@ -1167,7 +1036,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
         SCRAPE_EVERY.as_secs(),
         opts.seconds,
         ms(Some(empty_walk)),
-        kernel_and_cpus(),
+        report::kernel_and_cpus(),
     );
     let halves: Vec<&Half> = std::iter::once(&shared).chain(private.as_ref()).collect();
     s.push('|');
@@ -1212,7 +1081,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
     s.push_str(&figure_row(
         "daemon peak RSS",
         &halves,
-        &|h| Some(h.run.vm_hwm_bytes as f64),
+        &|h| Some(h.run.window.vm_hwm_bytes as f64),
         |v| v.map_or("-".to_string(), |v| mib(v as u64)),
     ));
     s.push_str(&text_row(
@@ -1307,10 +1176,6 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 && a.is_finite() => format!("{:.1}x", a / b),
@@ -1375,20 +1240,14 @@ fn text_row(name: &str, halves: &[&Half], f: impl Fn(&Half) -> String) -> String
 /// a coordinator inside a new user + network namespace.
 pub fn run_outer(opts: BenchOpts, mut ns: NamespacesOpts) -> Result<ExitCode> {
     let exporter = crate::resolve_exporter(opts.exporter.as_deref())?;
-    if let Some(p) = ns.json.take().or(opts.json) {
-        ns.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    ns.json = crate::absolute(ns.json.take().or(opts.json), "--json")?;
     let run_netns =
         std::env::temp_dir().join(format!("sockdiag-bench-run-netns.{}", std::process::id()));
-    std::fs::create_dir(&run_netns).with_context(|| format!("creating {}", run_netns.display()))?;
     ns.run_netns_dir = Some(run_netns.clone());
     let mut args: Vec<OsString> = vec!["--exporter".into(), exporter.into()];
     args.push("internal-namespaces".into());
     args.extend(ns.to_args());
-    let status = namespace::run_in_new_namespace(&args);
-    let _ = std::fs::remove_dir(&run_netns);
+    let status = namespace::with_dir(&run_netns, || namespace::run_in_new_namespace(&args))?;
     namespace::exit_code_of(status?, "the namespace coordinator")
 }
 

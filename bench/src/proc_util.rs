@@ -46,6 +46,68 @@ pub fn sockaddr_v4(addr: u32, port: u16) -> libc::sockaddr_in {
     }
 }
 
+/// The length to pass with a socket address of type `T` (sockaddr_in, sockaddr_in6).
+pub fn len_of<T>() -> libc::socklen_t {
+    std::mem::size_of::<T>() as libc::socklen_t
+}
+
+/// `bind()` to the socket address `sa`, of which the kernel reads `len` bytes.
+pub fn bind<T>(fd: &OwnedFd, sa: &T, len: libc::socklen_t) -> io::Result<()> {
+    // SAFETY: sa is a live T; len is at most its size.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (sa as *const T).cast(), len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `connect()` to the socket address `sa`, of which the kernel reads `len` bytes.
+pub fn connect<T>(fd: &OwnedFd, sa: &T, len: libc::socklen_t) -> io::Result<()> {
+    // SAFETY: sa is a live T; len is at most its size.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (sa as *const T).cast(), len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on our socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The next connection waiting on `listener` (CLOEXEC, like every socket of the bench).
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 with null address pointers; the fd is owned below.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A TCP listener on 127.0.0.1:`port` (SO_REUSEADDR), non-blocking if asked.
+pub fn loopback_listener(port: u16, backlog: i32, nonblock: bool) -> io::Result<OwnedFd> {
+    let ty = libc::SOCK_STREAM | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+    let fd = socket(libc::AF_INET, ty, 0)?;
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)?;
+    let sa = sockaddr_v4(0x7f00_0001, port);
+    bind(&fd, &sa, len_of::<libc::sockaddr_in>())?;
+    listen(&fd, backlog)?;
+    Ok(fd)
+}
+
 pub fn kill(pid: i32, sig: i32) {
     if pid > 0 {
         // SAFETY: plain syscall on a pid this process started.

@@ -2,6 +2,9 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
 
 use serde_json::{Value, json};
 
@@ -12,20 +15,131 @@ use crate::measure::{self, CommandResult, Outcome};
 
 pub struct Environment {
     pub connections: u64,
-    pub runs: u32,
-    pub kernel: String,
-    pub cpus: usize,
     pub census: Census,
+    pub run: RunInfo,
+}
+
+/// How a benchmark ran, as every report says it.
+pub struct RunInfo {
+    pub runs: u32,
     pub setup_seconds: f64,
     pub workers: usize,
     pub exporter: String,
-    pub baseline_exporter: Option<String>,
+    pub baseline: Option<String>,
 }
 
-fn kernel_release() -> String {
+impl RunInfo {
+    pub fn new(
+        runs: u32,
+        setup_seconds: f64,
+        workers: usize,
+        exporter: &Path,
+        baseline: Option<&Path>,
+    ) -> RunInfo {
+        RunInfo {
+            runs,
+            setup_seconds,
+            workers,
+            exporter: exporter.display().to_string(),
+            baseline: baseline.map(|b| b.display().to_string()),
+        }
+    }
+
+    /// `Kernel <release>, <n> CPUs, <runs> run(s) per command, medians shown.`
+    pub fn environment(&self) -> String {
+        format!(
+            "{}, {} run(s) per command, medians shown.",
+            kernel_and_cpus(),
+            self.runs
+        )
+    }
+
+    /// A report's JSON: these fields, and those of `more`.
+    pub fn json(&self, more: Value) -> Value {
+        merge(
+            json!({
+                "runs": self.runs,
+                "kernel": kernel(),
+                "cpus": cpus(),
+                "setup_seconds": self.setup_seconds,
+                "workers": self.workers,
+                "exporter": self.exporter,
+                "baseline_exporter": self.baseline,
+            }),
+            more,
+        )
+    }
+}
+
+/// The fields of JSON object `a` and those of `b`.
+pub fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// The running kernel's release.
+pub fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |p| p.get())
+}
+
+/// `Kernel <release>, <n> CPUs`, as every report says where it ran.
+pub fn kernel_and_cpus() -> String {
+    format!("Kernel {}, {} CPUs", kernel(), cpus())
+}
+
+/// Milliseconds with two decimals; `-` when unknown.
+pub fn ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |s| format!("{:.2} ms", s * 1000.0))
+}
+
+/// The median and the longest of a collector's passes as two table cells; the median is
+/// `absent` when the daemon exported none.
+pub fn pass_cells(durations: &[f64]) -> (String, String) {
+    let median = if durations.is_empty() {
+        "absent".to_string()
+    } else {
+        ms(measure::median(durations.to_vec()))
+    };
+    (median, ms(durations.iter().copied().reduce(f64::max)))
+}
+
+/// Free text made fit for one table cell: no `|` or line break to split the table.
+pub fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A JSON report as written to `--json`: pretty, ending in a newline.
+pub fn json_text(doc: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".to_string());
+    text.push('\n');
+    text
+}
+
+/// Writes the JSON report made by `text` to `path` when `--json` asked for one, and says
+/// so.
+pub fn write_json(path: Option<&Path>, text: impl FnOnce() -> String) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, text()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("sockdiag-bench: results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A benchmark's exit status: 2 when something it measured failed.
+pub fn exit_code(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 impl Environment {
@@ -38,22 +152,19 @@ impl Environment {
     ) -> Self {
         Environment {
             connections: opts.connections,
-            runs: opts.runs,
-            kernel: kernel_release(),
-            cpus: std::thread::available_parallelism().map_or(0, |p| p.get()),
             census,
-            setup_seconds,
-            workers,
-            exporter: exporter.display().to_string(),
-            baseline_exporter: opts
-                .baseline_exporter
-                .as_ref()
-                .map(|p| p.display().to_string()),
+            run: RunInfo::new(
+                opts.runs,
+                setup_seconds,
+                workers,
+                exporter,
+                opts.baseline_exporter.as_deref(),
+            ),
         }
     }
 }
 
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
@@ -120,14 +231,81 @@ pub fn table(
                 );
             }
             Outcome::Failed(why) => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
-                let _ = writeln!(s, "| `{}` | FAILED: {why}{blanks}", r.label);
+                let _ = writeln!(s, "| `{}` | FAILED: {}{blanks}", r.label, cell(why));
             }
             Outcome::Skipped(why) => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
-                let _ = writeln!(s, "| `{}` | skipped: {why}{blanks}", r.label);
+                let _ = writeln!(s, "| `{}` | skipped: {}{blanks}", r.label, cell(why));
             }
         }
+    }
+    s
+}
+
+/// Every command's figures for the JSON reports, each with what `more` adds.
+pub fn commands_json(
+    results: &[CommandResult],
+    mut more: impl FnMut(&CommandResult, &mut Value),
+) -> Vec<Value> {
+    let ratios = measure::baseline_ratios(results);
+    results
+        .iter()
+        .zip(ratios)
+        .map(|(r, pair)| {
+            let mut v = command_json(r, results, pair);
+            more(r, &mut v);
+            v
+        })
+        .collect()
+}
+
+/// The wall ratio of a row to the row labelled `label`, paired by round (see
+/// [`measure::paired_ratio`]).
+pub fn paired_wall_ratio<'a>(
+    results: &'a [CommandResult],
+    label: &str,
+) -> impl Fn(&CommandResult) -> Option<f64> + 'a {
+    let to = results.iter().find(|r| r.label == label);
+    move |r| to.and_then(|to| measure::paired_ratio(r, to, measure::wall_of))
+}
+
+/// The results of a benchmark measured against `reference` (an `ss` row run in the same
+/// rounds): who is under test, the table with each row's wall ratio to `reference`, paired
+/// by round, and how the exporter's first row compares with the floor (`what` names its
+/// snapshot, e.g. `unix-only`).
+pub fn paired_results(
+    results: &[CommandResult],
+    run: &RunInfo,
+    reference: &str,
+    what: &str,
+) -> String {
+    let mut s = String::new();
+    if let Some(b) = &run.baseline {
+        let _ = write!(
+            s,
+            "Exporter under test: `{}`; baseline: `{b}`.\n\n",
+            run.exporter
+        );
+    }
+    let to_reference = paired_wall_ratio(results, reference);
+    let ratio = |r: &CommandResult| to_reference(r).map_or("-".to_string(), |x| format!("{x:.2}x"));
+    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
+    s.push_str(&table(
+        results,
+        &format!("wall ratio to `{reference}` (paired)"),
+        &ratio,
+        with_baseline,
+    ));
+    let exporter_row = results
+        .iter()
+        .find(|r| r.label.starts_with("sockdiag-exporter") && r.baseline_of.is_none());
+    let floor = results.iter().find(|r| r.is_floor());
+    if let (Some(e), Some(f)) = (exporter_row, floor)
+        && let Some(x) = measure::paired_ratio(e, f, measure::wall_of)
+    {
+        let _ = write!(
+            s,
+            "\nThe exporter's {what} snapshot takes {x:.2}x the floor's wall time (paired).\n"
+        );
     }
     s
 }
@@ -202,25 +380,22 @@ pub fn markdown(
         s,
         "## sockdiag-bench: {} connections\n\n\
          {} TCP sockets in a private network namespace ({} listeners, {} connections in \
-         accept queues, {} bytes unread in Recv-Q), set up in {:.1} s by {} workers. \
-         Kernel {}, {} CPUs, {} run(s) per command, medians shown.\n",
+         accept queues, {} bytes unread in Recv-Q), set up in {:.1} s by {} workers. {}\n",
         env.connections,
         c.sockets,
         c.listeners,
         c.accept_queued,
         c.recv_q_bytes,
-        env.setup_seconds,
-        env.workers,
-        env.kernel,
-        env.cpus,
-        env.runs,
+        env.run.setup_seconds,
+        env.run.workers,
+        env.run.environment(),
     );
-    if let Some(b) = &env.baseline_exporter {
+    if let Some(b) = &env.run.baseline {
         let _ = writeln!(
             s,
             "Exporter under test: `{}`; baseline: `{b}` (rows marked `[baseline]`, run back \
              to back with the row above them, in alternating order).\n",
-            env.exporter
+            env.run.exporter
         );
     }
     let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
@@ -284,19 +459,12 @@ pub fn json(
     daemon: Option<&DaemonOutcome>,
 ) -> String {
     let floor = floor_wall(results);
-    let ratios = measure::baseline_ratios(results);
-    let commands: Vec<Value> = results
-        .iter()
-        .zip(ratios)
-        .map(|(r, pair)| {
-            let mut v = command_json(r, results, pair);
-            v["wall_ratio_to_floor"] = match (r.median_wall(), floor) {
-                (Some(w), Some(f)) if f > 0.0 => json!(w / f),
-                _ => Value::Null,
-            };
-            v
-        })
-        .collect();
+    let commands = commands_json(results, |r, v| {
+        v["wall_ratio_to_floor"] = match (r.median_wall(), floor) {
+            (Some(w), Some(f)) if f > 0.0 => json!(w / f),
+            _ => Value::Null,
+        };
+    });
     let daemon = match daemon {
         None => Value::Null,
         Some(DaemonOutcome::Skipped(why)) => json!({"status": "skipped", "note": why}),
@@ -320,15 +488,8 @@ pub fn json(
         }),
     };
     let c = &env.census;
-    let doc = json!({
+    let doc = env.run.json(json!({
         "connections": env.connections,
-        "runs": env.runs,
-        "kernel": env.kernel,
-        "cpus": env.cpus,
-        "setup_seconds": env.setup_seconds,
-        "workers": env.workers,
-        "exporter": env.exporter,
-        "baseline_exporter": env.baseline_exporter,
         "sockets": {
             "total": c.sockets,
             "listeners": c.listeners,
@@ -340,8 +501,6 @@ pub fn json(
         },
         "commands": commands,
         "daemon": daemon,
-    });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    }));
+    json_text(&doc)
 }

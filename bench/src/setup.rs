@@ -1,18 +1,19 @@
 //! The coordinator: runs inside the private namespace, builds the connections, measures,
 //! reports, and tears everything down.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::diag::{self, Census};
+use crate::helper::{self, Helper};
 use crate::report::{self, Environment};
 use crate::worker::{self, DATA, DATA_EVERY, STALL_LIMIT};
-use crate::{BenchOpts, daemon, default_exporter_path, measure, namespace, proc_util};
+use crate::{BenchOpts, daemon, measure, namespace, proc_util};
 
 pub const LISTENERS: u16 = 16;
 pub const FIRST_PORT: u16 = 20000;
@@ -28,86 +29,42 @@ pub fn create_listeners(count: u16) -> Result<Vec<OwnedFd>> {
     (0..count)
         .map(|i| {
             let port = FIRST_PORT + i;
-            let fd = proc_util::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
-                .context("creating a listener socket")?;
-            proc_util::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &1i32)
-                .context("SO_REUSEADDR")?;
-            let sa = proc_util::sockaddr_v4(0x7f00_0001, port);
-            // SAFETY: sa is a valid sockaddr_in of the length passed.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("binding a listener to 127.0.0.1:{port}"));
-            }
-            // SAFETY: plain syscall on our socket.
-            if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("listen() on 127.0.0.1:{port}"));
-            }
-            Ok(fd)
+            proc_util::loopback_listener(port, BACKLOG, true)
+                .with_context(|| format!("listening on 127.0.0.1:{port}"))
         })
         .collect()
-}
-
-struct WorkerProc {
-    pid: i32,
-    /// Held open: the worker exits when it reads EOF here.
-    child: Child,
-    line_buf: Vec<u8>,
-    ready: bool,
 }
 
 /// Every worker started so far. Dropping it kills and reaps them all, on success and on
 /// every error path alike.
 #[derive(Default)]
 pub struct Fleet {
-    workers: Vec<WorkerProc>,
+    workers: Vec<Helper>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        // All killed first, so that the kernel tears their sockets down side by side;
+        // dropping each helper then reaps it.
         for w in &self.workers {
             proc_util::kill(w.pid, libc::SIGKILL);
-        }
-        for w in &mut self.workers {
-            drop(w.child.stdin.take());
-            proc_util::kill_and_reap(w.pid);
         }
     }
 }
 
 impl Fleet {
-    fn spawn(
-        &mut self,
-        exe: &std::path::Path,
-        fds: &[RawFd],
-        first: u64,
-        count: u64,
-    ) -> Result<()> {
+    fn spawn(&mut self, fds: &[RawFd], first: u64, count: u64) -> Result<()> {
         let list = fds
             .iter()
             .map(|fd| fd.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        // SAFETY: getpid cannot fail.
-        let me = unsafe { libc::getpid() };
-        let mut cmd = Command::new(exe);
-        cmd.arg("internal-worker")
-            .args(["--first-client", &first.to_string()])
+        let mut cmd = helper::bench_command("internal-worker")?;
+        cmd.args(["--first-client", &first.to_string()])
             .args(["--clients", &count.to_string()])
-            .args(["--listen-fds", &list])
-            .args(["--parent", &me.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .args(["--listen-fds", &list]);
         let fds = fds.to_vec();
-        // SAFETY: fcntl, prctl and getppid are async-signal-safe; fds was built before fork.
+        // SAFETY: fcntl is async-signal-safe; fds was built before fork.
         unsafe {
             cmd.pre_exec(move || {
                 // The listeners are CLOEXEC so that measured commands never inherit them;
@@ -117,57 +74,12 @@ impl Fleet {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                proc_util::die_with_parent(me)
+                Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting worker for clients {first}..{}", first + count))?;
-        let pid = i32::try_from(child.id()).context("worker pid out of range")?;
-        self.workers.push(WorkerProc {
-            pid,
-            child,
-            line_buf: Vec::new(),
-            ready: false,
-        });
+        self.workers
+            .push(Helper::spawn(cmd, "a connection worker")?);
         Ok(())
-    }
-
-    /// Reads what worker `i` wrote; returns the complete lines, or an error once it has
-    /// closed its stdout without saying `ready`.
-    fn read_lines(&mut self, i: usize) -> Result<Vec<String>> {
-        let w = &mut self.workers[i];
-        let Some(out) = w.child.stdout.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let mut chunk = [0u8; 4096];
-        let n = match out.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("reading worker {}", w.pid)),
-        };
-        if n == 0 {
-            w.child.stdout = None;
-            if w.ready {
-                return Ok(Vec::new());
-            }
-            let status = match proc_util::wait_with_timeout(w.pid, Duration::from_secs(10)) {
-                Ok(Some(r)) => r.describe(),
-                Ok(None) => "hung after closing its stdout".to_string(),
-                Err(e) => format!("not reapable: {e}"),
-            };
-            bail!(
-                "worker {} stopped before it was ready ({status}); its error is above",
-                w.pid
-            );
-        }
-        w.line_buf.extend_from_slice(&chunk[..n]);
-        let mut lines = Vec::new();
-        while let Some(pos) = w.line_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = w.line_buf.drain(..=pos).collect();
-            lines.push(String::from_utf8_lossy(&line).trim().to_string());
-        }
-        Ok(lines)
     }
 
     /// Starts workers for `total` connections, at most `parallel` at a time, and returns
@@ -180,7 +92,6 @@ impl Fleet {
         per_worker: u64,
         parallel: usize,
     ) -> Result<()> {
-        let exe = std::env::current_exe().context("locating this executable")?;
         let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         let plan: Vec<(u64, u64)> = (0..total.div_ceil(per_worker))
             .map(|i| {
@@ -198,13 +109,13 @@ impl Fleet {
         while ready_conns < total {
             while active.len() < parallel && next < plan.len() {
                 let (first, count) = plan[next];
-                self.spawn(&exe, &fds, first, count)?;
+                self.spawn(&fds, first, count)?;
                 active.push(self.workers.len() - 1);
                 next += 1;
             }
             let watched: Vec<(usize, RawFd)> = active
                 .iter()
-                .filter_map(|&i| Some((i, self.workers[i].child.stdout.as_ref()?.as_raw_fd())))
+                .filter_map(|&i| Some((i, self.workers[i].stdout_fd()?)))
                 .collect();
             let mut pfds: Vec<libc::pollfd> = watched
                 .iter()
@@ -227,7 +138,9 @@ impl Fleet {
                 if pfd.revents == 0 {
                     continue;
                 }
-                for line in self.read_lines(i)? {
+                let w = &mut self.workers[i];
+                w.fill()?;
+                while let Some(line) = w.take_line() {
                     last_progress = Instant::now();
                     let mut words = line.split_whitespace();
                     match (words.next(), words.next()) {
@@ -235,15 +148,11 @@ impl Fleet {
                             let c: u64 = c
                                 .parse()
                                 .with_context(|| format!("bad line from worker: {line:?}"))?;
-                            self.workers[i].ready = true;
                             ready_conns += c;
                             finished.push(i);
                         }
                         (Some("progress"), _) => {}
-                        _ => bail!(
-                            "unexpected line from worker {}: {line:?}",
-                            self.workers[i].pid
-                        ),
+                        _ => bail!("unexpected line from worker {}: {line:?}", w.pid),
                     }
                 }
             }
@@ -321,7 +230,7 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     let nofile = namespace::raise_nofile_limit()?;
-    let exporter = opts.exporter.clone().unwrap_or_else(default_exporter_path);
+    let exporter = opts.exporter();
     let n = opts.connections;
 
     let per_worker = per_worker(nofile)?;
@@ -363,20 +272,13 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
 
     let markdown = report::markdown(&env, &results, daemon.as_ref());
     print!("{markdown}");
-    if let Some(path) = &opts.json {
-        let json = report::json(&env, &results, daemon.as_ref());
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || {
+        report::json(&env, &results, daemon.as_ref())
+    })?;
 
     eprintln!("sockdiag-bench: tearing down");
     drop(held_queued);
     drop(fleet);
     drop(listeners);
-    let failed = results.iter().any(|r| r.failed());
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::exit_code(results.iter().any(|r| r.failed())))
 }

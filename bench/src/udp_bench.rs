@@ -23,12 +23,12 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::helper::Helper;
+use crate::helper::{self, Helper};
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
+use crate::report::mib;
 use crate::udp_diag::{self, TCP_ESTABLISHED};
-use crate::unix_bench::{kernel, mib, ms};
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report, setup, worker};
+use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
 /// The namespace's ephemeral range, written explicitly so that which sockets count as
 /// receivers does not depend on the kernel's default.
@@ -66,10 +66,6 @@ const WORKER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Loopback delivery runs in softirq context, usually inside the send, but under load it
 /// may be deferred to ksoftirqd: the census is retried this long.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Daemon start-up work (owner discovery reads every worker's descriptors once) left out
-/// of its CPU figure.
-const DAEMON_WARMUP: Duration = Duration::from_secs(3);
 const SS_UANM: &str = "ss -uanm";
 /// The floor's wall may exceed its CPU by this much (fork + exec, a few ms) before the
 /// table warns that the CPUs were busy.
@@ -618,11 +614,11 @@ impl SockAddr {
         match self {
             SockAddr::V4(sa) => (
                 (sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                proc_util::len_of::<libc::sockaddr_in>(),
             ),
             SockAddr::V6(sa) => (
                 (sa as *const libc::sockaddr_in6).cast(),
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                proc_util::len_of::<libc::sockaddr_in6>(),
             ),
         }
     }
@@ -644,21 +640,17 @@ fn udp_socket(v6: bool, v6only: bool) -> Result<OwnedFd> {
 }
 
 fn bind(fd: &OwnedFd, sa: &SockAddr) -> io::Result<()> {
-    let (p, len) = sa.raw();
-    // SAFETY: p points to a live sockaddr of len bytes.
-    if unsafe { libc::bind(fd.as_raw_fd(), p, len) } != 0 {
-        return Err(io::Error::last_os_error());
+    match sa {
+        SockAddr::V4(sa) => proc_util::bind(fd, sa, proc_util::len_of::<libc::sockaddr_in>()),
+        SockAddr::V6(sa) => proc_util::bind(fd, sa, proc_util::len_of::<libc::sockaddr_in6>()),
     }
-    Ok(())
 }
 
 fn connect(fd: &OwnedFd, sa: &SockAddr) -> io::Result<()> {
-    let (p, len) = sa.raw();
-    // SAFETY: p points to a live sockaddr of len bytes.
-    if unsafe { libc::connect(fd.as_raw_fd(), p, len) } != 0 {
-        return Err(io::Error::last_os_error());
+    match sa {
+        SockAddr::V4(sa) => proc_util::connect(fd, sa, proc_util::len_of::<libc::sockaddr_in>()),
+        SockAddr::V6(sa) => proc_util::connect(fd, sa, proc_util::len_of::<libc::sockaddr_in6>()),
     }
-    Ok(())
 }
 
 fn send_to(fd: &OwnedFd, data: &[u8], to: Option<&SockAddr>) -> io::Result<()> {
@@ -747,7 +739,6 @@ fn open_client(c: &ClientPlan) -> Result<OwnedFd> {
 /// `internal-udp-worker`: builds its share, says `ready <sockets>`, and holds everything
 /// until stdin closes.
 pub fn worker_main(args: &UdpWorkerArgs) -> Result<ExitCode> {
-    use std::io::Write;
     proc_util::die_with_parent(args.parent).context("the coordinator is gone")?;
     namespace::raise_nofile_limit()?;
     let plan = plan(args.udp_sockets, args.receivers, PORT_RANGE.0)?;
@@ -764,14 +755,8 @@ pub fn worker_main(args: &UdpWorkerArgs) -> Result<ExitCode> {
         let c = plan.client(k);
         held.push(open_client(&c).with_context(|| format!("client {k} ({c:?})"))?);
     }
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {}", held.len())
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator (is it gone?)")?;
-    drop(out);
-    worker::hold_until_stdin_closes();
-    // The kernel closes 18,000 sockets faster than we would one by one.
-    std::process::exit(0);
+    worker::say_ready(&held.len().to_string())?;
+    worker::hold_then_exit()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -815,35 +800,20 @@ pub fn assign(plan: &Plan, max_fds: u64) -> Result<Vec<WorkerShare>> {
 }
 
 fn build(shares: &[WorkerShare], opts: &UdpOpts, parallel: usize) -> Result<Vec<Helper>> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let mut fleet: Vec<Helper> = Vec::with_capacity(shares.len());
     // The receivers first and alone: the rest need nothing from them (a UDP connect sends
     // nothing), but a failure there is the likeliest and should come first.
-    for batch in std::iter::once(&shares[..1]).chain(shares[1..].chunks(parallel.max(1))) {
-        let from = fleet.len();
-        for w in batch {
-            let mut cmd = Command::new(&exe);
-            cmd.arg("internal-udp-worker")
-                .args(["--udp-sockets", &opts.udp_sockets.to_string()])
-                .args(["--receivers", &opts.receivers.to_string()])
-                .args(["--first", &w.first.to_string()])
-                .args(["--count", &w.count.to_string()])
-                .args(["--parent", &me.to_string()]);
-            if w.with_receivers {
-                cmd.arg("--with-receivers");
-            }
-            fleet.push(Helper::spawn(cmd, "a udp worker")?);
+    let batches = std::iter::once(&shares[..1]).chain(shares[1..].chunks(parallel.max(1)));
+    helper::start_fleet(batches, "a udp worker", WORKER_TIMEOUT, |w| {
+        let mut cmd = helper::bench_command("internal-udp-worker")?;
+        cmd.args(["--udp-sockets", &opts.udp_sockets.to_string()])
+            .args(["--receivers", &opts.receivers.to_string()])
+            .args(["--first", &w.first.to_string()])
+            .args(["--count", &w.count.to_string()]);
+        if w.with_receivers {
+            cmd.arg("--with-receivers");
         }
-        for h in &mut fleet[from..] {
-            let line = h.read_line(WORKER_TIMEOUT)?;
-            if !line.starts_with("ready ") {
-                bail!("unexpected line from udp worker {}: {line:?}", h.pid);
-            }
-        }
-    }
-    Ok(fleet)
+        Ok((cmd, None))
+    })
 }
 
 /// Sets the namespace's ephemeral range to [`PORT_RANGE`] and returns what it reads back.
@@ -858,31 +828,6 @@ fn set_port_range() -> Result<(u16, u16)> {
     match (it.next(), it.next()) {
         (Some(Ok(lo)), Some(Ok(hi))) => Ok((lo, hi)),
         _ => bail!("unexpected {path}: {text:?}"),
-    }
-}
-
-/// Whether `exporter` has the udp collector, from its `--help`: a build without it would
-/// run the udp-only snapshot with every collector off (or refuse `--no-collector.udp`)
-/// and time nothing.
-pub fn udp_support(exporter: &Path) -> Result<(), String> {
-    if !exporter.is_file() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        ));
-    }
-    let out = Command::new(exporter)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {} --help: {e}", exporter.display()))?;
-    if String::from_utf8_lossy(&out.stdout).contains("--collector.udp") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} has no udp collector (no --collector.udp in its --help): nothing to time",
-            exporter.display()
-        ))
     }
 }
 
@@ -907,8 +852,8 @@ fn udp_only(json: bool) -> Vec<&'static str> {
 fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
     let me = std::env::current_exe().context("locating this executable")?;
     let ss = Path::new("ss");
-    let skip = udp_support(exporter).err();
-    let mut specs = vec![
+    let skip = measure::collector_support(exporter, "udp").err();
+    let specs = vec![
         Spec::new(FLOOR_LABEL, &me, &["udp-floor"], None),
         Spec::new(
             "sockdiag-exporter snapshot (udp collector only)",
@@ -925,13 +870,9 @@ fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
         Spec::new(SS_UANM, ss, &["-uanm"], None),
         Spec::new("ss -ulnm", ss, &["-ulnm"], None),
     ];
-    if let Some(b) = baseline {
-        let why = udp_support(b)
-            .err()
-            .map(|e| format!("{e}; baseline row skipped"));
-        specs = measure::add_baseline(specs, exporter, b, |_| why.clone());
-    }
-    Ok(specs)
+    Ok(measure::add_collector_baseline(
+        specs, exporter, baseline, "udp",
+    ))
 }
 
 /// UDP receivers in one snapshot JSON document, and how many of them dropped: objects
@@ -975,24 +916,10 @@ pub fn count_udp_receivers(v: &Value, ports: &BTreeSet<u16>) -> (u64, u64) {
     acc
 }
 
-/// Runs the udp-only snapshot once more, outside the timing, and counts the receivers it
-/// reports.
+/// Receivers (and those with drops) the udp-only snapshot reports, run once more outside
+/// the timing.
 fn snapshot_sanity(exporter: &Path, ports: &BTreeSet<u16>) -> Result<(u64, u64), String> {
-    let out = Command::new(exporter)
-        .args(udp_only(true))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running the snapshot: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the snapshot failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("the snapshot's output is not JSON: {e}"))?;
-    Ok(count_udp_receivers(&v, ports))
+    measure::snapshot_json(exporter, &udp_only(true)).map(|v| count_udp_receivers(&v, ports))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1000,11 +927,7 @@ fn snapshot_sanity(exporter: &Path, ports: &BTreeSet<u16>) -> Result<(u64, u64),
 
 /// One daemon run on the UDP sockets.
 pub struct DaemonUdp {
-    label: String,
-    args: Vec<String>,
-    window: f64,
-    cpu: f64,
-    vm_hwm: u64,
+    run: daemon::Sampled,
     /// `sockdiag_collector_duration_seconds{collector="udp"}`, one per scrape.
     udp_durations: Vec<f64>,
     /// Distinct udp pass timestamps seen, in order: the daemon's cost bound may sample a
@@ -1012,17 +935,11 @@ pub struct DaemonUdp {
     udp_passes: Vec<f64>,
     /// At the last scrape.
     figures: UdpFigures,
-    scrapes: usize,
     /// Whether a udp pass was waited for (the build has the collector and it is on).
     expect_udp: bool,
-    note: Option<String>,
 }
 
 impl DaemonUdp {
-    fn cpu_fraction(&self) -> f64 {
-        self.cpu / self.window.max(f64::MIN_POSITIVE)
-    }
-
     /// Passes completed between the first and the last scrape, and the mean time between
     /// them; `at_least` when every scrape saw a new one (the passes may be faster than the
     /// scrapes).
@@ -1032,7 +949,7 @@ impl DaemonUdp {
         Some(PassRate {
             passes,
             mean_interval: (passes > 0).then(|| (last - first) / passes as f64),
-            at_least: passes + 1 >= self.scrapes,
+            at_least: passes + 1 >= self.run.window.scrapes,
         })
     }
 }
@@ -1112,71 +1029,32 @@ fn run_daemon(
     seconds: u64,
     expect_udp: bool,
 ) -> Result<DaemonUdp> {
-    let mut args = vec!["--log.level".to_string(), "warn".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    eprintln!("sockdiag-bench: daemon ({label_text}) for {seconds} s");
-    let mut d = daemon::Running::start(exporter, &args)?;
-    let mut note = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        d.check_alive()?;
-        if let Ok((s, body)) = daemon::fetch_metrics()
-            && s.status_line.contains(" 200")
-            && body.contains("sockdiag_collector_duration_seconds")
-            && (!expect_udp || udp_figures(&body).duration.is_some())
-        {
-            break;
-        }
-        if d.started.elapsed() > DAEMON_READY_TIMEOUT {
-            note = Some(format!(
-                "no udp sample within {} s",
-                DAEMON_READY_TIMEOUT.as_secs()
-            ));
-            break;
-        }
-    }
-    std::thread::sleep(DAEMON_WARMUP);
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
     let mut durations = Vec::new();
     let mut passes: Vec<f64> = Vec::new();
     let mut figures = UdpFigures::default();
-    let mut scrapes = 0;
-    let mut next = start;
-    while next < end {
-        d.check_alive()?;
-        let (s, body) = daemon::fetch_metrics().map_err(anyhow::Error::msg)?;
-        if !s.status_line.contains(" 200") {
-            bail!("the daemon answered {}", s.status_line);
-        }
-        figures = udp_figures(&body);
-        scrapes += 1;
-        durations.extend(figures.duration);
-        if let Some(t) = figures.last_success
-            && passes.last() != Some(&t)
-        {
-            passes.push(t);
-        }
-        next += Duration::from_secs(1);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let cpu1 = daemon::cpu_seconds(d.pid)?;
-    let window = start.elapsed().as_secs_f64();
-    let vm_hwm = daemon::vm_hwm_bytes(d.pid)?;
-    drop(d);
+    let run = daemon::sample(
+        exporter,
+        label_text,
+        extra,
+        seconds,
+        "udp",
+        |body| !expect_udp || udp_figures(body).duration.is_some(),
+        |body| {
+            figures = udp_figures(body);
+            durations.extend(figures.duration);
+            if let Some(t) = figures.last_success
+                && passes.last() != Some(&t)
+            {
+                passes.push(t);
+            }
+        },
+    )?;
     Ok(DaemonUdp {
-        label: label_text.to_string(),
-        args,
-        window,
-        cpu: cpu1 - cpu0,
-        vm_hwm,
+        run,
         udp_durations: durations,
         udp_passes: passes,
         figures,
-        scrapes,
         expect_udp,
-        note,
     })
 }
 
@@ -1189,7 +1067,7 @@ fn daemons(exporter: &Path, seconds: u64) -> Vec<DaemonRow> {
             why: format!("{} not found", exporter.display()),
         }];
     }
-    let support = udp_support(exporter);
+    let support = measure::collector_support(exporter, "udp");
     let ran = |label: &str, extra: &[&str], expect_udp: bool| match run_daemon(
         exporter, label, extra, seconds, expect_udp,
     ) {
@@ -1224,7 +1102,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
         );
     }
     let nofile = namespace::raise_nofile_limit()?;
-    let exporter = bench.exporter.clone().unwrap_or_else(default_exporter_path);
+    let exporter = bench.exporter();
     let baseline = opts.baseline_exporter.as_deref();
     let (s, r) = (opts.udp_sockets, opts.receivers);
 
@@ -1271,7 +1149,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
 
     let specs = specs(&exporter, baseline)?;
     let results = measure::measure_specs(&specs, opts.runs);
-    let sanity = match udp_support(&exporter) {
+    let sanity = match measure::collector_support(&exporter, "udp") {
         Ok(()) => Some(snapshot_sanity(&exporter, &ports)),
         Err(_) => None,
     };
@@ -1296,31 +1174,21 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
             .iter()
             .filter(|r| r.bind == Bind::Dual)
             .count(),
-        runs: opts.runs,
         range: (low, high),
-        setup_seconds,
-        workers: fleet.len(),
         census,
-        exporter: exporter.display().to_string(),
-        baseline: baseline.map(|b| b.display().to_string()),
+        run: report::RunInfo::new(opts.runs, setup_seconds, fleet.len(), &exporter, baseline),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
-    if let Some(path) = &opts.json {
-        let text = json_report(&env, &results, sanity.as_ref(), &daemons);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || {
+        json_report(&env, &results, sanity.as_ref(), &daemons)
+    })?;
     eprintln!("sockdiag-bench: tearing down");
     drop(fleet);
     let failed = results.iter().any(CommandResult::failed)
         || daemons
             .iter()
             .any(|d| matches!(d, DaemonRow::Failed { .. }));
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::exit_code(failed))
 }
 
 struct UdpEnv {
@@ -1329,17 +1197,9 @@ struct UdpEnv {
     receiver_ports: usize,
     groups: u64,
     dual_stack: usize,
-    runs: u32,
     range: (u16, u16),
-    setup_seconds: f64,
-    workers: usize,
     census: UdpCensus,
-    exporter: String,
-    baseline: Option<String>,
-}
-
-fn ss_row(results: &[CommandResult]) -> Option<&CommandResult> {
-    results.iter().find(|r| r.label == SS_UANM)
+    run: report::RunInfo,
 }
 
 fn markdown(
@@ -1355,8 +1215,7 @@ fn markdown(
          {} ports below the ephemeral range {}-{} ({} SO_REUSEPORT groups of {GROUP_SIZE}, \
          {} dual-stack), {} with a tiny buffer, {} with datagrams queued, {} flooded until \
          they dropped; the rest clients on ephemeral ports, {} sockets connected. Set up in \
-         {:.1} s by {} workers; `ss -uanmH` agrees. Kernel {}, {} CPUs, {} run(s) per \
-         command, medians shown.\n\n",
+         {:.1} s by {} workers; `ss -uanmH` agrees. {}\n\n",
         env.sockets,
         env.receivers,
         c.sockets,
@@ -1372,41 +1231,13 @@ fn markdown(
         c.queued_ports.len(),
         c.dropping_ports.len(),
         c.connected,
-        env.setup_seconds,
-        env.workers,
-        kernel(),
-        std::thread::available_parallelism().map_or(0, |p| p.get()),
-        env.runs,
+        env.run.setup_seconds,
+        env.run.workers,
+        env.run.environment(),
     );
-    if let Some(b) = &env.baseline {
-        s.push_str(&format!(
-            "Exporter under test: `{}`; baseline: `{b}`.\n\n",
-            env.exporter
-        ));
-    }
-    let ss = ss_row(results);
-    let ratio = |r: &CommandResult| {
-        ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of))
-            .map_or("-".to_string(), |x| format!("{x:.2}x"))
-    };
-    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
-    s.push_str(&report::table(
-        results,
-        "wall ratio to `ss -uanm` (paired)",
-        &ratio,
-        with_baseline,
+    s.push_str(&report::paired_results(
+        results, &env.run, SS_UANM, "udp-only",
     ));
-    let exporter_row = results
-        .iter()
-        .find(|r| r.label.starts_with("sockdiag-exporter") && r.baseline_of.is_none());
-    let floor = results.iter().find(|r| r.is_floor());
-    if let (Some(e), Some(f)) = (exporter_row, floor)
-        && let Some(x) = measure::paired_ratio(e, f, measure::wall_of)
-    {
-        s.push_str(&format!(
-            "\nThe exporter's udp-only snapshot takes {x:.2}x the floor's wall time (paired).\n"
-        ));
-    }
     if let Some(w) = report::floor_busy_warning(results, FLOOR_GAP_TOLERATED) {
         s.push_str(&format!("\n{w}\n"));
     }
@@ -1437,7 +1268,7 @@ fn markdown(
                 s.push_str(&format!(
                     "\nWarning (`{}`): the daemon exported {} receivers ({} with drops), not {} \
                      ({dropping} with drops).\n",
-                    d.label, d.figures.receivers, d.figures.dropping, env.receivers
+                    d.run.label, d.figures.receivers, d.figures.dropping, env.receivers
                 ));
             }
         }
@@ -1455,38 +1286,29 @@ fn daemon_table(daemons: &[DaemonRow]) -> String {
         match d {
             DaemonRow::Ran(d) => {
                 let f = &d.figures;
-                let med = measure::median(d.udp_durations.clone());
-                let max = d.udp_durations.iter().copied().reduce(f64::max);
+                let (med, max) = report::pass_cells(&d.udp_durations);
                 let unexported = if f.unexported > 0.0 {
                     format!(" +{} unexported", f.unexported)
                 } else {
                     String::new()
                 };
                 s.push_str(&format!(
-                    "| `{}` | {:.3} ({:.1}%) | {} | {} | {} | {} / {} | {} ({}){unexported} | {} |\n",
-                    d.label,
-                    d.cpu_fraction(),
-                    100.0 * d.cpu_fraction(),
-                    if d.udp_durations.is_empty() {
-                        "absent".to_string()
-                    } else {
-                        ms(med)
-                    },
-                    ms(max),
+                    "{} {med} | {max} | {} | {} / {} | {} ({}){unexported} | {} |\n",
+                    d.run.row_start(),
                     d.pass_rate().map_or("-".to_string(), |p| p.cell()),
                     f.series,
                     f.udp_series,
                     f.receivers,
                     f.dropping,
-                    mib(d.vm_hwm),
+                    mib(d.run.window.vm_hwm_bytes),
                 ));
             }
             DaemonRow::Failed { label, why } => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
+                let why = report::cell(why);
                 s.push_str(&format!("| `{label}` | FAILED: {why} | | | | | | |\n"));
             }
             DaemonRow::Skipped { label, why } => {
-                let why = why.replace('|', "\\|").replace('\n', " ");
+                let why = report::cell(why);
                 s.push_str(&format!("| `{label}` | skipped: {why} | | | | | | |\n"));
             }
         }
@@ -1502,17 +1324,15 @@ fn daemon_table(daemons: &[DaemonRow]) -> String {
              are the last scrape's. Passes seen: changes of \
              `sockdiag_collector_last_success_timestamp_seconds{{collector=\"udp\"}}` between \
              scrapes (≥ when every scrape saw one: the passes may be more frequent).\n",
-            d.window,
-            DAEMON_WARMUP.as_secs(),
-            d.scrapes
+            d.run.window.seconds,
+            daemon::WARMUP.as_secs(),
+            d.run.window.scrapes
         ));
     }
     for d in daemons {
         if let DaemonRow::Ran(d) = d {
-            if let Some(n) = &d.note {
-                s.push_str(&format!("\nNote (`{}`): {n}.\n", d.label));
-            }
-            if d.udp_durations.is_empty() && !d.expect_udp && d.label == "default collectors" {
+            s.extend(d.run.note_line());
+            if d.udp_durations.is_empty() && !d.expect_udp && d.run.label == "default collectors" {
                 s.push_str(
                     "\nNote: the daemon exports no udp collector duration: this build has no \
                      udp collector, so this row is the daemon without one.\n",
@@ -1529,32 +1349,17 @@ fn json_report(
     sanity: Option<&Result<(u64, u64), String>>,
     daemons: &[DaemonRow],
 ) -> String {
-    let ss = ss_row(results);
-    let floor = results.iter().find(|r| r.is_floor());
-    let ratios = measure::baseline_ratios(results);
-    let commands: Vec<Value> = results
-        .iter()
-        .zip(ratios)
-        .map(|(r, pair)| {
-            let mut v = report::command_json(r, results, pair);
-            v["wall_ratio_to_ss_uanm_paired"] =
-                json!(ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of)));
-            v["wall_ratio_to_floor_paired"] =
-                json!(floor.and_then(|f| measure::paired_ratio(r, f, measure::wall_of)));
-            v
-        })
-        .collect();
+    let to_ss = report::paired_wall_ratio(results, SS_UANM);
+    let to_floor = report::paired_wall_ratio(results, FLOOR_LABEL);
+    let commands = report::commands_json(results, |r, v| {
+        v["wall_ratio_to_ss_uanm_paired"] = json!(to_ss(r));
+        v["wall_ratio_to_floor_paired"] = json!(to_floor(r));
+    });
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| match d {
-            DaemonRow::Ran(d) => json!({
-                "label": d.label,
+            DaemonRow::Ran(d) => d.run.json(json!({
                 "status": "ok",
-                "args": d.args,
-                "window_seconds": d.window,
-                "cpu_seconds": d.cpu,
-                "cpu_fraction_of_one_core": d.cpu_fraction(),
-                "peak_rss_bytes": d.vm_hwm,
                 "udp_duration_seconds_per_scrape": d.udp_durations,
                 "udp_duration_median_seconds": measure::median(d.udp_durations.clone()),
                 "udp_duration_max_seconds": d.udp_durations.iter().copied().reduce(f64::max),
@@ -1567,9 +1372,8 @@ fn json_report(
                 "receivers_exported": d.figures.receivers,
                 "receivers_dropping": d.figures.dropping,
                 "receivers_unexported": d.figures.unexported,
-                "scrapes": d.scrapes,
-                "note": d.note,
-            }),
+                "scrapes": d.run.window.scrapes,
+            })),
             DaemonRow::Failed { label, why } => {
                 json!({"label": label, "status": "failed", "note": why})
             }
@@ -1579,20 +1383,13 @@ fn json_report(
         })
         .collect();
     let c = &env.census;
-    let doc = json!({
+    let doc = env.run.json(json!({
         "udp_sockets": env.sockets,
         "receivers": env.receivers,
         "receiver_ports": env.receiver_ports,
         "reuseport_groups": env.groups,
         "dual_stack_receivers": env.dual_stack,
         "ip_local_port_range": [env.range.0, env.range.1],
-        "runs": env.runs,
-        "kernel": kernel(),
-        "cpus": std::thread::available_parallelism().map_or(0, |p| p.get()),
-        "setup_seconds": env.setup_seconds,
-        "workers": env.workers,
-        "exporter": env.exporter,
-        "baseline_exporter": env.baseline,
         "census": {
             "sockets": c.sockets,
             "ipv4": c.ipv4,
@@ -1611,30 +1408,15 @@ fn json_report(
         },
         "daemon_listen": LISTEN,
         "daemons": daemons,
-    });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    }));
+    report::json_text(&doc)
 }
 
 /// `udp`: hands over to a coordinator inside a new user + network namespace.
 pub fn run_outer(bench: BenchOpts, mut opts: UdpOpts) -> Result<ExitCode> {
-    let exporter = match &bench.exporter {
-        Some(p) => std::path::absolute(p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if let Some(p) = opts.baseline_exporter.take() {
-        opts.baseline_exporter = Some(
-            std::path::absolute(&p)
-                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
-        );
-    }
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    let exporter = crate::exporter_path(bench.exporter.as_deref())?;
+    opts.baseline_exporter = crate::absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
+    opts.json = crate::absolute(opts.json.take(), "--json")?;
     // Refused here rather than inside the namespace, where the message is the same but
     // comes after the namespace was made.
     plan(opts.udp_sockets, opts.receivers, PORT_RANGE.0)?;
@@ -1651,12 +1433,12 @@ pub fn run_outer(bench: BenchOpts, mut opts: UdpOpts) -> Result<ExitCode> {
         "--daemon-seconds".into(),
         opts.daemon_seconds.to_string().into(),
     ];
-    if let Some(b) = &opts.baseline_exporter {
-        args.extend(["--baseline-exporter".into(), b.into()]);
-    }
-    if let Some(p) = &opts.json {
-        args.extend(["--json".into(), p.into()]);
-    }
+    crate::push_flag(
+        &mut args,
+        "--baseline-exporter",
+        opts.baseline_exporter.as_deref(),
+    );
+    crate::push_flag(&mut args, "--json", opts.json.as_deref());
     let status = namespace::run_in_new_namespace(&args)?;
     namespace::exit_code_of(status, "the udp benchmark")
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::diag::{self, NLMSG_HDRLEN, SOCK_DIAG_BY_FAMILY, u16_at, u32_at};
+use crate::diag::{self, NLMSG_HDRLEN, u32_at};
 
 /// inet_diag_req_v2: family, protocol, ext, pad, states (u32), inet_diag_sockid (48 bytes).
 const REQ_V2_LEN: usize = 56;
@@ -34,12 +34,7 @@ pub const TCP_ESTABLISHED: u8 = 1;
 
 fn request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + REQ_V2_LEN] {
     let mut req = [0u8; NLMSG_HDRLEN + REQ_V2_LEN];
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    diag::dump_header(&mut req, seq);
     let p = NLMSG_HDRLEN;
     req[p] = family;
     req[p + 1] = libc::IPPROTO_UDP as u8;
@@ -73,21 +68,13 @@ fn parse(payload: &[u8]) -> UdpSock {
         rcvbuf: None,
         drops: None,
     };
-    let mut off = MSG_LEN;
-    while off + 4 <= payload.len() {
-        let len = usize::from(u16_at(payload, off));
-        let ty = u16_at(payload, off + 2) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            break;
-        }
-        let data = &payload[off + 4..off + len];
+    diag::for_each_attr(payload, MSG_LEN, |ty, data| {
         if ty == INET_DIAG_SKMEMINFO {
             let field = |i: usize| (data.len() >= 4 * (i + 1)).then(|| u32_at(data, 4 * i));
             s.rcvbuf = field(SK_MEMINFO_RCVBUF);
             s.drops = field(SK_MEMINFO_DROPS);
         }
-        off += (len + 3) & !3;
-    }
+    });
     s
 }
 
@@ -120,15 +107,14 @@ pub fn floor_main() -> Result<ExitCode> {
         "sockets {count} rqueue_sum {rqueue} rcvbuf_sum {rcvbuf} drops_sum {drops} \
          without_skmeminfo {no_meminfo}"
     );
-    if interrupted {
-        eprintln!("sockdiag-bench udp-floor: warning: dump was interrupted (NLM_F_DUMP_INTR)");
-    }
+    diag::warn_if_interrupted(interrupted, "sockdiag-bench udp-floor");
     Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::{SOCK_DIAG_BY_FAMILY, u16_at};
 
     const TCP_CLOSE: u8 = 7;
 

@@ -22,22 +22,18 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, LISTEN};
-use crate::helper::Helper;
+use crate::helper::{self, Helper};
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
+use crate::report::mib;
 use crate::unix_diag::{self, UnixCensus};
-use crate::{BenchOpts, default_exporter_path, namespace, proc_util, report, setup, worker};
+use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
 /// Descriptors a worker holds at most: the machine's hard limit is 20,000.
 const MAX_FDS_PER_WORKER: u64 = 18_000;
 const FD_HEADROOM: u64 = 100;
 /// A worker that has not built its share in this long is stuck.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest wait for the daemon's first unix sample.
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Daemon start-up work (owner discovery reads every worker's descriptors once) left out
-/// of its CPU figure.
-const DAEMON_WARMUP: Duration = Duration::from_secs(3);
 const ABSTRACT_PREFIX: &str = "sockdiag-bench/l";
 const SS_XL: &str = "ss -xl";
 
@@ -336,37 +332,19 @@ fn connect(
     len: libc::socklen_t,
 ) -> Result<Option<OwnedFd>> {
     let fd = unix_socket(seqpacket).context("socket(AF_UNIX)")?;
-    // SAFETY: sa is a valid sockaddr_un of at least len bytes.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), (sa as *const libc::sockaddr_un).cast(), len) };
-    if rc == 0 {
-        return Ok(Some(fd));
+    match proc_util::connect(&fd, sa, len) {
+        Ok(()) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e) => Err(e).context("connect()"),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EAGAIN) {
-        return Ok(None);
-    }
-    Err(err).context("connect()")
 }
 
 /// Builds one listener with its clients; returns every descriptor to hold.
 fn build_listener(dir: &Path, l: &ListenerPlan, held: &mut Vec<OwnedFd>) -> Result<OwnedFd> {
     let (sa, len, shown) = sockaddr(dir, l)?;
     let fd = unix_socket(l.seqpacket).context("socket(AF_UNIX)")?;
-    // SAFETY: sa is a valid sockaddr_un of at least len bytes.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error()).with_context(|| format!("bind({shown})"));
-    }
-    // SAFETY: plain syscall on our socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), l.backlog as i32) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("listen({shown})"));
-    }
+    proc_util::bind(&fd, &sa, len).with_context(|| format!("bind({shown})"))?;
+    proc_util::listen(&fd, l.backlog as i32).with_context(|| format!("listen({shown})"))?;
     for k in 0..l.clients {
         match connect(l.seqpacket, &sa, len).with_context(|| format!("client {k} of {shown}"))? {
             Some(c) => held.push(c),
@@ -416,26 +394,15 @@ fn accepted_pair(dir: &Path, l: &ListenerPlan, listener: &OwnedFd) -> Result<[Ow
     let (sa, len, shown) = sockaddr(dir, l)?;
     let client = connect(l.seqpacket, &sa, len)?
         .with_context(|| format!("{shown} refused a connect with an empty queue"))?;
-    // SAFETY: accept4 with null address pointers; the fd is owned below.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("accept() on {shown}"));
-    }
-    // SAFETY: fresh descriptor nobody else owns.
-    Ok([client, unsafe { OwnedFd::from_raw_fd(fd) }])
+    let server =
+        proc_util::accept(listener.as_raw_fd()).with_context(|| format!("accept() on {shown}"))?;
+    Ok([client, server])
 }
 
 /// `internal-unix-worker`: reads its plan on stdin (`L ...` lines, `P pairs`, `END`), builds
 /// it, says `ready <sockets>`, and holds everything until stdin closes.
 pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
-    use std::io::{BufRead, Write};
+    use std::io::BufRead;
     proc_util::die_with_parent(args.parent).context("the coordinator is gone")?;
     namespace::raise_nofile_limit()?;
     let mut listeners = Vec::new();
@@ -476,15 +443,8 @@ pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
         };
         held.extend(pair);
     }
-    let sockets = built.len() + held.len();
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready {sockets}")
-        .and_then(|()| out.flush())
-        .context("reporting to the coordinator (is it gone?)")?;
-    drop(out);
-    worker::hold_until_stdin_closes();
-    // The kernel closes 18,000 sockets faster than we would one by one.
-    std::process::exit(0);
+    worker::say_ready(&(built.len() + held.len()).to_string())?;
+    worker::hold_then_exit()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -493,38 +453,21 @@ pub fn worker_main(args: &UnixWorkerArgs) -> Result<ExitCode> {
 /// Starts the workers, at most `parallel` building at once, and waits until each holds its
 /// share. Dropping the returned helpers ends them.
 fn build(workers: &[WorkerPlan], dir: &Path, parallel: usize) -> Result<Vec<Helper>> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
-    let mut fleet: Vec<Helper> = Vec::with_capacity(workers.len());
-    for batch in workers.chunks(parallel.max(1)) {
-        let from = fleet.len();
-        for w in batch {
-            let mut cmd = Command::new(&exe);
-            cmd.arg("internal-unix-worker")
-                .arg("--dir")
-                .arg(dir)
-                .args(["--parent", &me.to_string()]);
-            let h = Helper::spawn(cmd, "a unix worker")?;
+    helper::start_fleet(
+        workers.chunks(parallel.max(1)),
+        "a unix worker",
+        WORKER_TIMEOUT,
+        |w| {
+            let mut cmd = helper::bench_command("internal-unix-worker")?;
+            cmd.arg("--dir").arg(dir);
             let mut text = String::with_capacity(40 * w.listeners.len() + 32);
             for l in &w.listeners {
                 text.push_str(&l.line());
             }
             text.push_str(&format!("P {}\nEND\n", w.pairs));
-            // Pushed before the plan is sent, so that an error still ends it.
-            fleet.push(h);
-            if let Some(h) = fleet.last_mut() {
-                h.send(&text)?;
-            }
-        }
-        for h in &mut fleet[from..] {
-            let line = h.read_line(WORKER_TIMEOUT)?;
-            if !line.starts_with("ready ") {
-                bail!("unexpected line from unix worker {}: {line:?}", h.pid);
-            }
-        }
-    }
-    Ok(fleet)
+            Ok((cmd, Some(text)))
+        },
+    )
 }
 
 /// What `ss -xlH` shows, to check the setup with the tool operators trust.
@@ -579,30 +522,6 @@ fn ss_check() -> Result<SsCount> {
     count_ss(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Whether `exporter` has the unix collector, from its `--help`: a build without it would
-/// run the unix-only snapshot with every collector off and time nothing.
-pub fn unix_support(exporter: &Path) -> Result<(), String> {
-    if !exporter.is_file() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release`",
-            exporter.display()
-        ));
-    }
-    let out = Command::new(exporter)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {} --help: {e}", exporter.display()))?;
-    if String::from_utf8_lossy(&out.stdout).contains("--collector.unix") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} has no unix collector (no --collector.unix in its --help): nothing to time",
-            exporter.display()
-        ))
-    }
-}
-
 const UNIX_ONLY: [&str; 8] = [
     "snapshot",
     "--format",
@@ -627,7 +546,7 @@ const UNIX_ONLY_TABLE: [&str; 6] = [
 fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
     let me = std::env::current_exe().context("locating this executable")?;
     let ss = Path::new("ss");
-    let mut specs = vec![
+    let specs = vec![
         Spec::new(
             "floor (raw unix_diag dump of listeners)",
             &me,
@@ -638,24 +557,20 @@ fn specs(exporter: &Path, baseline: Option<&Path>) -> Result<Vec<Spec>> {
             "sockdiag-exporter snapshot (unix collector only)",
             exporter,
             &UNIX_ONLY,
-            unix_support(exporter).err(),
+            measure::collector_support(exporter, "unix").err(),
         ),
         Spec::new(
             "sockdiag-exporter snapshot (unix collector only, table)",
             exporter,
             &UNIX_ONLY_TABLE,
-            unix_support(exporter).err(),
+            measure::collector_support(exporter, "unix").err(),
         ),
         Spec::new(SS_XL, ss, &["-xl"], None),
         Spec::new("ss -xlH", ss, &["-xlH"], None),
     ];
-    if let Some(b) = baseline {
-        let why = unix_support(b)
-            .err()
-            .map(|e| format!("{e}; baseline row skipped"));
-        specs = measure::add_baseline(specs, exporter, b, |_| why.clone());
-    }
-    Ok(specs)
+    Ok(measure::add_collector_baseline(
+        specs, exporter, baseline, "unix",
+    ))
 }
 
 /// Unix listeners in one snapshot JSON document: objects whose `family` is `unix`.
@@ -670,47 +585,20 @@ pub fn count_unix_listeners(v: &Value) -> u64 {
     }
 }
 
-/// Runs the unix-only snapshot once more, outside the timing, and counts the unix listeners
-/// it reports.
+/// Unix listeners the unix-only snapshot reports, run once more outside the timing.
 fn snapshot_sanity(exporter: &Path) -> Result<u64, String> {
-    let out = Command::new(exporter)
-        .args(UNIX_ONLY)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running the snapshot: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the snapshot failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("the snapshot's output is not JSON: {e}"))?;
-    Ok(count_unix_listeners(&v))
+    measure::snapshot_json(exporter, &UNIX_ONLY).map(|v| count_unix_listeners(&v))
 }
 
 /// One daemon run on the unix sockets.
 pub struct DaemonUnix {
-    label: String,
-    args: Vec<String>,
-    window: f64,
-    cpu: f64,
-    vm_hwm: u64,
+    run: daemon::Sampled,
     /// `sockdiag_collector_duration_seconds{collector="unix"}`, one per scrape.
     unix_durations: Vec<f64>,
     /// Unix listeners exported (`sockdiag_accept_queue_length{family="unix"}`) at the last
     /// scrape.
     unix_series: u64,
-    scrapes: usize,
     unexported: f64,
-    note: Option<String>,
-}
-
-impl DaemonUnix {
-    fn cpu_fraction(&self) -> f64 {
-        self.cpu / self.window.max(f64::MIN_POSITIVE)
-    }
 }
 
 /// What one scrape says about the unix collector.
@@ -742,80 +630,33 @@ fn run_daemon(
     seconds: u64,
     expect_unix: bool,
 ) -> Result<DaemonUnix> {
-    let mut args = vec!["--log.level".to_string(), "warn".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    eprintln!("sockdiag-bench: daemon ({label_text}) for {seconds} s");
-    let mut d = daemon::Running::start(exporter, &args)?;
-    let mut note = None;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        d.check_alive()?;
-        if let Ok((s, body)) = daemon::fetch_metrics()
-            && s.status_line.contains(" 200")
-            && body.contains("sockdiag_collector_duration_seconds")
-            && (!expect_unix || unix_figures(&body).0.is_some())
-        {
-            break;
-        }
-        if d.started.elapsed() > DAEMON_READY_TIMEOUT {
-            note = Some(format!(
-                "no unix sample within {} s",
-                DAEMON_READY_TIMEOUT.as_secs()
-            ));
-            break;
-        }
-    }
-    std::thread::sleep(DAEMON_WARMUP);
-    let cpu0 = daemon::cpu_seconds(d.pid)?;
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
     let (mut durations, mut series, mut unexported) = (Vec::new(), 0, 0.0);
-    let mut scrapes = 0;
-    let mut next = start;
-    while next < end {
-        d.check_alive()?;
-        let (s, body) = daemon::fetch_metrics().map_err(anyhow::Error::msg)?;
-        if !s.status_line.contains(" 200") {
-            bail!("the daemon answered {}", s.status_line);
-        }
-        let (dur, n, u) = unix_figures(&body);
-        scrapes += 1;
-        durations.extend(dur);
-        (series, unexported) = (n, u);
-        next += Duration::from_secs(1);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let cpu1 = daemon::cpu_seconds(d.pid)?;
-    let window = start.elapsed().as_secs_f64();
-    let vm_hwm = daemon::vm_hwm_bytes(d.pid)?;
-    drop(d);
+    let run = daemon::sample(
+        exporter,
+        label_text,
+        extra,
+        seconds,
+        "unix",
+        |body| !expect_unix || unix_figures(body).0.is_some(),
+        |body| {
+            let (dur, n, u) = unix_figures(body);
+            durations.extend(dur);
+            (series, unexported) = (n, u);
+        },
+    )?;
     Ok(DaemonUnix {
-        label: label_text.to_string(),
-        args,
-        window,
-        cpu: cpu1 - cpu0,
-        vm_hwm,
+        run,
         unix_durations: durations,
         unix_series: series,
-        scrapes,
         unexported,
-        note,
     })
-}
-
-pub(crate) fn ms(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), |s| format!("{:.2} ms", s * 1000.0))
-}
-
-pub(crate) fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     let nofile = namespace::raise_nofile_limit()?;
-    let exporter = bench.exporter.clone().unwrap_or_else(default_exporter_path);
+    let exporter = bench.exporter();
     let baseline = opts.baseline_exporter.as_deref();
     let Some(dir) = opts.socket_dir.clone() else {
         bail!("internal-unix needs --socket-dir");
@@ -862,14 +703,14 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
 
     let specs = specs(&exporter, baseline)?;
     let results = measure::measure_specs(&specs, opts.runs);
-    let sanity = match unix_support(&exporter) {
+    let sanity = match measure::collector_support(&exporter, "unix") {
         Ok(()) => Some(snapshot_sanity(&exporter)),
         Err(_) => None,
     };
 
     let mut daemons: Vec<Result<DaemonUnix, String>> = Vec::new();
     if opts.daemon_seconds > 0 {
-        let has_unix = unix_support(&exporter).is_ok();
+        let has_unix = measure::collector_support(&exporter, "unix").is_ok();
         if exporter.is_file() {
             daemons.push(
                 run_daemon(
@@ -902,45 +743,27 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
         sockets: s,
         listeners: l,
         seed: opts.seed,
-        runs: opts.runs,
-        setup_seconds,
-        workers: fleet.len(),
         census,
         ss,
-        exporter: exporter.display().to_string(),
-        baseline: baseline.map(|b| b.display().to_string()),
+        run: report::RunInfo::new(opts.runs, setup_seconds, fleet.len(), &exporter, baseline),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
-    if let Some(path) = &opts.json {
-        let text = json_report(&env, &results, sanity.as_ref(), &daemons);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("sockdiag-bench: results written to {}", path.display());
-    }
+    report::write_json(opts.json.as_deref(), || {
+        json_report(&env, &results, sanity.as_ref(), &daemons)
+    })?;
     eprintln!("sockdiag-bench: tearing down");
     drop(fleet);
     let failed = results.iter().any(CommandResult::failed) || daemons.iter().any(Result::is_err);
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report::exit_code(failed))
 }
 
 struct UnixEnv {
     sockets: u64,
     listeners: u64,
     seed: u64,
-    runs: u32,
-    setup_seconds: f64,
-    workers: usize,
     census: UnixCensus,
     ss: SsCount,
-    exporter: String,
-    baseline: Option<String>,
-}
-
-fn ss_row(results: &[CommandResult]) -> Option<&CommandResult> {
-    results.iter().find(|r| r.label == SS_XL)
+    run: report::RunInfo,
 }
 
 fn markdown(
@@ -956,7 +779,7 @@ fn markdown(
          path-named, half abstract), {} of them with clients never accepted and {} over full \
          (queue = backlog + 1), {} clients queued in all; the rest connected pairs. Set up in \
          {:.1} s by {} workers (seed {}). `ss -xlH` shows {} listeners, {} over full, {} \
-         queued. Kernel {}, {} CPUs, {} run(s) per command, medians shown.\n\n",
+         queued. {}\n\n",
         env.sockets,
         env.listeners,
         c.sockets,
@@ -965,45 +788,20 @@ fn markdown(
         c.pending,
         c.over_full,
         c.queued,
-        env.setup_seconds,
-        env.workers,
+        env.run.setup_seconds,
+        env.run.workers,
         env.seed,
         env.ss.listeners,
         env.ss.over_full,
         env.ss.queued,
-        kernel(),
-        std::thread::available_parallelism().map_or(0, |p| p.get()),
-        env.runs,
+        env.run.environment(),
     );
-    if let Some(b) = &env.baseline {
-        s.push_str(&format!(
-            "Exporter under test: `{}`; baseline: `{b}`.\n\n",
-            env.exporter
-        ));
-    }
-    let ss = ss_row(results);
-    let ratio = |r: &CommandResult| {
-        ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of))
-            .map_or("-".to_string(), |x| format!("{x:.2}x"))
-    };
-    let with_baseline = results.iter().any(|r| r.baseline_of.is_some());
-    s.push_str(&report::table(
+    s.push_str(&report::paired_results(
         results,
-        "wall ratio to `ss -xl` (paired)",
-        &ratio,
-        with_baseline,
+        &env.run,
+        SS_XL,
+        "unix-only",
     ));
-    let exporter_row = results
-        .iter()
-        .find(|r| r.label.starts_with("sockdiag-exporter") && r.baseline_of.is_none());
-    let floor = results.iter().find(|r| r.is_floor());
-    if let (Some(e), Some(f)) = (exporter_row, floor)
-        && let Some(x) = measure::paired_ratio(e, f, measure::wall_of)
-    {
-        s.push_str(&format!(
-            "\nThe exporter's unix-only snapshot takes {x:.2}x the floor's wall time (paired).\n"
-        ));
-    }
     match sanity {
         None => {}
         Some(Ok(n)) if *n == env.listeners => s.push_str(&format!(
@@ -1026,31 +824,21 @@ fn markdown(
         for d in daemons {
             match d {
                 Ok(d) => {
-                    let med = measure::median(d.unix_durations.clone());
-                    let max = d.unix_durations.iter().copied().reduce(f64::max);
+                    let (med, max) = report::pass_cells(&d.unix_durations);
                     let unexported = if d.unexported > 0.0 {
                         format!(" (+{} unexported)", d.unexported)
                     } else {
                         String::new()
                     };
                     s.push_str(&format!(
-                        "| `{}` | {:.3} ({:.1}%) | {} | {} | {}{unexported} | {} |\n",
-                        d.label,
-                        d.cpu_fraction(),
-                        100.0 * d.cpu_fraction(),
-                        if d.unix_durations.is_empty() {
-                            "absent".to_string()
-                        } else {
-                            ms(med)
-                        },
-                        ms(max),
+                        "{} {med} | {max} | {}{unexported} | {} |\n",
+                        d.run.row_start(),
                         d.unix_series,
-                        mib(d.vm_hwm),
+                        mib(d.run.window.vm_hwm_bytes),
                     ));
                 }
                 Err(e) => {
-                    let e = e.replace('|', "\\|").replace('\n', " ");
-                    s.push_str(&format!("| FAILED: {e} | | | | | |\n"));
+                    s.push_str(&format!("| FAILED: {} | | | | | |\n", report::cell(e)));
                 }
             }
         }
@@ -1059,16 +847,14 @@ fn markdown(
                 "\nCPU over {:.0} s after a {} s warm-up, from utime + stime in /proc/PID/stat; \
                  the unix pass from `sockdiag_collector_duration_seconds{{collector=\"unix\"}}`, \
                  scraped once a second ({} scrapes).\n",
-                d.window,
-                DAEMON_WARMUP.as_secs(),
-                d.scrapes
+                d.run.window.seconds,
+                daemon::WARMUP.as_secs(),
+                d.run.window.scrapes
             ));
         }
         for d in daemons.iter().flatten() {
-            if let Some(n) = &d.note {
-                s.push_str(&format!("\nNote (`{}`): {n}.\n", d.label));
-            }
-            if d.unix_durations.is_empty() && d.label == "default collectors" {
+            s.extend(d.run.note_line());
+            if d.unix_durations.is_empty() && d.run.label == "default collectors" {
                 s.push_str(
                     "\nNote: the daemon exports no unix collector duration: this build has no \
                      unix collector.\n",
@@ -1079,61 +865,33 @@ fn markdown(
     s
 }
 
-pub(crate) fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
 fn json_report(
     env: &UnixEnv,
     results: &[CommandResult],
     sanity: Option<&Result<u64, String>>,
     daemons: &[Result<DaemonUnix, String>],
 ) -> String {
-    let ss = ss_row(results);
-    let ratios = measure::baseline_ratios(results);
-    let commands: Vec<Value> = results
-        .iter()
-        .zip(ratios)
-        .map(|(r, pair)| {
-            let mut v = report::command_json(r, results, pair);
-            v["wall_ratio_to_ss_xl_paired"] =
-                json!(ss.and_then(|ss| measure::paired_ratio(r, ss, measure::wall_of)));
-            v
-        })
-        .collect();
+    let to_ss = report::paired_wall_ratio(results, SS_XL);
+    let commands = report::commands_json(results, |r, v| {
+        v["wall_ratio_to_ss_xl_paired"] = json!(to_ss(r));
+    });
     let daemons: Vec<Value> = daemons
         .iter()
         .map(|d| match d {
-            Ok(d) => json!({
-                "label": d.label,
-                "args": d.args,
-                "window_seconds": d.window,
-                "cpu_seconds": d.cpu,
-                "cpu_fraction_of_one_core": d.cpu_fraction(),
-                "peak_rss_bytes": d.vm_hwm,
+            Ok(d) => d.run.json(json!({
                 "unix_duration_seconds_per_scrape": d.unix_durations,
                 "unix_duration_median_seconds": measure::median(d.unix_durations.clone()),
                 "unix_listeners_exported": d.unix_series,
                 "unix_listeners_unexported": d.unexported,
-                "note": d.note,
-            }),
+            })),
             Err(e) => json!({"status": "failed", "note": e}),
         })
         .collect();
     let c = &env.census;
-    let doc = json!({
+    let doc = env.run.json(json!({
         "unix_sockets": env.sockets,
         "listeners": env.listeners,
         "seed": env.seed,
-        "runs": env.runs,
-        "kernel": kernel(),
-        "cpus": std::thread::available_parallelism().map_or(0, |p| p.get()),
-        "setup_seconds": env.setup_seconds,
-        "workers": env.workers,
-        "exporter": env.exporter,
-        "baseline_exporter": env.baseline,
         "census": {
             "sockets": c.sockets,
             "listeners": c.listeners,
@@ -1156,31 +914,16 @@ fn json_report(
         },
         "daemon_listen": LISTEN,
         "daemons": daemons,
-    });
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
-    text.push('\n');
-    text
+    }));
+    report::json_text(&doc)
 }
 
 /// `unix`: makes the socket directory, then hands over to a coordinator inside a new user +
 /// network namespace, and removes the directory afterwards.
 pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
-    let exporter = match &bench.exporter {
-        Some(p) => std::path::absolute(p)
-            .with_context(|| format!("resolving --exporter {}", p.display()))?,
-        None => default_exporter_path(),
-    };
-    if let Some(p) = opts.baseline_exporter.take() {
-        opts.baseline_exporter = Some(
-            std::path::absolute(&p)
-                .with_context(|| format!("resolving --baseline-exporter {}", p.display()))?,
-        );
-    }
-    if let Some(p) = opts.json.take() {
-        opts.json = Some(
-            std::path::absolute(&p).with_context(|| format!("resolving --json {}", p.display()))?,
-        );
-    }
+    let exporter = crate::exporter_path(bench.exporter.as_deref())?;
+    opts.baseline_exporter = crate::absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
+    opts.json = crate::absolute(opts.json.take(), "--json")?;
     let dir = std::env::temp_dir().join(format!("sockdiag-bench-unix.{}", std::process::id()));
     // A path-named socket must fit in sockaddr_un (108 bytes with its NUL).
     let longest = dir
@@ -1193,7 +936,6 @@ pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
             dir.display()
         );
     }
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut args: Vec<OsString> = vec![
         "--exporter".into(),
         exporter.into(),
@@ -1211,16 +953,13 @@ pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
         "--socket-dir".into(),
         dir.clone().into(),
     ];
-    if let Some(b) = &opts.baseline_exporter {
-        args.extend(["--baseline-exporter".into(), b.into()]);
-    }
-    if let Some(p) = &opts.json {
-        args.extend(["--json".into(), p.into()]);
-    }
-    let status = namespace::run_in_new_namespace(&args);
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        eprintln!("sockdiag-bench: warning: removing {}: {e}", dir.display());
-    }
+    crate::push_flag(
+        &mut args,
+        "--baseline-exporter",
+        opts.baseline_exporter.as_deref(),
+    );
+    crate::push_flag(&mut args, "--json", opts.json.as_deref());
+    let status = namespace::with_dir(&dir, || namespace::run_in_new_namespace(&args))?;
     namespace::exit_code_of(status?, "the unix benchmark")
 }
 

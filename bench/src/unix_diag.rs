@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::diag::{self, NLMSG_HDRLEN, SOCK_DIAG_BY_FAMILY, u16_at, u32_at};
+use crate::diag::{self, NLMSG_HDRLEN, u32_at};
 
 /// unix_diag_req: family, protocol, pad (2), states, ino, show, cookie (8).
 const REQ_LEN: usize = 24;
@@ -24,12 +24,7 @@ pub const ALL_STATES: u32 = u32::MAX;
 
 fn request(states: u32, show: u32) -> [u8; NLMSG_HDRLEN + REQ_LEN] {
     let mut req = [0u8; NLMSG_HDRLEN + REQ_LEN];
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    diag::dump_header(&mut req, 1);
     let p = NLMSG_HDRLEN;
     req[p] = libc::AF_UNIX as u8;
     req[p + 4..p + 8].copy_from_slice(&states.to_ne_bytes());
@@ -56,24 +51,14 @@ fn parse(payload: &[u8]) -> UnixSock {
         state: payload[2],
         ..UnixSock::default()
     };
-    let mut off = MSG_LEN;
-    while off + 4 <= payload.len() {
-        let len = usize::from(u16_at(payload, off));
-        let ty = u16_at(payload, off + 2) & 0x3fff;
-        if len < 4 || off + len > payload.len() {
-            break;
+    diag::for_each_attr(payload, MSG_LEN, |ty, data| match ty {
+        UNIX_DIAG_RQLEN if data.len() >= 8 => {
+            s.rqueue = u32_at(data, 0);
+            s.wqueue = u32_at(data, 4);
         }
-        let data = &payload[off + 4..off + len];
-        match ty {
-            UNIX_DIAG_RQLEN if data.len() >= 8 => {
-                s.rqueue = u32_at(data, 0);
-                s.wqueue = u32_at(data, 4);
-            }
-            UNIX_DIAG_NAME => s.name_len = data.len(),
-            _ => {}
-        }
-        off += (len + 3) & !3;
-    }
+        UNIX_DIAG_NAME => s.name_len = data.len(),
+        _ => {}
+    });
     s
 }
 
@@ -97,9 +82,7 @@ pub fn floor_main() -> Result<ExitCode> {
         name_bytes += s.name_len as u64;
     })?;
     println!("listeners {count} rqueue_sum {rqueue} wqueue_sum {wqueue} name_bytes {name_bytes}");
-    if interrupted {
-        eprintln!("sockdiag-bench unix-floor: warning: dump was interrupted (NLM_F_DUMP_INTR)");
-    }
+    diag::warn_if_interrupted(interrupted, "sockdiag-bench unix-floor");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -134,15 +117,14 @@ pub fn census() -> Result<UnixCensus> {
             }
         }
     })?;
-    if interrupted {
-        eprintln!("sockdiag-bench: warning: unix census dump was interrupted (NLM_F_DUMP_INTR)");
-    }
+    diag::warn_if_interrupted(interrupted, "sockdiag-bench: unix census");
     Ok(c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::{SOCK_DIAG_BY_FAMILY, u16_at};
 
     /// A wrong length or offset gets EINVAL, or a dump without the queue figures.
     #[test]

@@ -7,7 +7,7 @@
 //! matter, only that every process stays under its limit and that the queues never fill.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -72,30 +72,10 @@ pub fn connect_client(k: u64, port: u16) -> Result<OwnedFd> {
     };
     proc_util::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)
         .with_context(|| format!("{}: SO_SNDTIMEO", what()))?;
-    let sa = proc_util::sockaddr_v4(src, 0);
-    let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: sa is a valid sockaddr_in of the length passed.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            sa_len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error()).with_context(|| format!("{}: bind()", what()));
-    }
-    let da = proc_util::sockaddr_v4(0x7f00_0001, port);
-    // SAFETY: da is a valid sockaddr_in of the length passed.
-    if unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&da as *const libc::sockaddr_in).cast(),
-            sa_len,
-        )
-    } != 0
-    {
-        let err = io::Error::last_os_error();
+    let len = proc_util::len_of::<libc::sockaddr_in>();
+    proc_util::bind(&fd, &proc_util::sockaddr_v4(src, 0), len)
+        .with_context(|| format!("{}: bind()", what()))?;
+    if let Err(err) = proc_util::connect(&fd, &proc_util::sockaddr_v4(0x7f00_0001, port), len) {
         let hint = match err.raw_os_error() {
             Some(libc::EINPROGRESS) | Some(libc::EAGAIN) => {
                 " (timed out: is the accept queue full?)"
@@ -122,22 +102,14 @@ pub fn drain(listeners: &[RawFd], want: u64, into: &mut Vec<OwnedFd>) -> Result<
     let mut got = 0;
     for &l in listeners {
         while got < want {
-            // SAFETY: accept4 with null address pointers; the fd is owned below.
-            let fd = unsafe {
-                libc::accept4(
-                    l,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
+            let err = match proc_util::accept(l) {
+                Ok(fd) => {
+                    into.push(fd);
+                    got += 1;
+                    continue;
+                }
+                Err(err) => err,
             };
-            if fd >= 0 {
-                // SAFETY: fresh descriptor nobody else owns.
-                into.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                got += 1;
-                continue;
-            }
-            let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EAGAIN) => break,
                 // The peer went away before we got to it: not ours to count.
@@ -181,10 +153,27 @@ fn listener_port(fd: RawFd) -> Result<u16> {
     Ok(u16::from_be(sa.sin_port))
 }
 
-fn report(out: &mut impl Write, word: &str, connected: u64, accepted: u64) -> Result<()> {
-    writeln!(out, "{word} {connected} {accepted}")
+fn report(word: &str, connected: u64, accepted: u64) -> Result<()> {
+    say_line(&format!("{word} {connected} {accepted}"))
+}
+
+/// Writes one line to the coordinator, at once.
+pub fn say_line(line: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .context("reporting to the coordinator (is it gone?)")
+}
+
+/// Tells the coordinator (`ready` and `what`, if anything) that this helper holds what it
+/// was asked to build.
+pub fn say_ready(what: &str) -> Result<()> {
+    let line = if what.is_empty() {
+        "ready".to_string()
+    } else {
+        format!("ready {what}")
+    };
+    say_line(&line)
 }
 
 pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
@@ -198,7 +187,6 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
     let n = args.clients;
     let mut clients = Vec::with_capacity(n as usize);
     let mut servers = Vec::with_capacity(n as usize);
-    let mut out = io::stdout().lock();
     let (mut connected, mut accepted) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     let mut next_report = PROGRESS_EVERY;
@@ -228,16 +216,18 @@ pub fn worker_main(args: &WorkerArgs) -> Result<ExitCode> {
             wait_readable(&args.listen_fds, Duration::from_secs(1));
         }
         if connected + accepted >= next_report {
-            report(&mut out, "progress", connected, accepted)?;
+            report("progress", connected, accepted)?;
             next_report += PROGRESS_EVERY;
         }
     }
-    report(&mut out, "ready", connected, accepted)?;
-    drop(out);
+    report("ready", connected, accepted)?;
+    hold_then_exit()
+}
 
-    // Hold every socket until the coordinator closes our stdin (or dies: PDEATHSIG).
+/// Holds every socket until the coordinator closes our stdin (or dies: PDEATHSIG), then
+/// exits without closing them one by one: the kernel closes 18,000 sockets faster.
+pub fn hold_then_exit() -> ! {
     hold_until_stdin_closes();
-    // Exit without closing 18,000 sockets one by one; the kernel does it faster.
     std::process::exit(0);
 }
 

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod report;
+pub mod rng;
 pub mod strace;
 
 use std::collections::BTreeMap;
@@ -220,6 +222,12 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("starting the daemon");
+        Daemon::wait_healthy(child, addr)
+    }
+
+    /// The daemon `child` started listening on `addr`, once `/healthz`
+    /// answers 200 (at most 15 s).
+    pub fn wait_healthy(child: Child, addr: SocketAddr) -> Daemon {
         let daemon = Daemon { child, addr };
         let start = Instant::now();
         loop {
@@ -249,6 +257,30 @@ impl Daemon {
         let (status, body) = self.get("/metrics");
         assert_eq!(status, 200, "GET /metrics: {body}");
         Metrics::parse(&body)
+    }
+
+    /// Polls `/metrics` every 50 ms until `ready` holds, for at most 15 s;
+    /// on timeout the panic names `what` and what `seen` makes of the last
+    /// page.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        ready: impl Fn(&Metrics) -> bool,
+        seen: impl Fn(&Metrics) -> String,
+    ) -> Metrics {
+        let start = Instant::now();
+        loop {
+            let m = self.metrics();
+            if ready(&m) {
+                return m;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "timed out waiting for {what}; {}",
+                seen(&m)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
@@ -302,6 +334,35 @@ pub struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub value: f64,
+}
+
+impl Sample {
+    /// Its `member` label, which must be a number where present.
+    pub fn member(&self) -> Option<u64> {
+        self.labels.get("member").map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("member label {v:?} of {self:?}"))
+        })
+    }
+
+    /// Its label names, sorted.
+    pub fn label_names(&self) -> Vec<&str> {
+        self.labels.keys().map(String::as_str).collect()
+    }
+}
+
+/// What a `*_process_info` series adds to the labels of the socket it is
+/// about: its owner.
+pub const OWNER_LABELS: [&str; 6] = ["cmdline", "comm", "container_id", "exe", "pid", "unit"];
+
+/// The `member` labels of the `n` sockets sharing one address: none for a
+/// lone socket, 0..n for a group.
+pub fn members_wanted(n: usize) -> Vec<Option<u64>> {
+    if n == 1 {
+        vec![None]
+    } else {
+        (0..n as u64).map(Some).collect()
+    }
 }
 
 /// A parsed `/metrics` page.
@@ -369,20 +430,28 @@ impl Metrics {
     }
 }
 
+/// Runs `cmd`, which must exit 0; what it wrote to stdout. `what` names it
+/// in the panic, which shows its stderr.
+pub fn output_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs `ss` with `args` (always `-H -O`: no header, one line per socket)
 /// and returns its lines.
 pub fn ss(args: &[&str]) -> Vec<String> {
-    let out = Command::new("ss")
-        .args(["-H", "-O"])
-        .args(args)
-        .output()
-        .expect("running ss (package iproute2)");
-    assert!(
-        out.status.success(),
-        "ss {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("ss").args(["-H", "-O"]).args(args),
+        &format!("ss {args:?} (package iproute2)"),
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out)
         .lines()
         .map(str::to_string)
         .collect()
@@ -528,44 +597,69 @@ print("ready", flush=True)
 sys.stdin.read()
 "#;
 
-/// A process alone in a network namespace it created, holding a listener
-/// (and optionally connections stuck in its accept queue). Killed, by pid,
-/// when dropped.
-pub struct NetnsProcess {
-    pub child: Child,
+/// Makes `cmd` start in a network namespace of its own (the test's user
+/// namespace makes that allowed without root).
+pub fn in_new_netns(cmd: &mut Command) {
+    // SAFETY: only a raw syscall between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
-impl NetnsProcess {
-    /// Starts `python3` in a new network namespace (the test's user
-    /// namespace makes that allowed without root) listening on `port`.
-    pub fn start(port: u16, backlog: u32, clients: u32) -> NetnsProcess {
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "ip link set lo up && exec python3 -c \"$0\" \"$@\"",
-            NETNS_HELPER,
-            &port.to_string(),
-            &backlog.to_string(),
-            &clients.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("starting python3 in a new netns");
+/// `python3 -c script args...` with loopback up first: a new network
+/// namespace's loopback starts down.
+pub fn python_with_loopback(script: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "ip link set lo up && exec python3 -c \"$0\" \"$@\"",
+        script,
+    ])
+    .args(args);
+    cmd
+}
+
+/// A helper process that builds something (sockets, a namespace), says
+/// `ready` on its first line, followed by what it built as JSON (`T`), and
+/// holds it until its stdin closes. Killed, by pid, when dropped.
+pub struct NsHelper<T> {
+    pub child: Child,
+    pub built: T,
+}
+
+impl<T: serde::de::DeserializeOwned> NsHelper<T> {
+    /// Starts `cmd` with stdin and stdout piped and waits for its `ready`
+    /// line; `what` names it when it says anything else.
+    pub fn spawn(mut cmd: Command, what: &str) -> NsHelper<T> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what} (python3): {e}"));
         let mut line = String::new();
         let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        std::io::BufRead::read_line(&mut out, &mut line).expect("reading the helper's stdout");
-        assert_eq!(line.trim(), "ready", "netns helper did not start");
-        NetnsProcess { child }
+        std::io::BufRead::read_line(&mut out, &mut line).expect("reading the helper's first line");
+        let line = line.trim();
+        let built = match line {
+            "ready" => Some("null"),
+            _ => line.strip_prefix("ready "),
+        };
+        let Some(built) = built else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not build its mix: {line:?}");
+        };
+        let built = serde_json::from_str(built)
+            .unwrap_or_else(|e| panic!("what {what} built, {built:?}: {e}"));
+        NsHelper { child, built }
     }
+}
 
+impl<T> NsHelper<T> {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -578,6 +672,28 @@ impl NetnsProcess {
             .ino()
     }
 
+    /// The `netns` label of its namespace while it has no name.
+    pub fn ino_label(&self) -> String {
+        format!("ino:{}", self.netns_inode())
+    }
+
+    /// Names its namespace `name` as `ip netns` would, for a daemon whose
+    /// `--path.run-netns` is `dir`: a symlink to its `ns/net`.
+    pub fn name_netns(&self, dir: &std::path::Path, name: &str) {
+        std::os::unix::fs::symlink(format!("/proc/{}/ns/net", self.pid()), dir.join(name))
+            .expect("naming the namespace");
+    }
+
+    /// Gives its namespace its `netns` label: `blue` is named so in
+    /// `run_netns`, any other is known by inode.
+    pub fn label_netns(&self, run_netns: &std::path::Path, label: &mut String) {
+        if label == "blue" {
+            self.name_netns(run_netns, "blue");
+        } else {
+            *label = self.ino_label();
+        }
+    }
+
     /// Kills it (by pid) and waits, so its namespace is gone when this
     /// returns (nothing else holds it but the daemon's handles).
     pub fn kill(mut self) {
@@ -586,10 +702,100 @@ impl NetnsProcess {
     }
 }
 
-impl Drop for NetnsProcess {
+impl<T> Drop for NsHelper<T> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A process alone in a network namespace it created, holding a listener
+/// (and optionally connections stuck in its accept queue).
+pub type NetnsProcess = NsHelper<()>;
+
+impl NetnsProcess {
+    /// Starts `python3` in a new network namespace listening on `port`.
+    pub fn start(port: u16, backlog: u32, clients: u32) -> NetnsProcess {
+        let mut cmd = python_with_loopback(
+            NETNS_HELPER,
+            &[
+                &port.to_string(),
+                &backlog.to_string(),
+                &clients.to_string(),
+            ],
+        );
+        in_new_netns(&mut cmd);
+        NsHelper::spawn(cmd, "netns helper")
+    }
+}
+
+/// Daemon flags for collecting the test's own network namespaces only:
+/// those named in `run_netns` (a directory of the test's, not the
+/// machine's /run/netns) or held by its processes, no pods of the machine,
+/// and a rescan every 100 ms.
+pub fn netns_flags(run_netns: &str) -> [&str; 6] {
+    [
+        "--path.run-netns",
+        run_netns,
+        "--path.pod-logs",
+        "/nonexistent/pods",
+        "--collector.netns.rescan-interval",
+        "100ms",
+    ]
+}
+
+/// The owners the snapshot lists for one namespace: socket cookie -> pid.
+pub fn snapshot_owners(ns: &serde_json::Value) -> BTreeMap<u64, u64> {
+    ns["processes"]["owners"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|pair| Some((pair[0].as_u64()?, pair[1]["pid"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A fresh directory under the system temp dir, unique to this process and
+/// this call.
+pub fn tempdir(what: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// A fresh directory of a test's ([`tempdir`]), removed however the test
+/// ends.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        TempDir(tempdir(what))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+
+    /// A path in the directory as text, for config files and flags.
+    pub fn file(&self, name: &str) -> String {
+        let p = self.0.join(name);
+        p.to_str()
+            .unwrap_or_else(|| panic!("temp path {p:?} is not UTF-8"))
+            .to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -626,6 +832,47 @@ pub fn tcp_ext_at(path: &str, name: &str) -> f64 {
         .position(|n| n == name)
         .expect("counter present");
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// The UDP dump the udp collector asks for, one family at a time: every
+/// state, with SKMEMINFO.
+pub fn udp_dump_request(
+    family: sockdiag_exporter::diag::Family,
+) -> sockdiag_exporter::diag::DumpRequest<'static> {
+    use sockdiag_exporter::diag::{DumpRequest, Protocol, StateSet};
+    DumpRequest {
+        protocol: Protocol::Udp,
+        family,
+        states: StateSet::All,
+        meminfo: true,
+        tcp_info: false,
+        filter: None,
+    }
+}
+
+/// Runs `args` in the network namespace of process `pid` (with `envs`
+/// set), which must exit 0; its standard output.
+pub fn nsenter(pid: u32, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = output_ok(
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(args)
+            .envs(envs.iter().copied()),
+        &format!("nsenter (util-linux) --net=/proc/{pid}/ns/net {args:?}"),
+    );
+    String::from_utf8(out).expect("UTF-8 output")
+}
+
+/// `sockdiag-exporter snapshot --format json` with `flags`, which must exit
+/// 0: the document it prints.
+pub fn snapshot_json(flags: &[&str]) -> serde_json::Value {
+    let out = output_ok(
+        Command::new(exporter_bin())
+            .args(["snapshot", "--format", "json"])
+            .args(flags),
+        &format!("sockdiag-exporter snapshot {flags:?}"),
+    );
+    serde_json::from_slice(&out).expect("snapshot --format json is JSON")
 }
 
 /// The daemon's own namespace (`netns` "host") in `snapshot --format json`

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::TempDir;
+
 /// With this set (CI should set it), a missing server binary fails the test instead
 /// of skipping it.
 const REQUIRE_SERVERS: &str = "SOCKDIAG_TEST_REQUIRE_SERVERS";
@@ -40,36 +42,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The listen backlog every backend asks for.
 pub const BACKLOG: u32 = 8;
-
-/// A directory of its own for one test, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("sockdiag-srv-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// A path in the directory as text, for config files.
-    pub fn file(&self, name: &str) -> String {
-        let p = self.0.join(name);
-        p.to_str()
-            .unwrap_or_else(|| panic!("temp path {p:?} is not UTF-8"))
-            .to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A server program and the Debian package that installs it.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +156,20 @@ impl Server {
         let mut all = vec![self.pid()];
         all.extend(self.workers());
         all
+    }
+
+    /// Polls every 50 ms, the master still running, until `ready` holds,
+    /// for at most [`READY_TIMEOUT`]; then panics with what `failure` says.
+    fn wait_ready(&mut self, ready: impl Fn(&Server) -> bool, failure: impl Fn(&Server) -> String) {
+        let start = Instant::now();
+        loop {
+            self.assert_running();
+            if ready(self) {
+                return;
+            }
+            assert!(start.elapsed() < READY_TIMEOUT, "{}", failure(self));
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Panics with the log if the master has exited.
@@ -357,19 +343,15 @@ impl Backend {
             .env_remove("PYTHONPATH")
             .env_remove("PYTHONHOME");
         let mut server = Server::spawn("gunicorn", cmd, log);
-        let start = Instant::now();
-        loop {
-            server.assert_running();
-            if http_over_unix(&socket).is_ok_and(|r| r.starts_with("HTTP/1.0 200")) {
-                break;
-            }
-            assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "gunicorn did not answer on {socket} within {READY_TIMEOUT:?}; log:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        server.wait_ready(
+            |_| http_over_unix(&socket).is_ok_and(|r| r.starts_with("HTTP/1.0 200")),
+            |server| {
+                format!(
+                    "gunicorn did not answer on {socket} within {READY_TIMEOUT:?}; log:\n{}",
+                    server.log_text()
+                )
+            },
+        );
         Some(Backend {
             kind: BackendKind::Gunicorn,
             server,
@@ -410,19 +392,15 @@ impl Backend {
             cmd.arg("-R");
         }
         let mut server = Server::spawn("php-fpm", cmd, log);
-        let start = Instant::now();
-        loop {
-            server.assert_running();
-            if !server.workers().is_empty() && UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "php-fpm not listening on {socket} within {READY_TIMEOUT:?}; log:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        server.wait_ready(
+            |server| !server.workers().is_empty() && UnixStream::connect(&socket).is_ok(),
+            |server| {
+                format!(
+                    "php-fpm not listening on {socket} within {READY_TIMEOUT:?}; log:\n{}",
+                    server.log_text()
+                )
+            },
+        );
         Some(Backend {
             kind: BackendKind::PhpFpm,
             server,
@@ -511,21 +489,17 @@ impl Nginx {
         cmd.args(["-p", &dir.file(""), "-c", &conf_path, "-g", "daemon off;"]);
         as_ordinary_user(&mut cmd);
         let mut server = Server::spawn("nginx", cmd, log);
-        let start = Instant::now();
-        loop {
-            server.assert_running();
-            if let Ok((200, _)) = super::http_get(addr, "/") {
-                break;
-            }
-            assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "nginx did not answer 200 through {} within {READY_TIMEOUT:?}; nginx log:\n{}\nbackend log:\n{}",
-                backend.socket,
-                server.log_text(),
-                backend.server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        server.wait_ready(
+            |_| matches!(super::http_get(addr, "/"), Ok((200, _))),
+            |server| {
+                format!(
+                    "nginx did not answer 200 through {} within {READY_TIMEOUT:?}; nginx log:\n{}\nbackend log:\n{}",
+                    backend.socket,
+                    server.log_text(),
+                    backend.server.log_text()
+                )
+            },
+        );
         Some(Nginx { server, addr })
     }
 }

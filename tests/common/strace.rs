@@ -36,7 +36,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -113,23 +113,13 @@ impl std::ops::Deref for TracedDaemon {
     }
 }
 
-/// A fresh directory under the temp dir for this test process.
-pub fn scratch_dir(what: &str) -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("sockdiag-{what}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    dir
-}
-
 impl TracedDaemon {
     /// Starts the daemon as [`Daemon::start`] does (same flags, same wait
     /// for `/healthz`), under strace injecting `fault`; its stderr goes to
     /// [`TracedDaemon::log`].
     pub fn start(fault: Fault, args: &[&str]) -> TracedDaemon {
         check_strace();
-        let dir = scratch_dir("strace");
+        let dir = super::tempdir("strace");
         let trace = dir.join("trace");
         let log = dir.join("stderr");
         let mut cmd = Command::new("strace");
