@@ -14,7 +14,7 @@
 //! live in one host-wide hash that every namespace's dump walks, so, like
 //! the unix collector, a namespace whose dump is dear is sampled less often.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -357,11 +357,12 @@ impl TypedCollector for Udp {
                 .entry(receiving_address(key, &by_address))
                 .or_default() += n;
         }
-        let mut addresses: Vec<UdpAddress> = by_address
+        // In address order (a set of keys sorts them).
+        let addresses: Vec<UdpAddress> = by_address
             .keys()
             .chain(connected.keys())
             .copied()
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .map(|key| UdpAddress {
                 endpoint: Endpoint::Inet(key),
@@ -369,7 +370,6 @@ impl TypedCollector for Udp {
                 connected: connected.get(&key).copied().unwrap_or(0),
             })
             .collect();
-        addresses.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         let sample = Arc::new(UdpSample {
             taken_at: ctx.wall,
             receivers,
