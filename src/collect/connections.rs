@@ -21,7 +21,7 @@ use crate::table::{Report, align};
 use super::listening::dump_listeners;
 use super::{
     CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, PortList, Registration, Sample,
-    SampleError, Tier, TypedCollector, parse_ports,
+    Tier, TypedCollector, parse_ports,
 };
 
 /// Its declaration.
@@ -315,16 +315,9 @@ impl TypedCollector for Connections {
     }
 
     fn sample(&self, ctx: &mut Ctx<'_>, _: &mut (), work: &mut ConnectionWork) -> Sample {
-        let socket = match ctx.handles.diag(ctx.now) {
-            Ok(socket) => socket,
-            Err(e) => return Sample::Failed(e.into()),
-        };
-        match sample_connections(socket, work, &self.settings) {
+        match ctx.dump(|socket| sample_connections(socket, work, &self.settings)) {
             Ok(sample) => Sample::Done(Arc::new(sample)),
-            Err(e) => {
-                ctx.handles.after_failed_dump(&e);
-                Sample::Failed(SampleError::Diag(e))
-            }
+            Err(e) => Sample::Failed(e),
         }
     }
 

@@ -22,8 +22,8 @@ use super::listening::{
     render_listener, render_owner,
 };
 use super::{
-    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample,
-    SampleError, Tier, TypedCollector,
+    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample, Tier,
+    TypedCollector,
 };
 
 /// Its declaration.
@@ -84,13 +84,8 @@ impl TypedCollector for Listeners {
     }
 
     fn sample(&self, ctx: &mut Ctx<'_>, tracker: &mut ListenerTracker, s: &mut Scratch) -> Sample {
-        let socket = match ctx.handles.diag(ctx.now) {
-            Ok(socket) => socket,
-            Err(e) => return Sample::Failed(e.into()),
-        };
-        if let Err(e) = dump_listeners(socket, true, &mut s.records) {
-            ctx.handles.after_failed_dump(&e);
-            return Sample::Failed(SampleError::Diag(e));
+        if let Err(e) = ctx.dump(|socket| dump_listeners(socket, true, &mut s.records)) {
+            return Sample::Failed(e);
         }
         s.seen.clear();
         s.seen.extend(s.records.iter().map(|r| Seen {

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::diag::{DiagError, MAX_FILTER_PORTS};
+use crate::diag::{DiagError, DiagSocket, MAX_FILTER_PORTS};
 use crate::family::{Families, MetricDef};
 use crate::model::{NetnsView, Part};
 use crate::netns::{HandleError, Handles, Need, NetnsInfo};
@@ -160,6 +160,24 @@ pub struct Ctx<'a> {
     /// The time the scheduler means to leave until this collector samples
     /// this namespace again.
     pub period: Duration,
+}
+
+impl Ctx<'_> {
+    /// Runs `dump` on the namespace's sock_diag socket. A socket that is
+    /// not open (it waits its back-off) and a dump that fails are both the
+    /// sample's failure; after a failed dump the handles also drop a socket
+    /// the kernel may still be dumping on, so every collector that dumps
+    /// gets that right by going through here.
+    pub fn dump<T>(
+        &mut self,
+        dump: impl FnOnce(&mut DiagSocket) -> Result<T, DiagError>,
+    ) -> Result<T, SampleError> {
+        let socket = self.handles.diag(self.now)?;
+        dump(socket).map_err(|e| {
+            self.handles.after_failed_dump(&e);
+            SampleError::Diag(e)
+        })
+    }
 }
 
 /// Why a sample failed, naming what failed.

@@ -302,30 +302,25 @@ impl TypedCollector for Udp {
             Ok(r) => (r, None),
             Err(e) => (DEFAULT_EPHEMERAL, Some(e)),
         };
-        let socket = match ctx.handles.diag(ctx.now) {
-            Ok(socket) => socket,
-            Err(e) => return Sample::Failed(e.into()),
-        };
         s.seen.clear();
         s.connected.clear();
         let mut tally = Tally::default();
-        for family in [Family::Ipv4, Family::Ipv6] {
-            let request = DumpRequest {
-                protocol: Protocol::Udp,
-                family,
-                states: StateSet::All,
-                meminfo: true,
-                tcp_info: false,
-                filter: None,
-            };
-            let scratch = &mut *s;
-            let result = socket.dump(&request, |r| {
-                self.classify(r, ephemeral, scratch, &mut tally)
-            });
-            if let Err(e) = result {
-                ctx.handles.after_failed_dump(&e);
-                return Sample::Failed(SampleError::Diag(e));
+        let result = ctx.dump(|socket| {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                let request = DumpRequest {
+                    protocol: Protocol::Udp,
+                    family,
+                    states: StateSet::All,
+                    meminfo: true,
+                    tcp_info: false,
+                    filter: None,
+                };
+                socket.dump(&request, |r| self.classify(r, ephemeral, s, &mut tally))?;
             }
+            Ok(())
+        });
+        if let Err(e) = result {
+            return Sample::Failed(e);
         }
         let tracker = &state.tracker;
         let capped = cap(&mut s.seen, |c| tracker.tracks(c), self.max_receivers);

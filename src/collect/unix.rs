@@ -28,8 +28,7 @@ use super::listening::{
     LISTENER_PROCESS_INFO, cap, forget_history, in_order, owner, render_listener, render_owner,
 };
 use super::{
-    Collector, Common, Ctx, NamespaceView, Registration, Sample, SampleError, Tier, TypedCollector,
-    UNIX,
+    Collector, Common, Ctx, NamespaceView, Registration, Sample, Tier, TypedCollector, UNIX,
 };
 
 /// The largest share of one core the unix dump of one namespace may take:
@@ -244,36 +243,33 @@ impl TypedCollector for Unix {
     }
 
     fn sample(&self, ctx: &mut Ctx<'_>, state: &mut State, s: &mut Scratch) -> Sample {
-        let socket = match ctx.handles.diag(ctx.now) {
-            Ok(socket) => socket,
-            Err(e) => return Sample::Failed(e.into()),
-        };
         s.dumps += 1;
         let dump = s.dumps;
         s.seen.clear();
         let mut filtered = 0u64;
-        let result = socket.dump_unix(&UnixListenersRequest, |r| {
-            let (Some(length), Some(limit)) = (r.queue_length, r.queue_limit) else {
-                return;
-            };
-            let name = self.name(&mut state.names, r, dump);
-            if !name.kept {
-                filtered += 1;
-                return;
-            }
-            s.seen.push(Seen {
-                endpoint: Endpoint::Unix(name.label.clone()),
-                length,
-                limit,
-                drops: None,
-                cookie: r.cookie,
-                inode: r.inode,
-                uid: r.uid,
-            });
+        let result = ctx.dump(|socket| {
+            socket.dump_unix(&UnixListenersRequest, |r| {
+                let (Some(length), Some(limit)) = (r.queue_length, r.queue_limit) else {
+                    return;
+                };
+                let name = self.name(&mut state.names, r, dump);
+                if !name.kept {
+                    filtered += 1;
+                    return;
+                }
+                s.seen.push(Seen {
+                    endpoint: Endpoint::Unix(name.label.clone()),
+                    length,
+                    limit,
+                    drops: None,
+                    cookie: r.cookie,
+                    inode: r.inode,
+                    uid: r.uid,
+                });
+            })
         });
         if let Err(e) = result {
-            ctx.handles.after_failed_dump(&e);
-            return Sample::Failed(SampleError::Diag(e));
+            return Sample::Failed(e);
         }
         state.names.retain(|_, n| n.seen_in == dump);
         // The tracker follows exactly the listeners exported: those keep
