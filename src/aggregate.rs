@@ -119,17 +119,31 @@ pub struct QueueFigures {
     pub syn_recv: u64,
 }
 
-/// 65,536 bits: is this local port a listening port in the namespace?
-struct PortSet([u64; 1024]);
+/// A set of ports as 65,536 bits (8 KiB, so kept boxed): asking whether
+/// a dumped socket's port is in it costs one load, on the per-socket path.
+pub struct PortSet([u64; 1024]);
 
 impl PortSet {
-    fn insert(&mut self, port: u16) {
+    /// The set of `ports`.
+    pub fn of(ports: &[u16]) -> Box<PortSet> {
+        let mut set = Box::new(PortSet([0; 1024]));
+        for &p in ports {
+            set.insert(p);
+        }
+        set
+    }
+    /// Adds `port`.
+    #[inline]
+    pub fn insert(&mut self, port: u16) {
         self.0[usize::from(port >> 6)] |= 1 << (port & 63);
     }
-    fn contains(&self, port: u16) -> bool {
+    /// Whether `port` is in the set.
+    #[inline]
+    pub fn contains(&self, port: u16) -> bool {
         self.0[usize::from(port >> 6)] & (1 << (port & 63)) != 0
     }
-    fn clear(&mut self) {
+    /// Empties the set.
+    pub fn clear(&mut self) {
         self.0 = [0; 1024];
     }
 }
@@ -149,7 +163,7 @@ pub struct ConnectionAggregator {
 impl Default for ConnectionAggregator {
     fn default() -> Self {
         ConnectionAggregator {
-            listening_ports: Box::new(PortSet([0; 1024])),
+            listening_ports: PortSet::of(&[]),
             queues: HashMap::new(),
             ports: HashMap::new(),
         }

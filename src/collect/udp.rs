@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, value_parser};
 
-use crate::aggregate::ListenKey;
+use crate::aggregate::{ListenKey, PortSet};
 use crate::diag::{DumpRequest, Family, Protocol, RawAddr, SockRecord, StateSet, TcpState};
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, OWNER_LABELS};
 use crate::model::{Endpoint, UdpAddress, UdpReceiver, UdpSample};
@@ -175,15 +175,10 @@ fn args() -> Vec<Arg> {
 }
 
 fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
-    let mut extra = [0u64; 1024];
-    if let Some(ports) = m.get_one::<PortList>(PORTS) {
-        for p in &ports.0 {
-            extra[usize::from(*p >> 6)] |= 1 << (p & 63);
-        }
-    }
+    let ports = m.get_one::<PortList>(PORTS).map_or(&[][..], |p| &p.0);
     Box::new(Udp {
         common: common.clone(),
-        extra: Box::new(extra),
+        extra: PortSet::of(ports),
         max_receivers: m.get_one::<u32>(MAX_RECEIVERS).copied().unwrap_or(1000) as usize,
     })
 }
@@ -191,8 +186,8 @@ fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
 /// The built collector.
 pub struct Udp {
     common: Common,
-    /// Ports listed in `--collector.udp.ports`, as a bitmap.
-    extra: Box<[u64; 1024]>,
+    /// Ports listed in `--collector.udp.ports`.
+    extra: Box<PortSet>,
     max_receivers: usize,
 }
 
@@ -220,9 +215,7 @@ impl Udp {
     /// Whether an unconnected socket on `port` receives there: the port is
     /// not where ephemeral ports come from, or it is listed.
     fn receiving_port(&self, port: u16, ephemeral: (u16, u16)) -> bool {
-        port != 0
-            && (!(ephemeral.0..=ephemeral.1).contains(&port)
-                || self.extra[usize::from(port >> 6)] & (1 << (port & 63)) != 0)
+        port != 0 && (!(ephemeral.0..=ephemeral.1).contains(&port) || self.extra.contains(port))
     }
 
     fn classify(&self, r: &SockRecord, ephemeral: (u16, u16), s: &mut Scratch, t: &mut Tally) {
@@ -506,10 +499,6 @@ mod tests {
     use super::*;
 
     fn udp(extra: &[u16]) -> Udp {
-        let mut bits = [0u64; 1024];
-        for p in extra {
-            bits[usize::from(*p >> 6)] |= 1 << (p & 63);
-        }
         Udp {
             common: Common {
                 procfs: "/proc".into(),
@@ -519,7 +508,7 @@ mod tests {
                 owner_retry: Duration::from_secs(10),
                 one_shot: false,
             },
-            extra: Box::new(bits),
+            extra: PortSet::of(extra),
             max_receivers: 10,
         }
     }
