@@ -1,7 +1,9 @@
-//! What the TCP and unix listener collectors share: the per-listener
-//! metric families, their labels and rendering, the TCP listener dump the
-//! connections collector also takes, and the owner lookup the snapshot
-//! table uses. Kept apart so that no collector module depends on another.
+//! What the per-socket collectors (TCP and unix listeners, UDP
+//! receivers) share: the per-listener metric families, the labels of one
+//! socket and its owner's info series, the cap on exported sockets and the
+//! count of those left out, the TCP listener dump the connections
+//! collector also takes, and the owner lookup the snapshot table uses.
+//! Kept apart so that no collector module depends on another.
 
 use crate::aggregate::ListenerRecord;
 use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, Protocol, StateSet};
@@ -148,6 +150,19 @@ pub fn cap(seen: &mut Vec<Seen>, was_exported: impl Fn(u64) -> bool, max: usize)
     let dropped = (seen.len() - max) as u64;
     seen.truncate(max);
     dropped
+}
+
+/// Renders how many sockets a collector left out of its per-socket
+/// series, by reason, as `def` (labels `netns` and `reason`).
+pub fn render_unexported(
+    out: &mut Families,
+    netns: &str,
+    def: &MetricDef,
+    unexported: &[(&'static str, u64)],
+) {
+    for (reason, n) in unexported {
+        out.push(def, &[("netns", netns), ("reason", reason)], *n as f64);
+    }
 }
 
 /// A sample's listeners by address and member, as people read them (the

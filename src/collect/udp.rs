@@ -29,7 +29,7 @@ use crate::procfs;
 use crate::table::{Report, align};
 use crate::tracker::{ListenerTracker, Seen};
 
-use super::listening::{cap, owner, render_owner_of};
+use super::listening::{ListenerLabels, cap, owner, render_owner_of, render_unexported};
 use super::{
     Collector, Common, Ctx, NamespaceView, PortList, Registration, Sample, SampleError, Tier,
     TypedCollector, UDP, parse_ports,
@@ -381,7 +381,7 @@ impl TypedCollector for Udp {
             return;
         };
         for r in &sample.receivers {
-            let labels = super::listening::ListenerLabels::new(&r.endpoint, r.member);
+            let labels = ListenerLabels::new(&r.endpoint, r.member);
             let pairs = labels.pairs(ns.name, &[]);
             out.push(&RECEIVE_QUEUE, &pairs, f64::from(r.queue_bytes));
             if let Some(peak) = r.peak_bytes {
@@ -419,13 +419,7 @@ impl TypedCollector for Udp {
         let netns = [("netns", ns.name)];
         out.push(&OTHER_SOCKETS, &netns, sample.other_sockets as f64);
         out.push(&OTHER_QUEUE, &netns, sample.other_queue_bytes as f64);
-        for (reason, n) in &sample.unexported {
-            out.push(
-                &UNEXPORTED,
-                &[("netns", ns.name), ("reason", reason)],
-                *n as f64,
-            );
-        }
+        render_unexported(out, ns.name, &UNEXPORTED, &sample.unexported);
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {

@@ -26,6 +26,7 @@ use crate::tracker::{ListenerTracker, Seen};
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
     LISTENER_PROCESS_INFO, cap, forget_history, in_order, owner, render_listener, render_owner,
+    render_unexported,
 };
 use super::{
     Collector, Common, Ctx, NamespaceView, Registration, Sample, Tier, TypedCollector, UNIX,
@@ -296,13 +297,7 @@ impl TypedCollector for Unix {
             render_listener(out, ns.name, l);
             render_owner(out, ns, l, &LISTENER_PROCESS_INFO);
         }
-        for (reason, n) in &sample.unexported {
-            out.push(
-                &UNEXPORTED,
-                &[("netns", ns.name), ("reason", reason)],
-                *n as f64,
-            );
-        }
+        render_unexported(out, ns.name, &UNEXPORTED, &sample.unexported);
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
