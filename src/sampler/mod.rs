@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::collect::{Collector, Ctx, NamespaceView, Sample, Tier};
 use crate::model::{NetnsView, Outcome};
 use crate::netns::{DiscoveryConfig, Handles, Need, NetnsInfo, NsId, discover};
-use crate::store::Store;
+use crate::store::{Store, TargetSet};
 
 use self::log::{FailureLog, Notices};
 use self::schedule::Due;
@@ -162,7 +162,10 @@ impl TierRunner {
     /// Drops the handles and state of namespaces no longer collected:
     /// handles keep a deleted namespace alive in the kernel.
     pub fn prune(&mut self, store: &Store) {
-        let set = store.targets();
+        self.keep_only(&store.targets());
+    }
+
+    fn keep_only(&mut self, set: &TargetSet) {
         self.slots.retain(|id, _| set.get(*id).is_some());
     }
 
@@ -170,9 +173,8 @@ impl TierRunner {
     /// records each collector's pass.
     pub fn pass(&mut self, store: &Store) {
         let set = store.targets();
-        // Handles keep a deleted namespace alive in the kernel: drop those
-        // of namespaces no longer collected at once.
-        self.slots.retain(|id, _| set.get(*id).is_some());
+        // Before sampling, so that a deleted namespace is let go at once.
+        self.keep_only(&set);
         for lane in &mut self.lanes {
             lane.collector.begin_pass(&mut *lane.scratch);
             lane.errors.clear();
