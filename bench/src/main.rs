@@ -207,6 +207,57 @@ pub fn exporter_path(given: Option<&Path>) -> Result<PathBuf> {
     Ok(absolute(given.map(Path::to_path_buf), "--exporter")?.unwrap_or_else(default_exporter_path))
 }
 
+/// What the subcommands that time the exporter against a floor and `ss` in rounds (`unix`,
+/// `udp`) all take, and forward to their coordinator inside the namespace.
+#[derive(Args, Debug, Clone)]
+pub struct RoundOpts {
+    /// Timed runs of each command; the table shows medians.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+
+    /// A second exporter binary (e.g. the build before a change), measured as an extra row
+    /// in the same rounds, each run back to back with the row it pairs with; skipped with a
+    /// note if it lacks the collector measured.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_exporter: Option<PathBuf>,
+
+    /// Also run the daemon for this many seconds on the sockets, with and without the
+    /// collector measured, and report its CPU and that collector's pass duration as it
+    /// exports it (0 skips it).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub daemon_seconds: u64,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+impl RoundOpts {
+    /// Resolves the paths against the user's working directory, which the coordinator
+    /// does not share.
+    pub fn resolve(&mut self) -> Result<()> {
+        self.baseline_exporter = absolute(self.baseline_exporter.take(), "--baseline-exporter")?;
+        self.json = absolute(self.json.take(), "--json")?;
+        Ok(())
+    }
+
+    /// Appends these options to the coordinator's arguments.
+    pub fn push_args(&self, args: &mut Vec<OsString>) {
+        args.extend([
+            "--runs".into(),
+            self.runs.to_string().into(),
+            "--daemon-seconds".into(),
+            self.daemon_seconds.to_string().into(),
+        ]);
+        push_flag(
+            args,
+            "--baseline-exporter",
+            self.baseline_exporter.as_deref(),
+        );
+        push_flag(args, "--json", self.json.as_deref());
+    }
+}
+
 /// Appends `flag value` to the arguments of a coordinator when the value is given.
 pub fn push_flag(args: &mut Vec<OsString>, flag: &str, value: Option<&Path>) {
     if let Some(v) = value {

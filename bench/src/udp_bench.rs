@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -83,24 +83,8 @@ pub struct UdpOpts {
     #[arg(long, default_value = "100", value_name = "R", value_parser = crate::parse_count)]
     pub receivers: u64,
 
-    /// Timed runs of each command; the table shows medians.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub runs: u32,
-
-    /// A second exporter binary (e.g. the build before a change), measured as an extra row
-    /// in the same rounds, each run back to back with the row it pairs with; skipped with a
-    /// note if it has no udp collector.
-    #[arg(long, value_name = "PATH")]
-    pub baseline_exporter: Option<PathBuf>,
-
-    /// Also run the daemon for this many seconds on the sockets, with and without the udp
-    /// collector, and report its CPU and the udp pass duration it exports (0 skips it).
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    pub daemon_seconds: u64,
-
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub rounds: crate::RoundOpts,
 }
 
 /// Arguments of the hidden `internal-udp-worker`: it recomputes the plan from S and R and
@@ -1103,7 +1087,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
     }
     let nofile = namespace::raise_nofile_limit()?;
     let exporter = bench.exporter();
-    let baseline = opts.baseline_exporter.as_deref();
+    let baseline = opts.rounds.baseline_exporter.as_deref();
     let (s, r) = (opts.udp_sockets, opts.receivers);
 
     let plan = plan(s, r, low)?;
@@ -1148,13 +1132,13 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
     );
 
     let specs = specs(&exporter, baseline)?;
-    let results = measure::measure_specs(&specs, opts.runs);
+    let results = measure::measure_specs(&specs, opts.rounds.runs);
     let sanity = match measure::collector_support(&exporter, "udp") {
         Ok(()) => Some(snapshot_sanity(&exporter, &ports)),
         Err(_) => None,
     };
-    let daemons = if opts.daemon_seconds > 0 {
-        daemons(&exporter, opts.daemon_seconds)
+    let daemons = if opts.rounds.daemon_seconds > 0 {
+        daemons(&exporter, opts.rounds.daemon_seconds)
     } else {
         Vec::new()
     };
@@ -1176,10 +1160,16 @@ pub fn internal_main(bench: &BenchOpts, opts: &UdpOpts) -> Result<ExitCode> {
             .count(),
         range: (low, high),
         census,
-        run: report::RunInfo::new(opts.runs, setup_seconds, fleet.len(), &exporter, baseline),
+        run: report::RunInfo::new(
+            opts.rounds.runs,
+            setup_seconds,
+            fleet.len(),
+            &exporter,
+            baseline,
+        ),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
-    report::write_json(opts.json.as_deref(), || {
+    report::write_json(opts.rounds.json.as_deref(), || {
         json_report(&env, &results, sanity.as_ref(), &daemons)
     })?;
     eprintln!("sockdiag-bench: tearing down");
@@ -1415,8 +1405,7 @@ fn json_report(
 /// `udp`: hands over to a coordinator inside a new user + network namespace.
 pub fn run_outer(bench: BenchOpts, mut opts: UdpOpts) -> Result<ExitCode> {
     let exporter = crate::exporter_path(bench.exporter.as_deref())?;
-    opts.baseline_exporter = crate::absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
-    opts.json = crate::absolute(opts.json.take(), "--json")?;
+    opts.rounds.resolve()?;
     // Refused here rather than inside the namespace, where the message is the same but
     // comes after the namespace was made.
     plan(opts.udp_sockets, opts.receivers, PORT_RANGE.0)?;
@@ -1428,17 +1417,8 @@ pub fn run_outer(bench: BenchOpts, mut opts: UdpOpts) -> Result<ExitCode> {
         opts.udp_sockets.to_string().into(),
         "--receivers".into(),
         opts.receivers.to_string().into(),
-        "--runs".into(),
-        opts.runs.to_string().into(),
-        "--daemon-seconds".into(),
-        opts.daemon_seconds.to_string().into(),
     ];
-    crate::push_flag(
-        &mut args,
-        "--baseline-exporter",
-        opts.baseline_exporter.as_deref(),
-    );
-    crate::push_flag(&mut args, "--json", opts.json.as_deref());
+    opts.rounds.push_args(&mut args);
     let status = namespace::run_in_new_namespace(&args)?;
     namespace::exit_code_of(status, "the udp benchmark")
 }

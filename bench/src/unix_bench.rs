@@ -53,24 +53,8 @@ pub struct UnixOpts {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Timed runs of each command; the table shows medians.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub runs: u32,
-
-    /// A second exporter binary (e.g. the build before a change), measured as an extra row
-    /// in the same rounds, each run back to back with the row it pairs with; skipped with a
-    /// note if it has no unix collector.
-    #[arg(long, value_name = "PATH")]
-    pub baseline_exporter: Option<PathBuf>,
-
-    /// Also run the daemon for this many seconds on the sockets and report its CPU and the
-    /// unix pass duration it exports (0 skips it).
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    pub daemon_seconds: u64,
-
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub rounds: crate::RoundOpts,
 
     /// Directory for the path-named sockets (made and removed by the outer process).
     #[arg(long, hide = true)]
@@ -657,7 +641,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
     namespace::tune_sysctls();
     let nofile = namespace::raise_nofile_limit()?;
     let exporter = bench.exporter();
-    let baseline = opts.baseline_exporter.as_deref();
+    let baseline = opts.rounds.baseline_exporter.as_deref();
     let Some(dir) = opts.socket_dir.clone() else {
         bail!("internal-unix needs --socket-dir");
     };
@@ -702,14 +686,14 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
     );
 
     let specs = specs(&exporter, baseline)?;
-    let results = measure::measure_specs(&specs, opts.runs);
+    let results = measure::measure_specs(&specs, opts.rounds.runs);
     let sanity = match measure::collector_support(&exporter, "unix") {
         Ok(()) => Some(snapshot_sanity(&exporter)),
         Err(_) => None,
     };
 
     let mut daemons: Vec<Result<DaemonUnix, String>> = Vec::new();
-    if opts.daemon_seconds > 0 {
+    if opts.rounds.daemon_seconds > 0 {
         let has_unix = measure::collector_support(&exporter, "unix").is_ok();
         if exporter.is_file() {
             daemons.push(
@@ -717,7 +701,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
                     &exporter,
                     "default collectors",
                     &[],
-                    opts.daemon_seconds,
+                    opts.rounds.daemon_seconds,
                     has_unix,
                 )
                 .map_err(|e| format!("{e:#}")),
@@ -728,7 +712,7 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
                         &exporter,
                         "--no-collector.unix",
                         &["--no-collector.unix"],
-                        opts.daemon_seconds,
+                        opts.rounds.daemon_seconds,
                         false,
                     )
                     .map_err(|e| format!("{e:#}")),
@@ -745,10 +729,16 @@ pub fn internal_main(bench: &BenchOpts, opts: &UnixOpts) -> Result<ExitCode> {
         seed: opts.seed,
         census,
         ss,
-        run: report::RunInfo::new(opts.runs, setup_seconds, fleet.len(), &exporter, baseline),
+        run: report::RunInfo::new(
+            opts.rounds.runs,
+            setup_seconds,
+            fleet.len(),
+            &exporter,
+            baseline,
+        ),
     };
     print!("{}", markdown(&env, &results, sanity.as_ref(), &daemons));
-    report::write_json(opts.json.as_deref(), || {
+    report::write_json(opts.rounds.json.as_deref(), || {
         json_report(&env, &results, sanity.as_ref(), &daemons)
     })?;
     eprintln!("sockdiag-bench: tearing down");
@@ -922,8 +912,7 @@ fn json_report(
 /// network namespace, and removes the directory afterwards.
 pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
     let exporter = crate::exporter_path(bench.exporter.as_deref())?;
-    opts.baseline_exporter = crate::absolute(opts.baseline_exporter.take(), "--baseline-exporter")?;
-    opts.json = crate::absolute(opts.json.take(), "--json")?;
+    opts.rounds.resolve()?;
     let dir = std::env::temp_dir().join(format!("sockdiag-bench-unix.{}", std::process::id()));
     // A path-named socket must fit in sockaddr_un (108 bytes with its NUL).
     let longest = dir
@@ -946,19 +935,10 @@ pub fn run_outer(bench: BenchOpts, mut opts: UnixOpts) -> Result<ExitCode> {
         opts.listeners.to_string().into(),
         "--seed".into(),
         opts.seed.to_string().into(),
-        "--runs".into(),
-        opts.runs.to_string().into(),
-        "--daemon-seconds".into(),
-        opts.daemon_seconds.to_string().into(),
         "--socket-dir".into(),
         dir.clone().into(),
     ];
-    crate::push_flag(
-        &mut args,
-        "--baseline-exporter",
-        opts.baseline_exporter.as_deref(),
-    );
-    crate::push_flag(&mut args, "--json", opts.json.as_deref());
+    opts.rounds.push_args(&mut args);
     let status = namespace::with_dir(&dir, || namespace::run_in_new_namespace(&args))?;
     namespace::exit_code_of(status?, "the unix benchmark")
 }
