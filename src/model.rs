@@ -119,6 +119,11 @@ pub struct ListenerFigures {
     /// The socket's drop counter (`sk_drops`, widened past its 32-bit
     /// wrap); `None` if the kernel keeps none (unix) or did not send it.
     pub drops: Option<u64>,
+    /// While connections wait: the wall time since which the queue has
+    /// been non-empty at the latest (the last sample that saw it empty).
+    /// Only a connection walk taken after it describes these connections.
+    #[serde(skip)]
+    pub queued_since: Option<SystemTime>,
 }
 
 impl ListenerFigures {
@@ -307,6 +312,10 @@ pub struct ConnectionSample {
     pub dated: bool,
     /// Client ports folded into `port="other"` by the cardinality cap.
     pub client_ports_folded: u64,
+    /// Whether the walk was skipped: the namespace's TCP counters had not
+    /// moved since a walk that found no connection, so these are that
+    /// walk's figures, still true when `taken_at` says.
+    pub skipped: bool,
 }
 
 impl ConnectionSample {

@@ -263,6 +263,12 @@ impl OwnerCache {
         stats
     }
 
+    /// Whether the listener with this cookie was looked for (and found or
+    /// not) since it appeared.
+    pub fn has_looked_for(&self, cookie: u64) -> bool {
+        self.entries.contains_key(&cookie)
+    }
+
     /// The owner of the listener with this cookie, if known.
     pub fn get(&self, cookie: u64) -> Option<&Arc<Owner>> {
         match &self.entries.get(&cookie)?.state {

@@ -159,38 +159,77 @@ pub struct UdpErrors {
     pub in_errors: u64,
 }
 
-/// Parses the `Udp:` header/value line pair of a `net/snmp` file.
-pub fn parse_snmp_udp(text: &str) -> Result<UdpErrors, String> {
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+/// Reads the `wanted` counters from the `prefix` (e.g. `Udp:`)
+/// header/value line pair of a `net/snmp` file.
+fn snmp_counters<const N: usize>(
+    text: &str,
+    prefix: &str,
+    wanted: [&str; N],
+) -> Result<[u64; N], String> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        return Err("no Udp header and value lines".to_string());
+        return Err(format!("no {prefix} header and value lines"));
     };
     let names: Vec<&str> = names.split_whitespace().skip(1).collect();
     let values: Vec<&str> = values.split_whitespace().skip(1).collect();
     if names.len() != values.len() {
         return Err(format!(
-            "Udp has {} names but {} values",
+            "{prefix} has {} names but {} values",
             names.len(),
             values.len()
         ));
     }
-    let mut out = UdpErrors::default();
-    let mut found = 0;
-    for (name, value) in names.iter().zip(values.iter()) {
-        let slot = match *name {
-            "RcvbufErrors" => &mut out.rcvbuf_errors,
-            "InErrors" => &mut out.in_errors,
-            _ => continue,
+    let mut out = [0; N];
+    for (slot, want) in out.iter_mut().zip(wanted) {
+        let Some(i) = names.iter().position(|n| *n == want) else {
+            return Err(format!("{prefix} lacks {want}"));
         };
+        let value = values[i];
         *slot = value
             .parse()
-            .map_err(|_| format!("Udp {name} is not a number: {value:?}"))?;
-        found += 1;
-    }
-    if found < 2 {
-        return Err("Udp lacks InErrors or RcvbufErrors".to_string());
+            .map_err(|_| format!("{prefix} {want} is not a number: {value:?}"))?;
     }
     Ok(out)
+}
+
+/// Parses the `Udp:` header/value line pair of a `net/snmp` file.
+pub fn parse_snmp_udp(text: &str) -> Result<UdpErrors, String> {
+    let [rcvbuf_errors, in_errors] = snmp_counters(text, "Udp:", ["RcvbufErrors", "InErrors"])?;
+    Ok(UdpErrors {
+        rcvbuf_errors,
+        in_errors,
+    })
+}
+
+/// Parses the `Tcp:` segment counters of a `net/snmp` file: (`InSegs`,
+/// `OutSegs`).
+pub fn parse_snmp_tcp_segments(text: &str) -> Result<(u64, u64), String> {
+    let [in_segs, out_segs] = snmp_counters(text, "Tcp:", ["InSegs", "OutSegs"])?;
+    Ok((in_segs, out_segs))
+}
+
+/// Parses the TCP line of `net/sockstat` (`prefix` `TCP:`) or
+/// `net/sockstat6` (`TCP6:`): sockets in use (hashed: listening,
+/// connecting, connected; not TIME-WAIT, not half-open requests), and
+/// TIME-WAIT sockets where the line has them (IPv4 only).
+pub fn parse_sockstat_tcp(text: &str, prefix: &str) -> Result<(u64, u64), String> {
+    let Some(line) = text.lines().find(|l| l.starts_with(prefix)) else {
+        return Err(format!("no {prefix} line"));
+    };
+    let mut fields = line.split_whitespace().skip(1);
+    let (mut inuse, mut tw) = (None, 0);
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let v: u64 = value
+            .parse()
+            .map_err(|_| format!("{prefix} {name} is not a number: {value:?}"))?;
+        match name {
+            "inuse" => inuse = Some(v),
+            "tw" => tw = v,
+            _ => {}
+        }
+    }
+    let inuse = inuse.ok_or_else(|| format!("{prefix} lacks inuse"))?;
+    Ok((inuse, tw))
 }
 
 /// Parses the `Udp6InErrors` and `Udp6RcvbufErrors` lines of a

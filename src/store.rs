@@ -53,6 +53,8 @@ pub struct CollectorHealth {
     pub samples_total: u64,
     /// Passes that failed (in any namespace).
     pub errors_total: u64,
+    /// CPU time its samples took, all passes together.
+    pub cpu_total: Duration,
     /// Duration of the last pass, successful or not.
     pub last_duration: Option<Duration>,
     /// When a pass last succeeded.
@@ -206,11 +208,18 @@ impl Store {
         );
     }
 
-    /// Records one pass's outcome for `collector`.
-    pub fn record(&self, collector: &'static str, took: Duration, result: Result<(), String>) {
+    /// Records one pass's outcome for `collector`: how long it took, the
+    /// CPU time it cost, and how it went.
+    pub fn record(
+        &self,
+        collector: &'static str,
+        (took, cpu): (Duration, Duration),
+        result: Result<(), String>,
+    ) {
         let mut health = lock(&self.health);
         let h = health.entry(collector).or_default();
         h.samples_total += 1;
+        h.cpu_total += cpu;
         h.last_duration = Some(took);
         match result {
             Ok(()) => {
@@ -224,6 +233,12 @@ impl Store {
                 h.last_error = Some(e);
             }
         }
+    }
+
+    /// Adds CPU time spent by `collector` in a pass that records nothing
+    /// else (see [`crate::sampler::TierRunner::pass`]).
+    pub fn record_cost(&self, collector: &'static str, cpu: Duration) {
+        lock(&self.health).entry(collector).or_default().cpu_total += cpu;
     }
 
     /// Counts a scrape refused with 503.
@@ -322,8 +337,16 @@ mod tests {
     #[test]
     fn health_counts_passes_and_failures() {
         let store = Store::new(&["listeners", "netstat"]);
-        store.record("listeners", Duration::from_millis(3), Ok(()));
-        store.record("listeners", Duration::from_millis(4), Err("x".into()));
+        store.record(
+            "listeners",
+            (Duration::from_millis(3), Duration::ZERO),
+            Ok(()),
+        );
+        store.record(
+            "listeners",
+            (Duration::from_millis(4), Duration::ZERO),
+            Err("x".into()),
+        );
         let h = store.health();
         assert_eq!(h.len(), 2);
         let (_, l) = &h[0];

@@ -90,6 +90,12 @@ struct Tracked {
     /// (bucket start, max length seen in it), oldest first.
     buckets: VecDeque<(Instant, u32)>,
     full_seconds: f64,
+    /// While the queue is non-empty: the wall time of the last sample that
+    /// saw it empty (or of the first sample, for a socket first seen
+    /// non-empty). `None` while it is empty.
+    queued_since: Option<SystemTime>,
+    /// Wall time of the sample that last saw it.
+    last_wall: SystemTime,
     /// Last raw `sk_drops` (a wrapping 32-bit counter) and the 64-bit total
     /// built from its increments.
     drops_raw: Option<u32>,
@@ -352,6 +358,8 @@ impl ListenerTracker {
                         slot,
                         buckets: VecDeque::with_capacity(PEAK_BUCKETS as usize + 1),
                         full_seconds: 0.0,
+                        queued_since: None,
+                        last_wall: wall,
                         drops_raw: None,
                         drops_total: 0,
                         last_seen: now,
@@ -370,6 +378,15 @@ impl ListenerTracker {
                 let gap = now.saturating_duration_since(t.last_seen).min(max_gap);
                 t.full_seconds += gap.as_secs_f64();
             }
+            // A queue that fills between two samples may have filled just
+            // after the earlier one: only a walk taken after that one can
+            // have seen these connections.
+            t.queued_since = match (r.length, t.queued_since) {
+                (0, _) => None,
+                (_, Some(since)) => Some(since),
+                (_, None) => Some(t.last_wall.min(wall)),
+            };
+            t.last_wall = wall;
             t.last_seen = now;
             t.misses = 0;
             if let Some(raw) = r.drops {
@@ -405,6 +422,7 @@ impl ListenerTracker {
                 peak_length: Some(peak),
                 full_seconds: Some(t.full_seconds),
                 drops: t.drops_raw.map(|_| t.drops_total),
+                queued_since: t.queued_since,
             });
         }
         let mut gone = Vec::new();

@@ -92,6 +92,7 @@ fn one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> u64 {
         max_client_ports: 256,
         filter: None,
         queue_ages: true,
+        cpu_budget: 0.02,
     };
     sample_connections(socket, work, &settings)
         .expect("connection sample")

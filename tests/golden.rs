@@ -22,6 +22,8 @@ use common::*;
 const TIMED: &[&str] = &[
     "sockdiag_collector_duration_seconds",
     "sockdiag_collector_last_success_timestamp_seconds",
+    "sockdiag_collector_cpu_seconds_total",
+    "sockdiag_collector_passes_total",
     "sockdiag_netns_sample_duration_seconds",
     "sockdiag_netns_last_sample_timestamp_seconds",
     "sockdiag_accept_queue_full_seconds_total",

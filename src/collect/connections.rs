@@ -3,25 +3,25 @@
 //! role, and into the bytes, age and SYN-RECV requests of each listener's
 //! queue.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use clap::{Arg, ArgAction, ValueEnum, builder::EnumValueParser, value_parser};
 
-use crate::aggregate::{ConnectionAggregator, ListenKey, ListenerRecord, Role};
+use crate::aggregate::{ConnectionAggregator, ListenerRecord, Role};
 use crate::diag::{
     DiagError, DiagSocket, DumpRequest, Family, Mode, PortFilter, Protocol, StateSet, TcpState,
 };
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, PORT_LABELS};
-use crate::model::{ConnectionSample, ListenerSample, PortSummary, QueueSummary};
-use crate::netns::Need;
+use crate::model::{ConnectionSample, ListenerSample, NetnsView, PortSummary, QueueSummary};
+use crate::netns::{Need, ProcName};
+use crate::procfs;
 use crate::table::{Report, align};
 
-use super::listening::dump_listeners;
+use super::listening::{Backlogs, dump_listeners, tcp_listener_drops, waiting};
 use super::{
-    CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, PortList, Registration, Sample,
-    Tier, TypedCollector, parse_ports,
+    CONNECTIONS, Call, Collector, Common, Ctx, LISTENERS, NamespaceView, PortList, Registration,
+    Sample, Tier, TypedCollector, parse_ports,
 };
 
 /// Its declaration.
@@ -106,6 +106,28 @@ const MAX_CLIENT_PORTS: &str = "collector.connections.max-client-ports";
 const PORTS: &str = "collector.connections.ports";
 const EXCLUDE_PORTS: &str = "collector.connections.exclude-ports";
 const QUEUE_AGE: &str = "collector.connections.queue-age";
+const CPU_BUDGET: &str = "collector.connections.cpu-budget";
+
+/// The default of `--collector.connections.cpu-budget`.
+pub const DEFAULT_CPU_BUDGET: f64 = 0.02;
+
+/// A listener whose queue is fuller than this fraction of its limit puts
+/// its namespace in trouble: first in line for the walk.
+pub const TROUBLE_FILL: f64 = 0.5;
+
+/// Parses a fraction of one core: more than 0, at most 1.
+fn parse_budget(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        Ok(_) => Err(format!(
+            "{text:?} is out of range: a fraction of one core, more than 0 and at most 1 \
+             (0.02 is 2%)"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a number: a fraction of one core such as 0.02"
+        )),
+    }
+}
 
 /// How queued connections are dated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,13 +189,41 @@ fn args() -> Vec<Arg> {
                  connection walk while some queue is non-empty, which makes that walk about \
                  15% dearer; `off` skips it, and the age is then not exported at all.",
             ),
+        Arg::new(CPU_BUDGET)
+            .long(CPU_BUDGET)
+            .value_name("FRACTION")
+            .value_parser(parse_budget)
+            .default_value("0.02")
+            .action(ArgAction::Set)
+            .global(true)
+            .help(
+                "CPU the connection walks may use, all namespaces together, as a fraction of \
+                 one core (0.02 = 2%), measured as the sampling thread's own CPU time. \
+                 Namespaces in trouble (a listener more than half full or dropping, a queue \
+                 no walk has seen) are walked first, within a second; the rest in turn, \
+                 oldest figures first. Each namespace is walked at most every \
+                 --collector.connections.interval; when the budget cannot cover every \
+                 namespace in one interval, figures get older instead \
+                 (sockdiag_netns_last_sample_timestamp_seconds shows how old).",
+            ),
     ]
 }
 
 fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
+    // Where IPv6 is off there is no sockstat6 in any namespace.
+    let sockstat6 = common.procfs.join("self/net/sockstat6").exists();
+    let mut needs = vec![
+        Need::Diag,
+        Need::Proc(ProcName::Sockstat),
+        Need::Proc(ProcName::Snmp),
+    ];
+    if sockstat6 {
+        needs.push(Need::Proc(ProcName::Sockstat6));
+    }
     Box::new(Connections {
         settings: settings(m),
-        _common: common.clone(),
+        sockstat6,
+        needs,
     })
 }
 
@@ -193,11 +243,15 @@ pub fn settings(m: &clap::ArgMatches) -> Settings {
         max_client_ports: m.get_one::<usize>(MAX_CLIENT_PORTS).copied().unwrap_or(256),
         filter,
         queue_ages: m.get_one::<QueueAge>(QUEUE_AGE).copied() != Some(QueueAge::Off),
+        cpu_budget: m
+            .get_one::<f64>(CPU_BUDGET)
+            .copied()
+            .unwrap_or(DEFAULT_CPU_BUDGET),
     }
 }
 
 /// How the walk is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Client ports kept as their own series; the rest fold into `other`.
     pub max_client_ports: usize,
@@ -206,12 +260,16 @@ pub struct Settings {
     /// Read `tcp_info` to date connections waiting in accept queues (only
     /// while some queue is non-empty).
     pub queue_ages: bool,
+    /// Fraction of one core the walks may use.
+    pub cpu_budget: f64,
 }
 
 /// The built collector.
 pub struct Connections {
     settings: Settings,
-    _common: Common,
+    /// Whether the kernel has `net/sockstat6`.
+    sockstat6: bool,
+    needs: Vec<Need>,
 }
 
 /// Reusable buffers of the walk, shared by every namespace of a pass.
@@ -293,31 +351,154 @@ pub fn sample_connections(
         walk_datagrams,
         dated: want_ages,
         client_ports_folded: folded as u64,
+        skipped: false,
     })
 }
 
+/// What the collector remembers of a namespace between walks.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// The drops of the namespace's TCP listeners when the last walk began:
+    /// more since puts the namespace in trouble.
+    drops: u64,
+    /// The namespace's TCP activity just before the last walk, if that
+    /// walk found no connection at all.
+    quiet: Option<TcpActivity>,
+}
+
+/// What the namespace's TCP counters say of its activity: while none of
+/// these moves, no connection can have appeared (a connection is hashed,
+/// or at least sends or receives a segment; a half-open request needs a
+/// SYN received).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpActivity {
+    /// `net/sockstat` TCP inuse and tw.
+    v4: (u64, u64),
+    /// `net/sockstat6` TCP6 inuse.
+    v6: Option<u64>,
+    /// `net/snmp` Tcp InSegs and OutSegs.
+    segments: (u64, u64),
+}
+
+impl Connections {
+    /// Reads the namespace's TCP activity; `None` if a file cannot be read
+    /// (then the walk is simply not skipped).
+    fn activity(&self, ctx: &mut Ctx<'_>) -> Option<TcpActivity> {
+        let mut read = |name: ProcName| -> Option<String> {
+            let file = ctx.handles.proc(name, ctx.now).ok()?;
+            match file.read() {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    tracing::debug!(netns = %ctx.info.name, error = %e, "cannot read");
+                    None
+                }
+            }
+        };
+        let v4 = procfs::parse_sockstat_tcp(&read(ProcName::Sockstat)?, "TCP:").ok()?;
+        let v6 = if self.sockstat6 {
+            Some(
+                procfs::parse_sockstat_tcp(&read(ProcName::Sockstat6)?, "TCP6:")
+                    .ok()?
+                    .0,
+            )
+        } else {
+            None
+        };
+        let segments = procfs::parse_snmp_tcp_segments(&read(ProcName::Snmp)?).ok()?;
+        Some(TcpActivity { v4, v6, segments })
+    }
+}
+
 impl TypedCollector for Connections {
-    type State = ();
+    type State = Walked;
     type Scratch = ConnectionWork;
 
     fn registration(&self) -> &'static Registration {
         &REGISTRATION
     }
 
-    fn needs(&self) -> &'static [Need] {
-        &[Need::Diag]
+    fn needs(&self) -> &[Need] {
+        &self.needs
     }
 
-    fn new_state(&self) {}
+    fn new_state(&self) -> Walked {
+        Walked::default()
+    }
 
     fn new_scratch(&self) -> ConnectionWork {
         ConnectionWork::default()
     }
 
-    fn sample(&self, ctx: &mut Ctx<'_>, _: &mut (), work: &mut ConnectionWork) -> Sample {
+    fn cpu_budget(&self) -> Option<f64> {
+        Some(self.settings.cpu_budget)
+    }
+
+    /// Trouble: a listener more than [`TROUBLE_FILL`] full, or drops since
+    /// the last walk. Now: drops since the last walk, or a queue whose
+    /// bytes and age cannot be shown because no walk has seen it (see
+    /// [`waiting`]).
+    fn call(&self, view: &NetnsView, walked: &Walked) -> Call {
+        let Some(listeners) = view.part::<ListenerSample>(LISTENERS) else {
+            return Call::default();
+        };
+        let last = view.part::<ConnectionSample>(CONNECTIONS);
+        let filter = self.settings.filter.as_ref();
+        let covered = |port: u16| filter.is_none_or(|f| f.covers(true, port));
+        let mut call = Call::default();
+        for l in &listeners.listeners {
+            let Some(key) = l.endpoint.inet() else {
+                continue;
+            };
+            if covered(key.port)
+                && f64::from(l.queue_length) > f64::from(l.queue_limit) * TROUBLE_FILL
+            {
+                call.troubled = true;
+            }
+        }
+        let backlogs = Backlogs::of(listeners);
+        call.now = backlogs.iter().any(|(key, backlog)| {
+            backlog.waiting > 0
+                && covered(key.port)
+                && last
+                    .and_then(|c| waiting(c.queue(key)?, c.taken_at, Some(backlog)))
+                    .is_none()
+        });
+        if tcp_listener_drops(view) > walked.drops {
+            call.now = true;
+            call.troubled = true;
+        }
+        call
+    }
+
+    fn sample(&self, ctx: &mut Ctx<'_>, walked: &mut Walked, work: &mut ConnectionWork) -> Sample {
+        walked.drops = ctx.view.map_or(0, tcp_listener_drops);
+        let activity = self.activity(ctx);
+        // Nothing can have changed since a walk that found nothing: its
+        // figures stand, as of now.
+        if let (Some(now), Some(quiet)) = (activity, walked.quiet) {
+            if now == quiet {
+                if let Some(last) = ctx
+                    .view
+                    .and_then(|v| v.part::<ConnectionSample>(CONNECTIONS))
+                {
+                    let mut again = last.clone();
+                    again.taken_at = ctx.wall;
+                    again.walk_bytes = 0;
+                    again.walk_datagrams = 0;
+                    again.skipped = true;
+                    return Sample::Done(Arc::new(again));
+                }
+            }
+        }
         match ctx.dump(|socket| sample_connections(socket, work, &self.settings)) {
-            Ok(sample) => Sample::Done(Arc::new(sample)),
-            Err(e) => Sample::Failed(e),
+            Ok(sample) => {
+                walked.quiet = activity.filter(|_| sample.sockets == 0);
+                Sample::Done(Arc::new(sample))
+            }
+            Err(e) => {
+                walked.quiet = None;
+                Sample::Failed(e)
+            }
         }
     }
 
@@ -330,20 +511,18 @@ impl TypedCollector for Connections {
         // from the walk, once per address. While the listeners collector
         // runs, only addresses it still sees are rendered, so a listener
         // closed since the last walk leaves no series behind.
-        let live: Option<HashSet<ListenKey>> =
-            ns.view.part::<ListenerSample>(LISTENERS).map(|ls| {
-                ls.listeners
-                    .iter()
-                    .filter_map(|l| l.endpoint.inet().copied())
-                    .collect()
-            });
+        let backlogs = ns.view.part::<ListenerSample>(LISTENERS).map(Backlogs::of);
         for q in &c.queues {
             let Some(key) = q.endpoint.inet() else {
                 continue;
             };
-            if live.as_ref().is_some_and(|live| !live.contains(key)) {
-                continue;
-            }
+            let backlog = match &backlogs {
+                Some(b) => match b.get(key) {
+                    Some(backlog) => Some(backlog),
+                    None => continue,
+                },
+                None => None,
+            };
             let (address, port) = (q.endpoint.address(), key.port.to_string());
             let labels = [
                 ("netns", netns),
@@ -351,9 +530,11 @@ impl TypedCollector for Connections {
                 ("address", address.as_str()),
                 ("port", port.as_str()),
             ];
-            out.push(&ACCEPT_QUEUE_BYTES, &labels, q.queued_bytes as f64);
-            if let Some(oldest) = q.oldest_seconds {
-                out.push(&ACCEPT_QUEUE_OLDEST, &labels, oldest);
+            if let Some(w) = waiting(q, c.taken_at, backlog) {
+                out.push(&ACCEPT_QUEUE_BYTES, &labels, w.bytes as f64);
+                if let Some(oldest) = w.oldest_seconds {
+                    out.push(&ACCEPT_QUEUE_OLDEST, &labels, oldest);
+                }
             }
             out.push(&SYN_QUEUE_LENGTH, &labels, q.syn_queue_length as f64);
         }
@@ -456,7 +637,8 @@ mod tests {
             Settings {
                 max_client_ports: 256,
                 filter: None,
-                queue_ages: true
+                queue_ages: true,
+                cpu_budget: DEFAULT_CPU_BUDGET,
             }
         );
         assert!(

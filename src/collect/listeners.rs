@@ -18,8 +18,8 @@ use crate::tracker::{ListenerTracker, Seen};
 
 use super::listening::{
     ACCEPT_QUEUE_FULL_SECONDS, ACCEPT_QUEUE_LENGTH, ACCEPT_QUEUE_LIMIT, ACCEPT_QUEUE_PEAK,
-    LISTEN_DROPS, LISTENER_PROCESS_INFO, dump_listeners, forget_history, in_order, owner,
-    render_listener, render_owner,
+    Backlogs, LISTEN_DROPS, LISTENER_PROCESS_INFO, dump_listeners, forget_history, in_order, owner,
+    render_listener, render_owner, waiting,
 };
 use super::{
     CONNECTIONS, Collector, Common, Ctx, LISTENERS, NamespaceView, Registration, Sample, Tier,
@@ -118,23 +118,26 @@ impl TypedCollector for Listeners {
             return;
         };
         let connections = ns.view.part::<ConnectionSample>(CONNECTIONS);
+        let backlogs = Backlogs::of(sample);
         for l in in_order(sample) {
             let mut row = ListenerRow::new(l, owner(ns.view, l.cookie));
             // Bytes, age and SYN queue are per address: the kernel does not
             // say which member of a reuseport group holds a connection, so
             // they are shown on the group's first row only.
             let first = l.member.is_none_or(|m| m == 0);
-            let queue = l
-                .endpoint
-                .inet()
-                .and_then(|key| connections?.queue(key))
-                .filter(|_| first);
-            if let Some(q) = queue {
+            let walked = l.endpoint.inet().and_then(|key| {
+                let c = connections?;
+                Some((c.queue(key)?, c.taken_at, backlogs.get(key)))
+            });
+            if let Some((q, taken_at, backlog)) = walked.filter(|_| first) {
                 row.cells[table::SYN_Q] = q.syn_queue_length.to_string();
-                row.cells[table::BYTES] = q.queued_bytes.to_string();
-                row.cells[table::OLDEST] = q
-                    .oldest_seconds
-                    .map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"));
+                // Not shown beside a queue the walk did not see.
+                if let Some(w) = waiting(q, taken_at, backlog) {
+                    row.cells[table::BYTES] = w.bytes.to_string();
+                    row.cells[table::OLDEST] = w
+                        .oldest_seconds
+                        .map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"));
+                }
             }
             out.listeners.push(row);
         }

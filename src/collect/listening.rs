@@ -5,14 +5,19 @@
 //! collector also takes, and the owner lookup the snapshot table uses.
 //! Kept apart so that no collector module depends on another.
 
-use crate::aggregate::ListenerRecord;
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use crate::aggregate::{ListenKey, ListenerRecord};
 use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, Protocol, StateSet};
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, OWNER_LABELS};
-use crate::model::{Endpoint, ListenerFigures, ListenerSample, NetnsView, OwnerSample};
+use crate::model::{
+    Endpoint, ListenerFigures, ListenerSample, NetnsView, OwnerSample, QueueSummary,
+};
 use crate::owners::Owner;
 use crate::tracker::Seen;
 
-use super::{NamespaceView, PROCESSES};
+use super::{LISTENERS, NamespaceView, PROCESSES};
 
 /// `sockdiag_accept_queue_length`
 pub const ACCEPT_QUEUE_LENGTH: MetricDef = MetricDef {
@@ -79,6 +84,18 @@ pub fn dump_listeners(
         })?;
     }
     Ok(())
+}
+
+/// The drops of a namespace's TCP listeners, all together, as the fast
+/// tier last saw them.
+pub fn tcp_listener_drops(view: &NetnsView) -> u64 {
+    view.part::<ListenerSample>(LISTENERS).map_or(0, |s| {
+        s.listeners
+            .iter()
+            .filter(|l| l.endpoint.inet().is_some())
+            .filter_map(|l| l.drops)
+            .sum()
+    })
 }
 
 /// A one-off look cannot know a peak or how long a queue was full: those
@@ -243,6 +260,89 @@ pub fn render_listener(out: &mut Families, netns: &str, l: &ListenerFigures) {
     if let Some(d) = l.drops {
         out.push(&LISTEN_DROPS, &pairs, d as f64);
     }
+}
+
+/// The fast tier's view of one listening address's queue: connections
+/// waiting across its sockets, and since when (see
+/// [`crate::model::ListenerFigures::queued_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Connections waiting now, summed over the sockets at the address.
+    pub waiting: u64,
+    /// While some wait: the earliest time since which a socket there has
+    /// had a non-empty queue.
+    pub since: Option<SystemTime>,
+}
+
+/// Each TCP listening address's [`Backlog`] in a listener sample.
+pub struct Backlogs(HashMap<ListenKey, Backlog>);
+
+impl Backlogs {
+    /// The backlogs of `sample`'s TCP listeners.
+    pub fn of(sample: &ListenerSample) -> Self {
+        let mut map: HashMap<ListenKey, Backlog> = HashMap::new();
+        for l in &sample.listeners {
+            let Some(key) = l.endpoint.inet() else {
+                continue;
+            };
+            let b = map.entry(*key).or_insert(Backlog {
+                waiting: 0,
+                since: None,
+            });
+            b.waiting += u64::from(l.queue_length);
+            b.since = match (b.since, l.queued_since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Backlogs(map)
+    }
+
+    /// The backlog at `key`, if a listener is there.
+    pub fn get(&self, key: &ListenKey) -> Option<&Backlog> {
+        self.0.get(key)
+    }
+
+    /// Every listening address with its backlog.
+    pub fn iter(&self) -> impl Iterator<Item = (&ListenKey, &Backlog)> {
+        self.0.iter()
+    }
+}
+
+/// Bytes and age of the connections waiting at one address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Waiting {
+    /// Bytes received on them.
+    pub bytes: u64,
+    /// Seconds the oldest has waited; `None` when not dated.
+    pub oldest_seconds: Option<f64>,
+}
+
+/// The bytes and age that may be shown beside the fast tier's queue length
+/// (`backlog`, when the listeners collector runs), from walk summary `q`
+/// taken at `walked`. The two tiers sample at different times, and must
+/// never be read together as a full queue holding nothing: an empty queue
+/// holds no bytes and no age, whatever an older walk found; a non-empty
+/// one shows the walk's figures only if the walk was taken after the queue
+/// last was empty and found connections waiting, and is otherwise not
+/// shown until a walk has seen them (the scheduler walks such a namespace
+/// soon: see the connections collector).
+pub fn waiting(q: &QueueSummary, walked: SystemTime, backlog: Option<&Backlog>) -> Option<Waiting> {
+    let from_walk = Waiting {
+        bytes: q.queued_bytes,
+        oldest_seconds: q.oldest_seconds,
+    };
+    let Some(b) = backlog else {
+        return Some(from_walk);
+    };
+    if b.waiting == 0 {
+        return Some(Waiting {
+            bytes: 0,
+            oldest_seconds: q.oldest_seconds.map(|_| 0.0),
+        });
+    }
+    let seen = q.queued > 0 && b.since.is_some_and(|since| walked >= since);
+    seen.then_some(from_walk)
 }
 
 #[cfg(test)]

@@ -215,6 +215,20 @@ pub enum Sample {
     Idle,
 }
 
+/// What the figures published since a collector's last sample of a
+/// namespace (by faster collectors) ask of its schedule there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Call {
+    /// Sample it now rather than when its period is up: its last figures
+    /// cannot be read beside the newer ones (a queue the last walk never
+    /// saw, drops the last netstat read does not count, a listener whose
+    /// owner was never looked for).
+    pub now: bool,
+    /// It is in trouble (a queue filling, a listener dropping): first in
+    /// line for a CPU budget.
+    pub troubled: bool,
+}
+
 /// One namespace as renderers see it.
 pub struct NamespaceView<'a> {
     /// The `netns` label value.
@@ -246,6 +260,12 @@ pub trait Collector: Send + Sync {
     /// The least time to leave before sampling a namespace again after a
     /// sample that took `took`, when that is longer than the tier's period.
     fn min_period(&self, took: Duration) -> Option<Duration>;
+    /// What a namespace's latest view asks of this collector's schedule
+    /// there, given its state.
+    fn call(&self, view: &NetnsView, state: &(dyn Any + Send)) -> Call;
+    /// The fraction of one core its samples may use, all namespaces
+    /// together; `None`: sampled every period wherever due.
+    fn cpu_budget(&self) -> Option<f64>;
     /// Renders its parts of one namespace into `/metrics`.
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families);
     /// Renders its parts of one namespace into the `snapshot` table.
@@ -278,6 +298,14 @@ pub trait TypedCollector: Send + Sync + 'static {
     ) -> Sample;
     /// See [`Collector::min_period`].
     fn min_period(&self, _took: Duration) -> Option<Duration> {
+        None
+    }
+    /// See [`Collector::call`].
+    fn call(&self, _view: &NetnsView, _state: &Self::State) -> Call {
+        Call::default()
+    }
+    /// See [`Collector::cpu_budget`].
+    fn cpu_budget(&self) -> Option<f64> {
         None
     }
     /// Renders into `/metrics`.
@@ -320,6 +348,14 @@ impl<T: TypedCollector> Collector for T {
     }
     fn min_period(&self, took: Duration) -> Option<Duration> {
         TypedCollector::min_period(self, took)
+    }
+    fn call(&self, view: &NetnsView, state: &(dyn Any + Send)) -> Call {
+        state
+            .downcast_ref::<T::State>()
+            .map_or_else(Call::default, |s| TypedCollector::call(self, view, s))
+    }
+    fn cpu_budget(&self) -> Option<f64> {
+        TypedCollector::cpu_budget(self)
     }
     fn render(&self, ns: &NamespaceView<'_>, out: &mut Families) {
         TypedCollector::render(self, ns, out)

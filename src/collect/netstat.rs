@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use crate::family::{Families, Kind, MetricDef, NETNS_LABELS};
-use crate::model::NetstatSample;
+use crate::model::{NetnsView, NetstatSample};
 use crate::netns::{Need, ProcName};
 use crate::procfs::{self, ProcError, ProcFile, TcpExt, UdpErrors};
 
+use super::listening::tcp_listener_drops;
 use super::{
-    Collector, Common, Ctx, NETSTAT, NamespaceView, Registration, Sample, SampleError, Tier,
+    Call, Collector, Common, Ctx, NETSTAT, NamespaceView, Registration, Sample, SampleError, Tier,
     TypedCollector,
 };
 
@@ -157,9 +158,17 @@ fn parse_with<T>(
     }
 }
 
-impl TypedCollector for Netstat {
+/// What the collector keeps of a namespace between samples.
+#[derive(Default)]
+pub struct Last {
     /// The last sample, whose figures stand in for a file that fails.
-    type State = Option<Arc<NetstatSample>>;
+    sample: Option<Arc<NetstatSample>>,
+    /// The drops of the namespace's TCP listeners when it was taken.
+    drops: u64,
+}
+
+impl TypedCollector for Netstat {
+    type State = Last;
     type Scratch = ();
 
     fn registration(&self) -> &'static Registration {
@@ -170,14 +179,26 @@ impl TypedCollector for Netstat {
         &self.needs
     }
 
-    fn new_state(&self) -> Self::State {
-        None
+    fn new_state(&self) -> Last {
+        Last::default()
     }
 
     fn new_scratch(&self) {}
 
-    fn sample(&self, ctx: &mut Ctx<'_>, last: &mut Self::State, _: &mut ()) -> Sample {
-        let previous = last.as_deref();
+    /// Every drop at a listener is counted by the listener and by
+    /// ListenDrops (and by ListenOverflows, if the queue was full): when the
+    /// fast tier sees a listener's drops grow, the namespace's counters are
+    /// read again at once, so they never lag the listener's.
+    fn call(&self, view: &NetnsView, last: &Last) -> Call {
+        Call {
+            now: tcp_listener_drops(view) > last.drops,
+            troubled: false,
+        }
+    }
+
+    fn sample(&self, ctx: &mut Ctx<'_>, last: &mut Last, _: &mut ()) -> Sample {
+        last.drops = ctx.view.map_or(0, tcp_listener_drops);
+        let previous = last.sample.as_deref();
         let mut errors = Vec::new();
         let before = previous.map(|p| TcpExt {
             listen_overflows: p.listen_overflows,
@@ -250,7 +271,7 @@ impl TypedCollector for Netstat {
             udp_rcvbuf_errors: udp.map(|u| u.rcvbuf_errors),
             udp_in_errors: udp.map(|u| u.in_errors),
         });
-        *last = Some(sample.clone());
+        last.sample = Some(sample.clone());
         match errors.len() {
             0 => Sample::Done(sample),
             1 => Sample::Partial(sample, errors.remove(0)),

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::family::{Families, Kind, MetricDef, NETNS_LABELS};
-use crate::model::OwnerSample;
+use crate::model::{NetnsView, OwnerSample};
 use crate::netns::Need;
 use crate::owners::{OwnerCache, ProcessIndex};
 
 use super::{
-    Collector, Common, Ctx, NamespaceView, PROCESSES, Registration, Sample, Tier, TypedCollector,
+    Call, Collector, Common, Ctx, NamespaceView, PROCESSES, Registration, Sample, Tier,
+    TypedCollector,
 };
 
 /// Its declaration.
@@ -81,6 +82,18 @@ impl TypedCollector for Processes {
 
     fn begin_pass(&self, index: &mut ProcessIndex) {
         index.clear();
+    }
+
+    /// A socket nobody looked for an owner of yet (a new listener) is
+    /// looked for at once, not a period later; one looked for without
+    /// success waits for the retry interval, as in a regular sample.
+    fn call(&self, view: &NetnsView, cache: &OwnerCache) -> Call {
+        Call {
+            now: view
+                .owned_sockets()
+                .any(|(cookie, inode)| inode != 0 && !cache.has_looked_for(cookie)),
+            troubled: false,
+        }
     }
 
     fn sample(

@@ -38,16 +38,22 @@ pub enum ProcName {
     Snmp6,
     /// `net.ipv4.ip_local_port_range`: where ephemeral ports come from.
     LocalPortRange,
+    /// `net/sockstat` (TCP sockets in use and in TIME-WAIT).
+    Sockstat,
+    /// `net/sockstat6` (TCPv6 sockets in use).
+    Sockstat6,
 }
 
 impl ProcName {
-    const ALL: [ProcName; 6] = [
+    const ALL: [ProcName; 8] = [
         ProcName::Netstat,
         ProcName::Somaxconn,
         ProcName::EhashEntries,
         ProcName::Snmp,
         ProcName::Snmp6,
         ProcName::LocalPortRange,
+        ProcName::Sockstat,
+        ProcName::Sockstat6,
     ];
 
     fn index(self) -> usize {
@@ -63,6 +69,8 @@ impl ProcName {
             ProcName::Snmp => "self/net/snmp",
             ProcName::Snmp6 => "self/net/snmp6",
             ProcName::LocalPortRange => "sys/net/ipv4/ip_local_port_range",
+            ProcName::Sockstat => "self/net/sockstat",
+            ProcName::Sockstat6 => "self/net/sockstat6",
         }
     }
 
@@ -74,6 +82,8 @@ impl ProcName {
             ProcName::Netstat => "thread-self/net/netstat",
             ProcName::Snmp => "thread-self/net/snmp",
             ProcName::Snmp6 => "thread-self/net/snmp6",
+            ProcName::Sockstat => "thread-self/net/sockstat",
+            ProcName::Sockstat6 => "thread-self/net/sockstat6",
             other => other.own_path(),
         }
     }
@@ -309,6 +319,8 @@ impl Handles {
             ProcName::Snmp => "net/snmp",
             ProcName::Snmp6 => "net/snmp6",
             ProcName::LocalPortRange => "net.ipv4.ip_local_port_range",
+            ProcName::Sockstat => "net/sockstat",
+            ProcName::Sockstat6 => "net/sockstat6",
         };
         self.procs[name.index()].get(what, now)
     }

@@ -3,13 +3,20 @@
 //!
 //! Two tiers run on their own threads: the fast tier every
 //! `--collector.listeners.interval` (listener dumps, whose figures change
-//! between scrapes), the full tier every `--collector.connections.interval`
-//! (connection walks and procfs reads). A tier keeps, per namespace, the
+//! between scrapes), the full tier's collectors every
+//! `--collector.connections.interval` (connection walks and procfs reads).
+//! The full tier looks at the fast tier's figures as often as the fast tier
+//! takes them, so that a namespace whose figures call for it
+//! ([`crate::collect::Call`]: a queue the last walk never saw, new drops, a
+//! new listener) is sampled within a tick, not a period; a collector with
+//! a CPU budget (the connection walk) spends it troubled namespaces first
+//! ([`budget`]). A tier keeps, per namespace, the
 //! handles its collectors need ([`Handles`]: opened inside the namespace,
 //! retried with back-off) and each collector's state, and drops both when
 //! the namespace stops being collected. `snapshot` runs the very same
 //! passes once ([`run_once`]).
 
+pub mod budget;
 pub mod log;
 pub mod schedule;
 
@@ -24,6 +31,7 @@ use crate::model::{NetnsView, Outcome};
 use crate::netns::{DiscoveryConfig, Handles, Need, NetnsInfo, NsId, discover};
 use crate::store::{Store, TargetSet};
 
+use self::budget::{Budget, Candidate, in_line};
 use self::log::{FailureLog, Notices};
 use self::schedule::Due;
 
@@ -93,6 +101,10 @@ struct Lane {
     errors: Vec<String>,
     /// Time spent sampling in this pass.
     spent: Duration,
+    /// CPU time the sampling thread spent on it in this pass.
+    cpu: Duration,
+    /// Its CPU budget, if it has one and budgets apply.
+    budget: Option<Budget>,
     /// Whether it was due in some namespace in this pass.
     sampled: bool,
     /// Whether any pass was recorded yet.
@@ -105,6 +117,8 @@ struct Slot {
     due: Vec<Due>,
     /// Whether each collector's last sample here failed.
     failing: Vec<bool>,
+    /// What each collector's last sample here cost in CPU time.
+    cost: Vec<Duration>,
     /// The discovery generation in which entering was refused; not retried
     /// before the next one.
     refused_in: Option<u64>,
@@ -114,6 +128,8 @@ struct Slot {
 pub struct TierRunner {
     tier: Tier,
     interval: Duration,
+    /// Time between passes: the fast tier's period, on both tiers.
+    tick: Duration,
     procfs: std::path::PathBuf,
     lanes: Vec<Lane>,
     slots: HashMap<NsId, Slot>,
@@ -122,10 +138,14 @@ pub struct TierRunner {
 }
 
 impl TierRunner {
-    /// A runner for the collectors of `tier` among `collectors`.
+    /// A runner for the collectors of `tier` among `collectors`, sampling
+    /// each every `interval` where due, in passes `tick` apart; with
+    /// `budgets`, collectors that have a CPU budget keep to it (a one-off
+    /// look samples everything once instead).
     pub fn new(
         tier: Tier,
-        interval: Duration,
+        (interval, tick): (Duration, Duration),
+        budgets: bool,
         procfs: &std::path::Path,
         collectors: &[Arc<dyn Collector>],
         clock: Arc<dyn Clock>,
@@ -139,6 +159,11 @@ impl TierRunner {
                 scratch: c.new_scratch(),
                 errors: Vec::new(),
                 spent: Duration::ZERO,
+                cpu: Duration::ZERO,
+                budget: c
+                    .cpu_budget()
+                    .filter(|_| budgets)
+                    .map(|f| Budget::new(f, interval)),
                 sampled: false,
                 recorded: false,
             })
@@ -146,6 +171,7 @@ impl TierRunner {
         TierRunner {
             tier,
             interval,
+            tick,
             procfs: procfs.to_path_buf(),
             lanes,
             slots: HashMap::new(),
@@ -169,8 +195,10 @@ impl TierRunner {
         self.slots.retain(|id, _| set.get(*id).is_some());
     }
 
-    /// Samples every namespace with every collector that is due there, and
-    /// records each collector's pass.
+    /// Samples every namespace with every collector that is due there or
+    /// called for by the namespace's figures, then lets each budgeted
+    /// collector sample the namespaces first in its line while its budget
+    /// lasts, and records each collector's pass.
     pub fn pass(&mut self, store: &Store) {
         let set = store.targets();
         // Before sampling, so that a deleted namespace is let go at once.
@@ -179,22 +207,95 @@ impl TierRunner {
             lane.collector.begin_pass(&mut *lane.scratch);
             lane.errors.clear();
             lane.spent = Duration::ZERO;
+            lane.cpu = Duration::ZERO;
             lane.sampled = false;
         }
-        for info in &set.targets.list {
-            self.sample_namespace(store, info, set.generation);
+        let now = self.clock.now();
+        let mut lines: Vec<Vec<Candidate<usize>>> = vec![Vec::new(); self.lanes.len()];
+        for (n, info) in set.targets.list.iter().enumerate() {
+            let view = self.view(store, info);
+            let slot = slot_of(
+                &mut self.slots,
+                info,
+                self.interval,
+                &self.procfs,
+                &self.lanes,
+            );
+            if slot.refused_in == Some(set.generation) {
+                continue;
+            }
+            let mut due = Vec::new();
+            for (i, lane) in self.lanes.iter().enumerate() {
+                let call = view
+                    .as_ref()
+                    .map(|v| lane.collector.call(v, &*slot.states[i]))
+                    .unwrap_or_default();
+                let is_due = slot.due[i].is_due(now, self.tick);
+                if lane.budget.is_some() {
+                    lines[i].push(Candidate {
+                        key: n,
+                        age: slot.due[i].age(now),
+                        due: is_due,
+                        failing: slot.failing[i],
+                        cost: slot.cost[i],
+                        call,
+                    });
+                } else if is_due || (call.now && !slot.failing[i]) {
+                    due.push(i);
+                }
+            }
+            if !due.is_empty() {
+                self.sample_namespace(store, info, set.generation, view.as_ref(), &due);
+            }
+        }
+        for (i, mut line) in lines.into_iter().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            in_line(&mut line);
+            let started = self.clock.now();
+            if let Some(b) = &mut self.lanes[i].budget {
+                b.refill(started);
+            }
+            for c in line {
+                let troubled = c.troubled();
+                if !self.lanes[i]
+                    .budget
+                    .as_ref()
+                    .is_some_and(|b| b.allows(troubled, c.cost))
+                {
+                    // Troubled ones may have spent their share while the
+                    // rest still may go; the rest go in turn (see in_line).
+                    if troubled {
+                        continue;
+                    }
+                    break;
+                }
+                let Some(info) = set.targets.list.get(c.key) else {
+                    continue;
+                };
+                // Fetched again: other collectors of this pass published.
+                let view = self.view(store, info);
+                let cpu = self.sample_namespace(store, info, set.generation, view.as_ref(), &[i]);
+                if let Some(b) = &mut self.lanes[i].budget {
+                    b.spend(cpu, troubled);
+                }
+            }
         }
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             let name = lane.collector.registration().name;
+            let cost = (lane.spent, lane.cpu);
             if !lane.errors.is_empty() {
-                store.record(name, lane.spent, Err(lane.errors.join("; ")));
+                store.record(name, cost, Err(lane.errors.join("; ")));
             } else if self.slots.values().any(|s| s.failing[i]) {
-                // A namespace not due in this pass (sampled less often, see
-                // `min_period`) failed at its last sample: the collector
-                // still fails there, and this pass cannot say otherwise.
+                // A namespace not sampled in this pass (not due, or left
+                // for a later one by a budget or a cost bound) failed at
+                // its last sample: the collector still fails there, and
+                // this pass cannot say otherwise. Its cost still counts.
+                store.record_cost(name, lane.cpu);
                 continue;
             } else if lane.sampled || !lane.recorded {
-                store.record(name, lane.spent, Ok(()));
+                store.record(name, cost, Ok(()));
             } else {
                 // Nothing was due: the last pass's duration and success
                 // time still describe the figures served.
@@ -204,42 +305,49 @@ impl TierRunner {
         }
     }
 
-    fn sample_namespace(&mut self, store: &Store, info: &NetnsInfo, generation: u64) {
-        let (interval, procfs, lanes) = (self.interval, &self.procfs, &self.lanes);
-        let slot = self.slots.entry(info.id).or_insert_with(|| Slot {
-            handles: Handles::new(info, procfs),
-            states: lanes.iter().map(|l| l.collector.new_state()).collect(),
-            due: lanes.iter().map(|_| Due::new(interval)).collect(),
-            failing: vec![false; lanes.len()],
-            refused_in: None,
-        });
+    /// Other collectors' parts of a namespace, for those that build on
+    /// them (on the full tier: the fast tier's figures).
+    fn view(&self, store: &Store, info: &NetnsInfo) -> Option<NetnsView> {
+        (self.tier == Tier::Full)
+            .then(|| store.view(info.id))
+            .flatten()
+    }
+
+    /// Samples one namespace with the collectors `due` (lane indices, in
+    /// tier order); returns the CPU time the samples took.
+    fn sample_namespace(
+        &mut self,
+        store: &Store,
+        info: &NetnsInfo,
+        generation: u64,
+        view: Option<&NetnsView>,
+        due: &[usize],
+    ) -> Duration {
+        let mut total_cpu = Duration::ZERO;
+        let slot = slot_of(
+            &mut self.slots,
+            info,
+            self.interval,
+            &self.procfs,
+            &self.lanes,
+        );
         if slot.refused_in == Some(generation) {
-            return;
+            return total_cpu;
         }
         let now = self.clock.now();
-        let due: Vec<usize> = (0..self.lanes.len())
-            .filter(|&i| slot.due[i].is_due(now, self.interval))
-            .collect();
-        if due.is_empty() {
-            return;
-        }
         let mut needs: Vec<Need> = Vec::new();
-        for &i in &due {
+        for &i in due {
             for n in self.lanes[i].collector.needs() {
                 if !needs.contains(n) {
                     needs.push(*n);
                 }
             }
         }
-        // Other collectors' parts, for those that build on them.
-        let view: Option<NetnsView> = (self.tier == Tier::Full)
-            .then(|| store.view(info.id))
-            .flatten();
         let mut prepared = slot.handles.prepare(info, &needs, now);
         // Entering the namespace is part of what sampling it costs: it is
         // counted in the first collector's time.
         let mut entering = self.clock.now().saturating_duration_since(now);
-        for i in due {
+        for &i in due {
             let lane = &mut self.lanes[i];
             lane.sampled = true;
             let name = lane.collector.registration().name;
@@ -252,7 +360,7 @@ impl TierRunner {
             if let Err(e) = &prepared {
                 if e.is_gone() {
                     tracing::debug!(netns = %info.name, error = %e, "namespace vanished");
-                    return;
+                    return total_cpu;
                 }
                 // Refused: not a fault of the collector, shown per
                 // namespace by sockdiag_netns_up; tried again after the
@@ -272,7 +380,7 @@ impl TierRunner {
             let mut ctx = Ctx {
                 info,
                 handles: &mut slot.handles,
-                view: view.as_ref(),
+                view,
                 now: started,
                 wall: SystemTime::now(),
                 period: slot.due[i].period(),
@@ -285,6 +393,9 @@ impl TierRunner {
             let cpu = self.clock.cpu().saturating_sub(cpu_before);
             let took = ended.saturating_duration_since(started) + std::mem::take(&mut entering);
             lane.spent += took;
+            lane.cpu += cpu;
+            slot.cost[i] = cpu;
+            total_cpu += cpu;
             // A collector's cost bound follows the CPU a good sample cost
             // (waiting is no cost to bound); a failed one backs off instead.
             match &sample {
@@ -307,7 +418,26 @@ impl TierRunner {
             let outcome = error.map_or(Outcome::Ok, Outcome::Failed);
             store.publish(info, name, part, outcome, took);
         }
+        total_cpu
     }
+}
+
+/// A namespace's slot, made on first sight.
+fn slot_of<'a>(
+    slots: &'a mut HashMap<NsId, Slot>,
+    info: &NetnsInfo,
+    interval: Duration,
+    procfs: &std::path::Path,
+    lanes: &[Lane],
+) -> &'a mut Slot {
+    slots.entry(info.id).or_insert_with(|| Slot {
+        handles: Handles::new(info, procfs),
+        states: lanes.iter().map(|l| l.collector.new_state()).collect(),
+        due: lanes.iter().map(|_| Due::new(interval)).collect(),
+        failing: vec![false; lanes.len()],
+        cost: vec![Duration::ZERO; lanes.len()],
+        refused_in: None,
+    })
 }
 
 /// Wakes sampler threads for shutdown.
@@ -400,7 +530,7 @@ fn run_tier(
 /// hiccup would be a lie of omission, so the last good list stands, but the
 /// first pass must set one).
 pub fn discovery_pass(discovery: &DiscoveryConfig, store: &Store, logs: &Logs) {
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), SystemClock.cpu());
     let (targets, error) = discover(discovery);
     let (found, excluded) = (targets.list.len(), targets.excluded);
     let mut problems: Vec<String> = targets.problems.clone();
@@ -416,7 +546,8 @@ pub fn discovery_pass(discovery: &DiscoveryConfig, store: &Store, logs: &Logs) {
         let problem = (!problems.is_empty()).then(|| problems.join("; "));
         logs.failures
             .outcome(NETNS, "", Instant::now(), problem.as_deref());
-        store.record(NETNS, started.elapsed(), problem.map_or(Ok(()), Err));
+        let cost = (started.elapsed(), SystemClock.cpu().saturating_sub(cpu));
+        store.record(NETNS, cost, problem.map_or(Ok(()), Err));
     }
 }
 
@@ -442,7 +573,7 @@ impl Sampler {
         let logs = Arc::new(Logs::default());
         let mut threads = Vec::new();
         discovery_pass(&config.discovery, &store, &logs);
-        let [mut fast, mut full] = runners(config, collectors, &logs);
+        let [mut fast, mut full] = runners(config, collectors, &logs, true);
         let spawn = |name: &str, mut body: Box<ThreadBody>| {
             let (store, shutdown) = (store.clone(), shutdown.clone());
             std::thread::Builder::new()
@@ -472,7 +603,7 @@ impl Sampler {
             )?);
         }
         if !full.is_empty() {
-            let interval = config.full_interval;
+            let interval = tick(config);
             threads.push(spawn(
                 "sample-full",
                 Box::new(move |store, shutdown| {
@@ -505,16 +636,25 @@ impl Sampler {
 pub fn run_once(config: &Config, collectors: &[Arc<dyn Collector>], store: &Store) {
     let logs = Arc::new(Logs::default());
     discovery_pass(&config.discovery, store, &logs);
-    for mut tier in runners(config, collectors, &logs) {
+    for mut tier in runners(config, collectors, &logs, false) {
         tier.pass(store);
     }
 }
 
-/// The fast and the full tier's runners, on the real clock.
+/// How often both tiers pass: the fast tier's period (or the full tier's,
+/// if shorter), so that the full tier answers the fast tier's figures
+/// within one of its periods.
+fn tick(config: &Config) -> Duration {
+    config.fast_interval.min(config.full_interval)
+}
+
+/// The fast and the full tier's runners, on the real clock; `budgets`:
+/// whether CPU budgets apply (not to a one-off look).
 fn runners(
     config: &Config,
     collectors: &[Arc<dyn Collector>],
     logs: &Arc<Logs>,
+    budgets: bool,
 ) -> [TierRunner; 2] {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     [
@@ -524,7 +664,8 @@ fn runners(
     .map(|(tier, interval)| {
         TierRunner::new(
             tier,
-            interval,
+            (interval, tick(config)),
+            budgets,
             &config.procfs,
             collectors,
             clock.clone(),

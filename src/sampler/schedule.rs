@@ -12,6 +12,8 @@ pub const MAX_STRETCH: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
     next: Option<Instant>,
+    /// When the last sample started.
+    last: Option<Instant>,
     period: Duration,
     /// Failed samples in a row.
     failures: u32,
@@ -22,16 +24,23 @@ impl Due {
     pub fn new(base: Duration) -> Self {
         Due {
             next: None,
+            last: None,
             period: base,
             failures: 0,
         }
     }
 
     /// Whether a pass at `now` should sample. A pass may run up to half a
-    /// tier period early (ticks jitter), so that a namespace sampled every
-    /// tick is not skipped every other one.
-    pub fn is_due(&self, now: Instant, base: Duration) -> bool {
-        self.next.is_none_or(|next| now + base / 2 >= next)
+    /// tick (the time between the tier's passes) early, since ticks
+    /// jitter, so that a namespace sampled every tick is not skipped every
+    /// other one.
+    pub fn is_due(&self, now: Instant, tick: Duration) -> bool {
+        self.next.is_none_or(|next| now + tick / 2 >= next)
+    }
+
+    /// Time since the last sample started; `None` before the first.
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        self.last.map(|l| now.saturating_duration_since(l))
     }
 
     /// The time meant to pass between this namespace's samples now.
@@ -48,6 +57,7 @@ impl Due {
         self.failures = 0;
         self.period = least.map_or(base, |l| l.min(MAX_STRETCH).max(base));
         self.next = Some(started + self.period);
+        self.last = Some(started);
     }
 
     /// Records a failed sample: the next waits twice as long as the last,
@@ -62,6 +72,7 @@ impl Due {
             .min(MAX_STRETCH)
             .max(base);
         self.next = Some(started + self.period);
+        self.last = Some(started);
     }
 }
 

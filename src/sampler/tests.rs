@@ -172,7 +172,8 @@ fn runner(tier: Tier, collectors: &[Arc<dyn Collector>], clock: &Arc<FakeClock>)
     let clock: Arc<dyn Clock> = clock.clone();
     TierRunner::new(
         tier,
-        Duration::from_millis(200),
+        (Duration::from_millis(200), Duration::from_millis(200)),
+        true,
         Path::new("/proc"),
         collectors,
         clock,
