@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
-use crate::collect::{Common, Registration, SampleError, TypedCollector};
+use crate::collect::{Call, Common, Registration, SampleError, TypedCollector};
 use crate::family::Families;
 use crate::model::{ListenerSample, NetstatSample};
 use crate::netns::{NameSource, Targets, own};
@@ -366,4 +366,154 @@ fn a_namespace_still_failing_keeps_its_collector_failing() {
     clock.advance(Duration::from_secs(1));
     fast.pass(&store);
     assert!(store.health()[0].1.last_ok);
+}
+
+/// A full-tier collector on a CPU budget: a sample of namespace `n` costs
+/// 200 ms of made-up CPU for `dear*`, 45 ms otherwise; `hot*` namespaces
+/// say they are in trouble; a namespace called for out of turn says so
+/// once, through its state.
+struct Budgeted {
+    clock: Arc<FakeClock>,
+}
+
+#[derive(Default)]
+struct Sampled {
+    /// When each sample of this namespace was taken.
+    at: Vec<Instant>,
+    /// Set by the test: call for a sample now.
+    called: bool,
+}
+
+static BUDGETED: Registration = Registration {
+    name: "budgeted_test",
+    help: "",
+    default_enabled: true,
+    tier: Tier::Full,
+    families: &[],
+    args: Vec::new,
+    build: never_built,
+};
+
+impl TypedCollector for Budgeted {
+    type State = Arc<Mutex<Sampled>>;
+    type Scratch = ();
+    fn registration(&self) -> &'static Registration {
+        &BUDGETED
+    }
+    fn needs(&self) -> &'static [Need] {
+        &[]
+    }
+    fn new_state(&self) -> Self::State {
+        Arc::default()
+    }
+    fn new_scratch(&self) {}
+    fn cpu_budget(&self) -> Option<f64> {
+        Some(0.02)
+    }
+    fn call(&self, _view: &NetnsView, state: &Self::State) -> Call {
+        Call {
+            now: state.lock().unwrap().called,
+            troubled: false,
+        }
+    }
+    fn sample(&self, ctx: &mut Ctx<'_>, state: &mut Self::State, _: &mut ()) -> Sample {
+        let cost = if ctx.info.name.starts_with("dear") {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(45)
+        };
+        self.clock.advance(cost);
+        let mut s = state.lock().unwrap();
+        s.at.push(ctx.now);
+        s.called = false;
+        Sample::Done(Arc::new(NetstatSample {
+            taken_at: ctx.wall,
+            listen_overflows: None,
+            listen_drops: None,
+            somaxconn: None,
+            ehash_shared: None,
+            udp_rcvbuf_errors: None,
+            udp_in_errors: None,
+        }))
+    }
+    fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
+}
+
+#[test]
+fn the_budget_holds_in_the_driver_and_a_call_is_answered_within_a_tick() {
+    let clock = Arc::new(FakeClock::default());
+    let mut list = vec![ns(0, "dear")];
+    list.extend((1..=40).map(|i| ns(i, &format!("small{i}"))));
+    let store = store_with(list);
+    let budgeted = Arc::new(Budgeted {
+        clock: clock.clone(),
+    });
+    let mut full = TierRunner::new(
+        Tier::Full,
+        (Duration::from_secs(15), Duration::from_millis(200)),
+        true,
+        Path::new("/proc"),
+        &[budgeted.clone() as Arc<dyn Collector>],
+        clock.clone() as Arc<dyn Clock>,
+        Arc::new(Logs::default()),
+    );
+    // Calls are asked of a namespace's view: its first sample makes one.
+    let t0 = clock.now();
+    let tick = Duration::from_millis(200);
+    let state_of = |full: &TierRunner, id: u64| -> Arc<Mutex<Sampled>> {
+        full.slots[&(7, id)].states[0]
+            .downcast_ref::<Arc<Mutex<Sampled>>>()
+            .unwrap()
+            .clone()
+    };
+    let mut answered = Vec::new();
+    for n in 0..18_000u32 {
+        let due = t0 + tick * n;
+        let now = clock.now();
+        if due > now {
+            clock.advance(due - now);
+        }
+        // Every 10 minutes, call for namespace 5 out of turn.
+        if n > 0 && n % 3000 == 0 {
+            state_of(&full, 5).lock().unwrap().called = true;
+            let before = state_of(&full, 5).lock().unwrap().at.len();
+            full.pass(&store);
+            answered.push(state_of(&full, 5).lock().unwrap().at.len() > before);
+            continue;
+        }
+        full.pass(&store);
+    }
+    let elapsed = clock.now().saturating_duration_since(t0).as_secs_f64();
+    let health = store.health();
+    let cpu = health
+        .iter()
+        .find(|(n, _)| *n == BUDGETED.name)
+        .map(|(_, h)| h.cpu_total.as_secs_f64())
+        .unwrap();
+    // The whole run's CPU, against 2% of its length plus the first bucket
+    // and one sample's overdraft.
+    assert!(
+        cpu <= 0.02 * elapsed + 0.3 + 0.2,
+        "spent {cpu} s of CPU in {elapsed} s"
+    );
+    assert!(
+        cpu >= 0.02 * elapsed * 0.9,
+        "spent only {cpu} s in {elapsed} s"
+    );
+    assert!(answered.iter().all(|a| *a), "calls answered: {answered:?}");
+    // Nobody starves: 2.0 s of CPU a round at 0.3 s a period is a round in
+    // about 100 s; every namespace is sampled at least every 150 s.
+    for id in 0..=40 {
+        let at = state_of(&full, id).lock().unwrap().at.clone();
+        let worst = at
+            .windows(2)
+            .map(|w| w[1].saturating_duration_since(w[0]))
+            .max()
+            .unwrap_or_default();
+        assert!(
+            at.len() >= 20 && worst <= Duration::from_secs(150),
+            "namespace {id}: {} samples, {worst:?} apart at worst",
+            at.len()
+        );
+    }
 }
