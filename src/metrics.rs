@@ -87,7 +87,7 @@ pub const COLLECTOR_DURATION: MetricDef = MetricDef {
     kind: Kind::Gauge,
     labels: COLLECTOR,
     member: false,
-    help: "How long the last sample of this collector took. Compare with its interval: a sample longer than its interval delays the next.",
+    help: "How long the last pass of this collector took: the namespaces it sampled in one pass of its tier (for connections, those its CPU budget allowed). Compare with the tier's interval: a pass longer than it delays the next.",
 };
 /// `sockdiag_collector_errors_total`
 pub const COLLECTOR_ERRORS: MetricDef = MetricDef {

@@ -312,10 +312,11 @@ pub struct ConnectionSample {
     pub dated: bool,
     /// Client ports folded into `port="other"` by the cardinality cap.
     pub client_ports_folded: u64,
-    /// Whether the walk was skipped: the namespace's TCP counters had not
-    /// moved since a walk that found no connection, so these are that
-    /// walk's figures, still true when `taken_at` says.
-    pub skipped: bool,
+    /// Walks of this namespace skipped so far because its TCP counters had
+    /// not moved since one that found no connection; when this sample is
+    /// one of them, its figures are that walk's, still true when
+    /// `taken_at` says.
+    pub skipped_total: u64,
 }
 
 impl ConnectionSample {

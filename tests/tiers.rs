@@ -197,3 +197,106 @@ fn listen_drops_follow_the_listener_drops() {
         }
     });
 }
+
+#[test]
+fn an_idle_namespace_is_not_walked_until_something_moves() {
+    in_netns(
+        "an_idle_namespace_is_not_walked_until_something_moves",
+        || {
+            // An idle pod: a listener, no connection, no traffic. A busy one:
+            // connections waiting in its queue. The daemon's own scrapes run
+            // in the test's namespace ("host").
+            let idle = NetnsProcess::start(7415, 4, 0);
+            let busy = NetnsProcess::start(7416, 4, 2);
+            let (idle_name, busy_name) = (idle.ino_label(), busy.ino_label());
+            let run_netns = TempDir::new("run-netns");
+            let daemon = Daemon::start(&netns_flags(run_netns.as_str()));
+            let skipped = |m: &Metrics, ns: &str| {
+                m.find("sockdiag_netns_walks_skipped_total", &[("netns", ns)])
+                    .first()
+                    .map(|s| s.value)
+            };
+            let last_walk = |m: &Metrics, ns: &str| {
+                m.find(
+                    "sockdiag_netns_last_sample_timestamp_seconds",
+                    &[("netns", ns), ("collector", "connections")],
+                )
+                .first()
+                .map(|s| s.value)
+            };
+            let m = daemon.wait_for(
+                "walks of the idle namespace to be skipped",
+                |m| skipped(m, &idle_name).is_some_and(|n| n >= 5.0),
+                |m| format!("{:?}", m.find("sockdiag_netns_walks_skipped_total", &[])),
+            );
+            assert_eq!(skipped(&m, &busy_name), Some(0.0), "connections: walked");
+            assert_eq!(skipped(&m, "host"), Some(0.0), "scraped: walked");
+            // Skipped walks still count as fresh figures, and true ones.
+            let port = ("port", "7415");
+            let bytes = m.find(
+                "sockdiag_accept_queue_bytes",
+                &[("netns", &idle_name), port],
+            );
+            assert_eq!(bytes.first().map(|s| s.value), Some(0.0));
+            let before = last_walk(&m, &idle_name).expect("a last walk");
+            std::thread::sleep(Duration::from_millis(600));
+            let m = daemon.metrics();
+            assert!(last_walk(&m, &idle_name).is_some_and(|t| t > before));
+            // A client in the idle namespace: the next walk is not skipped,
+            // and sees its request waiting.
+            let mut client = Command::new("nsenter");
+            client
+                .args([
+                    "-t",
+                    &idle.pid().to_string(),
+                    "-n",
+                    "--preserve-credentials",
+                ])
+                .args([
+                    "python3",
+                    "-c",
+                    "import socket, sys, time\n\
+                 s = socket.create_connection(('127.0.0.1', 7415))\n\
+                 s.sendall(b'hello')\n\
+                 print('ready', flush=True)\n\
+                 sys.stdin.read()",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            let mut client = client
+                .spawn()
+                .expect("nsenter python3 into the idle namespace");
+            let mut ready = String::new();
+            if let Some(out) = client.stdout.as_mut() {
+                use std::io::Read;
+                let mut byte = [0u8; 1];
+                while !ready.ends_with('\n') && out.read(&mut byte).unwrap_or(0) == 1 {
+                    ready.push(byte[0] as char);
+                }
+            }
+            assert_eq!(ready.trim(), "ready", "the client connected");
+            let m = daemon.wait_for(
+                "the new connection's bytes",
+                |m| {
+                    m.find(
+                        "sockdiag_accept_queue_bytes",
+                        &[("netns", &idle_name), port],
+                    )
+                    .first()
+                    .is_some_and(|s| s.value == 5.0)
+                },
+                |m| format!("{:?}", m.find("sockdiag_accept_queue_bytes", &[])),
+            );
+            let n = skipped(&m, &idle_name).unwrap_or(0.0);
+            std::thread::sleep(Duration::from_millis(600));
+            let m = daemon.metrics();
+            assert_eq!(
+                skipped(&m, &idle_name),
+                Some(n),
+                "walked while it has a connection"
+            );
+            let _ = client.kill();
+            let _ = client.wait();
+        },
+    );
+}

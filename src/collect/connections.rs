@@ -40,6 +40,7 @@ pub static REGISTRATION: Registration = Registration {
         &TCP_SEND_QUEUE,
         &TCP_RECV_QUEUE,
         &CLIENT_PORTS_FOLDED,
+        &WALKS_SKIPPED,
     ],
     args,
     build,
@@ -92,6 +93,14 @@ pub const TCP_RECV_QUEUE: MetricDef = MetricDef {
     labels: PORT_LABELS,
     member: false,
     help: "Sum of Recv-Q: bytes received and not yet read by the local application (includes connections still in accept queues).",
+};
+/// `sockdiag_netns_walks_skipped_total`
+pub const WALKS_SKIPPED: MetricDef = MetricDef {
+    name: "sockdiag_netns_walks_skipped_total",
+    kind: Kind::Counter,
+    labels: NETNS_LABELS,
+    member: false,
+    help: "Connection walks of the namespace skipped because nothing could have changed: the last walk found no connection, and its sockstat TCP counts and Tcp InSegs/OutSegs had not moved since. The figures then stand as of the skipped walk.",
 };
 /// `sockdiag_tcp_client_ports_folded`
 pub const CLIENT_PORTS_FOLDED: MetricDef = MetricDef {
@@ -351,7 +360,7 @@ pub fn sample_connections(
         walk_datagrams,
         dated: want_ages,
         client_ports_folded: folded as u64,
-        skipped: false,
+        skipped_total: 0,
     })
 }
 
@@ -364,6 +373,8 @@ pub struct Walked {
     /// The namespace's TCP activity just before the last walk, if that
     /// walk found no connection at all.
     quiet: Option<TcpActivity>,
+    /// Walks skipped so far.
+    skipped: u64,
 }
 
 /// What the namespace's TCP counters say of its activity: while none of
@@ -485,14 +496,16 @@ impl TypedCollector for Connections {
                     again.taken_at = ctx.wall;
                     again.walk_bytes = 0;
                     again.walk_datagrams = 0;
-                    again.skipped = true;
+                    walked.skipped += 1;
+                    again.skipped_total = walked.skipped;
                     return Sample::Done(Arc::new(again));
                 }
             }
         }
         match ctx.dump(|socket| sample_connections(socket, work, &self.settings)) {
-            Ok(sample) => {
+            Ok(mut sample) => {
                 walked.quiet = activity.filter(|_| sample.sockets == 0);
+                sample.skipped_total = walked.skipped;
                 Sample::Done(Arc::new(sample))
             }
             Err(e) => {
@@ -561,6 +574,7 @@ impl TypedCollector for Connections {
             &[("netns", netns)],
             c.client_ports_folded as f64,
         );
+        out.push(&WALKS_SKIPPED, &[("netns", netns)], c.skipped_total as f64);
     }
 
     fn report(&self, ns: &NamespaceView<'_>, out: &mut Report) {
