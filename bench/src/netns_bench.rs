@@ -704,11 +704,14 @@ pub(crate) struct DaemonRun {
     /// Unix time at which the daemon was started.
     pub(crate) started_unix: f64,
     pub(crate) window: daemon::Window,
-    series: usize,
+    /// Sample lines and bytes of the last page.
+    pub(crate) series: usize,
     bytes: usize,
+    /// Wall time of every scrape in the window, connect to last byte.
+    pub(crate) scrape_seconds: Vec<f64>,
     pub(crate) scrapes: Vec<Figures>,
     pub(crate) expected: HashMap<u64, Role>,
-    /// What went unexpected while sampling, each once.
+    /// What went unexpected, each once.
     pub(crate) warnings: Vec<String>,
 }
 
@@ -732,6 +735,7 @@ impl DaemonRun {
             window: daemon::Window::default(),
             series: 0,
             bytes: 0,
+            scrape_seconds: Vec::new(),
             scrapes: Vec::new(),
             expected,
             warnings: Vec::new(),
@@ -787,6 +791,7 @@ impl DaemonRun {
             "metrics_series": self.series,
             "metrics_bytes": self.bytes,
             "scrapes": self.scrapes.len(),
+            "median_scrape_seconds": measure::median(self.scrape_seconds.clone()),
             "median_listeners_pass_seconds": self.pass("listeners"),
             "median_connections_pass_seconds": self.pass("connections"),
             "per_namespace_median": {
@@ -838,35 +843,55 @@ fn run_daemon(
     all_namespaces: bool,
     expected: HashMap<u64, Role>,
 ) -> Result<DaemonRun> {
-    let args = daemon_args(ctx, all_namespaces, Some(CONNECTIONS_INTERVAL));
-    run_daemon_with(
-        ctx,
-        ctx.exporter,
+    let spec = RunSpec {
+        exporter: ctx.exporter,
         label,
-        args,
-        expected,
-        &["listeners", "connections"],
-        None,
-    )
+        args: daemon_args(ctx, all_namespaces, Some(CONNECTIONS_INTERVAL)),
+        need: &["listeners", "connections"],
+        want: &[],
+        want_within: Duration::ZERO,
+        spread: None,
+    };
+    run_daemon_with(ctx, spec, expected)
 }
 
-/// Starts `exporter` with `args`, waits (bounded) until it reports exactly the `expected`
-/// namespaces up with a sample of each collector in `need`, waits 2 s more (at a 2 s
-/// connection interval, one more pass, so that no figure is the first, cold one), then
-/// scrapes it every [`SCRAPE_EVERY`] for `--seconds` and reads its CPU time over that
-/// window and its peak RSS. With `spread` (a seed), each scrape falls at a random point of
-/// its [`SCRAPE_EVERY`] slot instead of at its start, so that the ages of figures the
-/// daemon refreshes on a fixed tick are seen at every phase of that tick.
-#[allow(clippy::too_many_arguments)]
+/// How one daemon run is started, and when its sampling starts.
+pub(crate) struct RunSpec<'a> {
+    pub(crate) exporter: &'a Path,
+    pub(crate) label: &'a str,
+    pub(crate) args: Vec<String>,
+    /// Collectors every namespace must have a sample of before sampling starts, within
+    /// [`READY_TIMEOUT`] of the daemon's start (else the run fails).
+    pub(crate) need: &'a [&'a str],
+    /// Collectors every namespace should have a sample of too: waited for until
+    /// `want_within` after the daemon's start, and noted if still missing then.
+    pub(crate) want: &'a [&'a str],
+    pub(crate) want_within: Duration,
+    /// A seed: each scrape falls at a random point of its [`SCRAPE_EVERY`] slot instead of
+    /// at its start, so that the ages of figures the daemon refreshes on a fixed tick are
+    /// seen at every phase of that tick.
+    pub(crate) spread: Option<u64>,
+}
+
+/// Starts the daemon of `spec`, waits (bounded) until it reports exactly the `expected`
+/// namespaces up with a sample of each collector `spec` needs (and, within bounds, wants),
+/// waits 2 s more (at a 2 s connection interval, one more pass, so that no figure is the
+/// first, cold one), then scrapes it every [`SCRAPE_EVERY`] for `--seconds` and reads its
+/// CPU time over that window and its peak RSS.
 pub(crate) fn run_daemon_with(
     ctx: &Ctx,
-    exporter: &Path,
-    label: &str,
-    args: Vec<String>,
+    spec: RunSpec,
     expected: HashMap<u64, Role>,
-    need: &[&str],
-    spread: Option<u64>,
 ) -> Result<DaemonRun> {
+    let RunSpec {
+        exporter,
+        label,
+        args,
+        need,
+        want,
+        want_within,
+        spread,
+    } = spec;
     let seconds = ctx.opts.seconds();
     eprintln!(
         "sockdiag-bench: daemon ({label}): waiting for {} namespaces, then sampling for \
@@ -884,11 +909,31 @@ pub(crate) fn run_daemon_with(
         },
     )
     .with_context(|| format!("the daemon ({label}) reporting every namespace"))?;
-    let ready_seconds = d.started.elapsed().as_secs_f64();
+    let mut ready_seconds = d.started.elapsed().as_secs_f64();
+    let mut not_wanted = None;
+    if !want.is_empty() {
+        let all: Vec<&str> = need.iter().chain(want).copied().collect();
+        not_wanted = d
+            .wait_ready(Duration::from_millis(250), want_within, |page| match page {
+                Ok((_, body)) => Figures::parse(&body).not_ready(&expected, &all),
+                Err(e) => Some(e),
+            })?
+            .map(|why| {
+                let why = format!(
+                    "{:.0} s after its start the daemon still showed {why}; sampling started \
+                     anyway",
+                    want_within.as_secs_f64()
+                );
+                eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
+                why
+            });
+        ready_seconds = d.started.elapsed().as_secs_f64();
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     let mut scrapes = Vec::new();
-    let mut warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = not_wanted.into_iter().collect();
+    let mut scrape_seconds = Vec::new();
     let (mut series, mut bytes) = (0, 0);
     let mut rng = crate::unix_bench::Rng(spread.unwrap_or(0));
     let window = d
@@ -898,11 +943,13 @@ pub(crate) fn run_daemon_with(
             || if spread.is_some() { rng.unit() } else { 0.0 },
             |scrape, body| {
                 let at = unix_now() - scrape.seconds;
+                scrape_seconds.push(scrape.seconds);
                 (series, bytes) = (scrape.series, scrape.bytes);
                 let mut f = Figures::parse(body);
                 f.at = at;
                 if let Some(why) = f
                     .not_ready(&expected, need)
+                    .map(|w| format!("while sampling, {w}"))
                     .filter(|w| !warnings.contains(w))
                 {
                     eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
@@ -922,6 +969,7 @@ pub(crate) fn run_daemon_with(
         window,
         series,
         bytes,
+        scrape_seconds,
         scrapes,
         expected,
         warnings,
@@ -1528,7 +1576,7 @@ fn warnings_md(runs: &[&DaemonRun]) -> String {
     let mut s = String::new();
     for r in runs {
         for w in &r.warnings {
-            s.push_str(&format!("\nWarning ({}): while sampling, {w}.\n", r.label));
+            s.push_str(&format!("\nWarning ({}): {w}.\n", r.label));
         }
     }
     s

@@ -13,14 +13,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::netns_bench::{
-    self as nb, Ctx, DaemonRun, Group, Holders, Role, STUCK_PORT, ehash_for, ms, own_ehash_entries,
-    stuck_queue_length,
+    self as nb, Ctx, DaemonRun, Group, Holders, Role, RunSpec, STUCK_PORT, ehash_for, ms,
+    own_ehash_entries, stuck_queue_length,
 };
 use crate::report::{self, mib};
 
@@ -37,6 +37,10 @@ const CPU_TARGET: f64 = 0.05;
 /// ...with the listener tier at its period (10% slack for tick jitter).
 const PERIOD_SLACK: f64 = 1.1;
 const COLLECTORS: [&str; 2] = ["listeners", "connections"];
+/// Longest wait, from the daemon's start, for a connections sample of every namespace
+/// before the window opens (two periods of the tier), so that the window sees the daemon
+/// past its first pass; past it the window opens anyway, with a note.
+const CONNECTIONS_WAIT: Duration = Duration::from_secs(30);
 
 /// How many namespaces of each kind.
 struct Layout {
@@ -496,16 +500,17 @@ fn half(ctx: &Ctx, layout: &Layout, entries: Option<Entries>, title: &'static st
                 (Build::Baseline, None) => continue,
             };
             let label = format!("{title}, {}, round {}", build.name(), round + 1);
-            let run = nb::run_daemon_with(
-                ctx,
+            let spec = RunSpec {
                 exporter,
-                &label,
-                args.clone(),
-                expected.clone(),
-                &["listeners"],
-                Some(spread_seed(round, build)),
-            )
-            .map_err(|e| format!("{e:#}"));
+                label: &label,
+                args: args.clone(),
+                need: &["listeners"],
+                want: &["connections"],
+                want_within: CONNECTIONS_WAIT,
+                spread: Some(spread_seed(round, build)),
+            };
+            let run =
+                nb::run_daemon_with(ctx, spec, expected.clone()).map_err(|e| format!("{e:#}"));
             if let Err(e) = &run {
                 eprintln!("sockdiag-bench: {label} failed: {e}");
             }
@@ -555,8 +560,10 @@ fn markdown(
          holding only the daemon ({} namespaces collected in all). {} connections in all. \
          Daemon at its default intervals (listeners {} ms, connections {:.0} s): `{args}`; \
          /metrics scraped once a second, at a random point of each 1 s slot (so that ages \
-         are seen at every phase of the daemon's ticks), for {} s once every namespace was up \
-         with a listeners sample. Per-namespace hashes: `net.ipv4.tcp_child_ehash_entries` = {} (big) / {} \
+         are seen at every phase of the daemon's ticks), for {} s, from 2 s after every \
+         namespace was up with a sample of both collectors (or {} s after the daemon's start, \
+         with a warning below, if the connections samples took longer). Scraping once a \
+         second, the daemon's CPU includes rendering 60 pages a minute. Per-namespace hashes: `net.ipv4.tcp_child_ehash_entries` = {} (big) / {} \
          (small) / {} (empty) while they were created. A raw dump of the empty `host` took {} \
          before any setup. {}.\n\n",
         layout.children(),
@@ -575,6 +582,7 @@ fn markdown(
         LISTENERS_PERIOD * 1000.0,
         CONNECTIONS_PERIOD,
         opts.seconds(),
+        CONNECTIONS_WAIT.as_secs(),
         entries.big,
         entries.small,
         entries.empty,
@@ -596,22 +604,24 @@ fn markdown(
     s.push_str(
         "| established hash | daemon | round | CPU (fraction of one core) | peak RSS | \
          listeners pass period | connections pass period | target (< 5% CPU, listeners at \
-         200 ms) |\n|---|---|---:|---:|---:|---:|---:|---|\n",
+         200 ms) | /metrics: series, median scrape |\n|---|---|---:|---:|---:|---:|---:|---|---:|\n",
     );
     for h in halves {
         for m in &h.runs {
             let start = format!("| {} | {} | {}", h.title, m.build.name(), m.round + 1);
             match &m.run {
                 Ok(r) => s.push_str(&format!(
-                    "{start} | {} | {} | {} | {} | {} |\n",
+                    "{start} | {} | {} | {} | {} | {} | {}, {} |\n",
                     cpu_cell(r.window.cpu_fraction()),
                     mib(r.window.vm_hwm_bytes),
                     pass_period(r, "listeners").cell(),
                     pass_period(r, "connections").cell(),
                     verdict(r),
+                    r.series,
+                    ms(crate::measure::median(r.scrape_seconds.clone())),
                 )),
                 Err(e) => s.push_str(&format!(
-                    "{start} | FAILED: {} | | | | |\n",
+                    "{start} | FAILED: {} | | | | | |\n",
                     report::cell(e)
                 )),
             }
@@ -645,8 +655,9 @@ fn markdown(
         "\nAge of each namespace's figures at each scrape (scrape time - \
          `sockdiag_netns_last_sample_timestamp_seconds`), over every (namespace, scrape) pair:\n\n\
          | established hash | daemon | namespaces | listeners: p50 | p90 | p99 | max | \
-         connections: p50 | p90 | p99 | max | pairs (never sampled) |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         connections: p50 | p90 | p99 | max | pairs | never sampled: listeners / \
+         connections |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for h in halves {
         for build in [Build::New, Build::Baseline] {
@@ -666,9 +677,9 @@ fn markdown(
             ] {
                 let l = age_stats(&runs, "listeners", of);
                 let c = age_stats(&runs, "connections", of);
-                let never = l.never + c.never;
                 s.push_str(&format!(
-                    "| {} | {} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} |\n",
+                    "| {} | {} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} \
+                     |\n",
                     h.title,
                     build.name(),
                     secs(l.p50),
@@ -680,11 +691,8 @@ fn markdown(
                     secs(c.p99),
                     secs(c.max),
                     l.pairs,
-                    if never > 0 {
-                        format!(" ({} + {never})", l.pairs - l.never)
-                    } else {
-                        String::new()
-                    },
+                    l.never,
+                    c.never,
                 ));
             }
         }
@@ -733,7 +741,7 @@ fn markdown(
                 )),
             }
             for w in &r.warnings {
-                s.push_str(&format!("\nWarning ({name}): while sampling, {w}.\n"));
+                s.push_str(&format!("\nWarning ({name}): {w}.\n"));
             }
         }
     }
