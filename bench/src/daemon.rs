@@ -298,14 +298,29 @@ impl Running {
         &mut self,
         length: Duration,
         every: Duration,
+        each: impl FnMut(&Scrape, &str),
+    ) -> Result<Window> {
+        self.sample_window_spread(length, every, || 0.0, each)
+    }
+
+    /// [`Running::sample_window`] with one scrape in each slot of `every`, at the fraction
+    /// `offset()` (in [0, 1)) of it: random offsets keep the scrapes from locking in phase
+    /// with the daemon's own ticks. The window still lasts `length`.
+    pub fn sample_window_spread(
+        &mut self,
+        length: Duration,
+        every: Duration,
+        mut offset: impl FnMut() -> f64,
         mut each: impl FnMut(&Scrape, &str),
     ) -> Result<Window> {
         let cpu0 = cpu_seconds(self.pid)?;
         let start = Instant::now();
         let end = start + length;
         let mut scrapes = 0;
-        let mut next = start;
-        while next < end {
+        let mut slot = start;
+        while slot < end {
+            let at = slot + every.mul_f64(offset().clamp(0.0, 1.0));
+            std::thread::sleep(at.min(end).saturating_duration_since(Instant::now()));
             self.check_alive()?;
             let (scrape, body) = fetch_metrics()
                 .map_err(anyhow::Error::msg)
@@ -315,9 +330,9 @@ impl Running {
             }
             each(&scrape, &body);
             scrapes += 1;
-            next += every;
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            slot += every;
         }
+        std::thread::sleep(end.saturating_duration_since(Instant::now()));
         let cpu1 = cpu_seconds(self.pid)?;
         Ok(Window {
             seconds: start.elapsed().as_secs_f64(),

@@ -9,7 +9,8 @@
 //!   connections with help of `internal-worker` processes, measures, and reports;
 //! - `floor` is the minimal inet_diag dump every netlink collector is compared with;
 //! - `namespaces` measures what collecting many network namespaces costs per sample, with
-//!   `internal-netns-holder` processes each holding a child namespace;
+//!   `internal-netns-holder` processes each holding a child namespace; `namespaces --uneven`
+//!   runs the daemon at its default flags on 100 namespaces spread unevenly (issue 12);
 //! - `unix` measures the unix listener pass on S unix sockets held by `internal-unix-worker`
 //!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`;
 //! - `udp` measures the UDP receiver pass on S UDP sockets held by `internal-udp-worker`
@@ -24,6 +25,7 @@ mod helper;
 mod measure;
 mod namespace;
 mod netns_bench;
+mod netns_uneven;
 mod proc_util;
 mod render;
 mod report;

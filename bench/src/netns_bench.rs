@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use crate::daemon::{self, LISTEN};
 use crate::helper::Helper;
 use crate::report::mib;
-use crate::{BenchOpts, diag, measure, namespace, report, setup, worker};
+use crate::{BenchOpts, diag, measure, namespace, proc_util, report, setup, worker};
 
 /// The daemon's connections interval here: several full passes within one window.
 const CONNECTIONS_INTERVAL: &str = "2s";
@@ -56,37 +56,66 @@ const MAX_CHILD_EHASH: u64 = 1 << 24;
 /// Options of `namespaces`.
 #[derive(Args, Debug, Clone)]
 pub struct NamespacesOpts {
-    /// Child network namespaces with a few sockets each [default: 100, or 10 with
-    /// --big-ns-connections].
+    /// Child network namespaces with a few sockets each [default: 100; 10 with
+    /// --big-ns-connections; 49 with --uneven, the troubled one included].
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub namespaces: Option<u32>,
 
-    /// Listeners on 127.0.0.1 in each small namespace.
+    /// Listeners on 127.0.0.1 in each small (and, with --uneven, each empty) namespace.
     #[arg(long, default_value_t = 4, value_name = "L",
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub listeners_per_ns: u16,
 
-    /// Loopback connections in each small namespace (accepted by the same process).
-    #[arg(long, default_value_t = 50, value_name = "C",
-          value_parser = clap::value_parser!(u64).range(0..=8000))]
-    pub connections_per_ns: u64,
+    /// Loopback connections in each small namespace (accepted by the same process)
+    /// [default: 50; 200 with --uneven].
+    #[arg(long, value_name = "C", value_parser = clap::value_parser!(u64).range(0..=8000))]
+    pub connections_per_ns: Option<u64>,
 
     /// Scenario 2: one child namespace holding N loopback connections next to the small
     /// ones, measured with the shared established hash and again with per-namespace hashes.
-    /// Accepts a k / M suffix.
+    /// With --uneven, the big namespace's connections [default there: 90k]. Accepts a k / M
+    /// suffix.
     #[arg(long, value_name = "N", value_parser = crate::parse_count)]
     pub big_ns_connections: Option<u64>,
 
     /// Buckets of every child's own established hash in the second half of scenario 2
-    /// [default: one per socket the namespace holds, rounded up to a power of two].
+    /// (and of --uneven) [default: one per socket the namespace holds, rounded up to a
+    /// power of two].
     #[arg(long, value_name = "ENTRIES",
           value_parser = clap::value_parser!(u64).range(1..=MAX_CHILD_EHASH))]
     pub child_ehash_entries: Option<u64>,
 
-    /// Seconds of sampling /metrics per daemon run.
-    #[arg(long, default_value_t = 20, value_name = "S",
-          value_parser = clap::value_parser!(u64).range(4..=600))]
-    pub seconds: u64,
+    /// Seconds of sampling /metrics per daemon run [default: 20; 120 with --uneven].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(4..=600))]
+    pub seconds: Option<u64>,
+
+    /// The uneven layout at the daemon's default flags (issue 12): one big namespace
+    /// (--big-ns-connections), --namespaces small ones with --connections-per-ns each (one
+    /// of them in trouble: a listener nobody accepts from, its queue full), and
+    /// --empty-namespaces with listeners only; the daemon's CPU, the listener pass period
+    /// and the age of every namespace's figures, with the shared established hash and with
+    /// per-namespace ones.
+    #[arg(long)]
+    pub uneven: bool,
+
+    /// With --uneven: namespaces holding --listeners-per-ns listeners and no connection
+    /// [default: 50].
+    #[arg(long, value_name = "E", requires = "uneven",
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub empty_namespaces: Option<u32>,
+
+    /// With --uneven: daemon runs of each build per established-hash setting, on the same
+    /// namespaces; with --baseline-exporter the baseline runs second in odd rounds and
+    /// first in even ones.
+    #[arg(long, default_value_t = 1, value_name = "R", requires = "uneven",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+
+    /// With --uneven: a second exporter binary (the build before a change) run in every
+    /// round on the same namespaces, back to back with the one under test; the table adds
+    /// the ratios new / baseline.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_exporter: Option<PathBuf>,
 
     /// Keep the daemon's processes collector on. It is off by default: it reads every
     /// process's descriptors, a cost that is not the one measured here.
@@ -103,14 +132,51 @@ pub struct NamespacesOpts {
     pub run_netns_dir: Option<PathBuf>,
 }
 
+/// The big namespace of `--uneven` unless `--big-ns-connections` says otherwise.
+const UNEVEN_BIG: u64 = 90_000;
+/// `--uneven`'s small namespaces, the troubled one included.
+const UNEVEN_SMALL: u32 = 49;
+/// `--uneven`'s empty namespaces.
+const UNEVEN_EMPTY: u32 = 50;
+/// Connections of each small namespace of `--uneven`.
+const UNEVEN_CONNECTIONS_PER_NS: u64 = 200;
+/// `--uneven` samples for two minutes: eight periods of the default 15 s connection tier.
+const UNEVEN_SECONDS: u64 = 120;
+
 impl NamespacesOpts {
-    fn small_namespaces(&self) -> u32 {
-        self.namespaces
-            .unwrap_or(if self.big_ns_connections.is_some() {
-                10
-            } else {
-                100
-            })
+    pub(crate) fn small_namespaces(&self) -> u32 {
+        self.namespaces.unwrap_or(if self.uneven {
+            UNEVEN_SMALL
+        } else if self.big_ns_connections.is_some() {
+            10
+        } else {
+            100
+        })
+    }
+
+    pub(crate) fn connections_per_ns(&self) -> u64 {
+        self.connections_per_ns.unwrap_or(if self.uneven {
+            UNEVEN_CONNECTIONS_PER_NS
+        } else {
+            50
+        })
+    }
+
+    pub(crate) fn seconds(&self) -> u64 {
+        self.seconds
+            .unwrap_or(if self.uneven { UNEVEN_SECONDS } else { 20 })
+    }
+
+    /// The big namespace's connections: `--big-ns-connections`, or `--uneven`'s default.
+    pub(crate) fn big_connections(&self) -> Option<u64> {
+        match self.big_ns_connections {
+            None if self.uneven => Some(UNEVEN_BIG),
+            n => n,
+        }
+    }
+
+    pub(crate) fn empty_namespaces(&self) -> u32 {
+        self.empty_namespaces.unwrap_or(UNEVEN_EMPTY)
     }
 
     /// The same options as arguments, for the coordinator inside the namespace.
@@ -121,9 +187,9 @@ impl NamespacesOpts {
             "--listeners-per-ns".into(),
             self.listeners_per_ns.to_string().into(),
             "--connections-per-ns".into(),
-            self.connections_per_ns.to_string().into(),
+            self.connections_per_ns().to_string().into(),
             "--seconds".into(),
-            self.seconds.to_string().into(),
+            self.seconds().to_string().into(),
         ];
         if let Some(n) = self.big_ns_connections {
             a.extend(["--big-ns-connections".into(), n.to_string().into()]);
@@ -131,10 +197,24 @@ impl NamespacesOpts {
         if let Some(e) = self.child_ehash_entries {
             a.extend(["--child-ehash-entries".into(), e.to_string().into()]);
         }
+        if self.uneven {
+            a.extend([
+                "--uneven".into(),
+                "--empty-namespaces".into(),
+                self.empty_namespaces().to_string().into(),
+                "--rounds".into(),
+                self.rounds.to_string().into(),
+            ]);
+        }
         if self.processes {
             a.push("--processes".into());
         }
         crate::push_flag(&mut a, "--json", self.json.as_deref());
+        crate::push_flag(
+            &mut a,
+            "--baseline-exporter",
+            self.baseline_exporter.as_deref(),
+        );
         crate::push_flag(&mut a, "--run-netns-dir", self.run_netns_dir.as_deref());
         a
     }
@@ -154,13 +234,25 @@ pub struct HolderArgs {
     /// listeners are the fleet's usual 16).
     #[arg(long)]
     big: Option<u64>,
+    /// Also open a listener on 127.0.0.1:[`STUCK_PORT`] with this backlog that is never
+    /// accepted from, and make --stuck-clients connections to it: a namespace in trouble.
+    #[arg(long, requires = "stuck_clients")]
+    stuck_backlog: Option<i32>,
+    /// Connections made to the stuck listener (non-blocking; those beyond its queue's room
+    /// stay in SYN-SENT, their SYNs dropped).
+    #[arg(long)]
+    stuck_clients: Option<u64>,
 }
+
+/// Port of the listener nobody accepts from in a troubled namespace: above every port
+/// `--listeners-per-ns` can take.
+pub const STUCK_PORT: u16 = setup::FIRST_PORT + 1000;
 
 // ---------------------------------------------------------------------------------------
 // The holder, inside its own network namespace.
 
 /// This namespace's `tcp_ehash_entries`: negative when it shares the host-wide table.
-fn own_ehash_entries() -> Option<i64> {
+pub(crate) fn own_ehash_entries() -> Option<i64> {
     std::fs::read_to_string(EHASH_SYSCTL)
         .ok()?
         .trim()
@@ -199,6 +291,66 @@ fn connect_and_accept(listeners: &[OwnedFd], count: u64) -> Result<Vec<OwnedFd>>
     Ok(held)
 }
 
+/// Connections a TCP accept queue holds: one more than its backlog (the kernel's queue is
+/// full only when its length exceeds the limit).
+pub fn stuck_queue_length(backlog: i32, clients: u64) -> u64 {
+    clients.min(u64::try_from(backlog).unwrap_or(0) + 1)
+}
+
+/// Opens the stuck listener and `clients` non-blocking connections to it, which nobody
+/// accepts; returns them all, listener first.
+fn stuck_listener(backlog: i32, clients: u64) -> Result<Vec<OwnedFd>> {
+    let mut held = vec![
+        proc_util::loopback_listener(STUCK_PORT, backlog, true)
+            .with_context(|| format!("listening on 127.0.0.1:{STUCK_PORT}"))?,
+    ];
+    let len = proc_util::len_of::<libc::sockaddr_in>();
+    for i in 0..clients {
+        let fd = proc_util::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
+            .with_context(|| format!("stuck client {i}: socket()"))?;
+        match proc_util::connect(&fd, &proc_util::sockaddr_v4(0x7f00_0001, STUCK_PORT), len) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("stuck client {i}: connect()"));
+            }
+        }
+        held.push(fd);
+    }
+    Ok(held)
+}
+
+/// Checks a small namespace's census: `listeners` listeners, `connections` accepted
+/// connections, and with a stuck listener its queue full and the rest of its clients
+/// waiting in SYN-SENT. Loopback handshakes complete in softirq, so the census is retried
+/// for up to 5 s.
+fn verify_small(listeners: u16, connections: u64, stuck: Option<(i32, u64)>) -> Result<()> {
+    let (queued, syn_sent) = stuck.map_or((0, 0), |(backlog, clients)| {
+        let q = stuck_queue_length(backlog, clients);
+        (q, clients - q)
+    });
+    let want_listeners = u64::from(listeners) + u64::from(stuck.is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = diag::census().context("counting the namespace's sockets")?;
+        let ok = c.listeners == want_listeners
+            && c.established == 2 * (connections + queued)
+            && c.accept_queued == queued
+            && c.other_states == syn_sent;
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "expected {want_listeners} listeners, {} established sockets, {queued} queued \
+                 connections and {syn_sent} in other states; the dump shows {c:?}",
+                2 * (connections + queued)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `internal-netns-holder`: sets up its namespace, says `ready <tcp_ehash_entries>`, and
 /// holds everything until its stdin closes (or the coordinator dies: PDEATHSIG).
 pub fn holder_main(args: &HolderArgs) -> Result<ExitCode> {
@@ -218,15 +370,12 @@ pub fn holder_main(args: &HolderArgs) -> Result<ExitCode> {
         None => {
             let listeners = setup::create_listeners(args.listeners)?;
             let mut held = connect_and_accept(&listeners, args.connections)?;
-            let c = diag::census().context("counting the namespace's sockets")?;
-            if c.listeners != u64::from(args.listeners) || c.established != 2 * args.connections {
-                bail!(
-                    "expected {} listeners and {} established sockets; the dump shows {c:?}",
-                    args.listeners,
-                    2 * args.connections
-                );
-            }
             held.extend(listeners);
+            let stuck = args.stuck_backlog.zip(args.stuck_clients);
+            if let Some((backlog, clients)) = stuck {
+                held.extend(stuck_listener(backlog, clients)?);
+            }
+            verify_small(args.listeners, args.connections, stuck)?;
             held
         }
     };
@@ -245,26 +394,42 @@ pub fn holder_main(args: &HolderArgs) -> Result<ExitCode> {
 
 /// Which part a namespace plays in a run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Role {
+pub(crate) enum Role {
     Host,
     Small,
     Big,
+    /// Listeners only, no connection (`--uneven`).
+    Empty,
+    /// A small namespace with a stuck listener too (`--uneven`).
+    Troubled,
 }
 
-struct Holder {
+impl Role {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Small => "small",
+            Role::Big => "big",
+            Role::Empty => "empty",
+            Role::Troubled => "troubled",
+        }
+    }
+}
+
+pub(crate) struct Holder {
     helper: Helper,
-    role: Role,
+    pub(crate) role: Role,
     /// The inode of its network namespace, as `sockdiag_netns_info{inode}` shows it.
-    inode: u64,
+    pub(crate) inode: u64,
     /// Its `tcp_ehash_entries` (negative: the host-wide table); `None` if unknown.
-    ehash: Option<i64>,
+    pub(crate) ehash: Option<i64>,
 }
 
 /// Every holder started so far. Dropping it ends them all, by pid: on success and on
 /// every error path alike.
 #[derive(Default)]
-struct Holders {
-    list: Vec<Holder>,
+pub(crate) struct Holders {
+    pub(crate) list: Vec<Holder>,
 }
 
 impl Drop for Holders {
@@ -311,7 +476,7 @@ impl Holders {
 
     /// Closes every holder's stdin, gives them [`SHUTDOWN_TIMEOUT`] to exit (the big one
     /// ends its workers first), then kills and reaps the rest, each by its pid.
-    fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         for h in &mut self.list {
             h.helper.close_stdin();
         }
@@ -327,7 +492,7 @@ impl Holders {
         }
     }
 
-    fn of(&self, role: Role) -> impl Iterator<Item = &Holder> {
+    pub(crate) fn of(&self, role: Role) -> impl Iterator<Item = &Holder> {
         self.list.iter().filter(move |h| h.role == role)
     }
 }
@@ -390,21 +555,29 @@ pub fn label<'a>(labels: &'a [(&str, String)], key: &str) -> Option<&'a str> {
 
 /// The figures one scrape gives.
 #[derive(Default, Debug)]
-struct Figures {
+pub(crate) struct Figures {
+    /// Unix time at which the scrape was sent (set by the caller; 0 if not).
+    pub(crate) at: f64,
     /// sockdiag_collector_duration_seconds by collector.
     pass: HashMap<String, f64>,
+    /// sockdiag_collector_passes_total by collector (builds that count passes).
+    pub(crate) passes: HashMap<String, f64>,
     /// netns label -> inode, from sockdiag_netns_info.
-    inode_of: HashMap<String, u64>,
+    pub(crate) inode_of: HashMap<String, u64>,
     /// netns label -> its lowest pid, from sockdiag_netns_info.
     pid_of: HashMap<String, String>,
     /// sockdiag_netns_up by netns label.
     up: HashMap<String, f64>,
     /// sockdiag_netns_sample_duration_seconds by (netns, collector).
     sample: HashMap<(String, String), f64>,
+    /// sockdiag_netns_last_sample_timestamp_seconds by (netns, collector).
+    pub(crate) last_sample: HashMap<(String, String), f64>,
+    /// sockdiag_accept_queue_length of the stuck listener (port [`STUCK_PORT`]) by netns.
+    pub(crate) stuck_queue: HashMap<String, f64>,
 }
 
 impl Figures {
-    fn parse(body: &str) -> Figures {
+    pub(crate) fn parse(body: &str) -> Figures {
         let mut f = Figures::default();
         for (name, labels, value) in body.lines().filter_map(parse_sample) {
             let l = |k| label(&labels, k).map(str::to_string);
@@ -431,14 +604,32 @@ impl Figures {
                         f.sample.insert((n, c), value);
                     }
                 }
+                "sockdiag_netns_last_sample_timestamp_seconds" => {
+                    if let (Some(n), Some(c)) = (l("netns"), l("collector")) {
+                        f.last_sample.insert((n, c), value);
+                    }
+                }
+                "sockdiag_collector_passes_total" => {
+                    if let Some(c) = l("collector") {
+                        f.passes.insert(c, value);
+                    }
+                }
+                "sockdiag_accept_queue_length"
+                    if l("port").as_deref() == Some(STUCK_PORT.to_string().as_str()) =>
+                {
+                    if let Some(n) = l("netns") {
+                        f.stuck_queue.insert(n, value);
+                    }
+                }
                 _ => {}
             }
         }
         f
     }
 
-    /// Why this scrape does not yet show every expected namespace collected, if it does not.
-    fn not_ready(&self, expected: &HashMap<u64, Role>) -> Option<String> {
+    /// Why this scrape does not yet show every expected namespace collected (up, with a
+    /// sample of each of `need`), if it does not.
+    fn not_ready(&self, expected: &HashMap<u64, Role>, need: &[&str]) -> Option<String> {
         let seen: Vec<u64> = self.inode_of.values().copied().collect();
         let missing = expected.keys().filter(|i| !seen.contains(i)).count();
         let extra: Vec<String> = self
@@ -470,7 +661,7 @@ impl Figures {
                 down[0]
             ));
         }
-        for c in ["listeners", "connections"] {
+        for &c in need {
             if !self.pass.contains_key(c) {
                 return Some(format!(
                     "no sockdiag_collector_duration_seconds{{collector={c:?}}}"
@@ -505,21 +696,52 @@ impl Figures {
 // One daemon run.
 
 /// What one daemon run measured, over its sampling window.
-struct DaemonRun {
+pub(crate) struct DaemonRun {
     label: String,
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
     namespaces: usize,
-    ready_seconds: f64,
-    window: daemon::Window,
-    series: usize,
+    pub(crate) ready_seconds: f64,
+    /// Unix time at which the daemon was started.
+    pub(crate) started_unix: f64,
+    pub(crate) window: daemon::Window,
+    /// Sample lines and bytes of the last page.
+    pub(crate) series: usize,
     bytes: usize,
-    scrapes: Vec<Figures>,
-    expected: HashMap<u64, Role>,
-    /// What went unexpected while sampling, each once.
-    warnings: Vec<String>,
+    /// Wall time of every scrape in the window, connect to last byte.
+    pub(crate) scrape_seconds: Vec<f64>,
+    pub(crate) scrapes: Vec<Figures>,
+    pub(crate) expected: HashMap<u64, Role>,
+    /// What went unexpected, each once.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl DaemonRun {
+    /// A run with no scrapes yet, for tests of what reads them.
+    #[cfg(test)]
+    pub(crate) fn for_tests(expected: HashMap<u64, Role>) -> DaemonRun {
+        DaemonRun {
+            label: "test".to_string(),
+            args: Vec::new(),
+            namespaces: expected.len(),
+            ready_seconds: 0.0,
+            started_unix: 0.0,
+            window: daemon::Window::default(),
+            series: 0,
+            bytes: 0,
+            scrape_seconds: Vec::new(),
+            scrapes: Vec::new(),
+            expected,
+            warnings: Vec::new(),
+        }
+    }
+
     fn cpu_percent(&self) -> f64 {
         100.0 * self.window.cpu_fraction()
     }
@@ -544,7 +766,7 @@ impl DaemonRun {
         )
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let per_ns = |role| {
             json!({
                 "listeners_seconds": self.per_ns(role, "listeners"),
@@ -569,6 +791,7 @@ impl DaemonRun {
             "metrics_series": self.series,
             "metrics_bytes": self.bytes,
             "scrapes": self.scrapes.len(),
+            "median_scrape_seconds": measure::median(self.scrape_seconds.clone()),
             "median_listeners_pass_seconds": self.pass("listeners"),
             "median_connections_pass_seconds": self.pass("connections"),
             "per_namespace_median": {
@@ -583,15 +806,26 @@ impl DaemonRun {
     }
 }
 
-fn daemon_args(ctx: &Ctx, all_namespaces: bool) -> Vec<String> {
-    let mut args = vec![
-        "--collector.connections.interval".to_string(),
-        CONNECTIONS_INTERVAL.to_string(),
+/// The daemon's arguments: `connections_interval` overrides the default (15 s), `None`
+/// keeps it; every other interval is the default.
+pub(crate) fn daemon_args(
+    ctx: &Ctx,
+    all_namespaces: bool,
+    connections_interval: Option<&str>,
+) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(i) = connections_interval {
+        args.extend([
+            "--collector.connections.interval".to_string(),
+            i.to_string(),
+        ]);
+    }
+    args.extend([
         "--path.run-netns".to_string(),
         ctx.run_netns.display().to_string(),
         "--log.level".to_string(),
         "warn".to_string(),
-    ];
+    ]);
     if !ctx.opts.processes {
         args.push("--no-collector.processes".to_string());
     }
@@ -601,48 +835,123 @@ fn daemon_args(ctx: &Ctx, all_namespaces: bool) -> Vec<String> {
     args
 }
 
-/// Starts the daemon, waits (bounded) until it reports exactly the `expected` namespaces
-/// up with a sample of each, lets one more connections pass run, then scrapes it every
-/// [`SCRAPE_EVERY`] for `opts.seconds` and reads its CPU time over that window and its peak
-/// RSS.
+/// [`run_daemon_with`] with the `namespaces` scenarios' arguments (connections every
+/// [`CONNECTIONS_INTERVAL`]), ready once every namespace has a sample of both tiers.
 fn run_daemon(
     ctx: &Ctx,
     label: &str,
     all_namespaces: bool,
     expected: HashMap<u64, Role>,
 ) -> Result<DaemonRun> {
-    let opts = ctx.opts;
-    let args = daemon_args(ctx, all_namespaces);
+    let spec = RunSpec {
+        exporter: ctx.exporter,
+        label,
+        args: daemon_args(ctx, all_namespaces, Some(CONNECTIONS_INTERVAL)),
+        need: &["listeners", "connections"],
+        want: &[],
+        want_within: Duration::ZERO,
+        spread: None,
+    };
+    run_daemon_with(ctx, spec, expected)
+}
+
+/// How one daemon run is started, and when its sampling starts.
+pub(crate) struct RunSpec<'a> {
+    pub(crate) exporter: &'a Path,
+    pub(crate) label: &'a str,
+    pub(crate) args: Vec<String>,
+    /// Collectors every namespace must have a sample of before sampling starts, within
+    /// [`READY_TIMEOUT`] of the daemon's start (else the run fails).
+    pub(crate) need: &'a [&'a str],
+    /// Collectors every namespace should have a sample of too: waited for until
+    /// `want_within` after the daemon's start, and noted if still missing then.
+    pub(crate) want: &'a [&'a str],
+    pub(crate) want_within: Duration,
+    /// A seed: each scrape falls at a random point of its [`SCRAPE_EVERY`] slot instead of
+    /// at its start, so that the ages of figures the daemon refreshes on a fixed tick are
+    /// seen at every phase of that tick.
+    pub(crate) spread: Option<u64>,
+}
+
+/// Starts the daemon of `spec`, waits (bounded) until it reports exactly the `expected`
+/// namespaces up with a sample of each collector `spec` needs (and, within bounds, wants),
+/// waits 2 s more (at a 2 s connection interval, one more pass, so that no figure is the
+/// first, cold one), then scrapes it every [`SCRAPE_EVERY`] for `--seconds` and reads its
+/// CPU time over that window and its peak RSS.
+pub(crate) fn run_daemon_with(
+    ctx: &Ctx,
+    spec: RunSpec,
+    expected: HashMap<u64, Role>,
+) -> Result<DaemonRun> {
+    let RunSpec {
+        exporter,
+        label,
+        args,
+        need,
+        want,
+        want_within,
+        spread,
+    } = spec;
+    let seconds = ctx.opts.seconds();
     eprintln!(
-        "sockdiag-bench: daemon ({label}): waiting for {} namespaces, then sampling for {} s",
+        "sockdiag-bench: daemon ({label}): waiting for {} namespaces, then sampling for \
+         {seconds} s",
         expected.len(),
-        opts.seconds
     );
-    let mut d = daemon::Running::start(ctx.exporter, &args)?;
+    let mut d = daemon::Running::start(exporter, &args)?;
+    let started_unix = unix_now();
     d.ready_or_fail(
         Duration::from_millis(250),
         READY_TIMEOUT,
         |page| match page {
-            Ok((_, body)) => Figures::parse(&body).not_ready(&expected),
+            Ok((_, body)) => Figures::parse(&body).not_ready(&expected, need),
             Err(e) => Some(e),
         },
     )
     .with_context(|| format!("the daemon ({label}) reporting every namespace"))?;
-    let ready_seconds = d.started.elapsed().as_secs_f64();
-    // One more connections pass, so that no figure is the first, cold one.
+    let mut ready_seconds = d.started.elapsed().as_secs_f64();
+    let mut not_wanted = None;
+    if !want.is_empty() {
+        let all: Vec<&str> = need.iter().chain(want).copied().collect();
+        not_wanted = d
+            .wait_ready(Duration::from_millis(250), want_within, |page| match page {
+                Ok((_, body)) => Figures::parse(&body).not_ready(&expected, &all),
+                Err(e) => Some(e),
+            })?
+            .map(|why| {
+                let why = format!(
+                    "{:.0} s after its start the daemon still showed {why}; sampling started \
+                     anyway",
+                    want_within.as_secs_f64()
+                );
+                eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
+                why
+            });
+        ready_seconds = d.started.elapsed().as_secs_f64();
+    }
     std::thread::sleep(Duration::from_secs(2));
 
     let mut scrapes = Vec::new();
-    let mut warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = not_wanted.into_iter().collect();
+    let mut scrape_seconds = Vec::new();
     let (mut series, mut bytes) = (0, 0);
+    let mut rng = crate::unix_bench::Rng(spread.unwrap_or(0));
     let window = d
-        .sample_window(
-            Duration::from_secs(opts.seconds),
+        .sample_window_spread(
+            Duration::from_secs(seconds),
             SCRAPE_EVERY,
+            || if spread.is_some() { rng.unit() } else { 0.0 },
             |scrape, body| {
+                let at = unix_now() - scrape.seconds;
+                scrape_seconds.push(scrape.seconds);
                 (series, bytes) = (scrape.series, scrape.bytes);
-                let f = Figures::parse(body);
-                if let Some(why) = f.not_ready(&expected).filter(|w| !warnings.contains(w)) {
+                let mut f = Figures::parse(body);
+                f.at = at;
+                if let Some(why) = f
+                    .not_ready(&expected, need)
+                    .map(|w| format!("while sampling, {w}"))
+                    .filter(|w| !warnings.contains(w))
+                {
                     eprintln!("sockdiag-bench: warning: daemon ({label}): {why}");
                     warnings.push(why);
                 }
@@ -656,9 +965,11 @@ fn run_daemon(
         args,
         namespaces: expected.len(),
         ready_seconds,
+        started_unix,
         window,
         series,
         bytes,
+        scrape_seconds,
         scrapes,
         expected,
         warnings,
@@ -669,9 +980,9 @@ fn run_daemon(
 // The coordinator.
 
 /// What every part of the coordinator needs.
-struct Ctx<'a> {
-    opts: &'a NamespacesOpts,
-    exporter: &'a Path,
+pub(crate) struct Ctx<'a> {
+    pub(crate) opts: &'a NamespacesOpts,
+    pub(crate) exporter: &'a Path,
     /// This executable, run again as holders.
     exe: PathBuf,
     /// An empty directory, the daemon's `--path.run-netns`: it then finds only the
@@ -694,7 +1005,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn own_netns_inode() -> Result<u64> {
+pub(crate) fn own_netns_inode() -> Result<u64> {
     Ok(std::fs::metadata("/proc/self/ns/net")
         .context("stat of /proc/self/ns/net")?
         .ino())
@@ -702,7 +1013,7 @@ fn own_netns_inode() -> Result<u64> {
 
 /// Median wall time of a few raw dumps of every TCP socket in the bench's own namespace,
 /// which holds none: what the kernel's walk of the host-wide table costs by itself.
-fn raw_host_walk() -> Result<f64> {
+pub(crate) fn raw_host_walk() -> Result<f64> {
     let mut times = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
@@ -713,43 +1024,117 @@ fn raw_host_walk() -> Result<f64> {
 }
 
 /// Namespaces the daemon must report: `host` and every holder, by inode.
-fn expected_namespaces(holders: &Holders) -> Result<HashMap<u64, Role>> {
+pub(crate) fn expected_namespaces(holders: &Holders) -> Result<HashMap<u64, Role>> {
     let mut m: HashMap<u64, Role> = holders.list.iter().map(|h| (h.inode, h.role)).collect();
     m.insert(own_netns_inode()?, Role::Host);
     Ok(m)
 }
 
-fn small_holder_args(opts: &NamespacesOpts) -> Vec<String> {
-    vec![
-        "--listeners".to_string(),
-        opts.listeners_per_ns.to_string(),
-        "--connections".to_string(),
-        opts.connections_per_ns.to_string(),
-    ]
+/// Holders started alike, in one go.
+pub(crate) struct Group {
+    pub(crate) role: Role,
+    pub(crate) count: u32,
+    args: Vec<String>,
+    /// `tcp_child_ehash_entries` while they are created, when namespaces get hashes of
+    /// their own.
+    ehash_entries: u64,
+    /// Longest wait for all of them to be ready.
+    timeout: Duration,
+}
+
+impl Group {
+    /// `count` namespaces of `--listeners-per-ns` listeners and `connections` connections,
+    /// `extra` added to their holder's arguments.
+    pub(crate) fn small(
+        opts: &NamespacesOpts,
+        role: Role,
+        count: u32,
+        connections: u64,
+        extra: &[String],
+        ehash_entries: u64,
+    ) -> Group {
+        let mut args = vec![
+            "--listeners".to_string(),
+            opts.listeners_per_ns.to_string(),
+            "--connections".to_string(),
+            connections.to_string(),
+        ];
+        args.extend_from_slice(extra);
+        Group {
+            role,
+            count,
+            args,
+            ehash_entries,
+            timeout: Duration::from_secs(60) + Duration::from_millis(200) * count,
+        }
+    }
+
+    /// The one namespace of `n` connections, held by the worker fleet.
+    pub(crate) fn big(n: u64, ehash_entries: u64) -> Group {
+        Group {
+            role: Role::Big,
+            count: 1,
+            args: [
+                "--listeners",
+                "16",
+                "--connections",
+                "0",
+                "--big",
+                &n.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            ehash_entries,
+            timeout: Duration::from_secs(120 + n / 1000),
+        }
+    }
+}
+
+/// Starts the groups in turn, each once the one before is ready. With `per_ns_hash` each
+/// is created under its own `tcp_child_ehash_entries`, set back to 0 (the shared table)
+/// after every group, whatever happened.
+pub(crate) fn start_groups(
+    holders: &mut Holders,
+    ctx: &Ctx,
+    groups: &[Group],
+    per_ns_hash: bool,
+) -> Result<()> {
+    for g in groups {
+        let from = holders.list.len();
+        let spawned = (|| -> Result<()> {
+            if per_ns_hash {
+                set_child_ehash(g.ehash_entries)?;
+            }
+            for _ in 0..g.count {
+                holders.spawn(&ctx.exe, g.role, &g.args)?;
+            }
+            Ok(())
+        })();
+        if per_ns_hash {
+            set_child_ehash(0)?;
+        }
+        spawned?;
+        holders.wait_ready(from, g.timeout)?;
+    }
+    Ok(())
 }
 
 /// Starts `count` small holders and waits until all are ready.
 fn start_small(holders: &mut Holders, ctx: &Ctx, count: u32) -> Result<()> {
-    let from = holders.list.len();
-    let args = small_holder_args(ctx.opts);
-    for _ in 0..count {
-        holders.spawn(&ctx.exe, Role::Small, &args)?;
-    }
-    holders.wait_ready(
-        from,
-        Duration::from_secs(60) + Duration::from_millis(200) * count,
-    )
+    let opts = ctx.opts;
+    let small = Group::small(opts, Role::Small, count, opts.connections_per_ns(), &[], 0);
+    start_groups(holders, ctx, &[small], false)
 }
 
 /// Writes `net.ipv4.tcp_child_ehash_entries` of the bench's namespace: namespaces created
 /// from it afterwards get an established hash of their own of that size (0: the shared one).
-fn set_child_ehash(entries: u64) -> Result<()> {
+pub(crate) fn set_child_ehash(entries: u64) -> Result<()> {
     std::fs::write(CHILD_EHASH_SYSCTL, entries.to_string())
         .with_context(|| format!("writing {entries} to {CHILD_EHASH_SYSCTL}"))
 }
 
 /// One bucket per socket, rounded up to a power of two, within what the kernel accepts.
-fn ehash_for(sockets: u64) -> u64 {
+pub(crate) fn ehash_for(sockets: u64) -> u64 {
     sockets.next_power_of_two().clamp(128, MAX_CHILD_EHASH)
 }
 
@@ -758,16 +1143,22 @@ pub fn internal_main(opts: &NamespacesOpts, exporter: &Path) -> Result<ExitCode>
     namespace::tune_sysctls();
     namespace::raise_nofile_limit()?;
     let ctx = Ctx::new(opts, exporter)?;
-    let (markdown, doc) = match opts.big_ns_connections {
-        None => many_small(&ctx)?,
-        Some(n) => one_big(&ctx, n)?,
+    let (markdown, doc, failed) = match opts.big_connections() {
+        Some(n) if opts.uneven => crate::netns_uneven::uneven(&ctx, n)?,
+        None => with_success(many_small(&ctx)?),
+        Some(n) => with_success(one_big(&ctx, n)?),
     };
     print!("{markdown}");
     report::write_json(opts.json.as_deref(), || report::json_text(&doc))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(report::exit_code(failed))
 }
 
-fn environment() -> Value {
+/// A scenario's report, no run of which can fail without failing it all.
+fn with_success((markdown, doc): (String, Value)) -> (String, Value, bool) {
+    (markdown, doc, false)
+}
+
+pub(crate) fn environment() -> Value {
     json!({
         "kernel": report::kernel(),
         "cpus": report::cpus(),
@@ -782,7 +1173,7 @@ fn environment() -> Value {
 fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
     let opts = ctx.opts;
     let k = opts.small_namespaces();
-    let (l, c) = (opts.listeners_per_ns, opts.connections_per_ns);
+    let (l, c) = (opts.listeners_per_ns, opts.connections_per_ns());
     eprintln!(
         "sockdiag-bench: starting {k} network namespaces with {l} listeners and {c} \
          connections each"
@@ -811,9 +1202,9 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
          every {} s for {} s once every namespace was up, medians over scrapes. A raw dump of \
          the empty `host` walks the shared table in {}. {}.\n\n",
         u64::from(k) * (u64::from(l) + 2 * c),
-        daemon_args(ctx, true).join(" "),
+        daemon_args(ctx, true, Some(CONNECTIONS_INTERVAL)).join(" "),
         SCRAPE_EVERY.as_secs(),
-        opts.seconds,
+        opts.seconds(),
         ms(Some(host_walk)),
         report::kernel_and_cpus(),
     );
@@ -895,43 +1286,17 @@ struct Half {
 /// down. `ehash` is `(big, small)` entries for per-namespace hashes, `None` for the
 /// shared one.
 fn big_half(ctx: &Ctx, n: u64, ehash: Option<(u64, u64)>, title: &'static str) -> Result<Half> {
-    let k = ctx.opts.small_namespaces();
+    let opts = ctx.opts;
+    let k = opts.small_namespaces();
     let mut holders = Holders::default();
     let start = Instant::now();
-    if let Some((big, _)) = ehash {
-        set_child_ehash(big)?;
-    }
+    let (big, small) = ehash.unwrap_or((0, 0));
     eprintln!("sockdiag-bench: {title}: setting up a namespace with {n} connections");
-    holders.spawn(
-        &ctx.exe,
-        Role::Big,
-        &[
-            "--listeners",
-            "16",
-            "--connections",
-            "0",
-            "--big",
-            &n.to_string(),
-        ]
-        .map(String::from),
-    )?;
-    if let Some((_, small)) = ehash {
-        set_child_ehash(small)?;
-    }
-    let started = holders.wait_ready(0, Duration::from_secs(120 + n / 1000));
-    // Whatever happened, later namespaces (and other runs) start from the shared table.
-    if ehash.is_some() {
-        set_child_ehash(0)?;
-    }
-    started?;
-    if let Some((_, small)) = ehash {
-        set_child_ehash(small)?;
-    }
-    let started = start_small(&mut holders, ctx, k);
-    if ehash.is_some() {
-        set_child_ehash(0)?;
-    }
-    started?;
+    let groups = [
+        Group::big(n, big),
+        Group::small(opts, Role::Small, k, opts.connections_per_ns(), &[], small),
+    ];
+    start_groups(&mut holders, ctx, &groups, ehash.is_some())?;
     let setup_seconds = start.elapsed().as_secs_f64();
     let host_walk = raw_host_walk()?;
     let expected = expected_namespaces(&holders)?;
@@ -953,7 +1318,7 @@ fn big_half(ctx: &Ctx, n: u64, ehash: Option<(u64, u64)>, title: &'static str) -
 /// Waits (bounded) until a raw dump of `host` is back near `empty`: a torn-down
 /// namespace's sockets leave the shared table only once the kernel has cleaned the
 /// namespace up.
-fn settle(empty: f64) -> Result<()> {
+pub(crate) fn settle(empty: f64) -> Result<()> {
     let start = Instant::now();
     loop {
         let now = raw_host_walk()?;
@@ -975,50 +1340,65 @@ fn settle(empty: f64) -> Result<()> {
     }
 }
 
+/// Makes the namespaces created from the bench's from now on share the host-wide table;
+/// fails when `tcp_child_ehash_entries` cannot be read or written (before Linux 6.1), and
+/// then the per-namespace halves are skipped.
+pub(crate) fn child_ehash_to_shared() -> Result<()> {
+    match std::fs::read_to_string(CHILD_EHASH_SYSCTL) {
+        Ok(v) if v.trim() == "0" => Ok(()),
+        Ok(_) => set_child_ehash(0),
+        Err(e) => Err(e).with_context(|| format!("reading {CHILD_EHASH_SYSCTL}")),
+    }
+}
+
+/// Before a per-namespace half: `shared_ok` from [`child_ehash_to_shared`]; waits (bounded)
+/// until the shared half's sockets have left the host-wide table, and checks that the
+/// sysctl takes `entries`. An error means the half is skipped, and is printed.
+pub(crate) fn ready_for_per_ns_hash(
+    shared_ok: Result<()>,
+    empty_walk: f64,
+    entries: u64,
+) -> Result<()> {
+    let ready = shared_ok.and_then(|()| {
+        settle(empty_walk)?;
+        set_child_ehash(entries)?;
+        set_child_ehash(0)?;
+        Ok(())
+    });
+    if let Err(e) = &ready {
+        eprintln!("sockdiag-bench: per-namespace hashes unavailable, second half skipped: {e:#}");
+    }
+    ready
+}
+
+/// Why a per-namespace half is missing from a report.
+pub(crate) fn per_ns_hash_skipped_why() -> String {
+    format!("{CHILD_EHASH_SYSCTL} cannot be written here (it exists since Linux 6.1)")
+}
+
 /// Scenario 2: one big namespace next to K small ones, with the shared established hash
 /// and with per-namespace ones.
 fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
     let opts = ctx.opts;
     let k = opts.small_namespaces();
-    let small_sockets = u64::from(opts.listeners_per_ns) + 2 * opts.connections_per_ns;
+    let small_sockets = u64::from(opts.listeners_per_ns) + 2 * opts.connections_per_ns();
     let (big_entries, small_entries) = match opts.child_ehash_entries {
         Some(e) => (e, e),
         None => (ehash_for(2 * n + 16), ehash_for(small_sockets)),
     };
     let empty_walk = raw_host_walk()?;
-    // Namespaces created from this one share the host-wide table unless this says otherwise.
-    let private_ok = match std::fs::read_to_string(CHILD_EHASH_SYSCTL) {
-        Ok(v) if v.trim() == "0" => Ok(()),
-        Ok(_) => set_child_ehash(0),
-        Err(e) => Err(e).with_context(|| format!("reading {CHILD_EHASH_SYSCTL}")),
-    };
+    let private_ok = child_ehash_to_shared();
     let shared = big_half(ctx, n, None, "shared established hash")?;
-    let private = match private_ok.and_then(|()| {
-        settle(empty_walk)?;
-        set_child_ehash(big_entries)?;
-        set_child_ehash(0)?;
-        Ok(())
-    }) {
+    let private = match ready_for_per_ns_hash(private_ok, empty_walk, big_entries) {
         Ok(()) => Some(big_half(
             ctx,
             n,
             Some((big_entries, small_entries)),
             "per-namespace established hash",
         )?),
-        Err(e) => {
-            eprintln!(
-                "sockdiag-bench: per-namespace hashes unavailable, second half skipped: {e:#}"
-            );
-            None
-        }
+        Err(_) => None,
     };
-    let skipped_why = if private.is_none() {
-        Some(format!(
-            "{CHILD_EHASH_SYSCTL} cannot be written here (it exists since Linux 6.1)"
-        ))
-    } else {
-        None
-    };
+    let skipped_why = private.is_none().then(per_ns_hash_skipped_why);
 
     let mut s = format!(
         "## sockdiag-bench namespaces: one namespace with {n} connections, {k} small ones\n\n\
@@ -1031,10 +1411,10 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
          before any setup. {}.\n\n",
         2 * n + 16,
         opts.listeners_per_ns,
-        opts.connections_per_ns,
+        opts.connections_per_ns(),
         shared.run.args.join(" "),
         SCRAPE_EVERY.as_secs(),
-        opts.seconds,
+        opts.seconds(),
         ms(Some(empty_walk)),
         report::kernel_and_cpus(),
     );
@@ -1147,7 +1527,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
         "big_ns_connections": n,
         "namespaces": k,
         "listeners_per_ns": opts.listeners_per_ns,
-        "connections_per_ns": opts.connections_per_ns,
+        "connections_per_ns": opts.connections_per_ns(),
         "child_ehash_entries": {"big": big_entries, "small": small_entries},
         "raw_host_walk_before_setup_seconds": empty_walk,
         "shared": half_json(&shared),
@@ -1157,7 +1537,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
     Ok((s, doc))
 }
 
-fn ms(v: Option<f64>) -> String {
+pub(crate) fn ms(v: Option<f64>) -> String {
     match v {
         None => "-".to_string(),
         Some(s) if !s.is_finite() => "-".to_string(),
@@ -1176,14 +1556,14 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 && a.is_finite() => format!("{:.1}x", a / b),
         _ => "-".to_string(),
     }
 }
 
-fn percent(x: f64) -> String {
+pub(crate) fn percent(x: f64) -> String {
     match 100.0 * x {
         p if !p.is_finite() => "-".to_string(),
         p if p < 1.0 => format!("{p:.2}%"),
@@ -1196,7 +1576,7 @@ fn warnings_md(runs: &[&DaemonRun]) -> String {
     let mut s = String::new();
     for r in runs {
         for w in &r.warnings {
-            s.push_str(&format!("\nWarning ({}): while sampling, {w}.\n", r.label));
+            s.push_str(&format!("\nWarning ({}): {w}.\n", r.label));
         }
     }
     s
@@ -1241,6 +1621,11 @@ fn text_row(name: &str, halves: &[&Half], f: impl Fn(&Half) -> String) -> String
 pub fn run_outer(opts: BenchOpts, mut ns: NamespacesOpts) -> Result<ExitCode> {
     let exporter = crate::resolve_exporter(opts.exporter.as_deref())?;
     ns.json = crate::absolute(ns.json.take().or(opts.json), "--json")?;
+    let baseline = ns.baseline_exporter.take().or(opts.baseline_exporter);
+    if baseline.is_some() && !ns.uneven {
+        bail!("namespaces takes --baseline-exporter only with --uneven");
+    }
+    ns.baseline_exporter = crate::absolute(baseline, "--baseline-exporter")?;
     let run_netns =
         std::env::temp_dir().join(format!("sockdiag-bench-run-netns.{}", std::process::id()));
     ns.run_netns_dir = Some(run_netns.clone());
@@ -1291,20 +1676,21 @@ sockdiag_netns_sample_duration_seconds{netns=\"ino:2\",collector=\"connections\"
 ";
         let expected: HashMap<u64, Role> = [(1, Role::Host), (2, Role::Small)].into();
         let f = Figures::parse(body);
-        assert_eq!(f.not_ready(&expected), None);
+        let both = ["listeners", "connections"];
+        assert_eq!(f.not_ready(&expected, &both), None);
         assert_eq!(
             f.samples_of(&expected, Role::Small, "connections"),
             vec![0.006]
         );
         let more: HashMap<u64, Role> = [(1, Role::Host), (2, Role::Small), (3, Role::Big)].into();
         assert!(
-            f.not_ready(&more)
+            f.not_ready(&more, &both)
                 .unwrap()
                 .contains("1 of the 3 expected missing")
         );
         let down = Figures::parse(&body.replace("netns_up{netns=\"ino:2\"} 1", "x 1"));
         assert!(
-            down.not_ready(&expected)
+            down.not_ready(&expected, &both)
                 .unwrap()
                 .contains("sockdiag_netns_up")
         );
