@@ -19,6 +19,7 @@ pub mod cookie;
 pub mod daemon;
 pub mod diag;
 pub mod family;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod netns;

@@ -99,6 +99,7 @@ pub fn run_in<T: Send>(
     std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()
             .name("netns-enter".into())
+            .stack_size(crate::memory::THREAD_STACK_BYTES)
             .spawn_scoped(scope, move || {
                 // SAFETY: setns on a valid, open nsfs descriptor changes only
                 // this thread's network namespace.

@@ -578,6 +578,7 @@ impl Sampler {
             let (store, shutdown) = (store.clone(), shutdown.clone());
             std::thread::Builder::new()
                 .name(name.into())
+                .stack_size(crate::memory::THREAD_STACK_BYTES)
                 .spawn(move || body(&store, &shutdown))
         };
         if config.discovery.enabled {
