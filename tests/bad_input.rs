@@ -1158,7 +1158,7 @@ fn netlink_dump_works_and_kernel_error_reply_is_an_error() {
                 .dump(
                     &DumpRequest {
                         protocol: Protocol::Tcp,
-                        family: Family::Ipv4,
+                        family: Some(Family::Ipv4),
                         states: StateSet::Listeners,
                         meminfo: true,
                         tcp_info: false,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use crate::aggregate::{ListenKey, ListenerRecord};
-use crate::diag::{DiagError, DiagSocket, DumpRequest, Family, Protocol, StateSet};
+use crate::diag::{DiagError, DiagSocket, DumpRequest, Protocol, StateSet};
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, OWNER_LABELS};
 use crate::model::{
     Endpoint, ListenerFigures, ListenerSample, NetnsView, OwnerSample, QueueSummary,
@@ -68,21 +68,20 @@ pub fn dump_listeners(
     out: &mut Vec<ListenerRecord>,
 ) -> Result<(), DiagError> {
     out.clear();
-    for family in [Family::Ipv4, Family::Ipv6] {
-        let request = DumpRequest {
-            protocol: Protocol::Tcp,
-            family,
-            states: StateSet::Listeners,
-            meminfo,
-            tcp_info: false,
-            filter: None,
-        };
-        socket.dump(&request, |r| {
-            if let Some(l) = ListenerRecord::from_record(r) {
-                out.push(l);
-            }
-        })?;
-    }
+    // Both families in one walk of the host-wide listening hash.
+    let request = DumpRequest {
+        protocol: Protocol::Tcp,
+        family: None,
+        states: StateSet::Listeners,
+        meminfo,
+        tcp_info: false,
+        filter: None,
+    };
+    socket.dump(&request, |r| {
+        if let Some(l) = ListenerRecord::from_record(r) {
+            out.push(l);
+        }
+    })?;
     Ok(())
 }
 

@@ -12,6 +12,9 @@
 pub const NLMSG_HDRLEN: usize = 16;
 /// `SOCK_DIAG_BY_FAMILY`: the type of every sock_diag request and reply.
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCPDIAG_GETSOCK`: the older inet_diag request, which dumps TCP sockets
+/// of every family at once; its replies carry this type.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 /// `NLM_F_REQUEST | NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
 pub const DUMP_FLAGS: u16 = 0x01 | 0x300;
 
@@ -98,12 +101,17 @@ fn align4(n: usize) -> usize {
 /// header, then whatever `body` appends (the family's request struct and
 /// its attributes).
 pub fn encode_dump(out: &mut Vec<u8>, seq: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    encode_request(out, seq, SOCK_DIAG_BY_FAMILY, body);
+}
+
+/// [`encode_dump`] with another message type.
+pub fn encode_request(out: &mut Vec<u8>, seq: u32, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     out.clear();
     out.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
     body(out);
     let total = out.len() as u32;
     out[0..4].copy_from_slice(&total.to_ne_bytes());
-    out[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    out[4..6].copy_from_slice(&kind.to_ne_bytes());
     out[6..8].copy_from_slice(&DUMP_FLAGS.to_ne_bytes());
     out[8..12].copy_from_slice(&seq.to_ne_bytes());
     // nlmsg_pid 0: the kernel fills in our port id.
@@ -120,7 +128,8 @@ pub fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 }
 
 /// Walks every message of one datagram, handing the payload of each
-/// `SOCK_DIAG_BY_FAMILY` reply and its offset in the datagram to `decode`.
+/// `SOCK_DIAG_BY_FAMILY` (or `TCPDIAG_GETSOCK`) reply and its offset in the
+/// datagram to `decode`.
 ///
 /// `seq` is the sequence number of our request; messages with another
 /// number are counted as foreign and ignored (a late answer to an abandoned
@@ -196,10 +205,12 @@ where
                 return Ok(summary);
             }
             NLMSG_OVERRUN => return Err(ParseError::Overrun),
-            SOCK_DIAG_BY_FAMILY => match decode(payload, offset + NLMSG_HDRLEN)? {
-                Decoded::Record => summary.records += 1,
-                Decoded::Skipped => summary.skipped += 1,
-            },
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
+                match decode(payload, offset + NLMSG_HDRLEN)? {
+                    Decoded::Record => summary.records += 1,
+                    Decoded::Skipped => summary.skipped += 1,
+                }
+            }
             _ => summary.skipped += 1,
         }
         offset = next;

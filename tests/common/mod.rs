@@ -842,7 +842,7 @@ pub fn udp_dump_request(
     use sockdiag_exporter::diag::{DumpRequest, Protocol, StateSet};
     DumpRequest {
         protocol: Protocol::Udp,
-        family,
+        family: Some(family),
         states: StateSet::All,
         meminfo: true,
         tcp_info: false,
