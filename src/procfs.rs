@@ -208,11 +208,12 @@ pub fn parse_snmp_tcp_segments(text: &str) -> Result<(u64, u64), String> {
     Ok((in_segs, out_segs))
 }
 
-/// Parses the TCP line of `net/sockstat` (`prefix` `TCP:`) or
-/// `net/sockstat6` (`TCP6:`): sockets in use (hashed: listening,
-/// connecting, connected; not TIME-WAIT, not half-open requests), and
-/// TIME-WAIT sockets where the line has them (IPv4 only).
-pub fn parse_sockstat_tcp(text: &str, prefix: &str) -> Result<(u64, u64), String> {
+/// Parses one protocol's line of `net/sockstat` (`prefix` `TCP:`, `UDP:`)
+/// or `net/sockstat6` (`TCP6:`, `UDP6:`): sockets in use in the namespace
+/// (hashed: for TCP listening, connecting, connected, not TIME-WAIT, not
+/// half-open requests; for UDP bound or connected), and TIME-WAIT sockets
+/// where the line has them (TCP over IPv4 only; 0 otherwise).
+pub fn parse_sockstat(text: &str, prefix: &str) -> Result<(u64, u64), String> {
     let Some(line) = text.lines().find(|l| l.starts_with(prefix)) else {
         return Err(format!("no {prefix} line"));
     };

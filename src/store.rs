@@ -133,6 +133,16 @@ impl Store {
         lock(&self.state).views.get(&id).cloned()
     }
 
+    /// The latest parts of one namespace, without the outcomes (which
+    /// collectors do not read): what the full tier looks at every tick,
+    /// cheaper to copy than the whole view.
+    pub fn parts(&self, id: NsId) -> Option<NetnsView> {
+        lock(&self.state).views.get(&id).map(|v| NetnsView {
+            parts: v.parts.clone(),
+            status: BTreeMap::new(),
+        })
+    }
+
     /// An owned copy of everything published (cheap: parts are shared).
     pub fn snapshot(&self) -> Snapshot {
         let (targets, views) = {

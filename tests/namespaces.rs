@@ -33,18 +33,17 @@ fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// Descriptors the daemon holds on a namespace it collects: the fast
-/// tier's socket (listener, unix and UDP dumps share it) and its
-/// `ip_local_port_range`; the full tier's socket and its procfs files:
-/// `net/netstat`, `somaxconn`, `net/snmp`, `net/sockstat`, and where the
-/// kernel has them, `tcp_ehash_entries` (Linux 6.1+) and `net/snmp6` and
-/// `net/sockstat6` (IPv6 on).
+/// tier's socket (listener, unix and UDP dumps share it), its
+/// `ip_local_port_range` and `net/sockstat`; the full tier's socket and its
+/// procfs files: `net/netstat`, `somaxconn`, `net/snmp`, `net/sockstat`; and
+/// where the kernel has them, `tcp_ehash_entries` (Linux 6.1+), and
+/// `net/snmp6` and, on each tier, `net/sockstat6` (IPv6 on).
 fn handles_per_namespace() -> usize {
     let has = |p: &str| usize::from(std::path::Path::new(p).exists());
-    2 + 1
-        + 4
+    3 + 5
         + has("/proc/sys/net/ipv4/tcp_ehash_entries")
         + has("/proc/self/net/snmp6")
-        + has("/proc/self/net/sockstat6")
+        + 2 * has("/proc/self/net/sockstat6")
 }
 
 /// Polls `/metrics` until `ready` holds (at most 15 s); a timeout shows

@@ -10,7 +10,7 @@ use clap::{Arg, ArgAction, ValueEnum, builder::EnumValueParser, value_parser};
 
 use crate::aggregate::{ConnectionAggregator, ListenerRecord, Role};
 use crate::diag::{
-    DiagError, DiagSocket, DumpRequest, Family, Mode, PortFilter, Protocol, StateSet, TcpState,
+    DiagError, DiagSocket, DumpRequest, Mode, PortFilter, Protocol, StateSet, TcpState,
 };
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, PORT_LABELS};
 use crate::model::{ConnectionSample, ListenerSample, NetnsView, PortSummary, QueueSummary};
@@ -316,23 +316,21 @@ pub fn sample_connections(
             .any(|l| l.length > 0 && filter.is_none_or(|f| f.covers(true, l.key.port)));
     let agg = &mut work.aggregator;
     agg.reset(work.listeners.iter());
-    let (mut sockets, mut walk_bytes, mut walk_datagrams) = (0u64, 0u64, 0u64);
-    for family in [Family::Ipv4, Family::Ipv6] {
-        let request = DumpRequest {
-            protocol: Protocol::Tcp,
-            family,
-            states: StateSet::Connections,
-            meminfo: false,
-            tcp_info: want_ages,
-            filter,
-        };
-        let stats = socket.dump(&request, |r| {
-            sockets += 1;
-            agg.add(r);
-        })?;
-        walk_bytes += stats.bytes as u64;
-        walk_datagrams += stats.datagrams as u64;
-    }
+    let mut sockets = 0u64;
+    // Both families in one walk of the established hash.
+    let request = DumpRequest {
+        protocol: Protocol::Tcp,
+        family: None,
+        states: StateSet::Connections,
+        meminfo: false,
+        tcp_info: want_ages,
+        filter,
+    };
+    let stats = socket.dump(&request, |r| {
+        sockets += 1;
+        agg.add(r);
+    })?;
+    let (walk_bytes, walk_datagrams) = (stats.bytes as u64, stats.datagrams as u64);
     agg.finish(settings.queue_ages);
     let (ports, folded) = agg.ports(settings.max_client_ports, |role, port| {
         filter.is_none_or(|f| f.covers(role == Role::Server, port))
@@ -405,10 +403,10 @@ impl Connections {
                 }
             }
         };
-        let v4 = procfs::parse_sockstat_tcp(&read(ProcName::Sockstat)?, "TCP:").ok()?;
+        let v4 = procfs::parse_sockstat(&read(ProcName::Sockstat)?, "TCP:").ok()?;
         let v6 = if self.sockstat6 {
             Some(
-                procfs::parse_sockstat_tcp(&read(ProcName::Sockstat6)?, "TCP6:")
+                procfs::parse_sockstat(&read(ProcName::Sockstat6)?, "TCP6:")
                     .ok()?
                     .0,
             )
@@ -466,14 +464,22 @@ impl TypedCollector for Connections {
                 call.troubled = true;
             }
         }
-        let backlogs = Backlogs::of(listeners);
-        call.now = backlogs.iter().any(|(key, backlog)| {
-            backlog.waiting > 0
-                && covered(key.port)
-                && last
-                    .and_then(|c| waiting(c.queue(key)?, c.taken_at, Some(backlog)))
-                    .is_none()
-        });
+        let waiting_somewhere = listeners
+            .listeners
+            .iter()
+            .any(|l| l.queue_length > 0 && l.endpoint.inet().is_some());
+        // Most namespaces, most of the time: no queue, nothing to compare.
+        let backlogs = waiting_somewhere.then(|| Backlogs::of(listeners));
+        call.now = backlogs
+            .iter()
+            .flat_map(Backlogs::iter)
+            .any(|(key, backlog)| {
+                backlog.waiting > 0
+                    && covered(key.port)
+                    && last
+                        .and_then(|c| waiting(c.queue(key)?, c.taken_at, Some(backlog)))
+                        .is_none()
+            });
         if tcp_listener_drops(view) > walked.drops {
             call.now = true;
             call.troubled = true;

@@ -309,7 +309,7 @@ impl TierRunner {
     /// them (on the full tier: the fast tier's figures).
     fn view(&self, store: &Store, info: &NetnsInfo) -> Option<NetnsView> {
         (self.tier == Tier::Full)
-            .then(|| store.view(info.id))
+            .then(|| store.parts(info.id))
             .flatten()
     }
 
