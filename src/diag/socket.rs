@@ -117,6 +117,11 @@ impl Request for UnixListenersRequest {
 /// A NETLINK_SOCK_DIAG socket in the network namespace it was created in.
 pub struct DiagSocket {
     socket: Socket,
+    /// [`RECV_BUFFER`] bytes of capacity; its length is what the last
+    /// `recv` wrote. Not zeroed up front: a zeroed 64 KiB is 64 KiB resident
+    /// for every namespace on every tier (12.5 MiB for 100 namespaces) once
+    /// malloc hands out reused memory, while the kernel writes only what a
+    /// dump returns, a page or two in most namespaces.
     buf: Vec<u8>,
     request: Vec<u8>,
     seq: u32,
@@ -134,7 +139,7 @@ impl DiagSocket {
         set_recv_timeout(&socket, RECV_TIMEOUT).map_err(DiagError::Open)?;
         Ok(DiagSocket {
             socket,
-            buf: vec![0; RECV_BUFFER],
+            buf: Vec::with_capacity(RECV_BUFFER),
             request: Vec::with_capacity(128),
             seq: 0,
         })
@@ -227,7 +232,7 @@ impl DiagSocket {
                 request: request.to_string(),
                 source,
             })?;
-            if len > self.buf.len() {
+            if len > RECV_BUFFER {
                 return Err(DiagError::Oversized {
                     request: request.to_string(),
                     len,
@@ -249,18 +254,27 @@ impl DiagSocket {
     /// One `recv`, retried on EINTR; `MSG_TRUNC` makes the kernel report a
     /// datagram's real size so an oversized one is caught, not cut silently.
     fn recv(&mut self) -> io::Result<usize> {
+        self.buf.clear();
+        let capacity = self.buf.capacity();
         loop {
-            // SAFETY: the pointer and length describe our own live buffer.
+            // SAFETY: the pointer and capacity describe our own live
+            // allocation, which the kernel writes at most `capacity` bytes
+            // of.
             let n = unsafe {
                 libc::recv(
                     self.socket.as_raw_fd(),
                     self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
+                    capacity,
                     libc::MSG_TRUNC,
                 )
             };
             if n >= 0 {
-                return Ok(n as usize);
+                let len = n as usize;
+                // SAFETY: the kernel initialized the first min(len,
+                // capacity) bytes (MSG_TRUNC reports a longer datagram's
+                // whole size but writes only what fits).
+                unsafe { self.buf.set_len(len.min(capacity)) };
+                return Ok(len);
             }
             let err = io::Error::last_os_error();
             match err.kind() {
