@@ -305,7 +305,8 @@ impl Running {
 
     /// [`Running::sample_window`] with one scrape in each slot of `every`, at the fraction
     /// `offset()` (in [0, 1)) of it: random offsets keep the scrapes from locking in phase
-    /// with the daemon's own ticks. The window still lasts `length`.
+    /// with the daemon's own ticks. The window still lasts `length`; a last slot cut short
+    /// by its end has its scrape at that fraction of what is left of it.
     pub fn sample_window_spread(
         &mut self,
         length: Duration,
@@ -319,8 +320,9 @@ impl Running {
         let mut scrapes = 0;
         let mut slot = start;
         while slot < end {
-            let at = slot + every.mul_f64(offset().clamp(0.0, 1.0));
-            std::thread::sleep(at.min(end).saturating_duration_since(Instant::now()));
+            let room = every.min(end.saturating_duration_since(slot));
+            let at = slot + room.mul_f64(offset().clamp(0.0, 1.0));
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
             self.check_alive()?;
             let (scrape, body) = fetch_metrics()
                 .map_err(anyhow::Error::msg)

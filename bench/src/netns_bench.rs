@@ -40,8 +40,12 @@ use crate::{BenchOpts, diag, measure, namespace, proc_util, report, setup, worke
 
 /// The daemon's connections interval here: several full passes within one window.
 const CONNECTIONS_INTERVAL: &str = "2s";
-/// Time between two scrapes of /metrics while sampling.
+/// Time between two scrapes of /metrics while sampling (`--scrape-every` changes it with
+/// `--uneven`).
 const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+/// Bounds of `--scrape-every`, in seconds.
+const SCRAPE_EVERY_MIN: f64 = 0.2;
+const SCRAPE_EVERY_MAX: f64 = 60.0;
 /// Longest wait for the daemon to report every namespace up.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for the holders to exit once their stdin is closed.
@@ -111,6 +115,14 @@ pub struct NamespacesOpts {
           value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
 
+    /// With --uneven: seconds between two scrapes of /metrics while sampling (0.2-60), each
+    /// at a random point of its slot. Every scrape costs the daemon a page to render; a
+    /// Prometheus scrapes every 15-30 s. The window needs two scrapes at least (--seconds
+    /// above this).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS", requires = "uneven",
+          value_parser = parse_scrape_every)]
+    pub scrape_every: f64,
+
     /// With --uneven: a second exporter binary (the build before a change) run in every
     /// round on the same namespaces, back to back with the one under test; the table adds
     /// the ratios new / baseline.
@@ -143,7 +155,56 @@ const UNEVEN_CONNECTIONS_PER_NS: u64 = 200;
 /// `--uneven` samples for two minutes: eight periods of the default 15 s connection tier.
 const UNEVEN_SECONDS: u64 = 120;
 
+/// `--scrape-every`: a number of seconds within [`SCRAPE_EVERY_MIN`, `SCRAPE_EVERY_MAX`].
+fn parse_scrape_every(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(SCRAPE_EVERY_MIN..=SCRAPE_EVERY_MAX).contains(&v) {
+        return Err(format!(
+            "{s} s is out of range: {SCRAPE_EVERY_MIN} to {SCRAPE_EVERY_MAX} s"
+        ));
+    }
+    Ok(v)
+}
+
 impl NamespacesOpts {
+    /// Time between two scrapes while sampling: `--scrape-every` (1 s unless `--uneven`
+    /// says otherwise).
+    pub(crate) fn scrape_every(&self) -> Duration {
+        if self.uneven {
+            Duration::from_secs_f64(self.scrape_every)
+        } else {
+            SCRAPE_EVERY
+        }
+    }
+
+    /// Scrapes in each sampling window: one per slot of [`Self::scrape_every`] that starts
+    /// within `--seconds`.
+    pub(crate) fn scrapes_per_window(&self) -> u64 {
+        let (window, every) = (
+            Duration::from_secs(self.seconds()).as_nanos(),
+            self.scrape_every().as_nanos().max(1),
+        );
+        window.div_ceil(every) as u64
+    }
+
+    /// Checks what clap cannot: a window of two scrapes at least, which the pass periods
+    /// and the CPU by collector need (both are rates between the first and the last).
+    pub(crate) fn check(&self) -> Result<()> {
+        let n = self.scrapes_per_window();
+        if n < 2 {
+            bail!(
+                "--scrape-every {} with --seconds {} leaves {n} scrape in each window; pass \
+                 periods and CPU by collector need two: lower --scrape-every or raise --seconds",
+                self.scrape_every,
+                self.seconds()
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn small_namespaces(&self) -> u32 {
         self.namespaces.unwrap_or(if self.uneven {
             UNEVEN_SMALL
@@ -204,6 +265,8 @@ impl NamespacesOpts {
                 self.empty_namespaces().to_string().into(),
                 "--rounds".into(),
                 self.rounds.to_string().into(),
+                "--scrape-every".into(),
+                self.scrape_every.to_string().into(),
             ]);
         }
         if self.processes {
@@ -562,6 +625,9 @@ pub(crate) struct Figures {
     pass: HashMap<String, f64>,
     /// sockdiag_collector_passes_total by collector (builds that count passes).
     pub(crate) passes: HashMap<String, f64>,
+    /// sockdiag_collector_cpu_seconds_total by collector (builds that count it): CPU
+    /// seconds the daemon's sampling threads spent in that collector's samples.
+    pub(crate) cpu: HashMap<String, f64>,
     /// netns label -> inode, from sockdiag_netns_info.
     pub(crate) inode_of: HashMap<String, u64>,
     /// netns label -> its lowest pid, from sockdiag_netns_info.
@@ -612,6 +678,11 @@ impl Figures {
                 "sockdiag_collector_passes_total" => {
                     if let Some(c) = l("collector") {
                         f.passes.insert(c, value);
+                    }
+                }
+                "sockdiag_collector_cpu_seconds_total" => {
+                    if let Some(c) = l("collector") {
+                        f.cpu.insert(c, value);
                     }
                 }
                 "sockdiag_accept_queue_length"
@@ -867,7 +938,7 @@ pub(crate) struct RunSpec<'a> {
     /// `want_within` after the daemon's start, and noted if still missing then.
     pub(crate) want: &'a [&'a str],
     pub(crate) want_within: Duration,
-    /// A seed: each scrape falls at a random point of its [`SCRAPE_EVERY`] slot instead of
+    /// A seed: each scrape falls at a random point of its slot (`--scrape-every`) instead of
     /// at its start, so that the ages of figures the daemon refreshes on a fixed tick are
     /// seen at every phase of that tick.
     pub(crate) spread: Option<u64>,
@@ -876,7 +947,7 @@ pub(crate) struct RunSpec<'a> {
 /// Starts the daemon of `spec`, waits (bounded) until it reports exactly the `expected`
 /// namespaces up with a sample of each collector `spec` needs (and, within bounds, wants),
 /// waits 2 s more (at a 2 s connection interval, one more pass, so that no figure is the
-/// first, cold one), then scrapes it every [`SCRAPE_EVERY`] for `--seconds` and reads its
+/// first, cold one), then scrapes it every `--scrape-every` for `--seconds` and reads its
 /// CPU time over that window and its peak RSS.
 pub(crate) fn run_daemon_with(
     ctx: &Ctx,
@@ -939,7 +1010,7 @@ pub(crate) fn run_daemon_with(
     let window = d
         .sample_window_spread(
             Duration::from_secs(seconds),
-            SCRAPE_EVERY,
+            ctx.opts.scrape_every(),
             || if spread.is_some() { rng.unit() } else { 0.0 },
             |scrape, body| {
                 let at = unix_now() - scrape.seconds;
@@ -1158,13 +1229,13 @@ fn with_success((markdown, doc): (String, Value)) -> (String, Value, bool) {
     (markdown, doc, false)
 }
 
-pub(crate) fn environment() -> Value {
+pub(crate) fn environment(opts: &NamespacesOpts) -> Value {
     json!({
         "kernel": report::kernel(),
         "cpus": report::cpus(),
         "daemon_listen": LISTEN,
         "connections_interval": CONNECTIONS_INTERVAL,
-        "scrape_every_seconds": SCRAPE_EVERY.as_secs_f64(),
+        "scrape_every_seconds": opts.scrape_every().as_secs_f64(),
     })
 }
 
@@ -1260,7 +1331,7 @@ fn many_small(ctx: &Ctx) -> Result<(String, Value)> {
     }
     let doc = json!({
         "scenario": "many_small",
-        "environment": environment(),
+        "environment": environment(opts),
         "namespaces": k,
         "listeners_per_ns": l,
         "connections_per_ns": c,
@@ -1523,7 +1594,7 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
     };
     let doc = json!({
         "scenario": "one_big",
-        "environment": environment(),
+        "environment": environment(opts),
         "big_ns_connections": n,
         "namespaces": k,
         "listeners_per_ns": opts.listeners_per_ns,
@@ -1625,6 +1696,7 @@ pub fn run_outer(opts: BenchOpts, mut ns: NamespacesOpts) -> Result<ExitCode> {
     if baseline.is_some() && !ns.uneven {
         bail!("namespaces takes --baseline-exporter only with --uneven");
     }
+    ns.check()?;
     ns.baseline_exporter = crate::absolute(baseline, "--baseline-exporter")?;
     let run_netns =
         std::env::temp_dir().join(format!("sockdiag-bench-run-netns.{}", std::process::id()));
@@ -1694,6 +1766,63 @@ sockdiag_netns_sample_duration_seconds{netns=\"ino:2\",collector=\"connections\"
                 .unwrap()
                 .contains("sockdiag_netns_up")
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ns: NamespacesOpts,
+    }
+
+    fn opts(args: &[&str]) -> Result<NamespacesOpts, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|c| c.ns)
+    }
+
+    #[test]
+    fn scrape_every_is_bounded_passed_on_and_leaves_two_scrapes() {
+        let o = opts(&["--uneven"]).unwrap();
+        assert_eq!(o.scrape_every(), Duration::from_secs(1));
+        assert_eq!(o.scrapes_per_window(), 120);
+        let o = opts(&["--uneven", "--scrape-every", "15"]).unwrap();
+        assert_eq!(o.scrapes_per_window(), 8);
+        assert!(o.check().is_ok());
+        let args: Vec<String> = o
+            .to_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        let at = args.iter().position(|a| a == "--scrape-every").unwrap();
+        assert_eq!(args[at + 1], "15");
+        let o = opts(&["--uneven", "--scrape-every", "0.25", "--seconds", "4"]).unwrap();
+        assert_eq!(
+            (o.scrape_every().as_secs_f64(), o.scrapes_per_window()),
+            (0.25, 16)
+        );
+        // A partial last slot still gets its scrape.
+        let o = opts(&["--uneven", "--scrape-every", "50", "--seconds", "120"]).unwrap();
+        assert_eq!(o.scrapes_per_window(), 3);
+        let o = opts(&["--uneven", "--scrape-every", "60", "--seconds", "60"]).unwrap();
+        assert_eq!(o.scrapes_per_window(), 1);
+        assert!(o.check().is_err());
+        for bad in ["0.1", "61", "x", "NaN", "inf"] {
+            assert!(opts(&["--uneven", "--scrape-every", bad]).is_err(), "{bad}");
+        }
+        assert!(opts(&["--scrape-every", "15"]).is_err());
+        assert_eq!(opts(&[]).unwrap().scrape_every(), SCRAPE_EVERY);
+    }
+
+    #[test]
+    fn the_collector_cpu_counter_is_parsed_by_collector() {
+        let f = Figures::parse(
+            "sockdiag_collector_cpu_seconds_total{collector=\"listeners\"} 1.25\n\
+             sockdiag_collector_cpu_seconds_total{collector=\"connections\"} 30\n\
+             sockdiag_collector_passes_total{collector=\"listeners\"} 9\n",
+        );
+        assert_eq!(f.cpu.get("listeners"), Some(&1.25));
+        assert_eq!(f.cpu.get("connections"), Some(&30.0));
+        assert_eq!(f.cpu.len(), 2);
+        assert_eq!(f.passes.get("listeners"), Some(&9.0));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! operator pays and gets on such a node: the daemon's CPU as a fraction of one core, the
 //! listener pass period it achieves (from `sockdiag_collector_passes_total`, where the build
 //! exports it), and how old each namespace's figures are at every scrape
-//! (scrape time - `sockdiag_netns_last_sample_timestamp_seconds`). All of it once with the
+//! (scrape time - `sockdiag_netns_last_sample_timestamp_seconds`), and where the daemon's
+//! CPU goes (each collector's `sockdiag_collector_cpu_seconds_total`, the rest being
+//! /metrics, HTTP and scheduling), scraped every `--scrape-every`. All of it once with the
 //! shared established hash and once with `tcp_child_ehash_entries` set, and with
 //! `--baseline-exporter` for a second build too, back to back on the same namespaces.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,17 @@ const CPU_TARGET: f64 = 0.05;
 /// ...with the listener tier at its period (10% slack for tick jitter).
 const PERIOD_SLACK: f64 = 1.1;
 const COLLECTORS: [&str; 2] = ["listeners", "connections"];
+/// The daemon's collectors, in the order of the columns of the CPU table; any other one a
+/// build reports comes after them, by name.
+const CPU_COLUMNS: [&str; 7] = [
+    "listeners",
+    "unix",
+    "udp",
+    "connections",
+    "netstat",
+    "processes",
+    "netns",
+];
 /// Longest wait, from the daemon's start, for a connections sample of every namespace
 /// before the window opens (two periods of the tier), so that the window sees the daemon
 /// past its first pass; past it the window opens anyway, with a note.
@@ -239,12 +252,49 @@ fn age_stats(runs: &[&DaemonRun], collector: &str, of: Of) -> AgeStats {
     AgeStats::of(all.iter().filter(|a| of.matches(a)))
 }
 
+/// How a counter of the daemon grew over the window: from the first scrape that showed it
+/// to the last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Growth {
+    /// Two scrapes or more, none with the counter: the build does not export it.
+    NotExported,
+    /// Fewer than two scrapes (at distinct times) showed it, so no rate: how many did.
+    TooFewScrapes(usize),
+    /// It grew `by` over `seconds`.
+    Over { seconds: f64, by: f64 },
+}
+
+fn growth(run: &DaemonRun, value: impl Fn(&nb::Figures) -> Option<f64>) -> Growth {
+    let points: Vec<(f64, f64)> = run
+        .scrapes
+        .iter()
+        .filter_map(|f| value(f).map(|v| (f.at, v)))
+        .collect();
+    if points.is_empty() && run.scrapes.len() >= 2 {
+        return Growth::NotExported;
+    }
+    match (points.first(), points.last()) {
+        (Some(first), Some(last)) if points.len() >= 2 && last.0 > first.0 => Growth::Over {
+            seconds: last.0 - first.0,
+            by: last.1 - first.1,
+        },
+        _ => Growth::TooFewScrapes(points.len()),
+    }
+}
+
+/// "N scrape(s)".
+fn scrapes_text(n: usize) -> String {
+    format!("{n} scrape{}", if n == 1 { "" } else { "s" })
+}
+
 /// How often a collector's passes ran over the window, from the first scrape that showed
 /// `sockdiag_collector_passes_total{collector}` to the last.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Period {
     /// The build does not export the counter.
     NotExported,
+    /// Fewer than two scrapes showed the counter: how many did.
+    TooFewScrapes(usize),
     /// Seconds per pass, and the passes counted.
     Every(f64, f64),
     /// No pass within this many seconds.
@@ -252,22 +302,11 @@ enum Period {
 }
 
 fn pass_period(run: &DaemonRun, collector: &str) -> Period {
-    let points: Vec<(f64, f64)> = run
-        .scrapes
-        .iter()
-        .filter_map(|f| f.passes.get(collector).map(|&p| (f.at, p)))
-        .collect();
-    let (Some(first), Some(last)) = (points.first(), points.last()) else {
-        return Period::NotExported;
-    };
-    let (seconds, passes) = (last.0 - first.0, last.1 - first.1);
-    if points.len() < 2 || seconds <= 0.0 {
-        return Period::NotExported;
-    }
-    if passes > 0.0 {
-        Period::Every(seconds / passes, passes)
-    } else {
-        Period::None(seconds)
+    match growth(run, |f| f.passes.get(collector).copied()) {
+        Growth::NotExported => Period::NotExported,
+        Growth::TooFewScrapes(n) => Period::TooFewScrapes(n),
+        Growth::Over { seconds, by } if by > 0.0 => Period::Every(seconds / by, by),
+        Growth::Over { seconds, .. } => Period::None(seconds),
     }
 }
 
@@ -275,21 +314,16 @@ impl Period {
     fn cell(self) -> String {
         match self {
             Period::NotExported => "n/a".to_string(),
+            Period::TooFewScrapes(n) => format!("- ({})", scrapes_text(n)),
             Period::Every(p, n) => format!("{} ({n:.0} passes)", secs(Some(p))),
             Period::None(s) => format!("no pass in {s:.0} s"),
-        }
-    }
-
-    fn seconds(self) -> Option<f64> {
-        match self {
-            Period::Every(p, _) => Some(p),
-            _ => None,
         }
     }
 
     fn json(self) -> Value {
         match self {
             Period::NotExported => Value::Null,
+            Period::TooFewScrapes(n) => json!({"seconds_per_pass": null, "too_few_scrapes": n}),
             Period::Every(p, n) => json!({"seconds_per_pass": p, "passes": n}),
             Period::None(s) => json!({"seconds_per_pass": null, "passes": 0, "window": s}),
         }
@@ -299,18 +333,137 @@ impl Period {
 /// Whether a run meets the issue's target.
 fn verdict(run: &DaemonRun) -> String {
     let cpu = run.window.cpu_fraction() < CPU_TARGET;
-    let period = pass_period(run, "listeners");
-    let at_period = period
-        .seconds()
-        .map(|p| p <= PERIOD_SLACK * LISTENERS_PERIOD);
+    let at_period = match pass_period(run, "listeners") {
+        Period::Every(p, _) => Ok(p <= PERIOD_SLACK * LISTENERS_PERIOD),
+        Period::None(_) => Ok(false),
+        Period::NotExported => Err("period n/a"),
+        Period::TooFewScrapes(_) => Err("period: too few scrapes"),
+    };
     match (cpu, at_period) {
-        (true, Some(true)) => "met".to_string(),
-        (true, None) => "CPU met; period n/a".to_string(),
-        (false, None) => "not met (CPU); period n/a".to_string(),
-        (true, Some(false)) => "not met (period)".to_string(),
-        (false, Some(true)) => "not met (CPU)".to_string(),
-        (false, Some(false)) => "not met (CPU, period)".to_string(),
+        (true, Ok(true)) => "met".to_string(),
+        (true, Err(why)) => format!("CPU met; {why}"),
+        (false, Err(why)) => format!("not met (CPU); {why}"),
+        (true, Ok(false)) => "not met (period)".to_string(),
+        (false, Ok(true)) => "not met (CPU)".to_string(),
+        (false, Ok(false)) => "not met (CPU, period)".to_string(),
     }
+}
+
+/// Where a run's CPU went: each collector's share of one core, from the growth of
+/// `sockdiag_collector_cpu_seconds_total{collector}` over the window.
+#[derive(Debug, Clone, PartialEq)]
+enum CpuSplit {
+    /// Two scrapes or more, none with the counter: the build does not export it.
+    NotExported,
+    /// Fewer than two scrapes in the window: how many.
+    TooFewScrapes(usize),
+    /// Fraction of one core by collector; a collector shown by fewer than two scrapes is
+    /// left out.
+    Shares(BTreeMap<String, f64>),
+}
+
+fn cpu_split(run: &DaemonRun) -> CpuSplit {
+    if run.scrapes.len() < 2 {
+        return CpuSplit::TooFewScrapes(run.scrapes.len());
+    }
+    let names: BTreeSet<&String> = run.scrapes.iter().flat_map(|f| f.cpu.keys()).collect();
+    if names.is_empty() {
+        return CpuSplit::NotExported;
+    }
+    let mut shares = BTreeMap::new();
+    for name in names {
+        if let Growth::Over { seconds, by } = growth(run, |f| f.cpu.get(name).copied()) {
+            shares.insert(name.clone(), by / seconds);
+        }
+    }
+    CpuSplit::Shares(shares)
+}
+
+impl CpuSplit {
+    /// What the collectors leave of the run's CPU (from /proc over the window): rendering
+    /// /metrics, the HTTP server, the scheduler.
+    fn rest(&self, run: &DaemonRun) -> Option<f64> {
+        match self {
+            CpuSplit::Shares(s) => Some(run.window.cpu_fraction() - s.values().sum::<f64>()),
+            _ => None,
+        }
+    }
+
+    /// The cell of `collector`.
+    fn cell(&self, collector: &str) -> String {
+        match self {
+            CpuSplit::NotExported => "n/a".to_string(),
+            CpuSplit::TooFewScrapes(_) => "-".to_string(),
+            CpuSplit::Shares(s) => s.get(collector).map_or("-".to_string(), |&f| share(f)),
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            CpuSplit::Shares(s) => json!(s),
+            _ => json!({}),
+        }
+    }
+}
+
+/// A fraction of one core, to 0.1 per mille.
+fn share(f: f64) -> String {
+    format!("{f:.4}")
+}
+
+/// The collectors any run's scrapes showed `sockdiag_collector_cpu_seconds_total` of, in
+/// the order of [`CPU_COLUMNS`], unknown ones last by name.
+fn cpu_columns<'a>(runs: impl Iterator<Item = &'a DaemonRun>) -> Vec<String> {
+    let seen: BTreeSet<&String> = runs
+        .flat_map(|r| r.scrapes.iter())
+        .flat_map(|f| f.cpu.keys())
+        .collect();
+    let mut columns: Vec<String> = seen.into_iter().cloned().collect();
+    columns.sort_by_key(|c| {
+        let at = CPU_COLUMNS.iter().position(|k| k == c);
+        (at.unwrap_or(CPU_COLUMNS.len()), c.clone())
+    });
+    columns
+}
+
+/// The CPU table: one row per run, one column per collector in `columns`, then the rest.
+fn cpu_table(halves: &[&Half], columns: &[String]) -> String {
+    let mut s = String::from("| established hash | daemon | round");
+    for c in columns {
+        s.push_str(&format!(" | {c}"));
+    }
+    s.push_str(" | rest |\n|---|---|---:");
+    s.push_str(&"|---:".repeat(columns.len() + 1));
+    s.push_str("|\n");
+    for h in halves {
+        for m in &h.runs {
+            s.push_str(&format!(
+                "| {} | {} | {}",
+                h.title,
+                m.build.name(),
+                m.round + 1
+            ));
+            match &m.run {
+                Ok(r) => {
+                    let split = cpu_split(r);
+                    for c in columns {
+                        s.push_str(&format!(" | {}", split.cell(c)));
+                    }
+                    let rest = match &split {
+                        CpuSplit::NotExported => "n/a".to_string(),
+                        _ => split.rest(r).map_or("-".to_string(), share),
+                    };
+                    s.push_str(&format!(" | {rest} |\n"));
+                }
+                Err(_) => {
+                    s.push_str(" | FAILED");
+                    s.push_str(&" |".repeat(columns.len() + 1));
+                    s.push('\n');
+                }
+            }
+        }
+    }
+    s
 }
 
 /// Seconds, as ms below one second.
@@ -323,6 +476,15 @@ fn secs(v: Option<f64>) -> String {
 
 fn cpu_cell(fraction: f64) -> String {
     format!("{fraction:.3} ({:.1}%)", 100.0 * fraction)
+}
+
+/// A number, whole when it is, else to one decimal.
+fn round_text(v: f64) -> String {
+    if (v - v.round()).abs() < 0.05 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 /// Median over rounds of new / baseline of `f`, paired by round; the rounds paired.
@@ -406,7 +568,7 @@ pub fn uneven(ctx: &Ctx, n: u64) -> Result<(String, Value, bool)> {
     let markdown = markdown(ctx, &layout, entries, empty_walk, &halves);
     let doc = json!({
         "scenario": "uneven",
-        "environment": nb::environment(),
+        "environment": nb::environment(opts),
         "daemon_defaults_assumed": {
             "listeners_interval_seconds": LISTENERS_PERIOD,
             "connections_interval_seconds": CONNECTIONS_PERIOD,
@@ -415,6 +577,8 @@ pub fn uneven(ctx: &Ctx, n: u64) -> Result<(String, Value, bool)> {
         "baseline_exporter": opts.baseline_exporter,
         "rounds": opts.rounds,
         "seconds": opts.seconds(),
+        "scrape_every_seconds": opts.scrape_every().as_secs_f64(),
+        "scrapes_per_run": opts.scrapes_per_window(),
         "layout": {
             "child_namespaces": layout.children(),
             "big_ns_connections": layout.big,
@@ -549,6 +713,9 @@ fn markdown(
     let opts = ctx.opts;
     let queued = stuck_queue_length(STUCK_BACKLOG, STUCK_CLIENTS);
     let args = nb::daemon_args(ctx, true, None).join(" ");
+    let every = opts.scrape_every().as_secs_f64();
+    let scrapes = opts.scrapes_per_window();
+    let pages = round_text(60.0 / every);
     let mut s = format!(
         "## sockdiag-bench namespaces --uneven: {} namespaces, {} connections, default \
          flags\n\n\
@@ -559,11 +726,13 @@ fn markdown(
          SYNs dropped); {} empty with {} listeners each. `host` is the bench's own namespace, \
          holding only the daemon ({} namespaces collected in all). {} connections in all. \
          Daemon at its default intervals (listeners {} ms, connections {:.0} s): `{args}`; \
-         /metrics scraped once a second, at a random point of each 1 s slot (so that ages \
-         are seen at every phase of the daemon's ticks), for {} s, from 2 s after every \
-         namespace was up with a sample of both collectors (or {} s after the daemon's start, \
-         with a warning below, if the connections samples took longer). Scraping once a \
-         second, the daemon's CPU includes rendering 60 pages a minute. Per-namespace hashes: `net.ipv4.tcp_child_ehash_entries` = {} (big) / {} \
+         /metrics scraped every {every} s (`--scrape-every`), at a random point of each \
+         {every} s slot (so that ages are seen at every phase of the daemon's ticks), for {} \
+         s: {scrapes} scrapes a run, from 2 s after every namespace was up with a sample of \
+         both collectors (or {} s after the daemon's start, with a warning below, if the \
+         connections samples took longer). Scraping every {every} s, the daemon's CPU \
+         includes rendering {pages} pages a minute (a Prometheus scraping every 15-30 s asks \
+         for 2-4). Per-namespace hashes: `net.ipv4.tcp_child_ehash_entries` = {} (big) / {} \
          (small) / {} (empty) while they were created. A raw dump of the empty `host` took {} \
          before any setup. {}.\n\n",
         layout.children(),
@@ -651,14 +820,38 @@ fn markdown(
         }
     }
 
-    s.push_str(
+    let runs = halves
+        .iter()
+        .flat_map(|h| h.runs.iter())
+        .filter_map(|m| m.run.as_ref().ok());
+    let columns = cpu_columns(runs);
+    if columns.is_empty() {
+        s.push_str(
+            "\nWhere the daemon's CPU goes: n/a, no build here exports \
+             `sockdiag_collector_cpu_seconds_total`.\n",
+        );
+    } else {
+        s.push_str(
+            "\nWhere the daemon's CPU goes, in fractions of one core: each collector's growth \
+             of `sockdiag_collector_cpu_seconds_total{collector}` (its samples on the daemon's \
+             sampling threads) from the first to the last scrape of the window, over the time \
+             between them; rest: the first table's CPU minus the collectors (rendering \
+             /metrics, the HTTP server, the scheduler). n/a: the build does not export the \
+             counter; -: no such collector in that run.\n\n",
+        );
+        s.push_str(&cpu_table(halves, &columns));
+    }
+
+    s.push_str(&format!(
         "\nAge of each namespace's figures at each scrape (scrape time - \
-         `sockdiag_netns_last_sample_timestamp_seconds`), over every (namespace, scrape) pair:\n\n\
+         `sockdiag_netns_last_sample_timestamp_seconds`), over every (namespace, scrape) pair \
+         ({scrapes} scrapes a run, so pairs = namespaces x {scrapes} x runs; in a row of 100 \
+         pairs or fewer, p99 is the max):\n\n\
          | established hash | daemon | namespaces | listeners: p50 | p90 | p99 | max | \
          connections: p50 | p90 | p99 | max | pairs | never sampled: listeners / \
          connections |\n\
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    ));
     for h in halves {
         for build in [Build::New, Build::Baseline] {
             let runs: Vec<&DaemonRun> = h.ok_runs(build).collect();
@@ -843,8 +1036,11 @@ fn run_json(r: &DaemonRun, h: &Half) -> Value {
             .collect(),
         None => Vec::new(),
     };
+    let split = cpu_split(r);
     json!({
         "cpu_fraction_of_one_core": r.window.cpu_fraction(),
+        "cpu_by_collector": split.json(),
+        "cpu_rest": split.rest(r),
         "listeners_pass_period": pass_period(r, "listeners").json(),
         "connections_pass_period": pass_period(r, "connections").json(),
         "target": verdict(r),
@@ -931,5 +1127,164 @@ mod tests {
         assert_eq!(pass_period(&run, "listeners"), Period::Every(0.2, 50.0));
         assert_eq!(pass_period(&run, "connections"), Period::NotExported);
         assert_eq!(Period::NotExported.cell(), "n/a");
+    }
+
+    /// A page with `sockdiag_collector_cpu_seconds_total` of each (collector, seconds).
+    fn cpu_page(cpu: &[(&str, f64)]) -> String {
+        let mut page = "sockdiag_netns_info{netns=\"host\",inode=\"1\"} 1\n\
+                        sockdiag_collector_passes_total{collector=\"listeners\"} 7\n"
+            .to_string();
+        for (c, v) in cpu {
+            page.push_str(&format!(
+                "sockdiag_collector_cpu_seconds_total{{collector=\"{c}\"}} {v}\n"
+            ));
+        }
+        page
+    }
+
+    fn near(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn cpu_by_collector_is_the_growth_between_first_and_last_scrape() {
+        let mut run = run_with(&[
+            (
+                1010.0,
+                &cpu_page(&[("listeners", 1.0), ("connections", 2.0)]),
+            ),
+            (
+                1015.0,
+                &cpu_page(&[("listeners", 1.2), ("connections", 3.0), ("netns", 0.1)]),
+            ),
+            (
+                1020.0,
+                &cpu_page(&[("listeners", 1.5), ("connections", 4.0), ("netns", 0.3)]),
+            ),
+        ]);
+        assert_eq!(run.scrapes[2].cpu.get("netns"), Some(&0.3));
+        // 0.3 of a core over the window, as /proc tells it.
+        run.window = crate::daemon::Window {
+            seconds: 20.0,
+            cpu_seconds: 6.0,
+            ..Default::default()
+        };
+        let split = cpu_split(&run);
+        let CpuSplit::Shares(shares) = &split else {
+            panic!("no shares: {split:?}");
+        };
+        // 0.5 s over 10 s; 2 s over 10 s; netns from the first scrape that showed it:
+        // 0.2 s over 5 s.
+        assert!(near(shares["listeners"], 0.05));
+        assert!(near(shares["connections"], 0.2));
+        assert!(near(shares["netns"], 0.04));
+        assert_eq!(shares.len(), 3);
+        assert!(near(split.rest(&run).unwrap(), 0.3 - 0.29));
+        assert_eq!(split.cell("listeners"), "0.0500");
+        assert_eq!(split.cell("udp"), "-");
+        let doc = run_json(&run, &half_of(Vec::new()));
+        assert!(near(
+            doc["cpu_by_collector"]["connections"].as_f64().unwrap(),
+            0.2
+        ));
+        assert!(near(doc["cpu_rest"].as_f64().unwrap(), 0.01));
+    }
+
+    #[test]
+    fn cpu_by_collector_without_the_counter_or_with_one_scrape() {
+        let old = run_with(&[(1010.0, &cpu_page(&[])), (1020.0, &cpu_page(&[]))]);
+        let split = cpu_split(&old);
+        assert_eq!(split, CpuSplit::NotExported);
+        assert_eq!(
+            (split.cell("listeners"), split.rest(&old)),
+            ("n/a".into(), None)
+        );
+        let doc = run_json(&old, &half_of(Vec::new()));
+        assert_eq!(doc["cpu_by_collector"], json!({}));
+        assert_eq!(doc["cpu_rest"], Value::Null);
+
+        // One scrape: no rate, and it says so rather than "not exported".
+        let one = run_with(&[(1010.0, &cpu_page(&[("listeners", 1.0)]))]);
+        assert_eq!(cpu_split(&one), CpuSplit::TooFewScrapes(1));
+        assert_eq!(pass_period(&one, "listeners"), Period::TooFewScrapes(1));
+        assert_eq!(pass_period(&one, "listeners").cell(), "- (1 scrape)");
+        assert!(verdict(&one).ends_with("period: too few scrapes"));
+        let none = run_with(&[]);
+        assert_eq!(cpu_split(&none), CpuSplit::TooFewScrapes(0));
+        assert_eq!(pass_period(&none, "listeners"), Period::TooFewScrapes(0));
+    }
+
+    fn half_of(runs: Vec<Measured>) -> Half {
+        Half {
+            title: "shared",
+            setup_seconds: 0.0,
+            host_walk: 0.0,
+            ehash: HashMap::new(),
+            ehash_host: None,
+            troubled_inode: 0,
+            big_inode: 0,
+            runs,
+        }
+    }
+
+    #[test]
+    fn cpu_table_has_a_column_per_collector_seen_then_the_rest() {
+        let measured = |build, round, run| Measured {
+            build,
+            round,
+            exporter: PathBuf::from("x"),
+            run,
+        };
+        let mut new = run_with(&[
+            (
+                1000.0,
+                &cpu_page(&[
+                    ("zzz", 0.0),
+                    ("netns", 0.0),
+                    ("udp", 0.0),
+                    ("listeners", 0.0),
+                ]),
+            ),
+            (
+                1010.0,
+                &cpu_page(&[
+                    ("zzz", 0.1),
+                    ("netns", 0.1),
+                    ("udp", 0.1),
+                    ("listeners", 0.2),
+                ]),
+            ),
+        ]);
+        new.window = crate::daemon::Window {
+            seconds: 10.0,
+            cpu_seconds: 1.0,
+            ..Default::default()
+        };
+        let old = run_with(&[(1000.0, &cpu_page(&[])), (1010.0, &cpu_page(&[]))]);
+        let half = half_of(vec![
+            measured(Build::New, 0, Ok(new)),
+            measured(Build::Baseline, 0, Ok(old)),
+            measured(Build::New, 1, Err("boom".to_string())),
+        ]);
+        let columns = cpu_columns(half.runs.iter().filter_map(|m| m.run.as_ref().ok()));
+        assert_eq!(columns, ["listeners", "udp", "netns", "zzz"]);
+        let table = cpu_table(&[&half], &columns);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| established hash | daemon | round | listeners | udp | netns | zzz | rest |"
+        );
+        assert_eq!(lines[1], "|---|---|---:|---:|---:|---:|---:|---:|");
+        // 0.1 of a core: 0.02 + 3 x 0.01 in the collectors, 0.05 left.
+        assert_eq!(
+            lines[2],
+            "| shared | new | 1 | 0.0200 | 0.0100 | 0.0100 | 0.0100 | 0.0500 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| shared | baseline | 1 | n/a | n/a | n/a | n/a | n/a |"
+        );
+        assert_eq!(lines[4], "| shared | new | 2 | FAILED | | | | |");
+        assert_eq!(lines.len(), 5);
     }
 }
