@@ -219,8 +219,7 @@ fn args() -> Vec<Arg> {
 }
 
 fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
-    // Where IPv6 is off there is no sockstat6 in any namespace.
-    let sockstat6 = common.procfs.join("self/net/sockstat6").exists();
+    let sockstat6 = common.procfs_has("self/net/sockstat6");
     let mut needs = vec![
         Need::Diag,
         Need::Proc(ProcName::Sockstat),
@@ -393,16 +392,7 @@ impl Connections {
     /// Reads the namespace's TCP activity; `None` if a file cannot be read
     /// (then the walk is simply not skipped).
     fn activity(&self, ctx: &mut Ctx<'_>) -> Option<TcpActivity> {
-        let mut read = |name: ProcName| -> Option<String> {
-            let file = ctx.handles.proc(name, ctx.now).ok()?;
-            match file.read() {
-                Ok(text) => Some(text),
-                Err(e) => {
-                    tracing::debug!(netns = %ctx.info.name, error = %e, "cannot read");
-                    None
-                }
-            }
-        };
+        let mut read = |name| ctx.read_optional(name);
         let v4 = procfs::parse_sockstat(&read(ProcName::Sockstat)?, "TCP:").ok()?;
         let v6 = if self.sockstat6 {
             Some(

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::diag::{DiagError, DiagSocket, MAX_FILTER_PORTS};
 use crate::family::{Families, MetricDef};
 use crate::model::{NetnsView, Part};
-use crate::netns::{HandleError, Handles, Need, NetnsInfo};
+use crate::netns::{HandleError, Handles, Need, NetnsInfo, ProcName};
 use crate::procfs::ProcError;
 use crate::table::Report;
 
@@ -144,6 +144,16 @@ pub struct Common {
     pub one_shot: bool,
 }
 
+impl Common {
+    /// Whether the kernel offers `path` under procfs (e.g. `self/net/snmp6`,
+    /// absent where IPv6 is off): what it offers the daemon's namespace it
+    /// offers every namespace, so a collector that finds a file missing
+    /// does not ask for it anywhere.
+    pub fn procfs_has(&self, path: &str) -> bool {
+        self.procfs.join(path).exists()
+    }
+}
+
 /// What a collector sees of one namespace while sampling it.
 pub struct Ctx<'a> {
     /// The namespace.
@@ -177,6 +187,22 @@ impl Ctx<'_> {
             self.handles.after_failed_dump(&e);
             SampleError::Diag(e)
         })
+    }
+}
+
+impl Ctx<'_> {
+    /// Reads procfs file `name` of the namespace for a collector that can do
+    /// without it (to skip work it would otherwise do): `None` when it
+    /// cannot be read, which is logged at debug level only.
+    pub fn read_optional(&mut self, name: ProcName) -> Option<String> {
+        let file = self.handles.proc(name, self.now).ok()?;
+        match file.read() {
+            Ok(text) => Some(text),
+            Err(e) => {
+                tracing::debug!(netns = %self.info.name, error = %e, "cannot read");
+                None
+            }
+        }
     }
 }
 

@@ -92,8 +92,10 @@ fn build(_: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
     // tcp_ehash_entries sysctl (Linux 6.1+) and net/snmp6 (IPv6 not
     // disabled). Where the host lacks one, no namespace has it, and it is
     // not asked for.
-    let has = |path: &str| common.procfs.join(path).exists();
-    let (ehash, snmp6) = (has("sys/net/ipv4/tcp_ehash_entries"), has("self/net/snmp6"));
+    let (ehash, snmp6) = (
+        common.procfs_has("sys/net/ipv4/tcp_ehash_entries"),
+        common.procfs_has("self/net/snmp6"),
+    );
     let mut needs = vec![
         Need::Proc(ProcName::Netstat),
         Need::Proc(ProcName::Somaxconn),

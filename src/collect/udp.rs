@@ -176,8 +176,7 @@ fn args() -> Vec<Arg> {
 
 fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
     let ports = m.get_one::<PortList>(PORTS).map_or(&[][..], |p| &p.0);
-    // Where IPv6 is off there is no sockstat6 in any namespace.
-    let sockstat6 = common.procfs.join("self/net/sockstat6").exists();
+    let sockstat6 = common.procfs_has("self/net/sockstat6");
     let mut needs = vec![
         Need::Diag,
         Need::Proc(ProcName::LocalPortRange),
@@ -219,15 +218,8 @@ impl Udp {
             Family::Ipv6 if self.sockstat6 => (ProcName::Sockstat6, "UDP6:"),
             Family::Ipv6 => return false,
         };
-        let Ok(file) = ctx.handles.proc(name, ctx.now) else {
+        let Some(text) = ctx.read_optional(name) else {
             return true;
-        };
-        let text = match file.read() {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::debug!(netns = %ctx.info.name, error = %e, "cannot read");
-                return true;
-            }
         };
         procfs::parse_sockstat(&text, prefix).map_or(true, |(inuse, _)| inuse > 0)
     }

@@ -116,6 +116,19 @@ impl TypedCollector for Fake {
     fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
 }
 
+/// A full-tier part carrying one figure, for made-up collectors.
+fn netstat_part(taken_at: SystemTime, listen_overflows: Option<u64>) -> Arc<NetstatSample> {
+    Arc::new(NetstatSample {
+        taken_at,
+        listen_overflows,
+        listen_drops: None,
+        somaxconn: None,
+        ehash_shared: None,
+        udp_rcvbuf_errors: None,
+        udp_in_errors: None,
+    })
+}
+
 /// Runs on the full tier and reports whether it saw the fast part.
 struct Reader;
 
@@ -135,15 +148,7 @@ impl TypedCollector for Reader {
             .view
             .and_then(|v| v.part::<ListenerSample>(FAST.name))
             .map_or(0, |s| s.unexported[0].1);
-        Sample::Done(Arc::new(NetstatSample {
-            taken_at: ctx.wall,
-            listen_overflows: Some(saw),
-            listen_drops: None,
-            somaxconn: None,
-            ehash_shared: None,
-            udp_rcvbuf_errors: None,
-            udp_in_errors: None,
-        }))
+        Sample::Done(netstat_part(ctx.wall, Some(saw)))
     }
     fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
 }
@@ -426,15 +431,7 @@ impl TypedCollector for Budgeted {
         let mut s = state.lock().unwrap();
         s.at.push(ctx.now);
         s.called = false;
-        Sample::Done(Arc::new(NetstatSample {
-            taken_at: ctx.wall,
-            listen_overflows: None,
-            listen_drops: None,
-            somaxconn: None,
-            ehash_shared: None,
-            udp_rcvbuf_errors: None,
-            udp_in_errors: None,
-        }))
+        Sample::Done(netstat_part(ctx.wall, None))
     }
     fn render(&self, _: &NamespaceView<'_>, _: &mut Families) {}
 }
