@@ -29,6 +29,7 @@ mod netns_uneven;
 mod proc_util;
 mod render;
 mod report;
+mod rng;
 mod setup;
 mod udp_bench;
 mod udp_diag;
@@ -323,7 +324,7 @@ fn main() -> ExitCode {
         Some(Cmd::InternalRender(r)) => render::internal_main(&r, &cli.opts.exporter()),
         Some(Cmd::Namespaces(n)) => netns_bench::run_outer(cli.opts, n),
         Some(Cmd::InternalNamespaces(n)) => resolve_exporter(cli.opts.exporter.as_deref())
-            .and_then(|exporter| netns_bench::internal_main(&n, &exporter)),
+            .and_then(|exporter| namespaces_main(&n, &exporter)),
         Some(Cmd::InternalNetnsHolder(args)) => netns_bench::holder_main(&args),
         Some(Cmd::InternalWorker(args)) => worker::worker_main(&args),
         Some(Cmd::Unix(u)) => unix_bench::run_outer(cli.opts, u),
@@ -345,6 +346,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `namespaces` coordinator inside the private namespace, on the scenario its options
+/// ask for: `--uneven`'s layout, else those of [`netns_bench`].
+fn namespaces_main(opts: &netns_bench::NamespacesOpts, exporter: &Path) -> Result<ExitCode> {
+    netns_bench::internal_main(opts, exporter, |ctx| match opts.big_connections() {
+        Some(n) if opts.uneven => netns_uneven::uneven(ctx, n),
+        _ => netns_bench::even(ctx),
+    })
 }
 
 /// Resolves paths against the user's working directory before anything else happens, so

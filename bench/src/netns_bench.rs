@@ -1006,7 +1006,7 @@ pub(crate) fn run_daemon_with(
     let mut warnings: Vec<String> = not_wanted.into_iter().collect();
     let mut scrape_seconds = Vec::new();
     let (mut series, mut bytes) = (0, 0);
-    let mut rng = crate::unix_bench::Rng(spread.unwrap_or(0));
+    let mut rng = crate::rng::Rng(spread.unwrap_or(0));
     let window = d
         .sample_window_spread(
             Duration::from_secs(seconds),
@@ -1209,23 +1209,37 @@ pub(crate) fn ehash_for(sockets: u64) -> u64 {
     sockets.next_power_of_two().clamp(128, MAX_CHILD_EHASH)
 }
 
-pub fn internal_main(opts: &NamespacesOpts, exporter: &Path) -> Result<ExitCode> {
+/// What a scenario reports: its markdown, its JSON document, and whether it failed.
+pub(crate) type Report = (String, Value, bool);
+
+/// The coordinator of `namespaces` inside the private namespace: readies it, runs
+/// `scenario` (chosen by the caller: `--uneven` lives above this module) and reports.
+pub fn internal_main(
+    opts: &NamespacesOpts,
+    exporter: &Path,
+    scenario: impl FnOnce(&Ctx) -> Result<Report>,
+) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     namespace::raise_nofile_limit()?;
     let ctx = Ctx::new(opts, exporter)?;
-    let (markdown, doc, failed) = match opts.big_connections() {
-        Some(n) if opts.uneven => crate::netns_uneven::uneven(&ctx, n)?,
-        None => with_success(many_small(&ctx)?),
-        Some(n) => with_success(one_big(&ctx, n)?),
-    };
+    let (markdown, doc, failed) = scenario(&ctx)?;
     print!("{markdown}");
     report::write_json(opts.json.as_deref(), || report::json_text(&doc))?;
     Ok(report::exit_code(failed))
 }
 
+/// The scenarios of this module: K small namespaces, or with `--big-ns-connections` one
+/// big namespace next to small ones.
+pub(crate) fn even(ctx: &Ctx) -> Result<Report> {
+    Ok(match ctx.opts.big_connections() {
+        None => with_success(many_small(ctx)?),
+        Some(n) => with_success(one_big(ctx, n)?),
+    })
+}
+
 /// A scenario's report, no run of which can fail without failing it all.
-fn with_success((markdown, doc): (String, Value)) -> (String, Value, bool) {
+fn with_success((markdown, doc): (String, Value)) -> Report {
     (markdown, doc, false)
 }
 
@@ -1351,6 +1365,22 @@ struct Half {
     ehash_small: Vec<i64>,
     ehash_host: Option<i64>,
     run: DaemonRun,
+}
+
+impl Half {
+    fn json(&self) -> Value {
+        json!({
+            "title": self.title,
+            "setup_seconds": self.setup_seconds,
+            "raw_host_walk_seconds": self.host_walk,
+            "tcp_ehash_entries": {
+                "big": self.ehash_big,
+                "small": self.ehash_small,
+                "host": self.ehash_host,
+            },
+            "run": self.run.json(),
+        })
+    }
 }
 
 /// Builds the big namespace and `k` small ones, measures the daemon on them, tears them
@@ -1579,19 +1609,6 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
             ));
         }
     }
-    let half_json = |h: &Half| {
-        json!({
-            "title": h.title,
-            "setup_seconds": h.setup_seconds,
-            "raw_host_walk_seconds": h.host_walk,
-            "tcp_ehash_entries": {
-                "big": h.ehash_big,
-                "small": h.ehash_small,
-                "host": h.ehash_host,
-            },
-            "run": h.run.json(),
-        })
-    };
     let doc = json!({
         "scenario": "one_big",
         "environment": environment(opts),
@@ -1601,8 +1618,8 @@ fn one_big(ctx: &Ctx, n: u64) -> Result<(String, Value)> {
         "connections_per_ns": opts.connections_per_ns(),
         "child_ehash_entries": {"big": big_entries, "small": small_entries},
         "raw_host_walk_before_setup_seconds": empty_walk,
-        "shared": half_json(&shared),
-        "per_namespace": private.as_ref().map(half_json),
+        "shared": shared.json(),
+        "per_namespace": private.as_ref().map(Half::json),
         "per_namespace_skipped": skipped_why,
     });
     Ok((s, doc))

@@ -26,6 +26,7 @@ use crate::helper::{self, Helper};
 use crate::measure::{self, CommandResult, Spec};
 use crate::netns_bench::{label, parse_sample};
 use crate::report::mib;
+use crate::rng::Rng;
 use crate::unix_diag::{self, UnixCensus};
 use crate::{BenchOpts, namespace, proc_util, report, setup, worker};
 
@@ -74,29 +75,6 @@ pub struct UnixWorkerArgs {
 
 // ---------------------------------------------------------------------------------------
 // The plan.
-
-/// splitmix64: a small deterministic generator, so that a seed gives the same mix on every
-/// machine.
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Uniform in [0, 1).
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// One listener to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
