@@ -4,19 +4,23 @@
 //! node): which namespaces it samples in a pass, and in what order.
 //!
 //! The budget is a token bucket of CPU time, filled at `fraction` seconds
-//! per second of wall time and emptied by what each sample actually cost
-//! (the sampling thread's own CPU time), so the collector spends at most
-//! that fraction of one core over time however many namespaces there are,
-//! and however dear each is. A sample may start while any token is left
-//! and overdraw the bucket; the debt is paid before the next one starts.
+//! per second of wall time (saving up at most one period's worth) and
+//! emptied by what each sample actually cost (the sampling thread's own
+//! CPU time), so the collector spends at most that fraction of one core
+//! over time however many namespaces there are, and however dear each is.
 //!
 //! Which namespace goes next: one in trouble, its figures oldest first,
 //! for as long as troubled namespaces have spent less than
-//! [`TROUBLE_SHARE`] of the budget; then one never sampled; then the rest,
-//! oldest first (round-robin). So troubled namespaces are sampled first and every
-//! period while their share allows, and the others share what is left,
-//! never less than the rest of the budget: none starves, and each waits
-//! about (CPU of one round of them) / (what is left) at most.
+//! [`TROUBLE_SHARE`] of the budget (a second bucket; a troubled sample may
+//! overdraw the first, the others repay it by waiting); then one never
+//! sampled; then the rest, oldest first (round-robin), each only once the
+//! bucket holds what its last sample cost (or is full, if it cost more),
+//! and the line stops at the first of them that must wait, so that cheap
+//! namespaces cannot starve a dear one. Troubled namespaces are thus
+//! sampled first and every period while their share allows, and the
+//! others share what is left, never less than the rest of the budget: none
+//! starves, and each waits about (CPU of one round of them) / (what is
+//! left) at most.
 
 use std::time::{Duration, Instant};
 
