@@ -29,7 +29,8 @@ pub static REGISTRATION: Registration = Registration {
     name: CONNECTIONS,
     help: "states and Send-Q/Recv-Q per port, and bytes, age and SYN-RECV requests of each \
            listener. Walks every TCP socket: cost grows with connections (about 0.2 s of kernel \
-           time per 100k).",
+           time per 100k); all walks together keep to --collector.connections.cpu-budget, \
+           troubled namespaces first.",
     default_enabled: true,
     tier: Tier::Full,
     families: &[
@@ -210,7 +211,7 @@ fn args() -> Vec<Arg> {
                  one core (0.02 = 2%), measured as the sampling thread's own CPU time. \
                  Namespaces in trouble (a listener more than half full or dropping, a queue \
                  no walk has seen) are walked first, within a second; the rest in turn, \
-                 oldest figures first. Each namespace is walked at most every \
+                 oldest figures first. A quiet namespace is walked at most every \
                  --collector.connections.interval; when the budget cannot cover every \
                  namespace in one interval, figures get older instead \
                  (sockdiag_netns_last_sample_timestamp_seconds shows how old).",
@@ -661,6 +662,14 @@ mod tests {
             .is_err(),
             "include and exclude are exclusive"
         );
+        for bad in ["0", "-0.1", "1.5", "NaN", "inf", "2%", ""] {
+            assert!(
+                cli(&["--collector.connections.cpu-budget", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let m = cli(&["--collector.connections.cpu-budget", "0.05"]).unwrap();
+        assert_eq!(settings(&m).cpu_budget, 0.05);
         let m = cli(&["--collector.connections.queue-age", "off"]).unwrap();
         assert!(!settings(&m).queue_ages);
         assert!(cli(&["--collector.connections.queue-age", "fuzzy"]).is_err());
