@@ -194,6 +194,20 @@ fn build(m: &clap::ArgMatches, common: &Common) -> Box<dyn Collector> {
     })
 }
 
+/// The dump the collector asks for, one family at a time (UDP has no
+/// request for both at once): every state, with SKMEMINFO for the
+/// receive buffer and the drop counter.
+pub fn dump_request(family: Family) -> DumpRequest<'static> {
+    DumpRequest {
+        protocol: Protocol::Udp,
+        family: Some(family),
+        states: StateSet::All,
+        meminfo: true,
+        tcp_info: false,
+        filter: None,
+    }
+}
+
 /// The built collector.
 pub struct Udp {
     common: Common,
@@ -340,14 +354,7 @@ impl TypedCollector for Udp {
         let mut tally = Tally::default();
         let result = ctx.dump(|socket| {
             for family in families.into_iter().flatten() {
-                let request = DumpRequest {
-                    protocol: Protocol::Udp,
-                    family: Some(family),
-                    states: StateSet::All,
-                    meminfo: true,
-                    tcp_info: false,
-                    filter: None,
-                };
+                let request = dump_request(family);
                 socket.dump(&request, |r| self.classify(r, ephemeral, s, &mut tally))?;
             }
             Ok(())

@@ -834,20 +834,11 @@ pub fn tcp_ext_at(path: &str, name: &str) -> f64 {
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
-/// The UDP dump the udp collector asks for, one family at a time: every
-/// state, with SKMEMINFO.
+/// The UDP dump the udp collector asks for, one family at a time.
 pub fn udp_dump_request(
     family: sockdiag_exporter::diag::Family,
 ) -> sockdiag_exporter::diag::DumpRequest<'static> {
-    use sockdiag_exporter::diag::{DumpRequest, Protocol, StateSet};
-    DumpRequest {
-        protocol: Protocol::Udp,
-        family: Some(family),
-        states: StateSet::All,
-        meminfo: true,
-        tcp_info: false,
-        filter: None,
-    }
+    sockdiag_exporter::collect::udp::dump_request(family)
 }
 
 /// Runs `args` in the network namespace of process `pid` (with `envs`
