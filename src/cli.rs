@@ -79,7 +79,7 @@ pub struct Cli {
     #[command(flatten)]
     pub collectors: CollectorFlags,
 
-    /// `snapshot`, or none to run the daemon.
+    /// `snapshot` or `top`, or none to run the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -102,6 +102,67 @@ pub enum Command {
         #[arg(long, value_name = "FORMAT", default_value = "table")]
         format: Format,
     },
+    /// Watch every queue on the node live, fullest first: `watch ss -ltn`
+    /// with the limit, FULL, drops per second and the owner.
+    ///
+    /// One row per TCP and unix listener and UDP receiver of every
+    /// namespace the daemon would collect, sorted by fill (queue / limit),
+    /// FULL in words when the kernel refuses new connections; with drops
+    /// per second, half-open requests (SYN-Q), the age of the oldest
+    /// unaccepted connection, the owning process (and its unit or
+    /// container) and the last minute of the queue. Below, clients by
+    /// remote port: SYN-SENT, Send-Q and the gap between clients'
+    /// ESTABLISHED and the server's. Keys: ? for help, / filter, s sort,
+    /// Enter detail, p pause, q quit. Not on a terminal, or with --once or
+    /// --iterations, it prints plain text.
+    Top(TopArgs),
+}
+
+/// `top`'s own flags; the collector flags (which collectors, namespaces,
+/// paths) apply as for the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Time between refreshes. Sampling here, listeners are sampled at
+    /// least this often, and connections (SYN-Q, bytes, oldest, clients)
+    /// walked this often within --collector.connections.cpu-budget.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_top_interval)]
+    pub interval: Duration,
+
+    /// Print one frame as plain text and exit (--iterations 1). DROP/s
+    /// needs two frames: use --iterations 2 for it.
+    #[arg(long, conflicts_with = "iterations")]
+    pub once: bool,
+
+    /// Print this many frames as plain text, --interval apart, then exit.
+    /// Plain text is also what `top` writes when its output is not a
+    /// terminal (then until interrupted).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub iterations: Option<u32>,
+
+    /// Read a running daemon's metrics page instead of sampling here, so
+    /// `top` needs no privileges on this machine: http://HOST:PORT (its
+    /// /metrics) or a whole URL; http://USER:PASSWORD@HOST:PORT for basic
+    /// auth. https is not supported yet (use an ssh tunnel).
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+
+    /// Show only queues whose netns, address, port, kind or owner contains
+    /// this text (any case), as typed after `/` in the live view.
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+}
+
+/// A refresh period for `top`: at least 100 ms (a person cannot read
+/// faster, and each refresh samples), at most an hour.
+fn parse_top_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{text:?} is too short: at least 100ms"));
+    }
+    if d > Duration::from_secs(3600) {
+        return Err(format!("{text:?} is too long: at most 1h"));
+    }
+    Ok(d)
 }
 
 /// `snapshot` output formats.
@@ -341,6 +402,17 @@ impl CollectorFlags {
         }
     }
 
+    /// Names of the enabled collectors, plus `netns` when discovery is on:
+    /// the `collector` label values of the exporter's own health metrics.
+    pub fn health_names(&self, collectors: &[Arc<dyn Collector>]) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> =
+            collectors.iter().map(|c| c.registration().name).collect();
+        if self.enabled(NETNS) {
+            names.push(NETNS);
+        }
+        names
+    }
+
     /// The enabled collectors, built from their flags, in registry order.
     /// `one_shot` is for `snapshot`, which looks once.
     pub fn build(&self, one_shot: bool) -> Vec<Arc<dyn Collector>> {
@@ -480,41 +552,62 @@ pub fn resolve_listen_address(text: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// Every flag as (`--name`, value name, default, help), in `--help` order:
-/// the source of the README's flags table.
-pub fn flag_table() -> Vec<(String, String, String, String)> {
+/// A flag as (`--name`, value name, default, help).
+pub type FlagRow = (String, String, String, String);
+
+/// Every flag of the daemon as (`--name`, value name, default, help), in
+/// `--help` order: the source of the README's flags table.
+pub fn flag_table() -> Vec<FlagRow> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter_map(flag_row)
+        .collect()
+}
+
+/// The flags of subcommand `name` itself (not the global ones it shares
+/// with the daemon), as [`flag_table`] lists them; empty for an unknown
+/// name.
+pub fn subcommand_flag_table(name: &str) -> Vec<FlagRow> {
     use clap::CommandFactory;
     let cmd = Cli::command();
-    let mut out = Vec::new();
-    for arg in cmd.get_arguments() {
-        let Some(long) = arg.get_long() else { continue };
-        let value = arg
-            .get_action()
-            .takes_values()
-            .then(|| arg.get_value_names())
-            .flatten()
-            .and_then(|v| v.first())
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let default = arg
-            .get_default_values()
-            .iter()
-            .map(|v| v.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(",");
-        let help = arg
-            .get_long_help()
-            .or_else(|| arg.get_help())
-            .map(|h| {
-                h.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        out.push((format!("--{long}"), value, default, help));
-    }
-    out
+    cmd.find_subcommand(name)
+        .map(|sub| {
+            sub.get_arguments()
+                .filter(|a| !a.is_global_set())
+                .filter_map(flag_row)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn flag_row(arg: &Arg) -> Option<FlagRow> {
+    let long = arg.get_long()?;
+    let value = arg
+        .get_action()
+        .takes_values()
+        .then(|| arg.get_value_names())
+        .flatten()
+        .and_then(|v| v.first())
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let default = arg
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(",");
+    let help = arg
+        .get_long_help()
+        .or_else(|| arg.get_help())
+        .map(|h| {
+            h.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Some((format!("--{long}"), value, default, help))
 }
 
 #[cfg(test)]

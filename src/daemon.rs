@@ -11,38 +11,35 @@ use anyhow::{Context, Result, bail};
 use crate::cli::{Cli, Command, Format, resolve_listen_address};
 use crate::collect::Collector;
 use crate::metrics::Exposition;
-use crate::sampler::{NETNS, Sampler, run_once};
+use crate::sampler::{Sampler, run_once};
 use crate::server::{ServerConfig, serve};
 use crate::store::Store;
 
 /// Runs what the command line asks for.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(cli.log_level.tracing())
-        .with_writer(io::stderr)
         .with_ansi(false)
-        .with_target(false)
-        .init();
-    match cli.command {
-        Some(Command::Snapshot { format }) => snapshot(&cli, format),
+        .with_target(false);
+    match &cli.command {
+        // The live view owns the terminal; a log line would tear it. Its
+        // header shows failing collectors instead.
+        Some(Command::Top(args)) if crate::top::is_live(args) => {
+            logs.with_writer(io::sink).init();
+        }
+        _ => logs.with_writer(io::stderr).init(),
+    }
+    match &cli.command {
+        Some(Command::Snapshot { format }) => snapshot(&cli, *format),
+        Some(Command::Top(args)) => crate::top::run(args, &cli.collectors),
         None => daemon(&cli),
     }
-}
-
-/// Names of the enabled collectors, plus `netns` when discovery is on: the
-/// `collector` label values of the exporter's own health metrics.
-fn health_names(cli: &Cli, collectors: &[Arc<dyn Collector>]) -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = collectors.iter().map(|c| c.registration().name).collect();
-    if cli.collectors.enabled(NETNS) {
-        names.push(NETNS);
-    }
-    names
 }
 
 fn snapshot(cli: &Cli, format: Format) -> Result<ExitCode> {
     let config = cli.collectors.sampler_config();
     let collectors = cli.collectors.build(true);
-    let store = Store::new(&health_names(cli, &collectors));
+    let store = Store::new(&cli.collectors.health_names(&collectors));
     run_once(&config, &collectors, &store);
     let snapshot = store.snapshot();
     let text = match format {
@@ -127,7 +124,7 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         .local_addr()
         .context("reading the HTTP socket's address")?;
 
-    let enabled = health_names(cli, &collectors);
+    let enabled = cli.collectors.health_names(&collectors);
     let store = Arc::new(Store::new(&enabled));
     let exposition = Arc::new(
         Exposition::new(store.clone(), collectors.clone()).context("registering metrics")?,

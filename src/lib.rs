@@ -30,4 +30,5 @@ pub mod sampler;
 pub mod server;
 pub mod store;
 pub mod table;
+pub mod top;
 pub mod tracker;

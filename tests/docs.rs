@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sockdiag_exporter::cli::flag_table;
+use sockdiag_exporter::cli::{FlagRow, flag_table, subcommand_flag_table};
 use sockdiag_exporter::collect::REGISTRY;
 use sockdiag_exporter::metrics::all_families;
 
@@ -60,8 +60,16 @@ fn collectors_table() -> String {
 }
 
 fn flags_table() -> String {
+    table_of_flags(flag_table())
+}
+
+fn top_flags_table() -> String {
+    table_of_flags(subcommand_flag_table("top"))
+}
+
+fn table_of_flags(rows: Vec<FlagRow>) -> String {
     let mut out = String::from("| flag | default | meaning |\n|---|---|---|\n");
-    for (flag, value, default, help) in flag_table() {
+    for (flag, value, default, help) in rows {
         if flag == "--help" || flag == "--version" {
             continue;
         }
@@ -97,6 +105,7 @@ fn readme_tables_match_the_code() {
         ("collectors-table", collectors_table()),
         ("metrics-table", metrics_table()),
         ("flags-table", flags_table()),
+        ("top-flags-table", top_flags_table()),
     ] {
         let (start, stop) = section(&readme, name)
             .unwrap_or_else(|| panic!("README lacks <!-- {name}:begin/end --> markers"));

@@ -1,0 +1,501 @@
+//! Draws the model into ratatui widgets: a pure function of the model and
+//! the screen's size, so a test can draw into a buffer and read it.
+
+use ratatui::Frame as Screen;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Paragraph, Row as TableRow, Table, TableState,
+};
+use ratatui::widgets::{Sparkline, Wrap};
+
+use super::cells;
+use super::model::{HISTORY_SECONDS, Model, Row, View};
+
+/// What the header says about where the figures come from and when.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// `local` or the URL read.
+    pub source: String,
+    /// Wall-clock time of the latest refresh, `HH:MM:SS`.
+    pub clock: String,
+    /// Refresh period, as written on the command line.
+    pub interval: String,
+}
+
+/// Draws the whole screen.
+pub fn draw(screen: &mut Screen<'_>, model: &mut Model, status: &Status) {
+    let area = screen.area();
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    header(screen, head, model, status);
+    footer(screen, foot, model);
+    match model.view.clone() {
+        View::List => list(screen, body, model),
+        View::Detail(_) => detail(screen, body, model),
+        View::Help => help(screen, body),
+    }
+}
+
+fn header(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
+    let rows = model.rows();
+    let full = rows.iter().filter(|r| r.full).count();
+    let netns: std::collections::BTreeSet<&str> = model
+        .frame()
+        .queues
+        .keys()
+        .map(|k| k.netns.as_str())
+        .collect();
+    let mut first = vec![
+        Span::from("sockdiag-exporter top").bold(),
+        Span::from(format!(
+            "  {}  {} every {}  {} queues in {} netns",
+            status.source,
+            status.clock,
+            status.interval,
+            rows.len(),
+            netns.len()
+        )),
+    ];
+    if full > 0 {
+        first.push(Span::from(format!("  {full} FULL")).bold().red());
+    }
+    if model.paused {
+        first.push(Span::from("  PAUSED").bold().reversed());
+    }
+    let second = if let Some(e) = &model.error {
+        Line::from(vec![
+            Span::from("error: ").bold().red(),
+            Span::from(e.clone()),
+        ])
+    } else {
+        let mut spans = vec![Span::from(format!("sort {}", model.sort.title()))];
+        if !model.filter.is_empty() {
+            spans.push(Span::from(format!("  filter \"{}\"", model.filter)));
+        }
+        let mut overflowing: Vec<(String, f64)> = model
+            .frame()
+            .namespaces
+            .keys()
+            .filter_map(|n| {
+                model
+                    .overflows_per_second(n)
+                    .filter(|r| *r > 0.0)
+                    .map(|r| (n.clone(), r))
+            })
+            .collect();
+        overflowing.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (n, r) in overflowing.iter().take(3) {
+            spans.push(
+                Span::from(format!(
+                    "  {n}: ListenOverflows {}/s",
+                    cells::rate(Some(*r))
+                ))
+                .red(),
+            );
+        }
+        for c in &model.frame().failing {
+            spans.push(Span::from(format!("  collector {c} failing")).red());
+        }
+        Line::from(spans)
+    };
+    screen.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+}
+
+fn footer(screen: &mut Screen<'_>, area: Rect, model: &Model) {
+    let line = if let Some(text) = &model.editing {
+        Line::from(vec![
+            Span::from("filter (port, process, netns; Enter applies, Esc clears): ").bold(),
+            Span::from(format!("{text}_")),
+        ])
+    } else {
+        let keys = match model.view {
+            View::List => "q quit  / filter  s sort  ↑↓ select  Enter detail  p pause  ? help",
+            View::Detail(_) => "Esc back  p pause  q quit",
+            View::Help => "any key back  q quit",
+        };
+        Line::from(keys).reversed()
+    };
+    screen.render_widget(Paragraph::new(line), area);
+}
+
+/// Which optional columns fit, widest first dropped.
+struct Columns {
+    kind: bool,
+    bar: bool,
+    bytes: bool,
+    spark: usize,
+}
+
+impl Columns {
+    fn for_width(w: u16) -> Columns {
+        Columns {
+            kind: w >= 100,
+            bar: w >= 100,
+            bytes: w >= 110,
+            spark: match w {
+                0..140 => 0,
+                140..180 => 20,
+                _ => 30,
+            },
+        }
+    }
+}
+
+fn list(screen: &mut Screen<'_>, area: Rect, model: &mut Model) {
+    let client_rows = model.clients().len();
+    let clients_height = if client_rows == 0 {
+        0
+    } else {
+        (client_rows as u16 + 3).min(area.height / 3).max(4)
+    };
+    let [queues, clients] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(clients_height)]).areas(area);
+    model.page = queues.height.saturating_sub(3).max(1) as usize;
+    queue_table(screen, queues, model);
+    if clients_height > 0 {
+        client_table(screen, clients, model);
+    }
+}
+
+fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
+    let cols = Columns::for_width(area.width);
+    let rows = model.rows();
+    let listen_width = rows
+        .iter()
+        .map(|r| r.key.endpoint().chars().count())
+        .max()
+        .unwrap_or(6)
+        .clamp(6, if area.width >= 120 { 40 } else { 18 }) as u16;
+    let netns_width = rows
+        .iter()
+        .map(|r| r.key.netns.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, if area.width >= 120 { 24 } else { 8 }) as u16;
+    let widest = |cell: &dyn Fn(&Row<'_>) -> String, min: usize, max: usize| {
+        rows.iter()
+            .map(|r| cell(r).chars().count())
+            .max()
+            .unwrap_or(min)
+            .clamp(min, max) as u16
+    };
+    // Narrow columns as narrow as their contents, so the owner keeps room.
+    let queue_width = widest(&|r| cells::queue(r), 5, 13);
+    let fill_width = widest(&|r| cells::fill(r), 4, 9);
+    let mut titles = vec!["NETNS"];
+    let mut widths = vec![Constraint::Length(netns_width)];
+    if cols.kind {
+        titles.push("KIND");
+        widths.push(Constraint::Length(4));
+    }
+    titles.extend(["LISTEN", "QUEUE", "FILL"]);
+    widths.extend([
+        Constraint::Length(listen_width),
+        Constraint::Length(queue_width),
+        Constraint::Length(if cols.bar {
+            11 + fill_width
+        } else {
+            fill_width
+        }),
+    ]);
+    titles.extend(["DROP/s", "SYN-Q"]);
+    widths.extend([Constraint::Length(6), Constraint::Length(5)]);
+    if cols.bytes {
+        titles.push("BYTES");
+        widths.push(Constraint::Length(6));
+    }
+    titles.push("OLDEST");
+    widths.push(Constraint::Length(6));
+    if cols.spark > 0 {
+        titles.push("LAST MINUTE");
+        widths.push(Constraint::Length(cols.spark as u16));
+    }
+    titles.push("OWNER");
+    widths.push(Constraint::Fill(1));
+
+    let table_rows: Vec<TableRow<'_>> = rows
+        .iter()
+        .map(|r| {
+            let q = r.queue;
+            let mut c: Vec<String> = vec![r.key.netns.clone()];
+            if cols.kind {
+                c.push(r.key.kind.as_str().into());
+            }
+            c.push(r.key.endpoint());
+            c.push(cells::queue(r));
+            c.push(if cols.bar {
+                format!("{} {}", cells::bar(q.fill(), 10), cells::fill(r))
+            } else {
+                cells::fill(r)
+            });
+            c.push(cells::rate(r.drops_per_second));
+            c.push(cells::count(q.syn_queue));
+            if cols.bytes {
+                c.push(cells::bytes(q.waiting_bytes));
+            }
+            c.push(cells::seconds(q.oldest));
+            if cols.spark > 0 {
+                c.push(spark(model, r, cols.spark));
+            }
+            c.push(cells::owners(&q.owners));
+            let style = if r.full {
+                Style::new().red().bold()
+            } else if r.drops_per_second.is_some_and(|d| d > 0.0) {
+                Style::new().yellow()
+            } else {
+                Style::new()
+            };
+            TableRow::new(c.into_iter().map(Cell::from)).style(style)
+        })
+        .collect();
+    let empty = table_rows.is_empty();
+    let title = if model.filter.is_empty() {
+        " queues ".to_string()
+    } else {
+        format!(" queues matching \"{}\" ", model.filter)
+    };
+    let table = Table::new(table_rows, widths)
+        .header(TableRow::new(titles).bold().underlined())
+        .block(Block::new().borders(Borders::TOP).title(title))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol(">");
+    let mut state = TableState::default().with_selected(Some(model.selected_index(&rows)));
+    screen.render_stateful_widget(table, area, &mut state);
+    if empty {
+        let msg = if model.refreshes == 0 {
+            "waiting for the first sample..."
+        } else {
+            "no queue matches"
+        };
+        let inner = Rect {
+            y: area.y + 2,
+            height: 1,
+            ..area
+        };
+        screen.render_widget(Paragraph::new(msg).italic(), inner);
+    }
+}
+
+fn spark(model: &Model, r: &Row<'_>, width: usize) -> String {
+    let top = r.queue.limit.unwrap_or(0.0);
+    cells::sparkline(&model.history(r.key), HISTORY_SECONDS, top, width)
+}
+
+fn client_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
+    let rows: Vec<TableRow<'_>> = model
+        .clients()
+        .iter()
+        .map(|c| {
+            let f = c.figures;
+            let style = if f.syn_sent > 0.0 || c.gap().is_some_and(|g| g > 0.0) {
+                Style::new().red()
+            } else {
+                Style::new()
+            };
+            TableRow::new([
+                c.netns.to_string(),
+                c.port.to_string(),
+                cells::count(Some(f.syn_sent)),
+                cells::count(Some(f.established)),
+                cells::count(f.server_established),
+                cells::count(c.gap()),
+                cells::bytes(Some(f.send_queue_bytes)),
+            ])
+            .style(style)
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(if area.width >= 120 { 24 } else { 10 }),
+        Constraint::Length(6),
+        Constraint::Length(8),
+        Constraint::Length(6),
+        Constraint::Length(12),
+        Constraint::Length(5),
+        Constraint::Length(7),
+    ];
+    let table = Table::new(rows, widths)
+        .header(
+            TableRow::new([
+                "NETNS",
+                "PORT",
+                "SYN-SENT",
+                "ESTAB",
+                "SERVER-ESTAB",
+                "GAP",
+                "SEND-Q",
+            ])
+            .bold()
+            .underlined(),
+        )
+        .block(
+            Block::new()
+                .borders(Borders::TOP)
+                .title(" clients, by remote port "),
+        );
+    screen.render_widget(table, area);
+}
+
+fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model) {
+    screen.render_widget(Clear, area);
+    let Some(r) = model.detail() else {
+        let p = Paragraph::new("this queue is gone (its socket closed); Esc goes back")
+            .block(Block::new().borders(Borders::TOP).title(" detail "));
+        screen.render_widget(p, area);
+        return;
+    };
+    let q = r.queue;
+    let k = r.key;
+    let field = |name: &str, value: String| {
+        Line::from(vec![
+            Span::from(format!("{name:<23} ")).bold(),
+            Span::from(value),
+        ])
+    };
+    let accept = !matches!(k.kind, super::frame::Kind::Udp);
+    let mut lines = vec![
+        field("netns", k.netns.clone()),
+        field("kind", format!("{} ({})", k.kind.as_str(), k.family)),
+        field("listening on", k.endpoint()),
+        field(
+            if accept {
+                "accept queue"
+            } else {
+                "receive queue"
+            },
+            format!("{}  {}", cells::queue(&r), cells::fill(&r)),
+        ),
+        field(
+            "peak (daemon's window)",
+            if accept {
+                cells::count(q.peak)
+            } else {
+                cells::bytes(q.peak)
+            },
+        ),
+    ];
+    if accept {
+        lines.push(field("time full (total)", cells::seconds(q.full_seconds)));
+    }
+    lines.extend([
+        field(
+            "drops",
+            format!(
+                "{} total, {}/s",
+                cells::count(q.drops),
+                cells::rate(r.drops_per_second)
+            ),
+        ),
+        field(
+            "netns ListenOverflows",
+            format!("{}/s", cells::rate(model.overflows_per_second(&k.netns))),
+        ),
+    ]);
+    if k.kind == super::frame::Kind::Tcp {
+        lines.extend([
+            field("SYN-RECV (half-open)", cells::count(q.syn_queue)),
+            field(
+                "waiting to be accepted",
+                format!(
+                    "{}, oldest {}, clients sent {} bytes",
+                    cells::count(q.length),
+                    cells::seconds(q.oldest),
+                    cells::bytes(q.waiting_bytes),
+                ),
+            ),
+        ]);
+        if let Some(at) = model
+            .frame()
+            .namespaces
+            .get(&k.netns)
+            .and_then(|n| n.connections_at)
+        {
+            lines.push(field(
+                "connection figures",
+                format!("walked at {}", clock_of(at)),
+            ));
+        }
+    }
+    if q.owners.is_empty() {
+        lines.push(field("owner", "not known".into()));
+    }
+    for o in &q.owners {
+        lines.push(field("owner", o.to_string()));
+        lines.push(field("  exe", o.exe.clone()));
+        lines.push(field("  cmdline", o.cmdline.clone()));
+        if !o.unit.is_empty() {
+            lines.push(field("  unit", o.unit.clone()));
+        }
+        if !o.container_id.is_empty() {
+            lines.push(field("  container", o.container_id.clone()));
+        }
+    }
+    let history = model.history(k);
+    let [text, graph] = Layout::vertical([
+        Constraint::Min(lines.len() as u16 + 1),
+        Constraint::Length(if history.is_empty() { 0 } else { 6 }),
+    ])
+    .areas(area);
+    screen.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::new().borders(Borders::TOP).title(" detail ")),
+        text,
+    );
+    if !history.is_empty() {
+        let data: Vec<u64> = history.iter().map(|(_, v)| *v as u64).collect();
+        let max = q
+            .limit
+            .unwrap_or(0.0)
+            .max(data.iter().copied().max().unwrap_or(0) as f64);
+        let title = format!(" queue, last {} s (scale: 0..{max:.0}) ", HISTORY_SECONDS);
+        screen.render_widget(
+            Sparkline::default()
+                .block(Block::new().borders(Borders::TOP).title(title))
+                .data(&data)
+                .max(max.max(1.0) as u64),
+            graph,
+        );
+    }
+}
+
+/// A Unix time as `HH:MM:SS` UTC.
+pub fn clock_of(unix: f64) -> String {
+    let s = unix.max(0.0) as u64 % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn help(screen: &mut Screen<'_>, area: Rect) {
+    let lines: Vec<Line<'_>> = [
+        ("q, Ctrl-C", "quit"),
+        ("?", "this help; any key goes back"),
+        ("s, F6, >", "sort by the next column: FILL, DROP/s, SYN-Q, OLDEST, QUEUE, NETNS"),
+        ("<", "sort by the previous column"),
+        ("/", "filter by port, address, process, unit, container or netns; Esc clears"),
+        ("↑ ↓ j k, PgUp PgDn, g G", "select a queue"),
+        ("Enter", "every figure of the selected queue and its last minute"),
+        ("p, space", "pause (the screen stops changing; sampling goes on)"),
+    ]
+    .into_iter()
+    .map(|(k, v)| Line::from(vec![Span::from(format!("{k:<26}")).bold(), Span::from(v)]))
+    .chain([
+        Line::from(""),
+        Line::from("FULL: the accept queue is longer than its limit; the kernel refuses new connections."),
+        Line::from("DROP/s: the listener's own drop counter (sk_drops) per second; SYN-Q: half-open requests."),
+        Line::from("OLDEST: how long the oldest unaccepted connection has waited; BYTES: what clients sent it."),
+        Line::from("Clients: SYN-SENT and Send-Q by remote port; GAP: clients established that the server"),
+        Line::from("  in the same netns does not count (final ACK dropped at a full queue)."),
+    ])
+    .collect();
+    screen.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::new().borders(Borders::TOP).title(" keys ")),
+        area,
+    );
+}

@@ -1,0 +1,243 @@
+//! `sockdiag-exporter top`: every queue on the node, live, fullest first.
+//!
+//! Figures flow one way: a [`source`] yields the exposition text (the
+//! daemon's collectors run here, or a remote daemon's `/metrics`), it is
+//! parsed ([`exposition`]) into a [`frame`], the [`model`] takes frames and
+//! keys, and [`draw`] (terminal) or [`text`] (plain) show the model. Only
+//! this module's loops touch the terminal.
+
+pub mod cells;
+pub mod draw;
+pub mod exposition;
+pub mod fetch;
+pub mod frame;
+pub mod model;
+pub mod source;
+pub mod terminal;
+pub mod text;
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::cli::{CollectorFlags, TopArgs};
+use draw::Status;
+use frame::Frame;
+use model::{Action, Key, Model};
+use source::Source;
+
+/// Whether `top` will take over the terminal: it is one, and no plain
+/// output was asked for.
+pub fn is_live(args: &TopArgs) -> bool {
+    !args.once && args.iterations.is_none() && io::stdout().is_terminal()
+}
+
+/// Runs `top`.
+pub fn run(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
+    if is_live(args) {
+        live(args, flags)
+    } else {
+        plain(args, flags)
+    }
+}
+
+fn open(args: &TopArgs, flags: &CollectorFlags, continuous: bool) -> Result<Source> {
+    match &args.from {
+        // A fetch slower than a refresh would only queue up; a slow node
+        // still gets a few seconds.
+        Some(url) => Source::remote(
+            url,
+            args.interval
+                .clamp(Duration::from_secs(2), Duration::from_secs(10)),
+        ),
+        None => Source::local(flags, args.interval, continuous),
+    }
+}
+
+/// Wall-clock time, as the header shows it.
+fn clock_now() -> String {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    draw::clock_of(unix)
+}
+
+fn interval_text(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Frames as plain text: `--once`, `--iterations`, or output that is not a
+/// terminal. Fails (exit 1) when the last read failed.
+fn plain(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
+    let mut source = open(args, flags, false)?;
+    let iterations = if args.once { Some(1) } else { args.iterations };
+    let mut model = Model::default();
+    model.filter = args.filter.clone().unwrap_or_default();
+    let start = Instant::now();
+    let mut ok;
+    let mut n = 0u32;
+    let mut out = io::stdout().lock();
+    loop {
+        let began = Instant::now();
+        match source.read() {
+            Ok(frame) => {
+                model.update(frame, began.duration_since(start).as_secs_f64());
+                ok = true;
+            }
+            Err(e) => {
+                eprintln!("sockdiag-exporter: top: {e}");
+                model.failed(e);
+                ok = false;
+            }
+        }
+        let title = format!(
+            "sockdiag-exporter top: {} at {}",
+            source.describe(),
+            clock_now()
+        );
+        let text = text::frame(&model, &title);
+        let written = if n > 0 {
+            writeln!(out).and_then(|()| out.write_all(text.as_bytes()))
+        } else {
+            out.write_all(text.as_bytes())
+        }
+        .and_then(|()| out.flush());
+        match written {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
+            other => other.context("writing to standard output")?,
+        }
+        n += 1;
+        if iterations.is_some_and(|i| n >= i) {
+            break;
+        }
+        std::thread::sleep(args.interval.saturating_sub(began.elapsed()));
+    }
+    source.stop();
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What the reading thread sends: a frame or why there is none, when it
+/// was read (monotonic) and the wall clock then.
+type Reading = (Result<Frame, String>, Instant, String);
+
+/// Reads `source` every `interval` on its own thread, so a slow dump or a
+/// slow remote node never freezes the keys.
+fn spawn_reader(
+    mut source: Source,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> io::Result<mpsc::Receiver<Reading>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("top-read".into())
+        .stack_size(crate::memory::THREAD_STACK_BYTES)
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let began = Instant::now();
+                let reading = source.read();
+                if tx.send((reading, began, clock_now())).is_err() {
+                    break;
+                }
+                let next = began + interval;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(20).min(interval));
+                }
+            }
+            source.stop();
+        })?;
+    Ok(rx)
+}
+
+/// crossterm's key, as the model knows keys.
+fn key_of(k: KeyEvent) -> Option<Key> {
+    let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+    Some(match k.code {
+        KeyCode::Char(c) if ctrl => Key::Ctrl(c),
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        KeyCode::Home => Key::Home,
+        KeyCode::End => Key::End,
+        KeyCode::F(6) => Key::F6,
+        _ => return None,
+    })
+}
+
+/// The terminal view: one loop draws on a new frame, a key or a resize,
+/// and leaves on `q`, Ctrl-C or a signal, putting the terminal back.
+fn live(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
+    terminal::catch_signals().context("installing signal handlers")?;
+    let source = open(args, flags, true)?;
+    let mut status = Status {
+        source: source.describe(),
+        clock: clock_now(),
+        interval: interval_text(args.interval),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let readings =
+        spawn_reader(source, args.interval, stop.clone()).context("starting the reader")?;
+    let mut model = Model::default();
+    model.filter = args.filter.clone().unwrap_or_default();
+    let start = Instant::now();
+    let result = (|| -> Result<()> {
+        let mut guard = terminal::Guard::enter().context("taking over the terminal")?;
+        let mut dirty = true;
+        while !terminal::signalled() {
+            while let Ok((reading, at, clock)) = readings.try_recv() {
+                match reading {
+                    Ok(frame) => model.update(frame, at.duration_since(start).as_secs_f64()),
+                    Err(e) => model.failed(e),
+                }
+                if !model.paused {
+                    status.clock = clock;
+                }
+                dirty = true;
+            }
+            if dirty {
+                guard
+                    .tty
+                    .draw(|screen| draw::draw(screen, &mut model, &status))
+                    .context("drawing")?;
+                dirty = false;
+            }
+            if !event::poll(Duration::from_millis(50)).context("reading keys")? {
+                continue;
+            }
+            match event::read().context("reading keys")? {
+                Event::Key(k) if k.kind != KeyEventKind::Release => {
+                    if let Some(key) = key_of(k) {
+                        if model.key(key) == Action::Quit {
+                            break;
+                        }
+                        dirty = true;
+                    }
+                }
+                Event::Resize(..) => dirty = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::SeqCst);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
