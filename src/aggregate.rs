@@ -148,6 +148,37 @@ impl PortSet {
     }
 }
 
+/// The listening address a server-side connection belongs to, among those
+/// `listens` says something listens on: the exact local address if one
+/// does, else the wildcard of the same family (the kernel's own lookup
+/// prefers the exact match; a v4-mapped connection on a dual-stack `::`
+/// listener is IPv6 already).
+pub fn listening_address(
+    r: &SockRecord,
+    listens: impl Fn(&ListenKey) -> bool,
+) -> Option<ListenKey> {
+    let exact = ListenKey {
+        addr: r.local,
+        port: r.local_port,
+    };
+    if listens(&exact) {
+        return Some(exact);
+    }
+    let wildcard = ListenKey {
+        addr: RawAddr::unspecified(r.local.family),
+        port: r.local_port,
+    };
+    listens(&wildcard).then_some(wildcard)
+}
+
+/// Whether a connection with no owning file waits in an accept queue:
+/// connections leave the queue only through `accept()`, which gives them an
+/// inode; an orphan (closed by its process) cannot be established or in
+/// close-wait.
+pub fn in_accept_queue(r: &SockRecord) -> bool {
+    r.inode == 0 && matches!(r.state, TcpState::Established | TcpState::CloseWait)
+}
+
 /// Aggregates one connection sample of one namespace.
 ///
 /// Call [`ConnectionAggregator::reset`] with the namespace's current
@@ -182,31 +213,10 @@ impl ConnectionAggregator {
         }
     }
 
-    /// The listening address a server-side connection belongs to: the exact
-    /// local address if something listens there, else the wildcard of the
-    /// same family (the kernel's own lookup prefers the exact match; a
-    /// v4-mapped connection on a dual-stack `::` listener is IPv6 already).
+    /// The listening address a server-side connection belongs to (see
+    /// [`listening_address`]).
     fn owner(&self, r: &SockRecord) -> Option<ListenKey> {
-        let exact = ListenKey {
-            addr: r.local,
-            port: r.local_port,
-        };
-        if self.queues.contains_key(&exact) {
-            return Some(exact);
-        }
-        let wildcard = ListenKey {
-            addr: RawAddr::unspecified(r.local.family),
-            port: r.local_port,
-        };
-        self.queues.contains_key(&wildcard).then_some(wildcard)
-    }
-
-    /// Whether a connection with no owning file waits in an accept queue:
-    /// connections leave the queue only through `accept()`, which gives them
-    /// an inode; an orphan (closed by its process) cannot be established or
-    /// in close-wait.
-    fn in_accept_queue(r: &SockRecord) -> bool {
-        r.inode == 0 && matches!(r.state, TcpState::Established | TcpState::CloseWait)
+        listening_address(r, |k| self.queues.contains_key(k))
     }
 
     /// Counts one connection record. Listener records are ignored: their
@@ -227,7 +237,7 @@ impl ConnectionAggregator {
 
         if role == Role::Server {
             let syn = r.state == TcpState::SynRecv;
-            let queued = Self::in_accept_queue(r);
+            let queued = in_accept_queue(r);
             if syn || queued {
                 if let Some(q) = self.owner(r).and_then(|key| self.queues.get_mut(&key)) {
                     if syn {

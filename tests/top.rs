@@ -243,6 +243,9 @@ fn live_view_puts_the_full_queue_first_and_quits_cleanly() {
                 p.contains("127.0.0.1:7501")
             });
             tmux.keys(&["Enter"]);
+            tmux.wait_for("its waiting connections", Duration::from_secs(5), |p| {
+                p.contains("waiting connections: 9")
+            });
             let pid = format!("/{}", std::process::id());
             tmux.wait_for(
                 "the full listener's detail, with its owner's pid",
@@ -485,5 +488,66 @@ fn bad_sources_are_clear_errors() {
             assert!(err.contains(says), "top {args:?} says {says:?}: {err}");
             assert!(!err.contains("panicked"), "{err}");
         }
+    });
+}
+
+#[test]
+fn the_waiting_connections_are_those_ss_shows() {
+    in_netns("the_waiting_connections_are_those_ss_shows", || {
+        use sockdiag_exporter::top::frame::{Frame, Kind, Queue, QueueKey};
+        // The same port on a specific address and on the wildcard: each
+        // connection belongs to the listener the kernel gave it to.
+        let specific: SocketAddr = ([127, 0, 0, 1], 7541).into();
+        // SO_REUSEPORT lets both bind; their addresses differ, so they are
+        // no reuseport group.
+        let _s = listen(specific, 16, true, None);
+        let wildcard: SocketAddr = ([0, 0, 0, 0], 7541).into();
+        let _w = listen(wildcard, 16, true, None);
+        // Loopback answers all of 127.0.0.0/8.
+        let other: SocketAddr = ([127, 0, 0, 2], 7541).into();
+        let mut held = Vec::new();
+        for i in 0..5 {
+            let c = start_connect(specific);
+            assert!(wait_connected(&c, Duration::from_secs(5)));
+            c.send(&vec![b'x'; i + 1]).expect("sending");
+            held.push(c);
+        }
+        let _to_wildcard = clients(other, 2);
+        wait_queue(specific, 5);
+        wait_queue(wildcard, 2);
+        std::thread::sleep(Duration::from_millis(100));
+
+        let key = |address: &str| QueueKey {
+            kind: Kind::Tcp,
+            netns: "host".into(),
+            family: "ipv4".into(),
+            address: address.into(),
+            port: "7541".into(),
+            member: String::new(),
+        };
+        let mut frame = Frame::default();
+        frame.queues.insert(key("127.0.0.1"), Queue::default());
+        frame.queues.insert(key("0.0.0.0"), Queue::default());
+        let info = sockdiag_exporter::netns::own(std::path::Path::new("/proc"));
+        let list = sockdiag_exporter::top::waiting::list(&info, &key("127.0.0.1"), &frame)
+            .expect("listing the waiting connections");
+        let mut ours: Vec<(u16, u32)> = list
+            .listed
+            .iter()
+            .map(|w| (w.peer.port(), w.bytes))
+            .collect();
+        ours.sort();
+        let mut theirs: Vec<(u16, u32)> = parse_ss(&ss(&["-tn"]))
+            .into_iter()
+            .filter(|s| s.state == "ESTAB" && s.local == specific)
+            .filter_map(|s| Some((s.peer_port()?, s.recv_q as u32)))
+            .collect();
+        theirs.sort();
+        assert_eq!(list.total, 5);
+        assert_eq!(ours, theirs, "(client port, bytes) as ss -tn shows them");
+        assert!(list.listed.iter().all(|w| w.waited_ms.is_some()));
+        let wild = sockdiag_exporter::top::waiting::list(&info, &key("0.0.0.0"), &frame)
+            .expect("listing the wildcard's");
+        assert_eq!(wild.total, 2, "the wildcard's own two");
     });
 }

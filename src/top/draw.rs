@@ -11,11 +11,14 @@ use ratatui::widgets::{
 use ratatui::widgets::{Sparkline, Wrap};
 
 use super::cells;
+use super::frame::QueueKey;
 use super::model::{HISTORY_SECONDS, Model, Row, View};
 
 /// What the header says about where the figures come from and when.
 #[derive(Debug, Clone)]
 pub struct Status {
+    /// Whether `top` samples here (else it reads a daemon's page).
+    pub local: bool,
     /// `local` or the URL read.
     pub source: String,
     /// Wall-clock time of the latest refresh, `HH:MM:SS`.
@@ -37,7 +40,7 @@ pub fn draw(screen: &mut Screen<'_>, model: &mut Model, status: &Status) {
     footer(screen, foot, model);
     match model.view.clone() {
         View::List => list(screen, body, model),
-        View::Detail(_) => detail(screen, body, model),
+        View::Detail(_) => detail(screen, body, model, status),
         View::Help => help(screen, body),
     }
 }
@@ -341,7 +344,7 @@ fn client_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
     screen.render_widget(table, area);
 }
 
-fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model) {
+fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
     screen.render_widget(Clear, area);
     let Some(r) = model.detail() else {
         let p = Paragraph::new("this queue is gone (its socket closed); Esc goes back")
@@ -436,18 +439,42 @@ fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model) {
         }
     }
     let history = model.history(k);
-    let [text, graph] = Layout::vertical([
-        Constraint::Min(lines.len() as u16 + 1),
-        Constraint::Length(if history.is_empty() { 0 } else { 6 }),
-    ])
-    .areas(area);
+    let list = (k.kind == super::frame::Kind::Tcp).then(|| waiting_list(model, k, status));
+    // Side by side where there is room; else figures first.
+    let (text, rest) = if area.width >= 120 && list.is_some() {
+        let [l, r] =
+            Layout::horizontal([Constraint::Percentage(55), Constraint::Fill(1)]).areas(area);
+        (l, r)
+    } else {
+        // Every figure first; what is left goes to the list.
+        let [t, r] = Layout::vertical([
+            Constraint::Length((lines.len() as u16 + 1).min(area.height.saturating_sub(4))),
+            Constraint::Fill(1),
+        ])
+        .areas(area);
+        (t, r)
+    };
+    // The graph only where it leaves the list room.
+    let graph_height = if history.is_empty() || (list.is_some() && rest.height < 10) {
+        0
+    } else {
+        6
+    };
+    let [list_area, graph] =
+        Layout::vertical([Constraint::Fill(1), Constraint::Length(graph_height)]).areas(rest);
     screen.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
             .block(Block::new().borders(Borders::TOP).title(" detail ")),
         text,
     );
-    if !history.is_empty() {
+    if let Some((title, list)) = list {
+        screen.render_widget(
+            Paragraph::new(list).block(Block::new().borders(Borders::TOP).title(title)),
+            list_area,
+        );
+    }
+    if graph_height > 0 {
         let data: Vec<u64> = history.iter().map(|(_, v)| *v as u64).collect();
         let max = q
             .limit
@@ -461,6 +488,58 @@ fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model) {
                 .max(max.max(1.0) as u64),
             graph,
         );
+    }
+}
+
+/// The connections waiting on `key`, as a title and lines: listed when
+/// sampling here (the reader fetched them for this view), else why not.
+fn waiting_list<'a>(model: &Model, key: &QueueKey, status: &Status) -> (String, Vec<Line<'a>>) {
+    let note = |text: &str| vec![Line::from(text.to_string()).italic()];
+    if !status.local {
+        return (
+            " waiting connections ".into(),
+            note(
+                "listed only when top samples here: the daemon's page has their count, bytes and oldest age",
+            ),
+        );
+    }
+    match &model.frame().waiting {
+        Some((k, Ok(list))) if k == key => {
+            let title = if list.total > list.listed.len() {
+                format!(
+                    " waiting connections: {} (the first {} listed) ",
+                    list.total,
+                    list.listed.len()
+                )
+            } else {
+                format!(" waiting connections: {} ", list.total)
+            };
+            let peers: Vec<String> = list.listed.iter().map(|w| w.peer.to_string()).collect();
+            let width = peers.iter().map(String::len).max().unwrap_or(0).max(6);
+            let mut lines = vec![
+                Line::from(format!(
+                    "{:<width$} {:>7} {:>8}",
+                    "CLIENT", "BYTES", "WAITED"
+                ))
+                .bold(),
+            ];
+            lines.extend(list.listed.iter().zip(peers).map(|(w, peer)| {
+                Line::from(format!(
+                    "{peer:<width$} {:>7} {:>8}",
+                    cells::bytes(Some(f64::from(w.bytes))),
+                    cells::seconds(w.waited_ms.map(|ms| f64::from(ms) / 1000.0)),
+                ))
+            }));
+            (title, lines)
+        }
+        Some((k, Err(e))) if k == key => (
+            " waiting connections ".into(),
+            note(&format!("cannot list them: {e}")),
+        ),
+        _ => (
+            " waiting connections ".into(),
+            note("listing them at the next refresh..."),
+        ),
     }
 }
 

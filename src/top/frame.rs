@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::exposition::Sample;
+use super::waiting::WaitingList;
 
 /// What kind of queue a row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -198,6 +199,9 @@ pub struct Frame {
     pub namespaces: BTreeMap<String, Namespace>,
     /// Collectors whose last sample failed, by name.
     pub failing: Vec<String>,
+    /// The connections waiting on the queue the detail view shows, when
+    /// `top` samples here (see [`super::waiting`]).
+    pub waiting: Option<(QueueKey, Result<WaitingList, String>)>,
 }
 
 fn label<'a>(s: &'a Sample, name: &str) -> &'a str {

@@ -15,12 +15,13 @@ pub mod model;
 pub mod source;
 pub mod terminal;
 pub mod text;
+pub mod waiting;
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -28,8 +29,8 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, Ke
 
 use crate::cli::{CollectorFlags, TopArgs};
 use draw::Status;
-use frame::Frame;
-use model::{Action, Key, Model};
+use frame::{Frame, QueueKey};
+use model::{Action, Key, Model, View};
 use source::Source;
 
 /// Whether `top` will take over the terminal: it is one, and no plain
@@ -89,7 +90,7 @@ fn plain(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
     let mut out = io::stdout().lock();
     loop {
         let began = Instant::now();
-        match source.read() {
+        match source.read(None) {
             Ok(frame) => {
                 model.update(frame, began.duration_since(start).as_secs_f64());
                 ok = true;
@@ -140,6 +141,7 @@ fn spawn_reader(
     mut source: Source,
     interval: Duration,
     stop: Arc<AtomicBool>,
+    detail: Arc<Mutex<Option<QueueKey>>>,
 ) -> io::Result<mpsc::Receiver<Reading>> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -148,7 +150,8 @@ fn spawn_reader(
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let began = Instant::now();
-                let reading = source.read();
+                let wanted = detail.lock().map(|d| d.clone()).unwrap_or_default();
+                let reading = source.read(wanted.as_ref());
                 if tx.send((reading, began, clock_now())).is_err() {
                     break;
                 }
@@ -188,13 +191,15 @@ fn live(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
     terminal::catch_signals().context("installing signal handlers")?;
     let source = open(args, flags, true)?;
     let mut status = Status {
+        local: matches!(source, Source::Local(_)),
         source: source.describe(),
         clock: clock_now(),
         interval: interval_text(args.interval),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let readings =
-        spawn_reader(source, args.interval, stop.clone()).context("starting the reader")?;
+    let detail = Arc::new(Mutex::new(None));
+    let readings = spawn_reader(source, args.interval, stop.clone(), detail.clone())
+        .context("starting the reader")?;
     let mut model = Model::default();
     model.filter = args.filter.clone().unwrap_or_default();
     let start = Instant::now();
@@ -227,6 +232,14 @@ fn live(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
                     if let Some(key) = key_of(k) {
                         if model.key(key) == Action::Quit {
                             break;
+                        }
+                        // The reader lists the waiting connections of the
+                        // queue whose detail is open, from its next read.
+                        if let Ok(mut d) = detail.lock() {
+                            *d = match &model.view {
+                                View::Detail(k) => Some(k.clone()),
+                                _ => None,
+                            };
                         }
                         dirty = true;
                     }

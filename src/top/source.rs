@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 
 use super::exposition;
 use super::fetch::{Target, fetch};
-use super::frame::Frame;
+use super::frame::{Frame, QueueKey};
+use super::waiting;
 use crate::cli::CollectorFlags;
 use crate::collect::Collector;
 use crate::metrics::Exposition;
@@ -91,8 +92,9 @@ impl Source {
         }
     }
 
-    /// The latest figures.
-    pub fn read(&mut self) -> Result<Frame, String> {
+    /// The latest figures; with `detail`, sampling here, also the
+    /// connections waiting on that queue.
+    pub fn read(&mut self, detail: Option<&QueueKey>) -> Result<Frame, String> {
         let text = match self {
             Source::Local(l) => {
                 if l.sampler.is_none() {
@@ -110,7 +112,17 @@ impl Source {
             Source::Remote { target, .. } => format!("{target}: not a metrics page: {e}"),
             Source::Local(_) => format!("reading our own figures: {e}"),
         })?;
-        Ok(Frame::from_samples(&samples))
+        let mut frame = Frame::from_samples(&samples);
+        if let (Source::Local(l), Some(key)) = (&*self, detail) {
+            let targets = l.store.targets();
+            let info = targets.targets.list.iter().find(|i| i.name == key.netns);
+            let listed = match info {
+                Some(info) => waiting::list(info, key, &frame),
+                None => Err(format!("netns {} is no longer collected", key.netns)),
+            };
+            frame.waiting = Some((key.clone(), listed));
+        }
+        Ok(frame)
     }
 
     /// Stops sampler threads, if any.
