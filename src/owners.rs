@@ -446,17 +446,26 @@ fn read_owner(procfs: &Path, pid: u32) -> Option<Owner> {
     let dir = procfs.join(pid.to_string());
     let exe = std::fs::read_link(dir.join("exe"))
         .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+        .map(|p| without_controls(&p.to_string_lossy()));
     let mut cmdline = Vec::new();
     let _ = std::fs::File::open(dir.join("cmdline"))
         .and_then(|f| f.take(MAX_CMDLINE_READ).read_to_end(&mut cmdline));
     Some(Owner {
         pid,
-        comm: String::from_utf8_lossy(comm).into_owned(),
+        comm: without_controls(&String::from_utf8_lossy(comm)),
         exe,
         cmdline: sanitize_cmdline(&cmdline),
         workload: cgroup::read(procfs, pid).unwrap_or_default(),
     })
+}
+
+/// `text` with control characters as `?`: any process may name itself
+/// (prctl PR_SET_NAME) or its executable's path with an escape sequence,
+/// which would drive the terminal of whoever reads `snapshot` or `top`.
+fn without_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// A command line as a label can carry it: the NULs between arguments
@@ -644,6 +653,12 @@ fn for_each_name(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_name_cannot_carry_an_escape_sequence() {
+        assert_eq!(without_controls("a\u{1b}]0;PWN\u{7}b"), "a?]0;PWN?b");
+        assert_eq!(without_controls("nginx: worker"), "nginx: worker");
+    }
     use std::net::TcpListener;
     use std::os::unix::ffi::OsStrExt;
 

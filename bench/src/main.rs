@@ -31,6 +31,7 @@ mod render;
 mod report;
 mod rng;
 mod setup;
+mod top_bench;
 mod udp_bench;
 mod udp_diag;
 mod unix_bench;
@@ -90,6 +91,12 @@ pub struct BenchOpts {
     /// (0 skips it).
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub daemon_seconds: u64,
+
+    /// Run `top` live (in a tmux pane) for this many seconds, at its default budget and
+    /// with the budget lifted, then `ss -ltn; ss -tn` every second as long, and report
+    /// each one's CPU (0 skips it).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub top_seconds: u64,
 
     /// Connections left waiting in accept queues (at most N). A non-empty queue makes the
     /// exporter read tcp_info to date them; 0 measures the walk without it.
@@ -374,6 +381,8 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
         opts.daemon_seconds.to_string().into(),
         "--queued".into(),
         opts.queued.to_string().into(),
+        "--top-seconds".into(),
+        opts.top_seconds.to_string().into(),
     ];
     push_flag(&mut args, "--exporter", opts.exporter.as_deref());
     push_flag(&mut args, "--json", opts.json.as_deref());

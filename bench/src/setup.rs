@@ -270,7 +270,12 @@ pub fn coordinator_main(opts: &BenchOpts) -> Result<ExitCode> {
         None
     };
 
-    let markdown = report::markdown(&env, &results, daemon.as_ref());
+    let mut markdown = report::markdown(&env, &results, daemon.as_ref());
+    if opts.top_seconds > 0 {
+        let rows = crate::top_bench::run(&exporter, Duration::from_secs(opts.top_seconds))
+            .context("measuring top")?;
+        markdown.push_str(&crate::top_bench::markdown(n, &rows));
+    }
     print!("{markdown}");
     report::write_json(opts.json.as_deref(), || {
         report::json(&env, &results, daemon.as_ref())

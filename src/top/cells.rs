@@ -100,6 +100,25 @@ pub fn seconds(v: Option<f64>) -> String {
     }
 }
 
+/// `text` in at most `width` characters, cut in the middle with `…` when
+/// longer: the ends of a pod name, a socket path or an `ino:` label are
+/// what tell two of them apart.
+pub fn fit(text: &str, width: usize) -> String {
+    let n = text.chars().count();
+    if n <= width {
+        return text.to_string();
+    }
+    if width < 3 {
+        return text.chars().take(width).collect();
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let mut out: String = text.chars().take(head).collect();
+    out.push('…');
+    out.extend(text.chars().skip(n - tail));
+    out
+}
+
 /// The first owner, and how many more share the socket.
 pub fn owners(owners: &[Owner]) -> String {
     match owners {
@@ -107,6 +126,22 @@ pub fn owners(owners: &[Owner]) -> String {
         [one] => one.to_string(),
         [first, rest @ ..] => format!("{first} +{}", rest.len()),
     }
+}
+
+/// [`owners`] in at most `width` characters: without the unit or container
+/// when the whole does not fit, then cut in the middle, so `comm/pid`
+/// stays as long as it can.
+pub fn owners_within(list: &[Owner], width: usize) -> String {
+    let whole = owners(list);
+    if whole.chars().count() <= width {
+        return whole;
+    }
+    let short = match list {
+        [] => UNKNOWN.to_string(),
+        [one] => format!("{}/{}", one.comm, one.pid),
+        [first, rest @ ..] => format!("{}/{} +{}", first.comm, first.pid, rest.len()),
+    };
+    fit(&short, width)
 }
 
 /// A queue's last minute in `width` block characters, each the highest
@@ -161,6 +196,10 @@ mod tests {
         assert_eq!(rate(Some(42.4)), "42");
         assert_eq!(bar(Some(0.5), 4), "██░░");
         assert_eq!(bar(Some(1.1), 4), "████");
+        assert_eq!(fit("ino:4026532123", 9), "ino:…2123");
+        assert_eq!(fit("/run/php/www.sock", 17), "/run/php/www.sock");
+        assert_eq!(fit("/run/php/www.sock", 10), "/run….sock");
+        assert_eq!(fit("abc", 2), "ab");
     }
 
     #[test]

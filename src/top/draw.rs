@@ -48,29 +48,24 @@ pub fn draw(screen: &mut Screen<'_>, model: &mut Model, status: &Status) {
 fn header(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
     let rows = model.rows();
     let full = rows.iter().filter(|r| r.full).count();
-    let netns: std::collections::BTreeSet<&str> = model
-        .frame()
-        .queues
-        .keys()
-        .map(|k| k.netns.as_str())
-        .collect();
-    let mut first = vec![
-        Span::from("sockdiag-exporter top").bold(),
-        Span::from(format!(
-            "  {}  {} every {}  {} queues in {} netns",
-            status.source,
-            status.clock,
-            status.interval,
-            rows.len(),
-            netns.len()
-        )),
-    ];
+    let netns: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r.key.netns.as_str()).collect();
+    // What matters first, so that a narrow terminal cuts the rest.
+    let mut first = vec![Span::from("sockdiag-exporter top").bold()];
     if full > 0 {
         first.push(Span::from(format!("  {full} FULL")).bold().red());
     }
     if model.paused {
         first.push(Span::from("  PAUSED").bold().reversed());
     }
+    first.push(Span::from(format!(
+        "  {} queues in {} netns  {} {} every {}",
+        rows.len(),
+        netns.len(),
+        status.source,
+        status.clock,
+        status.interval,
+    )));
     let second = if let Some(e) = &model.error {
         Line::from(vec![
             Span::from("error: ").bold().red(),
@@ -104,6 +99,20 @@ fn header(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
         }
         for c in &model.frame().failing {
             spans.push(Span::from(format!("  collector {c} failing")).red());
+        }
+        let down = model
+            .frame()
+            .namespaces
+            .values()
+            .filter(|n| n.up == Some(0.0))
+            .count();
+        if down > 0 {
+            spans.push(
+                Span::from(format!(
+                    "  {down} netns not fully readable (privileges? see sockdiag_netns_up)"
+                ))
+                .red(),
+            );
         }
         Line::from(spans)
     };
@@ -150,6 +159,9 @@ impl Columns {
     }
 }
 
+/// The least the owner column gets: `comm/pid` of most processes.
+const OWNER_MIN: u16 = 16;
+
 fn list(screen: &mut Screen<'_>, area: Rect, model: &mut Model) {
     let client_rows = model.clients().len();
     let clients_height = if client_rows == 0 {
@@ -166,21 +178,19 @@ fn list(screen: &mut Screen<'_>, area: Rect, model: &mut Model) {
     }
 }
 
+/// The LISTEN cell: the endpoint, marked `udp/` where no KIND column says
+/// so (a TCP and a UDP socket on `:53` must not look alike).
+fn listen_cell(r: &Row<'_>, kind_column: bool) -> String {
+    if !kind_column && r.key.kind == super::frame::Kind::Udp {
+        format!("udp/{}", r.key.endpoint())
+    } else {
+        r.key.endpoint()
+    }
+}
+
 fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
     let cols = Columns::for_width(area.width);
     let rows = model.rows();
-    let listen_width = rows
-        .iter()
-        .map(|r| r.key.endpoint().chars().count())
-        .max()
-        .unwrap_or(6)
-        .clamp(6, if area.width >= 120 { 40 } else { 18 }) as u16;
-    let netns_width = rows
-        .iter()
-        .map(|r| r.key.netns.chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, if area.width >= 120 { 24 } else { 8 }) as u16;
     let widest = |cell: &dyn Fn(&Row<'_>) -> String, min: usize, max: usize| {
         rows.iter()
             .map(|r| cell(r).chars().count())
@@ -191,6 +201,42 @@ fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
     // Narrow columns as narrow as their contents, so the owner keeps room.
     let queue_width = widest(&|r| cells::queue(r), 5, 13);
     let fill_width = widest(&|r| cells::fill(r), 4, 9);
+    let fill_column = if cols.bar {
+        11 + fill_width
+    } else {
+        fill_width
+    };
+    let fixed: u16 = [
+        1, // the selection marker
+        if cols.kind { 5 } else { 0 },
+        queue_width + 1,
+        fill_column + 1,
+        7, // DROP/s
+        6, // SYN-Q
+        if cols.bytes { 7 } else { 0 },
+        7, // OLDEST
+        if cols.spark > 0 {
+            cols.spark as u16 + 1
+        } else {
+            0
+        },
+        2, // the spaces after NETNS and LISTEN
+    ]
+    .iter()
+    .sum();
+    // NETNS and LISTEN share what the owner leaves; long names are cut in
+    // the middle (see `cells::fit`), so their distinct ends stay.
+    let room = area.width.saturating_sub(fixed + OWNER_MIN);
+    let listen_natural = widest(&|r| listen_cell(r, cols.kind), 6, 60);
+    let netns_natural = widest(&|r| r.key.netns.clone(), 5, 40);
+    // Nine columns keep `ino:` or `pod:` and the distinct end of a label.
+    let netns_least = netns_natural.min(9);
+    let listen_width = listen_natural.min(room.saturating_sub(netns_least).max(12));
+    let netns_width = netns_natural.min(room.saturating_sub(listen_width).max(5));
+    let owner_width = area
+        .width
+        .saturating_sub(fixed + listen_width + netns_width)
+        .max(OWNER_MIN);
     let mut titles = vec!["NETNS"];
     let mut widths = vec![Constraint::Length(netns_width)];
     if cols.kind {
@@ -201,11 +247,7 @@ fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
     widths.extend([
         Constraint::Length(listen_width),
         Constraint::Length(queue_width),
-        Constraint::Length(if cols.bar {
-            11 + fill_width
-        } else {
-            fill_width
-        }),
+        Constraint::Length(fill_column),
     ]);
     titles.extend(["DROP/s", "SYN-Q"]);
     widths.extend([Constraint::Length(6), Constraint::Length(5)]);
@@ -226,11 +268,11 @@ fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
         .iter()
         .map(|r| {
             let q = r.queue;
-            let mut c: Vec<String> = vec![r.key.netns.clone()];
+            let mut c: Vec<String> = vec![cells::fit(&r.key.netns, netns_width.into())];
             if cols.kind {
                 c.push(r.key.kind.as_str().into());
             }
-            c.push(r.key.endpoint());
+            c.push(cells::fit(&listen_cell(r, cols.kind), listen_width.into()));
             c.push(cells::queue(r));
             c.push(if cols.bar {
                 format!("{} {}", cells::bar(q.fill(), 10), cells::fill(r))
@@ -246,7 +288,7 @@ fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
             if cols.spark > 0 {
                 c.push(spark(model, r, cols.spark));
             }
-            c.push(cells::owners(&q.owners));
+            c.push(cells::owners_within(&q.owners, owner_width.into()));
             let style = if r.full {
                 Style::new().red().bold()
             } else if r.drops_per_second.is_some_and(|d| d > 0.0) {
@@ -273,8 +315,10 @@ fn queue_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
     if empty {
         let msg = if model.refreshes == 0 {
             "waiting for the first sample..."
+        } else if model.filter.is_empty() && model.editing.is_none() {
+            "no listening socket, UDP receiver or unix listener here"
         } else {
-            "no queue matches"
+            "no queue matches the filter"
         };
         let inner = Rect {
             y: area.y + 2,
@@ -296,7 +340,9 @@ fn client_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
         .iter()
         .map(|c| {
             let f = c.figures;
-            let style = if f.syn_sent > 0.0 || c.gap().is_some_and(|g| g > 0.0) {
+            // Not the gap: a port's clients may talk to another server than
+            // the one listening here (see the help).
+            let style = if f.syn_sent > 0.0 {
                 Style::new().red()
             } else {
                 Style::new()
@@ -363,7 +409,14 @@ fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
     let accept = !matches!(k.kind, super::frame::Kind::Udp);
     let mut lines = vec![
         field("netns", k.netns.clone()),
-        field("kind", format!("{} ({})", k.kind.as_str(), k.family)),
+        field(
+            "kind",
+            if k.kind == super::frame::Kind::Unix {
+                "unix".to_string()
+            } else {
+                format!("{} ({})", k.kind.as_str(), k.family)
+            },
+        ),
         field("listening on", k.endpoint()),
         field(
             if accept {
@@ -385,21 +438,21 @@ fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
     if accept {
         lines.push(field("time full (total)", cells::seconds(q.full_seconds)));
     }
-    lines.extend([
-        field(
+    if k.kind != super::frame::Kind::Unix {
+        lines.push(field(
             "drops",
             format!(
                 "{} total, {}/s",
                 cells::count(q.drops),
                 cells::rate(r.drops_per_second)
             ),
-        ),
-        field(
+        ));
+    }
+    if k.kind == super::frame::Kind::Tcp {
+        lines.push(field(
             "netns ListenOverflows",
             format!("{}/s", cells::rate(model.overflows_per_second(&k.netns))),
-        ),
-    ]);
-    if k.kind == super::frame::Kind::Tcp {
+        ));
         lines.extend([
             field("SYN-RECV (half-open)", cells::count(q.syn_queue)),
             field(
@@ -475,7 +528,13 @@ fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
         );
     }
     if graph_height > 0 {
-        let data: Vec<u64> = history.iter().map(|(_, v)| *v as u64).collect();
+        // The widget draws from the first point: keep the newest that fit.
+        let fit = usize::from(graph.width).max(1);
+        let data: Vec<u64> = history
+            .iter()
+            .skip(history.len().saturating_sub(fit))
+            .map(|(_, v)| *v as u64)
+            .collect();
         let max = q
             .limit
             .unwrap_or(0.0)
@@ -567,8 +626,9 @@ fn help(screen: &mut Screen<'_>, area: Rect) {
         Line::from("FULL: the accept queue is longer than its limit; the kernel refuses new connections."),
         Line::from("DROP/s: the listener's own drop counter (sk_drops) per second; SYN-Q: half-open requests."),
         Line::from("OLDEST: how long the oldest unaccepted connection has waited; BYTES: what clients sent it."),
-        Line::from("Clients: SYN-SENT and Send-Q by remote port; GAP: clients established that the server"),
-        Line::from("  in the same netns does not count (final ACK dropped at a full queue)."),
+        Line::from("Clients: SYN-SENT and Send-Q by remote port; GAP: clients ESTABLISHED beyond the server's"),
+        Line::from("  count for that port in the same netns (final ACKs dropped at a full queue, as older"),
+        Line::from("  kernels do); it means that only where the port's clients talk to that server."),
     ])
     .collect();
     screen.render_widget(
@@ -577,4 +637,107 @@ fn help(screen: &mut Screen<'_>, area: Rect) {
             .block(Block::new().borders(Borders::TOP).title(" keys ")),
         area,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::top::frame::{Frame, Kind, Owner, Queue, QueueKey};
+    use crate::top::model::Key;
+
+    fn screen_text(model: &mut Model, width: u16, height: u16) -> String {
+        let status = Status {
+            local: true,
+            source: "local".into(),
+            clock: "08:00:00 UTC".into(),
+            interval: "1s".into(),
+        };
+        let Ok(mut terminal) = Terminal::new(TestBackend::new(width, height)) else {
+            panic!("a test terminal");
+        };
+        if let Err(e) = terminal.draw(|f| draw(f, model, &status)) {
+            panic!("drawing: {e}");
+        }
+        let buffer = terminal.backend().buffer();
+        let mut text = String::new();
+        for y in 0..height {
+            for x in 0..width {
+                text.push_str(buffer[(x, y)].symbol());
+            }
+            text.push('\n');
+        }
+        text
+    }
+
+    fn busy_frame() -> Frame {
+        let mut f = Frame::default();
+        for (i, netns) in ["pod:production/frontend-web-7d4b9c-x2k9p", "host"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut q = Queue {
+                length: Some(if i == 0 { 129.0 } else { 3.0 }),
+                limit: Some(128.0),
+                ..Queue::default()
+            };
+            q.owners.push(Owner {
+                pid: "123456".into(),
+                comm: "nginx".into(),
+                unit: "nginx.service".into(),
+                ..Owner::default()
+            });
+            f.queues.insert(
+                QueueKey {
+                    kind: Kind::Tcp,
+                    netns: netns.into(),
+                    family: "ipv6".into(),
+                    address: "2001:db8::1".into(),
+                    port: "8443".into(),
+                    member: String::new(),
+                },
+                q,
+            );
+        }
+        f
+    }
+
+    #[test]
+    fn at_80x24_full_paused_and_the_owner_pid_are_on_screen() {
+        let mut m = Model::default();
+        m.update(busy_frame(), 0.0);
+        m.key(Key::Char('p'));
+        let text = screen_text(&mut m, 80, 24);
+        let header = text.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("1 FULL") && header.contains("PAUSED"),
+            "{header}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("129/128"))
+            .unwrap_or_default();
+        assert!(row.contains("FULL") && row.contains("/123456"), "{row:?}");
+        assert!(
+            row.contains("pod:…"),
+            "the netns cut in the middle: {row:?}"
+        );
+    }
+
+    #[test]
+    fn every_size_draws_without_panicking() {
+        let mut m = Model::default();
+        m.update(busy_frame(), 0.0);
+        for (w, h) in [(1, 1), (10, 3), (40, 10), (80, 24), (120, 30), (250, 60)] {
+            screen_text(&mut m, w, h);
+            m.key(Key::Enter);
+            screen_text(&mut m, w, h);
+            m.key(Key::Esc);
+            m.key(Key::Char('?'));
+            screen_text(&mut m, w, h);
+            m.key(Key::Esc);
+        }
+    }
 }

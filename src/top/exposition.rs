@@ -140,12 +140,25 @@ pub enum ParseError {
 ///
 /// Lines may end in `\n` or `\r\n`; blanks and tabs may separate tokens.
 pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
+    parse_only(text, |_| true)
+}
+
+/// Like [`parse`], keeping only the samples whose metric name `keep`
+/// accepts; the others are skipped before their labels are read, so a
+/// huge page of series nobody shows costs no memory per line.
+pub fn parse_only(text: &str, keep: impl Fn(&str) -> bool) -> Result<Vec<Sample>, ParseError> {
     let mut samples = Vec::new();
     for (index, raw) in text.split('\n').enumerate() {
         let line = index + 1;
         let mut rest = raw.strip_suffix('\r').unwrap_or(raw);
         skip_blanks(&mut rest);
         if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        let name_end = rest
+            .find(|c: char| c == '{' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if !keep(&rest[..name_end]) {
             continue;
         }
         samples.push(parse_sample(rest, line)?);

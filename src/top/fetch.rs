@@ -1,8 +1,10 @@
 //! A minimal blocking HTTP client: one GET of a remote daemon's metrics
 //! page for `top --from`.
 //!
-//! A general HTTP client would be the largest dependency of the binary for
-//! a single request, so this speaks just enough HTTP/1.0: asking for 1.0
+//! Blocking, on `top`'s reader thread, with one deadline over the whole
+//! exchange (resolving the name included), which a client on the daemon's
+//! async runtime would need a runtime in `top` for. It speaks just enough
+//! HTTP/1.0: asking for 1.0
 //! makes the server close the connection after the body and rules out
 //! chunked encoding, so a response is whatever arrives before EOF. Servers
 //! that answer with chunks or a `Content-Length` anyway are still handled.
@@ -1384,9 +1386,8 @@ mod tests {
             // Hold the connection until the client hangs up.
             let _ = stream.read(&mut [0_u8; 1]);
         });
-        let started = Instant::now();
+        // Waiting for EOF would end in the 2 s timeout, an error.
         assert_eq!(fetch_port(port, "/").unwrap(), PAGE);
-        assert!(started.elapsed() < Duration::from_secs(1));
         server.join().unwrap();
     }
 
@@ -1496,10 +1497,9 @@ mod tests {
             "{err:?}"
         );
         assert!(elapsed >= timeout, "{elapsed:?}");
-        assert!(
-            elapsed < timeout + Duration::from_millis(400),
-            "{elapsed:?}"
-        );
+        // Generous: a loaded machine is slow, and without the timeout this
+        // would never end.
+        assert!(elapsed < timeout + Duration::from_secs(5), "{elapsed:?}");
         server.join().unwrap();
     }
 
@@ -1509,7 +1509,7 @@ mod tests {
             let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
             // Each byte arrives well within any read timeout; only the
             // overall deadline can stop this.
-            for _ in 0..40 {
+            for _ in 0..400 {
                 if stream.write_all(b"m 1\n").is_err() {
                     break;
                 }
@@ -1520,7 +1520,9 @@ mod tests {
         let started = Instant::now();
         let err = fetch(&target(&format!("http://127.0.0.1:{port}")), timeout).unwrap_err();
         assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
-        assert!(started.elapsed() < timeout + Duration::from_millis(400));
+        // The trickle lasts 10 s; the deadline ends it long before,
+        // however loaded the machine.
+        assert!(started.elapsed() < Duration::from_secs(5));
         server.join().unwrap();
     }
 

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 
 use super::exposition::Sample;
-use super::waiting::WaitingList;
 
 /// What kind of queue a row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,6 +176,27 @@ pub struct ClientPort {
     pub server_established: Option<f64>,
 }
 
+/// One connection waiting to be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The client's address and port.
+    pub peer: SocketAddr,
+    /// Bytes the client sent that nobody has read yet.
+    pub bytes: u32,
+    /// How long it has waited, in milliseconds (`tcpi_last_data_sent`:
+    /// nothing is sent on a connection before it is accepted).
+    pub waited_ms: Option<u32>,
+}
+
+/// The waiting connections of one listener, longest waiting first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WaitingList {
+    /// Up to [`super::waiting::MAX_LISTED`] of them.
+    pub listed: Vec<Waiting>,
+    /// How many there were in all.
+    pub total: usize,
+}
+
 /// What a page says about one namespace as a whole.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Namespace {
@@ -186,6 +207,11 @@ pub struct Namespace {
     /// Unix time of the last connection walk: the age of SYN-Q, bytes,
     /// oldest and the client figures.
     pub connections_at: Option<f64>,
+    /// Unix time of the last TCP listener sample, which drop rates are
+    /// timed by.
+    pub listeners_at: Option<f64>,
+    /// Unix time of the last UDP sample.
+    pub udp_at: Option<f64>,
 }
 
 /// Everything one refresh shows.
@@ -208,14 +234,24 @@ fn label<'a>(s: &'a Sample, name: &str) -> &'a str {
     s.label(name).unwrap_or("")
 }
 
+/// A label value fit for a terminal: control characters (an escape
+/// sequence in a process name or a hostile page would move the cursor,
+/// retitle the window or clear the screen) become `?`.
+fn clean(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn queue_key(kind: Kind, s: &Sample) -> QueueKey {
     QueueKey {
         kind,
-        netns: label(s, "netns").to_string(),
-        family: label(s, "family").to_string(),
-        address: label(s, "address").to_string(),
-        port: label(s, "port").to_string(),
-        member: label(s, "member").to_string(),
+        netns: clean(label(s, "netns")),
+        family: clean(label(s, "family")),
+        address: clean(label(s, "address")),
+        port: clean(label(s, "port")),
+        member: clean(label(s, "member")),
     }
 }
 
@@ -230,14 +266,39 @@ fn listener_kind(s: &Sample) -> Kind {
 
 fn owner(s: &Sample) -> Owner {
     Owner {
-        pid: label(s, "pid").to_string(),
-        comm: label(s, "comm").to_string(),
-        exe: label(s, "exe").to_string(),
-        cmdline: label(s, "cmdline").to_string(),
-        unit: label(s, "unit").to_string(),
-        container_id: label(s, "container_id").to_string(),
+        pid: clean(label(s, "pid")),
+        comm: clean(label(s, "comm")),
+        exe: clean(label(s, "exe")),
+        cmdline: clean(label(s, "cmdline")),
+        unit: clean(label(s, "unit")),
+        container_id: clean(label(s, "container_id")),
     }
 }
+
+/// Metric names [`Frame::from_samples`] reads; a page's other series can
+/// be skipped while parsing (see [`super::exposition::parse_only`]).
+pub const SHOWN: [&str; 20] = [
+    "sockdiag_accept_queue_length",
+    "sockdiag_accept_queue_limit",
+    "sockdiag_accept_queue_peak_length",
+    "sockdiag_accept_queue_full_seconds_total",
+    "sockdiag_listen_drops_total",
+    "sockdiag_listener_process_info",
+    "sockdiag_udp_receive_queue_bytes",
+    "sockdiag_udp_receive_buffer_bytes",
+    "sockdiag_udp_receive_queue_peak_bytes",
+    "sockdiag_udp_drops_total",
+    "sockdiag_udp_receiver_process_info",
+    "sockdiag_syn_queue_length",
+    "sockdiag_accept_queue_bytes",
+    "sockdiag_accept_queue_oldest_seconds",
+    "sockdiag_tcp_connections",
+    "sockdiag_tcp_send_queue_bytes",
+    "sockdiag_netstat_listen_overflows_total",
+    "sockdiag_netns_up",
+    "sockdiag_netns_last_sample_timestamp_seconds",
+    "sockdiag_collector_success",
+];
 
 impl Frame {
     /// Gathers a page's samples; series `top` does not show are ignored,
@@ -253,7 +314,7 @@ impl Frame {
             if !v.is_finite() {
                 continue;
             }
-            let netns = || label(s, "netns").to_string();
+            let netns = || clean(label(s, "netns"));
             match s.name.as_str() {
                 "sockdiag_accept_queue_length" => {
                     f.queue(listener_kind(s), s).length = Some(v);
@@ -286,7 +347,7 @@ impl Frame {
                     group(&mut per_group, s).oldest = Some(v);
                 }
                 "sockdiag_tcp_connections" => {
-                    let key = (netns(), label(s, "port").to_string());
+                    let key = (netns(), clean(label(s, "port")));
                     match (label(s, "role"), label(s, "state")) {
                         ("client", "syn_sent") => f.clients.entry(key).or_default().syn_sent = v,
                         ("client", "established") => {
@@ -299,20 +360,24 @@ impl Frame {
                     }
                 }
                 "sockdiag_tcp_send_queue_bytes" if label(s, "role") == "client" => {
-                    let key = (netns(), label(s, "port").to_string());
+                    let key = (netns(), clean(label(s, "port")));
                     f.clients.entry(key).or_default().send_queue_bytes = v;
                 }
                 "sockdiag_netstat_listen_overflows_total" => {
                     f.namespaces.entry(netns()).or_default().listen_overflows = Some(v);
                 }
                 "sockdiag_netns_up" => f.namespaces.entry(netns()).or_default().up = Some(v),
-                "sockdiag_netns_last_sample_timestamp_seconds"
-                    if label(s, "collector") == "connections" =>
-                {
-                    f.namespaces.entry(netns()).or_default().connections_at = Some(v);
+                "sockdiag_netns_last_sample_timestamp_seconds" => {
+                    let ns = f.namespaces.entry(netns()).or_default();
+                    match label(s, "collector") {
+                        "connections" => ns.connections_at = Some(v),
+                        "listeners" => ns.listeners_at = Some(v),
+                        "udp" => ns.udp_at = Some(v),
+                        _ => {}
+                    }
                 }
                 "sockdiag_collector_success" if v == 0.0 => {
-                    f.failing.push(label(s, "collector").to_string());
+                    f.failing.push(clean(label(s, "collector")));
                 }
                 _ => {}
             }
@@ -489,6 +554,38 @@ mod tests {
             (15.0, 10.0, 10.0)
         );
         assert_eq!(client.server_established, Some(14.0));
+    }
+
+    #[test]
+    fn every_name_read_is_one_the_parser_keeps() {
+        let source = include_str!("frame.rs");
+        let body = &source[source.find("pub fn from_samples").unwrap_or(0)..];
+        let body = &body[..body.find("fn queue(&mut self").unwrap_or(body.len())];
+        for piece in body.split('"').skip(1).step_by(2) {
+            if piece.starts_with("sockdiag_") {
+                assert!(SHOWN.contains(&piece), "{piece} is read but not in SHOWN");
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let mut owner = L80.to_vec();
+        owner.extend([("pid", "1"), ("comm", "a\u{1b}]0;PWN\u{7}b")]);
+        let f = Frame::from_samples(&[
+            sample(
+                "sockdiag_accept_queue_length",
+                &[("netns", "x\u{1b}[2J")],
+                1.0,
+            ),
+            sample("sockdiag_listener_process_info", &owner, 1.0),
+        ]);
+        for (k, q) in &f.queues {
+            assert!(!k.netns.chars().any(char::is_control), "{:?}", k.netns);
+            for o in &q.owners {
+                assert_eq!(o.comm, "a?]0;PWN?b");
+            }
+        }
     }
 
     #[test]

@@ -33,10 +33,13 @@ use frame::{Frame, QueueKey};
 use model::{Action, Key, Model, View};
 use source::Source;
 
-/// Whether `top` will take over the terminal: it is one, and no plain
-/// output was asked for.
+/// Whether `top` will take over the terminal: both ends are one (keys
+/// come from standard input), and no plain output was asked for.
 pub fn is_live(args: &TopArgs) -> bool {
-    !args.once && args.iterations.is_none() && io::stdout().is_terminal()
+    !args.once
+        && args.iterations.is_none()
+        && io::stdout().is_terminal()
+        && io::stdin().is_terminal()
 }
 
 /// Runs `top`.
@@ -78,9 +81,14 @@ fn interval_text(d: Duration) -> String {
 }
 
 /// Frames as plain text: `--once`, `--iterations`, or output that is not a
-/// terminal. Fails (exit 1) when the last read failed.
+/// terminal. `--once` takes one whole sample and prints it; otherwise the
+/// daemon's sampler runs (within its CPU budget) and a frame is printed
+/// every interval, the first after one, when every collector has passed.
+/// A failed read prints nothing on standard output and says why on
+/// standard error; the exit code is 1 when the last read failed.
 fn plain(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
-    let mut source = open(args, flags, false)?;
+    let continuous = !args.once;
+    let mut source = open(args, flags, continuous)?;
     let iterations = if args.once { Some(1) } else { args.iterations };
     let mut model = Model::default();
     model.filter = args.filter.clone().unwrap_or_default();
@@ -88,26 +96,33 @@ fn plain(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
     let mut ok;
     let mut n = 0u32;
     let mut out = io::stdout().lock();
+    let mut began = Instant::now();
     loop {
-        let began = Instant::now();
-        match source.read(None) {
-            Ok(frame) => {
-                model.update(frame, began.duration_since(start).as_secs_f64());
-                ok = true;
-            }
+        if continuous || n > 0 {
+            std::thread::sleep(args.interval.saturating_sub(began.elapsed()));
+        }
+        began = Instant::now();
+        n += 1;
+        let frame = match source.read(None) {
+            Ok(frame) => frame,
             Err(e) => {
                 eprintln!("sockdiag-exporter: top: {e}");
-                model.failed(e);
                 ok = false;
+                if iterations.is_some_and(|i| n >= i) {
+                    break;
+                }
+                continue;
             }
-        }
+        };
+        ok = true;
+        model.update(frame, began.duration_since(start).as_secs_f64());
         let title = format!(
             "sockdiag-exporter top: {} at {}",
             source.describe(),
             clock_now()
         );
         let text = text::frame(&model, &title);
-        let written = if n > 0 {
+        let written = if n > 1 {
             writeln!(out).and_then(|()| out.write_all(text.as_bytes()))
         } else {
             out.write_all(text.as_bytes())
@@ -117,11 +132,9 @@ fn plain(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
             other => other.context("writing to standard output")?,
         }
-        n += 1;
         if iterations.is_some_and(|i| n >= i) {
             break;
         }
-        std::thread::sleep(args.interval.saturating_sub(began.elapsed()));
     }
     source.stop();
     Ok(if ok {
@@ -206,14 +219,28 @@ fn live(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
     let result = (|| -> Result<()> {
         let mut guard = terminal::Guard::enter().context("taking over the terminal")?;
         let mut dirty = true;
-        while !terminal::signalled() {
-            while let Ok((reading, at, clock)) = readings.try_recv() {
-                match reading {
-                    Ok(frame) => model.update(frame, at.duration_since(start).as_secs_f64()),
-                    Err(e) => model.failed(e),
-                }
-                if !model.paused {
-                    status.clock = clock;
+        loop {
+            if terminal::signalled() {
+                return Ok(());
+            }
+            if terminal::panicked() {
+                anyhow::bail!("a thread panicked (see above); the terminal was put back");
+            }
+            loop {
+                match readings.try_recv() {
+                    Ok((Ok(frame), at, clock)) => {
+                        if !model.paused {
+                            status.clock = clock;
+                        }
+                        model.update(frame, at.duration_since(start).as_secs_f64());
+                    }
+                    // The clock stays at the last good read: old figures
+                    // must not look fresh.
+                    Ok((Err(e), _, _)) => model.failed(e),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        anyhow::bail!("the thread reading the figures ended")
+                    }
                 }
                 dirty = true;
             }
@@ -224,14 +251,20 @@ fn live(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
                     .context("drawing")?;
                 dirty = false;
             }
-            if !event::poll(Duration::from_millis(50)).context("reading keys")? {
-                continue;
+            if terminal::wait_for_input(Duration::from_millis(50)).context("reading keys")?
+                == terminal::Input::Gone
+            {
+                return Ok(());
             }
-            match event::read().context("reading keys")? {
-                Event::Key(k) if k.kind != KeyEventKind::Release => {
-                    if let Some(key) = key_of(k) {
+            // Whatever crossterm has: it reads the terminal in chunks and
+            // keeps what it has not handed out yet, which poll(2) no longer
+            // sees. Never block in crossterm (see `wait_for_input`).
+            while event::poll(Duration::ZERO).context("reading keys")? {
+                match event::read().context("reading keys")? {
+                    Event::Key(k) if k.kind != KeyEventKind::Release => {
+                        let Some(key) = key_of(k) else { continue };
                         if model.key(key) == Action::Quit {
-                            break;
+                            return Ok(());
                         }
                         // The reader lists the waiting connections of the
                         // queue whose detail is open, from its next read.
@@ -243,12 +276,11 @@ fn live(args: &TopArgs, flags: &CollectorFlags) -> Result<ExitCode> {
                         }
                         dirty = true;
                     }
+                    Event::Resize(..) => dirty = true,
+                    _ => {}
                 }
-                Event::Resize(..) => dirty = true,
-                _ => {}
             }
         }
-        Ok(())
     })();
     stop.store(true, Ordering::SeqCst);
     result?;

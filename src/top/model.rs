@@ -211,12 +211,30 @@ impl Model {
             return;
         }
         let seconds = self.at.map_or(0.0, |before| at - before);
+        // A rate is timed by the samples it compares, when the page says
+        // when they were taken: reads drift against samples by up to a
+        // listener period, which would make a steady rate jitter. Between
+        // two reads of the same sample the rate stays what it was.
+        let previous = std::mem::take(&mut self.drops_per_second);
         self.drops_per_second = frame
             .queues
             .iter()
             .filter_map(|(k, q)| {
                 let before = self.frame.queues.get(k).and_then(|b| b.drops);
-                rate(before, q.drops, seconds).map(|r| (k.clone(), r))
+                let sampled = |f: &Frame| {
+                    let ns = f.namespaces.get(&k.netns)?;
+                    match k.kind {
+                        Kind::Tcp => ns.listeners_at,
+                        Kind::Udp => ns.udp_at,
+                        Kind::Unix => None,
+                    }
+                };
+                let r = match (sampled(&self.frame), sampled(&frame)) {
+                    (Some(b), Some(n)) if n == b && before == q.drops => previous.get(k).copied(),
+                    (Some(b), Some(n)) => rate(before, q.drops, n - b),
+                    _ => rate(before, q.drops, seconds),
+                };
+                r.map(|r| (k.clone(), r))
             })
             .collect();
         self.overflows_per_second = frame
@@ -272,17 +290,12 @@ impl Model {
 
     /// The queues that pass the filter, in sort order.
     pub fn rows(&self) -> Vec<Row<'_>> {
-        let needle = self.filter.to_lowercase();
+        let needle = self.needle();
         let mut rows: Vec<Row<'_>> = self
             .frame
             .queues
             .iter()
-            .map(|(key, queue)| Row {
-                key,
-                queue,
-                drops_per_second: self.drops_per_second.get(key).copied(),
-                full: is_full(key.kind, queue),
-            })
+            .map(|(key, queue)| self.row(key, queue))
             .filter(|r| needle.is_empty() || matches(r, &needle))
             .collect();
         let sort = self.sort;
@@ -294,7 +307,7 @@ impl Model {
     /// server, then unacknowledged bytes, then the most connections;
     /// filtered like the queues.
     pub fn clients(&self) -> Vec<ClientRow<'_>> {
-        let needle = self.filter.to_lowercase();
+        let needle = self.needle();
         let mut rows: Vec<ClientRow<'_>> = self
             .frame
             .clients
@@ -306,8 +319,10 @@ impl Model {
             })
             .filter(|c| {
                 needle.is_empty()
-                    || c.netns.to_lowercase().contains(&needle)
-                    || c.port.contains(&needle)
+                    || match port_of(&needle) {
+                        Some(p) => c.port == p,
+                        None => c.netns.to_lowercase().contains(&needle),
+                    }
             })
             .collect();
         let weight = |c: &ClientRow<'_>| {
@@ -327,6 +342,16 @@ impl Model {
         rows
     }
 
+    /// The filter in effect, lower case: what is being typed, as it is
+    /// typed, else the one applied.
+    fn needle(&self) -> String {
+        self.editing
+            .as_deref()
+            .unwrap_or(&self.filter)
+            .trim()
+            .to_lowercase()
+    }
+
     /// Index of the selected row among `rows`, if it is still there; else
     /// the first row.
     pub fn selected_index(&self, rows: &[Row<'_>]) -> usize {
@@ -342,12 +367,24 @@ impl Model {
             return None;
         };
         let (key, queue) = self.frame.queues.get_key_value(key)?;
-        Some(Row {
+        Some(self.row(key, queue))
+    }
+
+    /// A queue's row. A UDP receiver also counts as full while it drops
+    /// with its buffer half used or more: the kernel refuses a datagram
+    /// when queue plus the datagram's truesize exceed the buffer, so a
+    /// dropping receiver rarely shows a queue at its very limit.
+    fn row<'a>(&'a self, key: &'a QueueKey, queue: &'a Queue) -> Row<'a> {
+        let drops_per_second = self.drops_per_second.get(key).copied();
+        let dropping = key.kind == Kind::Udp
+            && drops_per_second.is_some_and(|d| d > 0.0)
+            && queue.fill().is_some_and(|f| f >= 0.5);
+        Row {
             key,
             queue,
-            drops_per_second: self.drops_per_second.get(key).copied(),
-            full: is_full(key.kind, queue),
-        })
+            drops_per_second,
+            full: is_full(key.kind, queue) || dropping,
+        }
     }
 
     fn select_moved(&mut self, by: isize) {
@@ -375,10 +412,8 @@ impl Model {
                 Key::Enter => {
                     self.filter = self.editing.take().unwrap_or_default();
                 }
-                Key::Esc => {
-                    self.editing = None;
-                    self.filter.clear();
-                }
+                // Back to the filter as it was before `/`.
+                Key::Esc => self.editing = None,
                 _ => {}
             }
             return Action::Redraw;
@@ -415,10 +450,21 @@ impl Model {
     }
 }
 
-/// Whether a row's text (namespace, address, port, kind, owners)
-/// contains `needle` (already lower case).
+/// A filter that names a port (`80` or `:80`) matches that port only, not
+/// `8080` or `10.0.80.1`.
+fn port_of(needle: &str) -> Option<&str> {
+    let digits = needle.strip_prefix(':').unwrap_or(needle);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+/// Whether a row matches `needle` (already lower case): its port, when
+/// the needle is one; else its text (namespace, address, port, kind,
+/// owners) contains it.
 fn matches(r: &Row<'_>, needle: &str) -> bool {
     let k = r.key;
+    if let Some(port) = port_of(needle) {
+        return k.port == port;
+    }
     [
         k.netns.as_str(),
         k.address.as_str(),
@@ -462,13 +508,19 @@ fn compare(sort: SortBy, a: &Row<'_>, b: &Row<'_>) -> Ordering {
         }
         SortBy::SynQueue => desc(qa.syn_queue, qb.syn_queue),
         SortBy::Oldest => desc(qa.oldest, qb.oldest),
-        SortBy::Queue => desc(qa.length, qb.length),
-        SortBy::Name => (&a.key.netns, a.key.kind, &a.key.address, &a.key.port).cmp(&(
-            &b.key.netns,
-            b.key.kind,
-            &b.key.address,
-            &b.key.port,
-        )),
+        // Connections and bytes do not compare: accept queues first.
+        SortBy::Queue => (a.key.kind == Kind::Udp)
+            .cmp(&(b.key.kind == Kind::Udp))
+            .then_with(|| desc(qa.length, qb.length)),
+        SortBy::Name => {
+            let port = |k: &QueueKey| k.port.parse::<u32>().unwrap_or(u32::MAX);
+            (&a.key.netns, a.key.kind, port(a.key), &a.key.address).cmp(&(
+                &b.key.netns,
+                b.key.kind,
+                port(b.key),
+                &b.key.address,
+            ))
+        }
     }
 }
 
@@ -586,7 +638,12 @@ mod tests {
         for c in "/PHP".chars() {
             m.key(Key::Char(c));
         }
-        assert_eq!(ports(&m).len(), 2, "typing is not applied yet");
+        assert_eq!(ports(&m), ["9000"], "applied as it is typed");
+        m.key(Key::Esc);
+        assert_eq!(ports(&m).len(), 2, "Esc while typing goes back");
+        for c in "/PHP".chars() {
+            m.key(Key::Char(c));
+        }
         m.key(Key::Enter);
         assert_eq!(ports(&m), ["9000"]);
         m.key(Key::Char('/'));
@@ -601,6 +658,11 @@ mod tests {
         assert_eq!(ports(&m), ["80"]);
         m.filter = "pod:web".into();
         assert_eq!(ports(&m), ["9000"]);
+        m.filter = "8".into();
+        assert!(
+            ports(&m).is_empty(),
+            "a port matches whole: 8 is neither 80 nor 9000"
+        );
         m.key(Key::Esc);
         assert_eq!(ports(&m).len(), 2);
         assert_eq!(m.key(Key::Char('q')), Action::Quit);
@@ -650,6 +712,47 @@ mod tests {
         m.key(Key::Char('x'));
         assert_eq!(m.view, View::List);
         assert_eq!(m.key(Key::Ctrl('c')), Action::Quit);
+    }
+
+    #[test]
+    fn drop_rates_are_timed_by_the_samples_and_kept_between_them() {
+        let mut m = Model::default();
+        let at = |listeners_at: f64, drops: f64| {
+            let mut f = frame(&[(key("a", 1), queue(11.0, 10.0, drops))]);
+            f.namespaces.insert(
+                "a".into(),
+                crate::top::frame::Namespace {
+                    listeners_at: Some(listeners_at),
+                    ..Default::default()
+                },
+            );
+            f
+        };
+        m.update(at(100.0, 0.0), 0.0);
+        // Read 1.2 s later, but the samples are 1.0 s apart.
+        m.update(at(101.0, 10.0), 1.2);
+        assert_eq!(m.rows()[0].drops_per_second, Some(10.0));
+        // The same sample read again: the rate stays.
+        m.update(at(101.0, 10.0), 1.4);
+        assert_eq!(m.rows()[0].drops_per_second, Some(10.0));
+    }
+
+    #[test]
+    fn a_dropping_udp_receiver_with_a_busy_buffer_is_full() {
+        let mut m = Model::default();
+        let udp = QueueKey {
+            kind: Kind::Udp,
+            ..key("a", 53)
+        };
+        m.update(frame(&[(udp.clone(), queue(7_300.0, 8_000.0, 10.0))]), 0.0);
+        assert!(!m.rows()[0].full, "91% and no rate yet");
+        m.update(frame(&[(udp.clone(), queue(7_300.0, 8_000.0, 11.0))]), 1.0);
+        assert!(m.rows()[0].full, "91% and dropping");
+        m.update(frame(&[(udp, queue(100.0, 8_000.0, 12.0))]), 2.0);
+        assert!(
+            !m.rows()[0].full,
+            "dropping with an empty buffer is something else"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::exposition;
 use super::fetch::{Target, fetch};
-use super::frame::{Frame, QueueKey};
+use super::frame::{Frame, QueueKey, SHOWN};
 use super::waiting;
 use crate::cli::CollectorFlags;
 use crate::collect::Collector;
@@ -108,10 +108,13 @@ impl Source {
                 fetch(target, *timeout).map_err(|e| e.to_string())?
             }
         };
-        let samples = exposition::parse(&text).map_err(|e| match self {
-            Source::Remote { target, .. } => format!("{target}: not a metrics page: {e}"),
-            Source::Local(_) => format!("reading our own figures: {e}"),
-        })?;
+        let samples =
+            exposition::parse_only(&text, |name| SHOWN.contains(&name)).map_err(
+                |e| match self {
+                    Source::Remote { target, .. } => format!("{target}: not a metrics page: {e}"),
+                    Source::Local(_) => format!("reading our own figures: {e}"),
+                },
+            )?;
         let mut frame = Frame::from_samples(&samples);
         if let (Source::Local(l), Some(key)) = (&*self, detail) {
             let targets = l.store.targets();

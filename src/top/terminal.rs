@@ -45,6 +45,58 @@ pub fn catch_signals() -> io::Result<()> {
     Ok(())
 }
 
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Whether any thread panicked since [`Guard::enter`]: the hook has put
+/// the terminal back already, so the loop must stop drawing and leave.
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::SeqCst)
+}
+
+/// What became of the terminal while `top` waited on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing to read within the wait.
+    Idle,
+    /// A key, a resize or some other event is ready.
+    Ready,
+    /// The terminal is gone (its window closed, the ssh session dropped).
+    Gone,
+}
+
+/// Waits up to `timeout` for input on standard input, which is the
+/// terminal crossterm reads. Done with poll(2) here rather than by
+/// crossterm: crossterm 0.28 spins forever on a terminal that hung up
+/// (crossterm-rs/crossterm#793), so a closed window would leave `top`
+/// running, burning a core, deaf to SIGTERM.
+pub fn wait_for_input(timeout: std::time::Duration) -> io::Result<Input> {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, its count, a timeout.
+    let rc = unsafe { libc::poll(&mut fd, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(Input::Idle)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(
+        if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            Input::Gone
+        } else if fd.revents & libc::POLLIN != 0 {
+            Input::Ready
+        } else {
+            Input::Idle
+        },
+    )
+}
+
 /// Puts the terminal back: raw mode off, main screen, cursor shown. Safe
 /// to call more than once.
 pub fn restore() {
@@ -64,6 +116,8 @@ impl Guard {
     pub fn enter() -> io::Result<Guard> {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // Any thread: a sampler or the reader as much as the loop.
+            PANICKED.store(true, Ordering::SeqCst);
             restore();
             hook(info);
         }));

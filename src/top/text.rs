@@ -24,7 +24,7 @@ pub const CLIENT_COLUMNS: [&str; 7] = [
 ];
 
 /// The frame as text: a title line, the queues in the model's order and
-/// filter, the client ports with anything pending, and any error.
+/// filter, then the client ports.
 pub fn frame(model: &Model, title: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{title}");
@@ -63,9 +63,6 @@ pub fn frame(model: &Model, title: &str) -> String {
             ]);
         }
         out.push_str(&align(&rows));
-    }
-    if let Some(e) = &model.error {
-        let _ = writeln!(out, "error: {e}");
     }
     out
 }

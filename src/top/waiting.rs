@@ -11,31 +11,10 @@ use crate::diag::{DiagSocket, DumpRequest, Mode, PortFilter, Protocol, RawAddr, 
 use crate::netns::handles::open_in;
 use crate::netns::{NameSource, NetnsInfo};
 
-use super::frame::{Frame, Kind, QueueKey};
+use super::frame::{Frame, Kind, QueueKey, Waiting, WaitingList};
 
 /// Most connections listed; the rest are only counted.
 pub const MAX_LISTED: usize = 500;
-
-/// One connection waiting to be accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Waiting {
-    /// The client's address and port.
-    pub peer: SocketAddr,
-    /// Bytes the client sent that nobody has read yet.
-    pub bytes: u32,
-    /// How long it has waited, in milliseconds (`tcpi_last_data_sent`:
-    /// nothing is sent on a connection before it is accepted).
-    pub waited_ms: Option<u32>,
-}
-
-/// The waiting connections of one listener, longest waiting first.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct WaitingList {
-    /// Up to [`MAX_LISTED`] of them.
-    pub listed: Vec<Waiting>,
-    /// How many there were in all.
-    pub total: usize,
-}
 
 /// The listening address a row's labels name.
 fn listen_key(key: &QueueKey) -> Option<ListenKey> {
