@@ -437,6 +437,17 @@ fn once_agrees_with_ss() {
         let _c6 = clients(v6, 5);
         wait_queue(v6, 5);
         let _idle = listen(([0, 0, 0, 0], 7523).into(), 511, false, None);
+        // A unix listener, backlog 2, with three clients: full as well.
+        let dir = TempDir::new("top-unix");
+        let path = dir.file("app.sock");
+        let unix = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .expect("unix socket");
+        unix.bind(&socket2::SockAddr::unix(&path).expect("unix address"))
+            .expect("binding the unix socket");
+        unix.listen(2).expect("listen");
+        let _unix_clients: Vec<_> = (0..3)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path).expect("unix connect"))
+            .collect();
 
         let text = top_plain(&["--once", "--no-collector.netns"]);
         eprintln!("{text}");
@@ -461,7 +472,27 @@ fn once_agrees_with_ss() {
                 "FULL exactly when ss shows the queue above its backlog: {row:?}"
             );
         }
-        assert_eq!(tcp[0]["LISTEN"], "127.0.0.1:7521", "the full one first");
+        let unix_row = rows
+            .iter()
+            .find(|r| r["KIND"] == "unix" && r["LISTEN"] == path)
+            .unwrap_or_else(|| panic!("the unix listener in:\n{text}"));
+        let ss_unix = ss(&["-xlH"]);
+        let fields: Vec<&str> = ss_unix
+            .iter()
+            .find(|l| l.contains(&path))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            unix_row["QUEUE"],
+            format!(
+                "{}/{}",
+                fields.get(2).unwrap_or(&"?"),
+                fields.get(3).unwrap_or(&"?")
+            ),
+            "Recv-Q/Send-Q of ss -xl: {fields:?}"
+        );
+        assert_eq!(unix_row["FILL"], "150% FULL");
+        assert_eq!(tcp[0]["LISTEN"], "127.0.0.1:7521", "the full TCP one first");
         assert_eq!(tcp[0]["FILL"], "133% FULL");
         assert_eq!(tcp[0]["DROP/s"], "-", "one frame has no rate");
     });
