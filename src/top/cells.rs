@@ -3,7 +3,7 @@
 //! unknown, `FULL` in words.
 
 use super::frame::{Kind, Owner};
-use super::model::Row;
+use super::model::{ClientRow, Row};
 
 /// `-` for a figure the page does not have.
 pub const UNKNOWN: &str = "-";
@@ -98,6 +98,31 @@ pub fn seconds(v: Option<f64>) -> String {
         let h = (s / 3600.0).floor();
         format!("{h:.0}h{:02.0}m", ((s - h * 3600.0) / 60.0).floor())
     }
+}
+
+/// Column titles of the client table, in order.
+pub const CLIENT_COLUMNS: [&str; 7] = [
+    "NETNS",
+    "PORT",
+    "SYN-SENT",
+    "ESTAB",
+    "SERVER-ESTAB",
+    "GAP",
+    "SEND-Q",
+];
+
+/// A client port's cells, in [`CLIENT_COLUMNS`] order.
+pub fn client(c: &ClientRow<'_>) -> [String; CLIENT_COLUMNS.len()] {
+    let f = c.figures;
+    [
+        c.netns.to_string(),
+        c.port.to_string(),
+        count(Some(f.syn_sent)),
+        count(Some(f.established)),
+        count(f.server_established),
+        count(c.gap()),
+        bytes(Some(f.send_queue_bytes)),
+    ]
 }
 
 /// `text` in at most `width` characters, cut in the middle with `…` when

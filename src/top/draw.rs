@@ -339,24 +339,14 @@ fn client_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
         .clients()
         .iter()
         .map(|c| {
-            let f = c.figures;
             // Not the gap: a port's clients may talk to another server than
             // the one listening here (see the help).
-            let style = if f.syn_sent > 0.0 {
+            let style = if c.figures.syn_sent > 0.0 {
                 Style::new().red()
             } else {
                 Style::new()
             };
-            TableRow::new([
-                c.netns.to_string(),
-                c.port.to_string(),
-                cells::count(Some(f.syn_sent)),
-                cells::count(Some(f.established)),
-                cells::count(f.server_established),
-                cells::count(c.gap()),
-                cells::bytes(Some(f.send_queue_bytes)),
-            ])
-            .style(style)
+            TableRow::new(cells::client(c)).style(style)
         })
         .collect();
     let widths = [
@@ -369,19 +359,7 @@ fn client_table(screen: &mut Screen<'_>, area: Rect, model: &Model) {
         Constraint::Length(7),
     ];
     let table = Table::new(rows, widths)
-        .header(
-            TableRow::new([
-                "NETNS",
-                "PORT",
-                "SYN-SENT",
-                "ESTAB",
-                "SERVER-ESTAB",
-                "GAP",
-                "SEND-Q",
-            ])
-            .bold()
-            .underlined(),
-        )
+        .header(TableRow::new(cells::CLIENT_COLUMNS).bold().underlined())
         .block(
             Block::new()
                 .borders(Borders::TOP)

@@ -12,17 +12,6 @@ pub const QUEUE_COLUMNS: [&str; 10] = [
     "NETNS", "KIND", "LISTEN", "QUEUE", "FILL", "DROP/s", "SYN-Q", "BYTES", "OLDEST", "OWNER",
 ];
 
-/// Column titles of the client table, in order.
-pub const CLIENT_COLUMNS: [&str; 7] = [
-    "NETNS",
-    "PORT",
-    "SYN-SENT",
-    "ESTAB",
-    "SERVER-ESTAB",
-    "GAP",
-    "SEND-Q",
-];
-
 /// The frame as text: a title line, the queues in the model's order and
 /// filter, then the client ports.
 pub fn frame(model: &Model, title: &str) -> String {
@@ -48,20 +37,13 @@ pub fn frame(model: &Model, title: &str) -> String {
     let clients = model.clients();
     if !clients.is_empty() {
         out.push('\n');
-        let mut rows: Vec<Vec<String>> =
-            vec![CLIENT_COLUMNS.iter().map(|s| s.to_string()).collect()];
-        for c in clients {
-            let f = c.figures;
-            rows.push(vec![
-                c.netns.to_string(),
-                c.port.to_string(),
-                cells::count(Some(f.syn_sent)),
-                cells::count(Some(f.established)),
-                cells::count(f.server_established),
-                cells::count(c.gap()),
-                cells::bytes(Some(f.send_queue_bytes)),
-            ]);
-        }
+        let mut rows: Vec<Vec<String>> = vec![
+            cells::CLIENT_COLUMNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ];
+        rows.extend(clients.iter().map(|c| cells::client(c).to_vec()));
         out.push_str(&align(&rows));
     }
     out
