@@ -653,16 +653,16 @@ fn for_each_name(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::os::unix::ffi::OsStrExt;
+
+    const RETRY: Duration = Duration::from_secs(60);
 
     #[test]
     fn a_process_name_cannot_carry_an_escape_sequence() {
         assert_eq!(without_controls("a\u{1b}]0;PWN\u{7}b"), "a?]0;PWN?b");
         assert_eq!(without_controls("nginx: worker"), "nginx: worker");
     }
-    use std::net::TcpListener;
-    use std::os::unix::ffi::OsStrExt;
-
-    const RETRY: Duration = Duration::from_secs(60);
 
     fn inode_of(fd: &impl AsRawFd) -> u32 {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();

@@ -542,14 +542,21 @@ fn waiting_list<'a>(model: &Model, key: &QueueKey, status: &Status) -> (String, 
     }
     match &model.frame().waiting {
         Some((k, Ok(list))) if k == key => {
+            // inet_diag does not say which member's queue a connection
+            // is in: a member shows its whole group's.
+            let whose = if key.member.is_empty() {
+                ""
+            } else {
+                " in the reuseport group"
+            };
             let title = if list.total > list.listed.len() {
                 format!(
-                    " waiting connections: {} (the first {} listed) ",
+                    " waiting connections{whose}: {} (the first {} listed) ",
                     list.total,
                     list.listed.len()
                 )
             } else {
-                format!(" waiting connections: {} ", list.total)
+                format!(" waiting connections{whose}: {} ", list.total)
             };
             let peers: Vec<String> = list.listed.iter().map(|w| w.peer.to_string()).collect();
             let width = peers.iter().map(String::len).max().unwrap_or(0).max(6);

@@ -38,8 +38,7 @@ pub struct Local {
     store: Arc<Store>,
     exposition: Exposition,
     /// Sampler threads, for a view that refreshes on its own; without them
-    /// each read samples every namespace once first (plain output, where
-    /// every frame must be whole).
+    /// (`--once`) the read samples every namespace once first.
     sampler: Option<Sampler>,
 }
 
