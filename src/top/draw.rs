@@ -128,7 +128,7 @@ fn footer(screen: &mut Screen<'_>, area: Rect, model: &Model) {
     } else {
         let keys = match model.view {
             View::List => "q quit  / filter  s sort  ↑↓ select  Enter detail  p pause  ? help",
-            View::Detail(_) => "Esc back  p pause  q quit",
+            View::Detail(_) => "Esc back  ↑↓ PgUp PgDn scroll  p pause  q quit",
             View::Help => "any key back  q quit",
         };
         Line::from(keys).reversed()
@@ -496,6 +496,7 @@ fn detail(screen: &mut Screen<'_>, area: Rect, model: &Model, status: &Status) {
     screen.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
+            .scroll((model.detail_scroll, 0))
             .block(Block::new().borders(Borders::TOP).title(" detail ")),
         text,
     );
@@ -601,7 +602,7 @@ fn help(screen: &mut Screen<'_>, area: Rect) {
         ("<", "sort by the previous column"),
         ("/", "filter by port, address, process, unit, container or netns; Esc clears"),
         ("↑ ↓ j k, PgUp PgDn, g G", "select a queue"),
-        ("Enter", "every figure of the selected queue and its last minute"),
+        ("Enter", "every figure of the selected queue, its last minute and (TCP, sampling here) its waiting connections; ↑↓ PgUp PgDn scroll it"),
         ("p, space", "pause (the screen stops changing; sampling goes on)"),
     ]
     .into_iter()

@@ -170,6 +170,9 @@ pub struct Model {
     /// Rows a page key moves by (the table's height, set by drawing's
     /// caller).
     pub page: usize,
+    /// Lines the detail view's figures are scrolled by (a long command
+    /// line, many owners).
+    pub detail_scroll: u16,
 }
 
 impl Default for Model {
@@ -189,6 +192,7 @@ impl Default for Model {
             error: None,
             refreshes: 0,
             page: 10,
+            detail_scroll: 0,
         }
     }
 }
@@ -427,6 +431,18 @@ impl Model {
             (Key::Char('?') | Key::Char('h'), _) => self.view = View::Help,
             (Key::Char('p') | Key::Char(' '), _) => self.paused = !self.paused,
             (Key::Esc | Key::Enter | Key::Backspace, View::Detail(_)) => self.view = View::List,
+            (Key::Up | Key::Char('k'), View::Detail(_)) => {
+                self.detail_scroll = self.detail_scroll.saturating_sub(1);
+            }
+            (Key::Down | Key::Char('j'), View::Detail(_)) => {
+                self.detail_scroll = self.detail_scroll.saturating_add(1).min(200);
+            }
+            (Key::PageUp, View::Detail(_)) => {
+                self.detail_scroll = self.detail_scroll.saturating_sub(10);
+            }
+            (Key::PageDown, View::Detail(_)) => {
+                self.detail_scroll = self.detail_scroll.saturating_add(10).min(200);
+            }
             (_, View::Help) => self.view = View::List,
             (Key::Char('s') | Key::Char('>') | Key::F6, _) => self.sort = self.sort.step(1),
             (Key::Char('<'), _) => self.sort = self.sort.step(-1),
@@ -442,6 +458,7 @@ impl Model {
                 let rows = self.rows();
                 if let Some(r) = rows.get(self.selected_index(&rows)) {
                     self.view = View::Detail(r.key.clone());
+                    self.detail_scroll = 0;
                 }
             }
             _ => {}
@@ -691,10 +708,16 @@ mod tests {
         assert_eq!(m.selected_index(&m.rows()), 0);
         m.key(Key::Enter);
         assert_eq!(m.detail().map(|r| r.key.port.clone()), Some("1".into()));
+        m.key(Key::Down);
+        m.key(Key::PageDown);
+        assert_eq!(m.detail_scroll, 11, "arrows scroll the detail");
+        assert_eq!(m.selected_index(&m.rows()), 0, "and do not move the selection");
         assert_eq!(m.key(Key::Esc), Action::Redraw);
         assert_eq!(m.view, View::List);
         m.key(Key::End);
         assert_eq!(m.selected_index(&m.rows()), 1);
+        m.key(Key::Enter);
+        assert_eq!(m.detail_scroll, 0, "a detail opens at its top");
     }
 
     #[test]
