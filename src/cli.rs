@@ -128,14 +128,14 @@ pub struct TopArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_top_interval)]
     pub interval: Duration,
 
-    /// Print one frame as plain text and exit (--iterations 1). DROP/s
-    /// needs two frames: use --iterations 2 for it.
+    /// Take one whole sample of every namespace, print it as plain text
+    /// and exit. DROP/s needs two frames: use --iterations 2 for it.
     #[arg(long, conflicts_with = "iterations")]
     pub once: bool,
 
-    /// Print this many frames as plain text, --interval apart, then exit.
-    /// Plain text is also what `top` writes when its output is not a
-    /// terminal (then until interrupted).
+    /// Print this many frames as plain text, --interval apart (the first
+    /// after one interval), then exit. Plain text is also what `top`
+    /// writes when its output is not a terminal (then until interrupted).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: Option<u32>,
 
@@ -147,7 +147,8 @@ pub struct TopArgs {
     pub from: Option<String>,
 
     /// Show only queues whose netns, address, port, kind or owner contains
-    /// this text (any case), as typed after `/` in the live view.
+    /// this text (any case); a number matches a port exactly. As typed
+    /// after `/` in the live view.
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
 }
