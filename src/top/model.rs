@@ -711,7 +711,11 @@ mod tests {
         m.key(Key::Down);
         m.key(Key::PageDown);
         assert_eq!(m.detail_scroll, 11, "arrows scroll the detail");
-        assert_eq!(m.selected_index(&m.rows()), 0, "and do not move the selection");
+        assert_eq!(
+            m.selected_index(&m.rows()),
+            0,
+            "and do not move the selection"
+        );
         assert_eq!(m.key(Key::Esc), Action::Redraw);
         assert_eq!(m.view, View::List);
         m.key(Key::End);
