@@ -146,7 +146,7 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         .max_blocking_threads(4)
         // Scrapes render on these threads; their default 2 MiB stacks
         // would be most of an address-space cap (see `memory`).
-        .thread_stack_size(crate::memory::THREAD_STACK_BYTES)
+        .thread_stack_size(crate::memory::RENDER_STACK_BYTES)
         .build()
         .context("starting the async runtime")?;
     let server_config = ServerConfig {

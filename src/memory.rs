@@ -20,9 +20,9 @@
 //! tier, one render of a scrape), so one arena costs no contention worth
 //! measuring, and each thread gets a stack sized from measurement.
 
-/// Stack of every thread the daemon starts: the sampler's (discovery and the
-/// two tiers), the short-lived one that enters a namespace, and the async
-/// runtime's blocking threads that render scrapes.
+/// Stack of every thread the daemon starts but the renderers (see
+/// [`RENDER_STACK_BYTES`]): the sampler's (discovery and the two tiers),
+/// the short-lived one that enters a namespace, and `top`'s reader.
 ///
 /// Measured as the resident part of each thread's stack mapping (pages
 /// are touched only as deep as the thread ever went) after 20 s of passes
@@ -38,6 +38,14 @@
 /// (three sampler threads, one entering per tier, four rendering) reserve
 /// 2.25 MiB where the 2 MiB defaults reserved 18 MiB.
 pub const THREAD_STACK_BYTES: usize = 256 * 1024;
+
+/// Stack of the async runtime's blocking threads, which render scrapes
+/// and gzip them for scrapers that ask. The deflate compressor builds its
+/// hash tables on the stack before boxing them: measured, one gzip of a
+/// page needs between 64 and 128 KiB in a release build and between 256
+/// and 384 KiB in a debug one (overflowing [`THREAD_STACK_BYTES`] there).
+/// 512 KiB covers the debug peak; the four such threads reserve 2 MiB.
+pub const RENDER_STACK_BYTES: usize = 512 * 1024;
 
 /// glibc arenas: one, the main one, shared by every thread.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -6,14 +6,15 @@
 //! soon as accepted, a client has a fixed time to send its headers (one that
 //! connects and says nothing is dropped), concurrent scrapes beyond a cap get
 //! 503 at once instead of queueing, each render has a deadline, and shutdown
-//! waits a bounded time for requests in flight.
+//! waits a bounded time for requests in flight. The page is gzipped for
+//! scrapers that accept it, as Prometheus does.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -64,12 +65,55 @@ fn router(state: AppState) -> Router {
     let metrics_state = state.clone();
     let landing_state = state.clone();
     Router::new()
-        .route(&path, get(move || metrics(metrics_state.clone())))
+        .route(
+            &path,
+            get(move |headers: HeaderMap| metrics(metrics_state.clone(), headers)),
+        )
         .route("/", get(move || landing(landing_state.clone())))
         .route("/healthz", get(move || healthz(state.clone())))
 }
 
-async fn metrics(state: AppState) -> Response {
+/// Whether the client's `Accept-Encoding` takes gzip (Prometheus sends
+/// `gzip`): a `gzip` or `x-gzip` coding, or `*`, whose weight is not 0.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let zero = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            matches!(name.as_str(), "gzip" | "x-gzip" | "*") && !zero
+        })
+}
+
+/// `body` gzipped at the fastest level: a metrics page is repetitive text
+/// (label names, namespace names), which the fastest level already shrinks
+/// several times over for little CPU.
+fn gzip(body: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(body.as_bytes())?;
+    encoder.finish()
+}
+
+/// What a render produced: the page, gzipped when asked and possible.
+enum Page {
+    Plain(String),
+    Gzip(Vec<u8>),
+}
+
+async fn metrics(state: AppState, headers: HeaderMap) -> Response {
     let Ok(permit) = state.requests.clone().try_acquire_owned() else {
         state.store.count_rejected();
         return (
@@ -79,18 +123,39 @@ async fn metrics(state: AppState) -> Response {
             .into_response();
     };
     let exposition = state.exposition.clone();
-    // Rendering is CPU work: keep it off the thread that accepts and times
-    // out connections.
+    let compress = accepts_gzip(&headers);
+    // Rendering and compressing are CPU work: keep them off the thread
+    // that accepts and times out connections.
     let render = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        exposition.render()
+        exposition.render().map(|body| {
+            if !compress {
+                return Page::Plain(body);
+            }
+            match gzip(&body) {
+                Ok(zipped) => Page::Gzip(zipped),
+                // Writing to a Vec does not fail; if it ever did, the
+                // plain page is still an answer.
+                Err(_) => Page::Plain(body),
+            }
+        })
     });
+    const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
     match tokio::time::timeout(state.timeout, render).await {
-        Ok(Ok(Ok(body))) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
+        Ok(Ok(Ok(Page::Plain(body)))) => (
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::VARY, "Accept-Encoding"),
+            ],
+            body,
+        )
+            .into_response(),
+        Ok(Ok(Ok(Page::Gzip(body)))) => (
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::CONTENT_ENCODING, "gzip"),
+                (header::VARY, "Accept-Encoding"),
+            ],
             body,
         )
             .into_response(),
@@ -268,5 +333,43 @@ pub async fn serve(
             timeout = ?config.shutdown_timeout,
             "requests still in flight at shutdown deadline; closing them"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = value.parse() {
+            h.insert(header::ACCEPT_ENCODING, v);
+        }
+        h
+    }
+
+    #[test]
+    fn gzip_is_offered_only_when_the_scraper_takes_it() {
+        assert!(accepts_gzip(&with("gzip")));
+        assert!(accepts_gzip(&with("deflate, GZIP;q=0.5")));
+        assert!(accepts_gzip(&with("identity;q=1, *;q=0.1")));
+        assert!(!accepts_gzip(&with("gzip;q=0")));
+        assert!(!accepts_gzip(&with("gzip; q=0.0, identity")));
+        assert!(!accepts_gzip(&with("br, deflate")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_gzipped_page_unzips_to_the_page() {
+        use std::io::Read;
+        let page = "sockdiag_accept_queue_length{netns=\"host\"} 1\n".repeat(1000);
+        let Ok(zipped) = gzip(&page) else {
+            panic!("gzip into a Vec failed");
+        };
+        assert!(zipped.len() * 10 < page.len(), "{} bytes", zipped.len());
+        let mut back = String::new();
+        let read = flate2::read::GzDecoder::new(zipped.as_slice()).read_to_string(&mut back);
+        assert!(read.is_ok());
+        assert_eq!(back, page);
     }
 }

@@ -122,9 +122,21 @@ pub fn scrape_once() -> Result<Scrape, String> {
     fetch_metrics().map(|(scrape, _)| scrape)
 }
 
+/// One `GET /metrics` as Prometheus asks for it (`Accept-Encoding:
+/// gzip`), timed; `bytes` is the whole response as sent, compressed.
+pub fn scrape_gzipped() -> Result<Scrape, String> {
+    fetch(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+        .map(|(scrape, _)| scrape)
+}
+
 /// One `GET /metrics` against the daemon on [`LISTEN`], timed, with the body for callers
 /// that read the figures in it.
 pub fn fetch_metrics() -> Result<(Scrape, String), String> {
+    fetch(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+}
+
+/// Sends `request` to the daemon on [`LISTEN`] and reads the answer, timed.
+fn fetch(request: &[u8]) -> Result<(Scrape, String), String> {
     let addr: SocketAddr = LISTEN.parse().map_err(|e| format!("{e}"))?;
     let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -132,7 +144,7 @@ pub fn fetch_metrics() -> Result<(Scrape, String), String> {
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .and_then(|()| s.set_write_timeout(Some(Duration::from_secs(5))))
         .map_err(|e| format!("socket timeouts: {e}"))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    s.write_all(request)
         .map_err(|e| format!("sending the request: {e}"))?;
     let mut body = Vec::new();
     s.read_to_end(&mut body)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::daemon::{self, scrape_once};
+use crate::daemon::{self, scrape_gzipped, scrape_once};
 use crate::{measure, namespace, proc_util, worker};
 
 /// First port of the render benchmark's listeners.
@@ -73,26 +73,42 @@ fn measure_scrapes(opts: &RenderOpts, daemon: &mut daemon::Running) -> Result<Ex
     )?;
     // Two connection samples, so every figure is present.
     std::thread::sleep(Duration::from_millis(2500));
-    let mut times = Vec::new();
-    let mut bytes = 0;
+    // Plain and gzipped scrapes alternate, so both see the same machine.
+    let (mut plain, mut zipped) = (Vec::new(), Vec::new());
+    let (mut plain_bytes, mut zipped_bytes) = (0, 0);
     for _ in 0..opts.scrapes {
-        let s = scrape_once().map_err(anyhow::Error::msg)?;
-        if !s.status_line.contains("200") {
-            bail!("scrape answered {}", s.status_line);
+        for (gzip, times, bytes) in [
+            (false, &mut plain, &mut plain_bytes),
+            (true, &mut zipped, &mut zipped_bytes),
+        ] {
+            let s = if gzip {
+                scrape_gzipped()
+            } else {
+                scrape_once()
+            }
+            .map_err(anyhow::Error::msg)?;
+            if !s.status_line.contains("200") {
+                bail!("scrape answered {}", s.status_line);
+            }
+            *bytes = s.bytes;
+            times.push(s.seconds);
         }
-        bytes = s.bytes;
-        times.push(s.seconds);
     }
-    let median = measure::median(times.clone()).unwrap_or(f64::NAN);
-    let slowest = times.iter().copied().fold(0.0, f64::max);
     println!("## sockdiag-bench render: {} listeners\n", opts.listeners);
-    println!("| series | bytes | scrapes | median scrape | slowest scrape |");
-    println!("|---:|---:|---:|---:|---:|");
-    println!(
-        "| {series} | {bytes} | {} | {:.1} ms | {:.1} ms |",
-        opts.scrapes,
-        median * 1000.0,
-        slowest * 1000.0
-    );
+    println!("| scrape | series | bytes sent | scrapes | median scrape | slowest scrape |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, times, bytes) in [
+        ("plain", plain, plain_bytes),
+        ("`Accept-Encoding: gzip`", zipped, zipped_bytes),
+    ] {
+        let median = measure::median(times.clone()).unwrap_or(f64::NAN);
+        let slowest = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {label} | {series} | {bytes} | {} | {:.1} ms | {:.1} ms |",
+            opts.scrapes,
+            median * 1000.0,
+            slowest * 1000.0
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
