@@ -74,24 +74,33 @@ fn router(state: AppState) -> Router {
 }
 
 /// Whether the client's `Accept-Encoding` takes gzip (Prometheus sends
-/// `gzip`): a `gzip` or `x-gzip` coding, or `*`, whose weight is not 0.
+/// `gzip`): `gzip` (or `x-gzip`) with a weight above 0, or else `*` with
+/// one; an explicit `gzip;q=0` wins over `*`.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
+    let (mut gzip, mut any) = (None, None);
+    for coding in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let zero = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            matches!(name.as_str(), "gzip" | "x-gzip" | "*") && !zero
-        })
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.get(..2)
+                .is_some_and(|k| k.eq_ignore_ascii_case("q="))
+                .then(|| p.get(2..).and_then(|q| q.trim().parse::<f32>().ok()))
+                .flatten()
+                .is_some_and(|q| q <= 0.0)
+        });
+        match name.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(gzip.unwrap_or(false) || !refused),
+            "*" => any = Some(!refused),
+            _ => {}
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 /// `body` gzipped at the fastest level: a metrics page is repetitive text
@@ -357,6 +366,8 @@ mod tests {
         assert!(!accepts_gzip(&with("gzip; q=0.0, identity")));
         assert!(!accepts_gzip(&with("br, deflate")));
         assert!(!accepts_gzip(&HeaderMap::new()));
+        assert!(!accepts_gzip(&with("gzip;Q=0, *")), "gzip refused outright");
+        assert!(!accepts_gzip(&with("*;q=0")));
     }
 
     #[test]
