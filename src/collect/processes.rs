@@ -60,6 +60,38 @@ pub struct Processes {
 /// once for the daemon's life, not once per namespace per pass.
 static DENIAL_LOGGED: AtomicBool = AtomicBool::new(false);
 
+/// The effective capability set, from the `CapEff:` line of
+/// `/proc/self/status`.
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Why other processes' open files could not be read, as far as the
+/// exporter can tell from its own capabilities (`caps`, when known): the
+/// capabilities it lacks; or, holding them (root, say), what else refuses,
+/// so that nobody is told to grant what they already have.
+fn denial_reason(caps: Option<u64>) -> String {
+    const NEEDED: [(u32, &str); 2] = [(19, "CAP_SYS_PTRACE"), (2, "CAP_DAC_READ_SEARCH")];
+    let Some(caps) = caps else {
+        return "needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH".to_string();
+    };
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(bit, _)| caps & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        "the exporter holds CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, so something else \
+         refuses: those processes belong to a user namespace the exporter's capabilities do \
+         not reach (a rootless container, or the exporter itself runs in one), or a security \
+         module denies it ptrace access (Yama ptrace_scope 3, AppArmor, SELinux)"
+            .to_string()
+    } else {
+        format!("needs {}", missing.join(" and "))
+    }
+}
+
 impl TypedCollector for Processes {
     type State = OwnerCache;
     type Scratch = ProcessIndex;
@@ -114,12 +146,13 @@ impl TypedCollector for Processes {
         let netns = (ctx.info.id != (0, 0)).then_some(ctx.info.id);
         let stats = cache.refresh_with(ctx.now, netns, &listeners, index);
         if stats.denied > 0 && !DENIAL_LOGGED.swap(true, Ordering::Relaxed) {
+            let status = std::fs::read_to_string(self.common.procfs.join("self/status"));
+            let reason = denial_reason(status.ok().as_deref().and_then(effective_caps));
             tracing::warn!(
                 netns = %ctx.info.name,
                 processes = stats.denied,
-                "cannot read the open files of some processes (needs CAP_SYS_PTRACE and \
-                 CAP_DAC_READ_SEARCH): their listeners get no process name; \
-                 sockdiag_listener_owner_unknown counts them (logged once)"
+                "cannot read the open files of some processes ({reason}): their listeners \
+                 get no process name; sockdiag_listener_owner_unknown counts them (logged once)"
             );
         }
         let owners = listeners
@@ -140,5 +173,25 @@ impl TypedCollector for Processes {
             &[("netns", ns.name)],
             owners.unknown as f64,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_denial_names_what_is_missing_or_what_else_refuses() {
+        let status = "Name:\tsockdiag\nCapEff:\t000001ffffffffff\n";
+        let root = effective_caps(status);
+        assert_eq!(root, Some(0x1ff_ffff_ffff));
+        assert!(denial_reason(root).contains("something else refuses"));
+        let only_ptrace = Some(1u64 << 19);
+        assert_eq!(denial_reason(only_ptrace), "needs CAP_DAC_READ_SEARCH");
+        assert_eq!(
+            denial_reason(Some(0)),
+            "needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+        );
+        assert_eq!(effective_caps("CapEff:\tzz\n"), None);
     }
 }
