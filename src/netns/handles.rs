@@ -258,11 +258,7 @@ impl Handles {
             });
             (diag, procs)
         };
-        let opened = if host {
-            Ok(open())
-        } else {
-            open_in(info, open)
-        };
+        let opened = open_in(info, open);
         match opened {
             Ok((diag, procs)) => {
                 if let Some(result) = diag {
@@ -326,12 +322,16 @@ impl Handles {
     }
 }
 
-/// Runs `open` inside namespace `info`, on a thread that enters it through
-/// the first of its nsfs paths that still names it.
+/// Runs `open` inside namespace `info`: here, for the daemon's own (every
+/// thread's already); else on a thread that enters it through the first of
+/// its nsfs paths that still names it.
 pub fn open_in<T: Send>(
     info: &NetnsInfo,
     open: impl Fn() -> T + Send + Sync,
 ) -> Result<T, EnterError> {
+    if info.source == NameSource::Host {
+        return Ok(open());
+    }
     let mut last = None;
     for path in &info.entries {
         match run_in(path, info.id, &open) {

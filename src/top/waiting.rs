@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::aggregate::{ListenKey, in_accept_queue, listening_address};
 use crate::diag::{DiagSocket, DumpRequest, Mode, PortFilter, Protocol, RawAddr, StateSet};
+use crate::netns::NetnsInfo;
 use crate::netns::handles::open_in;
-use crate::netns::{NameSource, NetnsInfo};
 
 use super::frame::{Frame, Kind, QueueKey, Waiting, WaitingList};
 
@@ -50,13 +50,7 @@ pub fn list(info: &NetnsInfo, key: &QueueKey, frame: &Frame) -> Result<WaitingLi
         tcp_info: true,
         filter: filter.as_ref(),
     };
-    // The daemon's own namespace is this thread's: nothing to enter.
-    let opened = if info.source == NameSource::Host {
-        Ok(DiagSocket::open())
-    } else {
-        open_in(info, DiagSocket::open)
-    };
-    let mut socket = opened
+    let mut socket = open_in(info, DiagSocket::open)
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("netns {}: {e}", info.name))?;
     let mut out = WaitingList::default();
