@@ -462,7 +462,7 @@ fn read_owner(procfs: &Path, pid: u32) -> Option<Owner> {
 /// `text` with control characters as `?`: any process may name itself
 /// (prctl PR_SET_NAME) or its executable's path with an escape sequence,
 /// which would drive the terminal of whoever reads `snapshot` or `top`.
-fn without_controls(text: &str) -> String {
+pub fn without_controls(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()

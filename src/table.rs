@@ -81,15 +81,22 @@ pub fn owner_cell(owner: Option<&Owner>) -> String {
         return "-".to_string();
     };
     let w = &o.workload;
-    match (&w.unit, &w.container_id) {
-        (_, Some(c)) => format!(
-            "{}/{} ({})",
-            o.comm,
-            o.pid,
-            c.chars().take(12).collect::<String>()
-        ),
-        (Some(u), None) => format!("{}/{} ({u})", o.comm, o.pid),
-        (None, None) => format!("{}/{}", o.comm, o.pid),
+    owner_text(
+        &o.comm,
+        &o.pid.to_string(),
+        w.unit.as_deref(),
+        w.container_id.as_deref(),
+    )
+}
+
+/// `comm/pid`, then the container (its ID's first 12 characters, as
+/// `docker ps` shows it) or else the systemd unit, in parentheses: how the
+/// snapshot table and `top` name an owner.
+pub fn owner_text(comm: &str, pid: &str, unit: Option<&str>, container: Option<&str>) -> String {
+    match (unit, container) {
+        (_, Some(c)) => format!("{comm}/{pid} ({})", c.chars().take(12).collect::<String>()),
+        (Some(u), None) => format!("{comm}/{pid} ({u})"),
+        (None, None) => format!("{comm}/{pid}"),
     }
 }
 

@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use super::exposition::Sample;
+use crate::owners::without_controls;
+use crate::table::owner_text;
 
 /// What kind of queue a row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,15 +103,12 @@ pub struct Owner {
 /// (shortened) container when known.
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.comm, self.pid)?;
-        if !self.container_id.is_empty() {
-            let short: String = self.container_id.chars().take(12).collect();
-            write!(f, " ({short})")
-        } else if !self.unit.is_empty() {
-            write!(f, " ({})", self.unit)
-        } else {
-            Ok(())
-        }
+        f.write_str(&owner_text(
+            &self.comm,
+            &self.pid,
+            known(&self.unit),
+            known(&self.container_id),
+        ))
     }
 }
 
@@ -234,24 +233,19 @@ fn label<'a>(s: &'a Sample, name: &str) -> &'a str {
     s.label(name).unwrap_or("")
 }
 
-/// A label value fit for a terminal: control characters (an escape
-/// sequence in a process name or a hostile page would move the cursor,
-/// retitle the window or clear the screen) become `?`.
-fn clean(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+/// An empty label: an unknown unit or container.
+fn known(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
 }
 
 fn queue_key(kind: Kind, s: &Sample) -> QueueKey {
     QueueKey {
         kind,
-        netns: clean(label(s, "netns")),
-        family: clean(label(s, "family")),
-        address: clean(label(s, "address")),
-        port: clean(label(s, "port")),
-        member: clean(label(s, "member")),
+        netns: without_controls(label(s, "netns")),
+        family: without_controls(label(s, "family")),
+        address: without_controls(label(s, "address")),
+        port: without_controls(label(s, "port")),
+        member: without_controls(label(s, "member")),
     }
 }
 
@@ -266,12 +260,12 @@ fn listener_kind(s: &Sample) -> Kind {
 
 fn owner(s: &Sample) -> Owner {
     Owner {
-        pid: clean(label(s, "pid")),
-        comm: clean(label(s, "comm")),
-        exe: clean(label(s, "exe")),
-        cmdline: clean(label(s, "cmdline")),
-        unit: clean(label(s, "unit")),
-        container_id: clean(label(s, "container_id")),
+        pid: without_controls(label(s, "pid")),
+        comm: without_controls(label(s, "comm")),
+        exe: without_controls(label(s, "exe")),
+        cmdline: without_controls(label(s, "cmdline")),
+        unit: without_controls(label(s, "unit")),
+        container_id: without_controls(label(s, "container_id")),
     }
 }
 
@@ -302,7 +296,10 @@ pub const SHOWN: [&str; 20] = [
 
 impl Frame {
     /// Gathers a page's samples; series `top` does not show are ignored,
-    /// and so are samples without a finite value.
+    /// and so are samples without a finite value. Every label value loses
+    /// its control characters: an escape sequence in a process name or a
+    /// hostile page would move the cursor, retitle the window or clear the
+    /// screen.
     pub fn from_samples(samples: &[Sample]) -> Frame {
         let mut f = Frame::default();
         // Connection figures are per address, shared by a reuseport group's
@@ -314,7 +311,7 @@ impl Frame {
             if !v.is_finite() {
                 continue;
             }
-            let netns = || clean(label(s, "netns"));
+            let netns = || without_controls(label(s, "netns"));
             match s.name.as_str() {
                 "sockdiag_accept_queue_length" => {
                     f.queue(listener_kind(s), s).length = Some(v);
@@ -347,7 +344,7 @@ impl Frame {
                     group(&mut per_group, s).oldest = Some(v);
                 }
                 "sockdiag_tcp_connections" => {
-                    let key = (netns(), clean(label(s, "port")));
+                    let key = (netns(), without_controls(label(s, "port")));
                     match (label(s, "role"), label(s, "state")) {
                         ("client", "syn_sent") => f.clients.entry(key).or_default().syn_sent = v,
                         ("client", "established") => {
@@ -360,7 +357,7 @@ impl Frame {
                     }
                 }
                 "sockdiag_tcp_send_queue_bytes" if label(s, "role") == "client" => {
-                    let key = (netns(), clean(label(s, "port")));
+                    let key = (netns(), without_controls(label(s, "port")));
                     f.clients.entry(key).or_default().send_queue_bytes = v;
                 }
                 "sockdiag_netstat_listen_overflows_total" => {
@@ -377,7 +374,7 @@ impl Frame {
                     }
                 }
                 "sockdiag_collector_success" if v == 0.0 => {
-                    f.failing.push(clean(label(s, "collector")));
+                    f.failing.push(without_controls(label(s, "collector")));
                 }
                 _ => {}
             }
