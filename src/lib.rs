@@ -32,3 +32,4 @@ pub mod store;
 pub mod table;
 pub mod top;
 pub mod tracker;
+pub mod web;
