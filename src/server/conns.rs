@@ -38,7 +38,9 @@ pub enum Activity {
     /// to the client is blocked (a response it has not read yet).
     Busy,
     /// Completed a request and waits on keep-alive for the next (or sends
-    /// the next head).
+    /// the next head). Evicting it can cross a request the client has just
+    /// sent, as any server's idle timeout can; HTTP clients retry an
+    /// idempotent request on a kept-alive connection closed under them.
     Idle,
 }
 

@@ -13,8 +13,8 @@
 //!   deadline ([`routes`]), a connection lives at most a few minutes, and
 //!   shutdown waits a bounded time for requests in flight.
 //!
-//! Per connection: accept, [`establish`] the byte stream (the place for a
-//! TLS handshake), then [`serve_http`] over any `AsyncRead + AsyncWrite`.
+//! Per connection: accept, `establish` the byte stream (the place for a
+//! TLS handshake), then `serve_http` over any `AsyncRead + AsyncWrite`.
 
 pub mod conns;
 pub mod listen;
