@@ -173,6 +173,11 @@ pub unsafe fn systemd_listeners() -> Result<Vec<TcpListener>, ListenError> {
             }
             match fds.trim().parse::<RawFd>() {
                 Ok(n) if (1..=1024).contains(&n) => n,
+                Ok(0) => {
+                    return Err(ListenError::NoSystemdSockets(
+                        "LISTEN_FDS=0: the socket unit has no ListenStream=".into(),
+                    ));
+                }
                 _ => {
                     return Err(ListenError::NoSystemdSockets(format!(
                         "LISTEN_FDS={fds} is not a number of sockets"
