@@ -69,12 +69,8 @@ fn print_ignoring_broken_pipe(text: &str) -> Result<()> {
 }
 
 fn daemon(cli: &Cli) -> Result<ExitCode> {
-    let config = cli.collectors.sampler_config();
-    let collectors: Arc<[Arc<dyn Collector>]> = cli.collectors.build(false).into();
-    if collectors.is_empty() {
-        bail!("every collector is disabled: nothing to export");
-    }
-    raise_open_files_limit();
+    // First: taking systemd's sockets edits the environment, which is only
+    // sound while this is the process's one thread.
     let listeners = if cli.systemd_socket {
         // SAFETY: no thread has been started yet (the sampler and the
         // runtime start below), and nothing else uses descriptors 3 and up.
@@ -82,6 +78,24 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
     } else {
         listen::bind_all(&cli.listen_address)?
     };
+    let config = cli.collectors.sampler_config();
+    let collectors: Arc<[Arc<dyn Collector>]> = cli.collectors.build(false).into();
+    if collectors.is_empty() {
+        bail!("every collector is disabled: nothing to export");
+    }
+    let open_files = raise_open_files_limit();
+    // Every connection holds a descriptor, and eviction only happens after
+    // accept(): past the limit, accept() fails with EMFILE and nobody,
+    // scrapers included, gets in.
+    let wanted = u64::from(cli.max_connections) + 64;
+    if open_files.is_some_and(|n| n < wanted) {
+        tracing::warn!(
+            limit = open_files,
+            max_connections = cli.max_connections,
+            "the open files limit (RLIMIT_NOFILE) is too low for --web.max-connections; \
+             lower it, or raise LimitNOFILE="
+        );
+    }
     let addresses = listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.to_string()))
@@ -137,37 +151,38 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Raises the soft limit on open files to the hard one. Every HTTP
-/// connection, accepted or about to be evicted, holds a descriptor; with
-/// the common soft limit of 1024, a few thousand idle clients would make
-/// `accept()` fail with EMFILE and lock scrapers out. The hard limit is
-/// what the administrator allows; the soft one is only a default for
-/// programs that use select(), which this one does not (Go raises it the
-/// same way at start).
-fn raise_open_files_limit() {
+/// Raises the soft limit on open files to the hard one, and returns the
+/// limit now in force (`None` if it cannot be read). Every open HTTP
+/// connection holds a descriptor, and `--web.max-connections` goes up to
+/// 65536, while the usual soft limit is 1024. The hard limit is what the
+/// administrator allows; the soft one is a default kept low for programs
+/// that use select(), which this one does not (Go raises it the same way
+/// at start).
+fn raise_open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    if limit.rlim_cur >= limit.rlim_max {
-        return;
+        return None;
     }
     let soft = limit.rlim_cur;
+    if soft >= limit.rlim_max {
+        return Some(soft);
+    }
     limit.rlim_cur = limit.rlim_max;
     // SAFETY: setrlimit only reads the struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), soft, "could not raise the open files limit");
-    } else {
-        tracing::debug!(
-            from = soft,
-            to = limit.rlim_max,
-            "raised the open files limit"
-        );
+        return Some(soft);
     }
+    tracing::debug!(
+        from = soft,
+        to = limit.rlim_max,
+        "raised the open files limit"
+    );
+    Some(limit.rlim_max)
 }
 
 /// Completes on the first SIGTERM or SIGINT.
