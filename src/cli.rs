@@ -2,7 +2,6 @@
 //! README's flags table (checked by a test so they cannot drift).
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,13 +36,22 @@ use crate::sampler::{Config as SamplerConfig, NETNS};
 )]
 pub struct Cli {
     /// Address to serve HTTP on: HOST:PORT, [IPV6]:PORT, or :PORT for every
-    /// address.
+    /// address. Repeat it to serve on several; --web.max-connections covers
+    /// them all together.
     #[arg(
         long = "web.listen-address",
         value_name = "ADDR",
-        default_value = ":19101"
+        default_value = ":19101",
+        action = ArgAction::Append
     )]
-    pub listen_address: String,
+    pub listen_address: Vec<String>,
+
+    /// Serve on the listening TCP sockets systemd passes (socket activation:
+    /// a .socket unit with ListenStream=, or systemd-socket-activate)
+    /// instead of --web.listen-address, which may not be given with it.
+    /// Fails at start when no socket was passed.
+    #[arg(long = "web.systemd-socket", conflicts_with = "listen_address")]
+    pub systemd_socket: bool,
 
     /// Path of the metrics page.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_path)]
@@ -53,12 +61,22 @@ pub struct Cli {
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_requests: u32,
 
-    /// Open HTTP connections allowed; more are closed as soon as accepted.
+    /// Open HTTP connections allowed, over every listen address. When all
+    /// are open, a new one is let in by closing the connection that has
+    /// been sending its first request head the longest, else the one idle
+    /// on keep-alive the longest; only when every connection is serving a
+    /// request is the new one closed at once.
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
 
-    /// Time a client has to send its request headers, and a request to be
-    /// answered; idle or slow clients are disconnected after it.
+    /// Time a client has to send a request's headers. The same timer bounds
+    /// how long a keep-alive connection may wait idle for its next request,
+    /// so idle connections are closed after it too.
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "3s", value_parser = parse_timeout)]
+    pub read_header_timeout: Duration,
+
+    /// Time a request has to be answered once its headers are read: a
+    /// render that takes longer gets 503.
     #[arg(long = "web.request-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 
@@ -525,34 +543,6 @@ fn parse_path(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// Resolves `--web.listen-address`. `:PORT` means every address: the IPv6
-/// wildcard (dual-stack on Linux) first, IPv4 if IPv6 is unavailable.
-pub fn resolve_listen_address(text: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Some(port) = text.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
-        return Ok(vec![
-            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
-            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
-        ]);
-    }
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(vec![addr]);
-    }
-    if !text.contains(':') {
-        return Err(format!("{text:?} has no port: write HOST:PORT or :PORT"));
-    }
-    let addrs: Vec<SocketAddr> = text
-        .to_socket_addrs()
-        .map_err(|e| format!("{text:?}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("{text:?} resolves to no address"));
-    }
-    Ok(addrs)
-}
-
 /// A flag as (`--name`, value name, default, help).
 pub type FlagRow = (String, String, String, String);
 
@@ -647,27 +637,6 @@ mod tests {
         ] {
             assert!(parse_path(bad).is_err(), "{bad} accepted");
         }
-    }
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            resolve_listen_address(":9").unwrap().len(),
-            2,
-            "IPv6 wildcard, then IPv4"
-        );
-        assert_eq!(
-            resolve_listen_address("127.0.0.1:19101").unwrap(),
-            vec!["127.0.0.1:19101".parse().unwrap()]
-        );
-        assert!(resolve_listen_address("[::1]:80").is_ok());
-        assert!(
-            resolve_listen_address("nonsense")
-                .unwrap_err()
-                .contains("no port")
-        );
-        assert!(resolve_listen_address(":http").is_err());
-        assert!(resolve_listen_address(":70000").is_err());
     }
 
     #[test]

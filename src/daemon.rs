@@ -2,17 +2,16 @@
 //! snapshot, with errors that name what failed.
 
 use std::io;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{Cli, Command, Format, resolve_listen_address};
+use crate::cli::{Cli, Command, Format};
 use crate::collect::Collector;
 use crate::metrics::Exposition;
 use crate::sampler::{Sampler, run_once};
-use crate::server::{ServerConfig, serve};
+use crate::server::{ServerConfig, listen, serve};
 use crate::store::Store;
 
 /// Runs what the command line asks for.
@@ -69,60 +68,39 @@ fn print_ignoring_broken_pipe(text: &str) -> Result<()> {
     }
 }
 
-/// Binds the first address that works; a port in use is an error at once
-/// (trying the IPv4 wildcard after the IPv6 one is for hosts without IPv6,
-/// not for dodging a conflict).
-fn bind(text: &str) -> Result<std::net::TcpListener> {
-    let candidates =
-        resolve_listen_address(text).map_err(|e| anyhow::anyhow!("--web.listen-address {e}"))?;
-    let mut last: Option<(SocketAddr, io::Error)> = None;
-    for addr in candidates {
-        match bind_one(addr) {
-            Ok(l) => return Ok(l),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                bail!(
-                    "cannot listen on {addr} (--web.listen-address {text}): {e}; is another exporter running?"
-                )
-            }
-            Err(e) => last = Some((addr, e)),
-        }
-    }
-    match last {
-        Some((addr, e)) => bail!("cannot listen on {addr} (--web.listen-address {text}): {e}"),
-        None => bail!("--web.listen-address {text}: no address to listen on"),
-    }
-}
-
-/// A non-blocking listening socket on `addr`. The IPv6 wildcard is made
-/// dual-stack explicitly, so `:PORT` also takes IPv4 scrapes on hosts where
-/// `net.ipv6.bindv6only` is 1.
-fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if let SocketAddr::V6(v6) = addr {
-        if v6.ip().is_unspecified() {
-            socket.set_only_v6(false)?;
-        }
-    }
-    // Lets a restarted daemon bind while its old connections linger in
-    // TIME-WAIT; it does not allow two live listeners on one port.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
 fn daemon(cli: &Cli) -> Result<ExitCode> {
+    // First: taking systemd's sockets edits the environment, which is only
+    // sound while this is the process's one thread.
+    let listeners = if cli.systemd_socket {
+        // SAFETY: no thread has been started yet (the sampler and the
+        // runtime start below), and nothing else uses descriptors 3 and up.
+        unsafe { listen::systemd_listeners() }?
+    } else {
+        listen::bind_all(&cli.listen_address)?
+    };
     let config = cli.collectors.sampler_config();
     let collectors: Arc<[Arc<dyn Collector>]> = cli.collectors.build(false).into();
     if collectors.is_empty() {
         bail!("every collector is disabled: nothing to export");
     }
-    let listener = bind(&cli.listen_address)?;
-    let local = listener
-        .local_addr()
-        .context("reading the HTTP socket's address")?;
+    let open_files = raise_open_files_limit();
+    // Every connection holds a descriptor, and eviction only happens after
+    // accept(): past the limit, accept() fails with EMFILE and nobody,
+    // scrapers included, gets in.
+    let wanted = u64::from(cli.max_connections) + 64;
+    if open_files.is_some_and(|n| n < wanted) {
+        tracing::warn!(
+            limit = open_files,
+            max_connections = cli.max_connections,
+            "the open files limit (RLIMIT_NOFILE) is too low for --web.max-connections; \
+             lower it, or raise LimitNOFILE="
+        );
+    }
+    let addresses = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<io::Result<Vec<_>>>()
+        .context("reading the HTTP sockets' addresses")?;
 
     let enabled = cli.collectors.health_names(&collectors);
     let store = Arc::new(Store::new(&enabled));
@@ -132,7 +110,8 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
     let sampler =
         Sampler::start(&config, &collectors, store.clone()).context("starting sampler threads")?;
     tracing::info!(
-        address = %local,
+        addresses = ?addresses,
+        systemd_socket = cli.systemd_socket,
         path = %cli.telemetry_path,
         collectors = ?enabled,
         listener_interval = ?config.fast_interval,
@@ -153,19 +132,57 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         telemetry_path: cli.telemetry_path.clone(),
         max_requests: cli.max_requests as usize,
         max_connections: cli.max_connections as usize,
+        read_header_timeout: cli.read_header_timeout,
         request_timeout: cli.request_timeout,
         shutdown_timeout: cli.shutdown_timeout,
     };
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::from_std(listener).context("registering the HTTP socket")?;
+        let listeners = listeners
+            .into_iter()
+            .map(tokio::net::TcpListener::from_std)
+            .collect::<io::Result<Vec<_>>>()
+            .context("registering the HTTP sockets")?;
         let signal = shutdown_signal().context("installing signal handlers")?;
-        serve(listener, exposition, store, server_config, signal).await;
+        serve(listeners, exposition, store, server_config, signal).await;
         anyhow::Ok(())
     })?;
     sampler.stop(cli.shutdown_timeout);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard one, and returns the
+/// limit now in force (`None` if it cannot be read). Every open HTTP
+/// connection holds a descriptor, and `--web.max-connections` goes up to
+/// 65536, while the usual soft limit is 1024. The hard limit is what the
+/// administrator allows; the soft one is a default kept low for programs
+/// that use select(), which this one does not (Go raises it the same way
+/// at start).
+fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    let soft = limit.rlim_cur;
+    if soft >= limit.rlim_max {
+        return Some(soft);
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads the struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), soft, "could not raise the open files limit");
+        return Some(soft);
+    }
+    tracing::debug!(
+        from = soft,
+        to = limit.rlim_max,
+        "raised the open files limit"
+    );
+    Some(limit.rlim_max)
 }
 
 /// Completes on the first SIGTERM or SIGINT.

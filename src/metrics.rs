@@ -18,7 +18,7 @@ use crate::collect::{Collector, REGISTRY};
 use crate::family::{Families, Kind, MetricDef, NETNS_LABELS};
 use crate::model::seconds_since_epoch;
 use crate::sampler::namespace_view;
-use crate::store::{Snapshot, Store};
+use crate::store::{Eviction, Snapshot, Store};
 
 const COLLECTOR: &[&str] = &["collector"];
 const NO_LABELS: &[&str] = &[];
@@ -137,6 +137,30 @@ pub const HTTP_REJECTED: MetricDef = MetricDef {
     member: false,
     help: "HTTP requests answered 503 because --web.max-requests were already in flight.",
 };
+/// `sockdiag_http_connections_open`
+pub const HTTP_CONNECTIONS_OPEN: MetricDef = MetricDef {
+    name: "sockdiag_http_connections_open",
+    kind: Kind::Gauge,
+    labels: NO_LABELS,
+    member: false,
+    help: "HTTP connections open now, over every listen address; at most --web.max-connections.",
+};
+/// `sockdiag_http_connections_evicted_total`
+pub const HTTP_CONNECTIONS_EVICTED: MetricDef = MetricDef {
+    name: "sockdiag_http_connections_evicted_total",
+    kind: Kind::Counter,
+    labels: &["reason"],
+    member: false,
+    help: "HTTP connections closed to let a new one in when --web.max-connections were open: reason=\"slow\" for one that had not sent its first request head yet, the longest-waiting first; reason=\"idle\" for one waiting on keep-alive after a request, when no slow one was left. A steady rate means clients hold connections they do not use (or a slow-client attack): scrapes still get through.",
+};
+/// `sockdiag_http_connections_refused_total`
+pub const HTTP_CONNECTIONS_REFUSED: MetricDef = MetricDef {
+    name: "sockdiag_http_connections_refused_total",
+    kind: Kind::Counter,
+    labels: NO_LABELS,
+    member: false,
+    help: "New HTTP connections closed at once because --web.max-connections were open and every one was serving a request. Scrapes may fail while it grows: raise --web.max-connections, or find who sends that many requests.",
+};
 
 /// The families about the exporter itself and its namespaces.
 pub const EXPORTER_FAMILIES: &[&MetricDef] = &[
@@ -153,6 +177,9 @@ pub const EXPORTER_FAMILIES: &[&MetricDef] = &[
     &COLLECTOR_CPU,
     &COLLECTOR_LAST_SUCCESS,
     &HTTP_REJECTED,
+    &HTTP_CONNECTIONS_OPEN,
+    &HTTP_CONNECTIONS_EVICTED,
+    &HTTP_CONNECTIONS_REFUSED,
 ];
 
 /// Every family this exporter can expose, each once, in README order:
@@ -248,6 +275,19 @@ pub fn render(snapshot: &Snapshot, collectors: &[Arc<dyn Collector>]) -> Vec<Met
         }
     }
     f.push(&HTTP_REJECTED, &[], snapshot.rejected_requests as f64);
+    let c = &snapshot.connections;
+    f.push(&HTTP_CONNECTIONS_OPEN, &[], c.open as f64);
+    for (reason, n) in [
+        (Eviction::Slow, c.evicted_slow),
+        (Eviction::Idle, c.evicted_idle),
+    ] {
+        f.push(
+            &HTTP_CONNECTIONS_EVICTED,
+            &[("reason", reason.as_str())],
+            n as f64,
+        );
+    }
+    f.push(&HTTP_CONNECTIONS_REFUSED, &[], c.refused as f64);
     f.into_inner()
 }
 

@@ -71,6 +71,47 @@ pub struct Store {
     state: Mutex<State>,
     health: Mutex<BTreeMap<&'static str, CollectorHealth>>,
     rejected_requests: AtomicU64,
+    connections: ConnectionCounters,
+}
+
+/// Why an HTTP connection was closed to make room for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// It had not sent a whole request head (or TLS handshake) yet.
+    Slow,
+    /// It waited on keep-alive after a request.
+    Idle,
+}
+
+impl Eviction {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Slow => "slow",
+            Eviction::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ConnectionCounters {
+    open: AtomicU64,
+    refused: AtomicU64,
+    evicted_slow: AtomicU64,
+    evicted_idle: AtomicU64,
+}
+
+/// The HTTP server's connection figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionFigures {
+    /// Connections open now.
+    pub open: u64,
+    /// Newcomers closed at once because every connection was busy.
+    pub refused: u64,
+    /// Connections closed for a newcomer while sending their first head.
+    pub evicted_slow: u64,
+    /// Connections closed for a newcomer while idle on keep-alive.
+    pub evicted_idle: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +131,8 @@ pub struct Snapshot {
     pub health: Vec<(&'static str, CollectorHealth)>,
     /// HTTP requests refused because too many were in flight.
     pub rejected_requests: u64,
+    /// HTTP connections open, refused and evicted.
+    pub connections: ConnectionFigures,
 }
 
 impl Snapshot {
@@ -154,6 +197,15 @@ impl Store {
             views,
             health: self.health(),
             rejected_requests: self.rejected_requests.load(Ordering::Relaxed),
+            connections: {
+                let c = &self.connections;
+                ConnectionFigures {
+                    open: c.open.load(Ordering::Relaxed),
+                    refused: c.refused.load(Ordering::Relaxed),
+                    evicted_slow: c.evicted_slow.load(Ordering::Relaxed),
+                    evicted_idle: c.evicted_idle.load(Ordering::Relaxed),
+                }
+            },
         }
     }
 
@@ -254,6 +306,27 @@ impl Store {
     /// Counts a scrape refused with 503.
     pub fn count_rejected(&self) {
         self.rejected_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a new HTTP connection closed at once; the total so far.
+    pub fn count_connection_refused(&self) -> u64 {
+        self.connections.refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts an HTTP connection closed to make room; the total so far
+    /// for that reason.
+    pub fn count_connection_evicted(&self, reason: Eviction) -> u64 {
+        let c = &self.connections;
+        let counter = match reason {
+            Eviction::Slow => &c.evicted_slow,
+            Eviction::Idle => &c.evicted_idle,
+        };
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Sets the number of open HTTP connections.
+    pub fn set_connections_open(&self, n: u64) {
+        self.connections.open.store(n, Ordering::Relaxed);
     }
 }
 

@@ -12,7 +12,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -696,11 +696,11 @@ fn snapshot_with_unreadable_procfs_exits_zero_naming_file() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn http_silent_client_is_disconnected_after_request_timeout() {
+fn http_silent_client_is_disconnected_after_read_header_timeout() {
     in_netns(
-        "http_silent_client_is_disconnected_after_request_timeout",
+        "http_silent_client_is_disconnected_after_read_header_timeout",
         || {
-            let mut daemon = Exporter::start(&["--web.request-timeout", "1s"]);
+            let mut daemon = Exporter::start(&["--web.read-header-timeout", "1s"]);
             let connected = Instant::now();
             let mut silent =
                 TcpStream::connect_timeout(&daemon.addr, Duration::from_secs(2)).expect("connect");
@@ -744,11 +744,11 @@ fn http_silent_client_is_disconnected_after_request_timeout() {
 }
 
 #[test]
-fn http_slowloris_client_is_cut_off_after_request_timeout() {
+fn http_slowloris_client_is_cut_off_after_read_header_timeout() {
     in_netns(
-        "http_slowloris_client_is_cut_off_after_request_timeout",
+        "http_slowloris_client_is_cut_off_after_read_header_timeout",
         || {
-            let mut daemon = Exporter::start(&["--web.request-timeout", "1s"]);
+            let mut daemon = Exporter::start(&["--web.read-header-timeout", "1s"]);
             let request = format!(
                 "GET /metrics HTTP/1.1\r\nHost: {}\r\nX-Slow: {}\r\n\r\n",
                 daemon.addr,
@@ -796,66 +796,68 @@ fn http_slowloris_client_is_cut_off_after_request_timeout() {
 }
 
 #[test]
-fn http_connections_beyond_max_connections_are_closed_at_once() {
+fn http_connections_beyond_max_connections_push_out_the_oldest_idle_ones() {
     in_netns(
-        "http_connections_beyond_max_connections_are_closed_at_once",
+        "http_connections_beyond_max_connections_push_out_the_oldest_idle_ones",
         || {
-            let mut daemon =
-                Exporter::start(&["--web.max-connections", "4", "--web.request-timeout", "30s"]);
+            let mut daemon = Exporter::start(&[
+                "--web.max-connections",
+                "4",
+                "--web.read-header-timeout",
+                "30s",
+            ]);
             // Let the start-up probes' connections finish and free their slots.
             std::thread::sleep(Duration::from_millis(200));
-            let mut idle: Vec<TcpStream> = (0..10)
-                .map(|_| {
+            let mut idle: Vec<TcpStream> = Vec::new();
+            for _ in 0..10 {
+                idle.push(
                     TcpStream::connect_timeout(&daemon.addr, Duration::from_secs(2))
-                        .expect("connect")
-                })
-                .collect();
+                        .expect("connect"),
+                );
+                // Each is looked at before the next arrives.
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let started = Instant::now();
-            let mut closed = 0;
+            let mut closed = Vec::new();
             let mut open = Vec::new();
-            for mut s in idle.drain(..) {
+            for (i, mut s) in idle.drain(..).enumerate() {
                 let left = Duration::from_millis(1500).saturating_sub(started.elapsed());
                 match read_until_closed(&mut s, left.max(Duration::from_millis(50))) {
                     Ending::Closed(got) => {
                         assert!(
                             got.is_empty(),
-                            "a refused connection gets no bytes: {got:?}"
+                            "an evicted connection gets no bytes: {got:?}"
                         );
-                        closed += 1;
+                        closed.push(i);
                     }
                     Ending::Open(got) => {
                         assert!(got.is_empty(), "an idle connection gets no bytes: {got:?}");
-                        open.push(s);
+                        open.push((i, s));
                     }
                 }
             }
             assert_eq!(
-                (open.len(), closed),
-                (4, 6),
-                "with --web.max-connections 4, 4 of 10 idle connections stay open and 6 are closed"
+                closed,
+                (0..6).collect::<Vec<_>>(),
+                "with --web.max-connections 4, the 6 oldest of 10 idle connections are closed"
             );
-            // While the 4 slots are taken, a scrape is refused too.
-            let refused = http_get(daemon.addr, "/metrics");
+            // While idle connections hold every slot, a scrape still gets in.
+            let m = daemon.metrics();
+            assert_eq!(
+                m.value(
+                    "sockdiag_http_connections_evicted_total",
+                    &[("reason", "slow")]
+                ),
+                7.0,
+                "6 idle clients, then the oldest remaining one for the scrape"
+            );
+            assert_eq!(m.value("sockdiag_http_connections_refused_total", &[]), 0.0);
+            assert!(m.value("sockdiag_http_connections_open", &[]) <= 4.0);
+            let ending = read_until_closed(&mut open[0].1, Duration::from_millis(500));
             assert!(
-                refused.is_err(),
-                "a scrape beyond max-connections should be closed: {refused:?}"
+                matches!(ending, Ending::Closed(_)),
+                "the oldest remaining idle connection made room: {ending:?}"
             );
-            // Release the slots: a normal scrape works again.
-            for s in &open {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            drop(open);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            loop {
-                match http_get(daemon.addr, "/metrics") {
-                    Ok((200, _)) => break,
-                    other => assert!(
-                        Instant::now() < deadline,
-                        "no successful scrape within 3 s of freeing the slots: {other:?}"
-                    ),
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
             daemon.assert_alive();
         },
     );
@@ -913,7 +915,7 @@ fn http_garbage_requests_get_4xx_or_close_and_daemon_keeps_serving() {
         "http_garbage_requests_get_4xx_or_close_and_daemon_keeps_serving",
         || {
             // A long timeout: garbage must be refused on sight, not by it.
-            let mut daemon = Exporter::start(&["--web.request-timeout", "30s"]);
+            let mut daemon = Exporter::start(&["--web.read-header-timeout", "30s"]);
             let long_method = format!("{} /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "Q".repeat(8192));
             let cases: Vec<(&str, Vec<u8>)> = vec![
                 (
@@ -980,7 +982,7 @@ fn http_garbage_requests_get_4xx_or_close_and_daemon_keeps_serving() {
 #[test]
 fn http_100k_header_is_refused() {
     in_netns("http_100k_header_is_refused", || {
-        let mut daemon = Exporter::start(&["--web.request-timeout", "30s"]);
+        let mut daemon = Exporter::start(&["--web.read-header-timeout", "30s"]);
         let mut req = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".to_vec();
         req.extend(std::iter::repeat_n(b'a', 100 * 1024));
         req.extend(b"\r\n\r\n");
@@ -1086,7 +1088,7 @@ fn shutdown_with_idle_keepalive(sig: i32) {
     let mut daemon = Exporter::start(&[
         "--web.shutdown-timeout",
         "1s",
-        "--web.request-timeout",
+        "--web.read-header-timeout",
         "30s",
     ]);
     let mut kept =

@@ -1,15 +1,8 @@
-//! HTTP: `/metrics` (or `--web.telemetry-path`), a landing page and
-//! `/healthz`, hardened for life next to production servers.
-//!
-//! The accept loop is our own rather than `axum::serve` because the daemon
-//! must bound what clients can hold: connections beyond a cap are closed as
-//! soon as accepted, a client has a fixed time to send its headers (one that
-//! connects and says nothing is dropped), concurrent scrapes beyond a cap get
-//! 503 at once instead of queueing, each render has a deadline, and shutdown
-//! waits a bounded time for requests in flight. The page is gzipped for
-//! scrapers that accept it, as Prometheus does.
+//! The routes: `/metrics` (or `--web.telemetry-path`), gzipped for scrapers
+//! that accept it as Prometheus does, a landing page and `/healthz`.
+//! Concurrent scrapes beyond `--web.max-requests` get 503 at once instead
+//! of queueing, and each render has a deadline.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,50 +10,28 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Exposition;
 use crate::store::Store;
 
-/// Longest life of one HTTP connection. Past it the connection is shut down
-/// gracefully (a response in flight finishes, with `Connection: close`), so
-/// a client that reads slower than we write cannot hold a slot for long,
-/// and Prometheus simply reconnects.
-const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
-
-/// The most bytes of request line and headers a client may send; longer
-/// requests get 431 or a closed connection.
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
-/// HTTP settings.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Renders the page.
+    pub exposition: Arc<Exposition>,
+    /// Health for `/healthz`, and the 503 counter.
+    pub store: Arc<Store>,
+    /// One permit per request served at once.
+    pub requests: Arc<Semaphore>,
+    /// Deadline of one render.
+    pub timeout: Duration,
     /// Path of the metrics page.
     pub telemetry_path: String,
-    /// Requests served at once before 503.
-    pub max_requests: usize,
-    /// Open connections before new ones are closed.
-    pub max_connections: usize,
-    /// Header-read and per-request deadline.
-    pub request_timeout: Duration,
-    /// Grace period for requests in flight at shutdown.
-    pub shutdown_timeout: Duration,
-}
-
-#[derive(Clone)]
-struct AppState {
-    exposition: Arc<Exposition>,
-    store: Arc<Store>,
-    requests: Arc<Semaphore>,
-    timeout: Duration,
-    telemetry_path: String,
 }
 
 /// Builds the routes.
-fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> Router {
     let path = state.telemetry_path.clone();
     let metrics_state = state.clone();
     let landing_state = state.clone();
@@ -242,107 +213,6 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// Serves until `shutdown` completes, then gives requests in flight up to
-/// `shutdown_timeout` to finish.
-pub async fn serve(
-    listener: TcpListener,
-    exposition: Arc<Exposition>,
-    store: Arc<Store>,
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) {
-    let app = router(AppState {
-        exposition,
-        store,
-        requests: Arc::new(Semaphore::new(config.max_requests)),
-        timeout: config.request_timeout,
-        telemetry_path: config.telemetry_path.clone(),
-    });
-    let connections = Arc::new(Semaphore::new(config.max_connections));
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    tokio::pin!(shutdown);
-    let mut refused = 0u64;
-    let mut accept_failures = 0u64;
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE/ENFILE: back off instead of spinning,
-                    // but not past a shutdown; and say so at a bounded rate
-                    // (the 1st, 2nd, 4th, 8th ... failure).
-                    accept_failures += 1;
-                    if accept_failures.is_power_of_two() {
-                        tracing::warn!(error = %e, failures = accept_failures, "accept failed");
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                        () = &mut shutdown => break,
-                    }
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            refused += 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(%peer, refused, max = config.max_connections, "too many open HTTP connections; closing new ones");
-            }
-            drop(stream);
-            continue;
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.request_timeout)
-            // hyper would buffer ~400 KiB of headers per connection by
-            // default; a scrape request needs well under 1 KiB.
-            .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(stream), service);
-        let mut stopping = stopping.clone();
-        let grace = config.request_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::pin!(connection);
-            let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
-            tokio::pin!(lifetime);
-            let finished = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                () = &mut lifetime => None,
-                _ = stopping.wait_for(|stop| *stop) => None,
-            };
-            let result = match finished {
-                Some(result) => result,
-                None => {
-                    connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(grace, connection.as_mut()).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            tracing::debug!(%peer, "HTTP connection did not finish in time; closed");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    // Ask every connection to finish, then wait until all have returned
-    // their permit, or the deadline passes.
-    let _ = stop.send(true);
-    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    match tokio::time::timeout(config.shutdown_timeout, connections.acquire_many(all)).await {
-        Ok(_) => tracing::info!("HTTP server stopped"),
-        Err(_) => tracing::warn!(
-            timeout = ?config.shutdown_timeout,
-            "requests still in flight at shutdown deadline; closing them"
-        ),
-    }
 }
 
 #[cfg(test)]
