@@ -224,24 +224,52 @@ fn systemd_unit_verifies() {
         "RestrictAddressFamilies=AF_NETLINK AF_INET AF_INET6 AF_UNIX",
         "SystemCallFilter=@system-service",
         "Restart=on-failure",
-        "ExecStart=/usr/local/bin/sockdiag-exporter",
+        // Where the Debian package puts the binary.
+        "ExecStart=/usr/bin/sockdiag-exporter",
+        // Served on the socket unit's port, configured by the package's files.
+        "--web.systemd-socket",
+        "--web.config.file=/etc/sockdiag-exporter/web-config.yml",
+        "EnvironmentFile=-/etc/default/sockdiag-exporter\n",
+        "Requires=sockdiag-exporter.socket\n",
+        "After=sockdiag-exporter.socket ",
+        // Started at boot, not on the first scrape: peaks need history.
+        "WantedBy=multi-user.target\nAlso=sockdiag-exporter.socket\n",
     ] {
         assert!(unit.contains(directive), "unit lacks `{directive}`");
     }
+    let socket = read("deploy/systemd/sockdiag-exporter.socket");
+    for directive in [
+        "ListenStream=19101\n",
+        "BindIPv6Only=both\n",
+        "Accept=no\n",
+        "WantedBy=sockets.target",
+    ] {
+        assert!(
+            socket.contains(directive),
+            "socket unit lacks `{directive}`"
+        );
+    }
     // verify needs ExecStart to exist: point a copy at the binary under test.
+    // The socket is verified beside the service, which it activates.
     let dir = TempDir::new("systemd");
-    let copy = dir.0.join("sockdiag-exporter.service");
+    let service_copy = dir.0.join("sockdiag-exporter.service");
     std::fs::write(
-        &copy,
-        unit.replace("/usr/local/bin/sockdiag-exporter", common::exporter_bin()),
+        &service_copy,
+        unit.replace("/usr/bin/sockdiag-exporter", common::exporter_bin()),
     )
     .expect("writing the unit copy");
+    let socket_copy = dir.0.join("sockdiag-exporter.socket");
+    std::fs::write(&socket_copy, &socket).expect("writing the socket unit copy");
     let out = run_ok(
         "systemd-analyze",
         "systemd",
-        &["verify", copy.to_str().expect("utf-8 temp path")],
+        &[
+            "verify",
+            socket_copy.to_str().expect("utf-8 temp path"),
+            service_copy.to_str().expect("utf-8 temp path"),
+        ],
     );
-    // Warnings about this unit (unknown directive, bad value) are failures;
+    // Warnings about these units (unknown directive, bad value) are failures;
     // lines about the host's own units are not ours.
     let stderr = String::from_utf8_lossy(&out.stderr);
     let ours: Vec<&str> = stderr
