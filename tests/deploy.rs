@@ -279,6 +279,31 @@ fn systemd_unit_verifies() {
     assert!(ours.is_empty(), "systemd-analyze verify: {ours:#?}");
 }
 
+/// No Docker engine runs here to build the image: at least it must build the
+/// same stripped dist binary as the Debian package, and copy that one.
+#[test]
+fn dockerfile_ships_the_dist_binary() {
+    let dockerfile = read("deploy/Dockerfile");
+    for needed in [
+        "cargo build --profile dist --locked --bin sockdiag-exporter",
+        "COPY --from=build /src/target/dist/sockdiag-exporter ",
+    ] {
+        assert!(dockerfile.contains(needed), "Dockerfile lacks `{needed}`");
+    }
+    assert!(
+        !dockerfile.contains("target/release/"),
+        "Dockerfile still uses the release profile's binary (debug info)"
+    );
+    let manifest = read("Cargo.toml");
+    let dist = manifest
+        .split("[profile.dist]")
+        .nth(1)
+        .expect("Cargo.toml has a [profile.dist]");
+    for needed in ["strip = true", "debug = false"] {
+        assert!(dist.contains(needed), "[profile.dist] lacks `{needed}`");
+    }
+}
+
 /// The lines of a YAML block that matter for comparison: comments and blank
 /// lines dropped, trailing spaces trimmed, `indent` leading spaces removed.
 fn normalized(lines: &[&str], indent: usize) -> Vec<String> {
