@@ -53,6 +53,13 @@ pub struct Cli {
     #[arg(long = "web.systemd-socket", conflicts_with = "listen_address")]
     pub systemd_socket: bool,
 
+    /// Web configuration file in the Prometheus exporter-toolkit format: TLS
+    /// (tls_server_config, client certificates), bcrypt basic_auth_users and
+    /// http_server_config headers. Re-read when it or a certificate it names
+    /// changes; a bad file at start is an error, later the last good one stays.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
+
     /// Path of the metrics page.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_path)]
     pub telemetry_path: String,

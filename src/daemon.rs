@@ -78,6 +78,14 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
     } else {
         listen::bind_all(&cli.listen_address)?
     };
+    // A bad web config must stop the daemon before it serves anything in
+    // clear that was meant to be behind TLS or a password.
+    let web = cli
+        .web_config_file
+        .as_deref()
+        .map(crate::web::WebConfig::load)
+        .transpose()?
+        .map(Arc::new);
     let config = cli.collectors.sampler_config();
     let collectors: Arc<[Arc<dyn Collector>]> = cli.collectors.build(false).into();
     if collectors.is_empty() {
@@ -104,6 +112,9 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
 
     let enabled = cli.collectors.health_names(&collectors);
     let store = Arc::new(Store::new(&enabled));
+    if let Some(web) = &web {
+        store.set_web_config(web.clone());
+    }
     let exposition = Arc::new(
         Exposition::new(store.clone(), collectors.clone()).context("registering metrics")?,
     );
@@ -112,6 +123,8 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
     tracing::info!(
         addresses = ?addresses,
         systemd_socket = cli.systemd_socket,
+        web_config = ?web.as_ref().map(|w| w.path().display().to_string()),
+        tls = web.as_ref().is_some_and(|w| w.tls()),
         path = %cli.telemetry_path,
         collectors = ?enabled,
         listener_interval = ?config.fast_interval,
@@ -135,6 +148,7 @@ fn daemon(cli: &Cli) -> Result<ExitCode> {
         read_header_timeout: cli.read_header_timeout,
         request_timeout: cli.request_timeout,
         shutdown_timeout: cli.shutdown_timeout,
+        web: web.clone(),
     };
     runtime.block_on(async {
         let listeners = listeners

@@ -161,6 +161,38 @@ pub const HTTP_CONNECTIONS_REFUSED: MetricDef = MetricDef {
     member: false,
     help: "New HTTP connections closed at once because --web.max-connections were open and every one was serving a request. Scrapes may fail while it grows: raise --web.max-connections, or find who sends that many requests.",
 };
+/// `sockdiag_web_config_last_reload_successful`
+pub const WEB_RELOAD_OK: MetricDef = MetricDef {
+    name: "sockdiag_web_config_last_reload_successful",
+    kind: Kind::Gauge,
+    labels: NO_LABELS,
+    member: false,
+    help: "With --web.config.file: 1 if the last load of the web config and the certificates it names succeeded, 0 if it failed and the last good configuration is still in service (the log says why).",
+};
+/// `sockdiag_web_config_last_reload_success_timestamp_seconds`
+pub const WEB_RELOAD_SUCCESS: MetricDef = MetricDef {
+    name: "sockdiag_web_config_last_reload_success_timestamp_seconds",
+    kind: Kind::Gauge,
+    labels: NO_LABELS,
+    member: false,
+    help: "With --web.config.file: Unix time of the last successful load of the web config: the configuration in service dates from then.",
+};
+/// `sockdiag_http_requests_unauthorized_total`
+pub const HTTP_UNAUTHORIZED: MetricDef = MetricDef {
+    name: "sockdiag_http_requests_unauthorized_total",
+    kind: Kind::Counter,
+    labels: NO_LABELS,
+    member: false,
+    help: "With basic_auth_users in --web.config.file: requests answered 401 for missing or wrong credentials.",
+};
+/// `sockdiag_http_tls_handshake_failures_total`
+pub const HTTP_TLS_FAILURES: MetricDef = MetricDef {
+    name: "sockdiag_http_tls_handshake_failures_total",
+    kind: Kind::Counter,
+    labels: NO_LABELS,
+    member: false,
+    help: "With TLS in --web.config.file: connections that did not complete a TLS handshake (refused client certificate, no common version or suite, plain HTTP, too slow).",
+};
 
 /// The families about the exporter itself and its namespaces.
 pub const EXPORTER_FAMILIES: &[&MetricDef] = &[
@@ -180,6 +212,10 @@ pub const EXPORTER_FAMILIES: &[&MetricDef] = &[
     &HTTP_CONNECTIONS_OPEN,
     &HTTP_CONNECTIONS_EVICTED,
     &HTTP_CONNECTIONS_REFUSED,
+    &WEB_RELOAD_OK,
+    &WEB_RELOAD_SUCCESS,
+    &HTTP_UNAUTHORIZED,
+    &HTTP_TLS_FAILURES,
 ];
 
 /// Every family this exporter can expose, each once, in README order:
@@ -288,6 +324,13 @@ pub fn render(snapshot: &Snapshot, collectors: &[Arc<dyn Collector>]) -> Vec<Met
         );
     }
     f.push(&HTTP_CONNECTIONS_REFUSED, &[], c.refused as f64);
+    if let Some(w) = &snapshot.web {
+        let ok = if w.last_reload_ok { 1.0 } else { 0.0 };
+        f.push(&WEB_RELOAD_OK, &[], ok);
+        f.push(&WEB_RELOAD_SUCCESS, &[], w.last_success_unix);
+        f.push(&HTTP_UNAUTHORIZED, &[], w.unauthorized as f64);
+        f.push(&HTTP_TLS_FAILURES, &[], w.handshake_failures as f64);
+    }
     f.into_inner()
 }
 

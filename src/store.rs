@@ -72,6 +72,8 @@ pub struct Store {
     health: Mutex<BTreeMap<&'static str, CollectorHealth>>,
     rejected_requests: AtomicU64,
     connections: ConnectionCounters,
+    /// The web config in service, whose reloads and refusals are shown.
+    web: std::sync::OnceLock<Arc<crate::web::WebConfig>>,
 }
 
 /// Why an HTTP connection was closed to make room for a new one.
@@ -133,6 +135,8 @@ pub struct Snapshot {
     pub rejected_requests: u64,
     /// HTTP connections open, refused and evicted.
     pub connections: ConnectionFigures,
+    /// How the web config fares, when there is one.
+    pub web: Option<crate::web::WebStatus>,
 }
 
 impl Snapshot {
@@ -206,6 +210,7 @@ impl Store {
                     evicted_idle: c.evicted_idle.load(Ordering::Relaxed),
                 }
             },
+            web: self.web.get().map(|w| w.status()),
         }
     }
 
@@ -301,6 +306,12 @@ impl Store {
     /// else (see [`crate::sampler::TierRunner::pass`]).
     pub fn record_cost(&self, collector: &'static str, cpu: Duration) {
         lock(&self.health).entry(collector).or_default().cpu_total += cpu;
+    }
+
+    /// Shows `web`'s reloads, auth refusals and failed handshakes in the
+    /// metrics; the first call wins.
+    pub fn set_web_config(&self, web: Arc<crate::web::WebConfig>) {
+        let _ = self.web.set(web);
     }
 
     /// Counts a scrape refused with 503.

@@ -13,8 +13,10 @@
 //!   deadline ([`routes`]), a connection lives at most a few minutes, and
 //!   shutdown waits a bounded time for requests in flight.
 //!
-//! Per connection: accept, `establish` the byte stream (the place for a
-//! TLS handshake), then `serve_http` over any `AsyncRead + AsyncWrite`.
+//! Per connection: accept, `establish` the byte stream (a TLS handshake
+//! with `--web.config.file`), then `serve_http` over any
+//! `AsyncRead + AsyncWrite`: HTTP/1, or HTTP/2 when TLS negotiated it.
+//! The web config's basic auth and headers wrap every route.
 
 pub mod conns;
 pub mod listen;
@@ -32,7 +34,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, Response};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -40,6 +42,8 @@ use tower::ServiceExt;
 
 use crate::metrics::Exposition;
 use crate::store::Store;
+use crate::web::WebConfig;
+use crate::web::handshake::{self, HandshakeError};
 use conns::{Admitted, ConnHandle, ConnTable, RequestGuard};
 use routes::{AppState, router};
 
@@ -68,6 +72,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Grace period for requests in flight at shutdown.
     pub shutdown_timeout: Duration,
+    /// `--web.config.file`: TLS, basic auth, headers.
+    pub web: Option<Arc<WebConfig>>,
 }
 
 /// What every accept loop and connection shares.
@@ -86,13 +92,19 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let app = router(AppState {
+    let mut app = router(AppState {
         exposition,
         store: store.clone(),
         requests: Arc::new(Semaphore::new(config.max_requests)),
         timeout: config.request_timeout,
         telemetry_path: config.telemetry_path.clone(),
     });
+    if let Some(web) = &config.web {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            web.clone(),
+            crate::web::guard::guard,
+        ));
+    }
     let shared = Arc::new(Shared {
         app,
         table: ConnTable::new(config.max_connections, store),
@@ -201,18 +213,14 @@ async fn connection(
     } = admitted;
     let work = async {
         let timeout = shared.config.read_header_timeout;
-        let io = match tokio::time::timeout(timeout, establish(stream, &handle)).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(e)) => {
+        let (io, h2) = match establish(stream, &handle, &shared, timeout).await {
+            Ok(established) => established,
+            Err(e) => {
                 tracing::debug!(%peer, error = %e, "HTTP connection could not be established");
                 return;
             }
-            Err(_) => {
-                tracing::debug!(%peer, "HTTP connection not established in time; closed");
-                return;
-            }
         };
-        serve_http(io, peer, &handle, &shared, stopping).await;
+        serve_http(io, h2, peer, &handle, &shared, stopping).await;
     };
     let mut work = std::pin::pin!(work);
     let mut first = true;
@@ -236,25 +244,51 @@ async fn connection(
     }
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// Turns an accepted TCP connection into the byte stream HTTP is spoken
-/// over: the stream itself today.
+/// over, and says whether it speaks HTTP/2: the stream itself, or with a
+/// web config that has TLS, the TLS stream after a handshake with the
+/// certificates in force now (so a renewed one is used at once).
 ///
-/// A TLS handshake belongs here (return the TLS stream instead; the caller
-/// only needs `AsyncRead + AsyncWrite`). It runs under
-/// `--web.read-header-timeout`, and the connection counts as sending its
-/// request head meanwhile: `conn` has not begun a request, so the table may
-/// evict it as slow.
+/// The handshake runs under `--web.read-header-timeout`, and the
+/// connection counts as sending its request head meanwhile: `conn` has not
+/// begun a request, so the table may evict it as slow. A stalled handshake
+/// therefore costs a slot for at most that long, and less at the cap.
 async fn establish(
     stream: TcpStream,
     _conn: &ConnHandle,
-) -> std::io::Result<impl AsyncRead + AsyncWrite + Unpin + Send + 'static> {
-    Ok(stream)
+    shared: &Shared,
+    timeout: Duration,
+) -> Result<(Box<dyn Io>, bool), HandshakeError> {
+    let Some(web) = shared.config.web.as_ref().filter(|w| w.tls()) else {
+        return Ok((Box::new(stream), false));
+    };
+    let Some(tls) = web.current().tls.clone() else {
+        return Ok((Box::new(stream), false));
+    };
+    match handshake::accept(stream, tls, timeout).await {
+        Ok(stream) => {
+            let h2 = handshake::is_h2(&stream);
+            Ok((Box::new(stream), h2))
+        }
+        Err(e) => {
+            if !matches!(e, HandshakeError::Closed) {
+                web.count_handshake_failure();
+            }
+            Err(e)
+        }
+    }
 }
 
-/// Serves HTTP/1 over `io` until the client is done, the connection's
-/// lifetime ends, or the server stops; each request marks `conn` busy.
+/// Serves HTTP/1 (or HTTP/2 when `h2`) over `io` until the client is done,
+/// the connection's lifetime ends, or the server stops; each request marks
+/// `conn` busy.
 async fn serve_http<I>(
     io: I,
+    h2: bool,
     peer: SocketAddr,
     conn: &ConnHandle,
     shared: &Shared,
@@ -266,23 +300,74 @@ async fn serve_http<I>(
         app: shared.app.clone(),
         conn: conn.clone(),
     };
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // hyper starts this timer whenever it waits for a request head,
-        // including between requests on keep-alive, so it bounds slow
-        // clients and idle connections alike.
-        .header_read_timeout(shared.config.read_header_timeout)
-        // hyper would buffer ~400 KiB of headers per connection by
-        // default; a scrape request needs well under 1 KiB.
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .serve_connection(
-            TokioIo::new(WatchedIo {
-                io,
-                conn: conn.clone(),
-                blocked: false,
-            }),
-            service,
-        );
+    let io = TokioIo::new(WatchedIo {
+        io,
+        conn: conn.clone(),
+        blocked: false,
+    });
+    let result = if h2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Streams beyond --web.max-requests would only get 503.
+            .max_concurrent_streams(u32::try_from(shared.config.max_requests).unwrap_or(8))
+            .max_header_list_size(MAX_REQUEST_HEAD as u32)
+            .serve_connection(io, service);
+        drive(connection, peer, shared, &mut stopping).await
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // hyper starts this timer whenever it waits for a request head,
+            // including between requests on keep-alive, so it bounds slow
+            // clients and idle connections alike.
+            .header_read_timeout(shared.config.read_header_timeout)
+            // hyper would buffer ~400 KiB of headers per connection by
+            // default; a scrape request needs well under 1 KiB.
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .serve_connection(io, service);
+        drive(connection, peer, shared, &mut stopping).await
+    };
+    let Some(result) = result else {
+        return;
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// A hyper connection of either version: a future that can be asked to
+/// finish gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn finish(self: Pin<&mut Self>);
+}
+
+impl<I> Graceful for hyper::server::conn::http1::Connection<TokioIo<WatchedIo<I>>, Tracked>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Graceful
+    for hyper::server::conn::http2::Connection<TokioIo<WatchedIo<I>>, Tracked, TokioExecutor>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs `connection` until it ends, its lifetime is up or the server
+/// stops; in the last two cases it is asked to finish and given the
+/// request timeout to do so. `None` when it had to be cut off.
+async fn drive<C: Graceful>(
+    connection: C,
+    peer: SocketAddr,
+    shared: &Shared,
+    stopping: &mut watch::Receiver<bool>,
+) -> Option<hyper::Result<()>> {
     tokio::pin!(connection);
     let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
     tokio::pin!(lifetime);
@@ -291,22 +376,19 @@ async fn serve_http<I>(
         () = &mut lifetime => None,
         _ = stopping.wait_for(|stop| *stop) => None,
     };
-    let result = match finished {
-        Some(result) => result,
+    match finished {
+        Some(result) => Some(result),
         None => {
-            connection.as_mut().graceful_shutdown();
+            connection.as_mut().finish();
             let grace = shared.config.request_timeout;
             match tokio::time::timeout(grace, connection.as_mut()).await {
-                Ok(result) => result,
+                Ok(result) => Some(result),
                 Err(_) => {
                     tracing::debug!(%peer, "HTTP connection did not finish in time; closed");
-                    return;
+                    None
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }
 

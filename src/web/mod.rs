@@ -108,6 +108,16 @@ pub struct WebConfig {
     handshake_failures: AtomicU64,
 }
 
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("path", &self.path)
+            .field("tls", &self.tls)
+            .field("http2", &self.http2)
+            .finish_non_exhaustive()
+    }
+}
+
 impl WebConfig {
     /// Loads `path` for the first time: any problem is an error.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
