@@ -567,7 +567,6 @@ fn shipped_configuration_is_all_comments() {
 /// binary: a renamed flag fails the service at start, which
 /// `systemd-analyze verify` cannot see.
 #[test]
-#[ignore = "needs --web.systemd-socket and --web.config.file (branch serve): remove after the merge"]
 fn packaged_unit_flags_exist() {
     let private = PrivateRoot::new("package-flags");
     private.install();
@@ -607,7 +606,6 @@ fn packaged_unit_flags_exist() {
 /// The packaged binary started on the packaged web config (nothing but
 /// comments) serves /metrics on plain HTTP: the package works as installed.
 #[test]
-#[ignore = "needs --web.systemd-socket and --web.config.file (branch serve): remove after the merge"]
 fn packaged_web_config_serves_plain_http() {
     common::in_netns("packaged_web_config_serves_plain_http", || {
         let private = PrivateRoot::new("package-web");
