@@ -167,15 +167,55 @@ pub struct TopArgs {
     /// Read a running daemon's metrics page instead of sampling here, so
     /// `top` needs no privileges on this machine: http://HOST:PORT (its
     /// /metrics) or a whole URL; http://USER:PASSWORD@HOST:PORT for basic
-    /// auth. https is not supported yet (use an ssh tunnel).
+    /// auth; https://... for a daemon serving TLS (--web.config.file).
     #[arg(long, value_name = "URL")]
     pub from: Option<String>,
+
+    /// With an https --from: the CA that signed the daemon's certificate
+    /// (PEM). Default: the system's CA bundle.
+    #[arg(long = "from.ca-file", value_name = "FILE", requires = "from")]
+    pub from_ca_file: Option<std::path::PathBuf>,
+
+    /// With an https --from: a client certificate (PEM), for a daemon that
+    /// requires one (client_auth_type RequireAndVerifyClientCert).
+    #[arg(
+        long = "from.cert-file",
+        value_name = "FILE",
+        requires_all = ["from", "from_key_file"]
+    )]
+    pub from_cert_file: Option<std::path::PathBuf>,
+
+    /// With --from.cert-file: its private key (PEM).
+    #[arg(
+        long = "from.key-file",
+        value_name = "FILE",
+        requires_all = ["from", "from_cert_file"]
+    )]
+    pub from_key_file: Option<std::path::PathBuf>,
+
+    /// With an https --from: the name to check the daemon's certificate
+    /// against, when the URL reaches it by another (an IP address, a
+    /// tunnel's localhost).
+    #[arg(long = "from.server-name", value_name = "NAME", requires = "from")]
+    pub from_server_name: Option<String>,
 
     /// Show only queues whose netns, address, port, kind or owner contains
     /// this text (any case); a number matches a port exactly. As typed
     /// after `/` in the live view.
     #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
+}
+
+impl TopArgs {
+    /// The TLS settings of an https `--from`.
+    pub fn tls_options(&self) -> crate::top::fetch_tls::TlsOptions {
+        crate::top::fetch_tls::TlsOptions {
+            ca_file: self.from_ca_file.clone(),
+            cert_file: self.from_cert_file.clone(),
+            key_file: self.from_key_file.clone(),
+            server_name: self.from_server_name.clone(),
+        }
+    }
 }
 
 /// A refresh period for `top`: at least 100 ms (a person cannot read

@@ -563,7 +563,16 @@ fn top_from_a_daemon_shows_what_top_shows_here() {
 fn bad_sources_are_clear_errors() {
     in_netns("bad_sources_are_clear_errors", || {
         for (args, says) in [
-            (&["--from", "https://node:19101"][..], "ssh -L"),
+            (
+                &[
+                    "--from",
+                    "https://127.0.0.1:1",
+                    "--from.ca-file",
+                    "/nonexistent/ca.pem",
+                ][..],
+                "/nonexistent/ca.pem",
+            ),
+            (&["--from.ca-file", "/etc/hostname"][..], "--from"),
             (&["--from", "ftp://node"][..], "ftp"),
             (&["--from", "http://127.0.0.1:1"][..], "127.0.0.1:1"),
             (&["--interval", "10ms"][..], "too short"),

@@ -566,3 +566,113 @@ fn stalled_handshakes_give_way_to_scrapers() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// `top --once --from` with `args`: exit code, standard output and error.
+fn top_from(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(exporter_bin())
+        .args(["top", "--once"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running top");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn top_reads_a_daemon_over_mutual_tls_with_a_password() {
+    require_curl();
+    in_netns("top_reads_a_daemon_over_mutual_tls_with_a_password", || {
+        let dir = scratch("top");
+        let ca = Ca::new("test CA");
+        ca.write(&dir.join("ca.pem"));
+        // Named by DNS only: reaching it by IP needs --from.server-name.
+        let (cert, key) = ca.leaf("exporter", &["exporter.example"], &[], false);
+        write(&dir.join("server.crt"), &cert);
+        write(&dir.join("server.key"), &key);
+        let (cert, key) = ca.leaf("operator", &["operator.example"], &[], true);
+        write(&dir.join("client.crt"), &cert);
+        write(&dir.join("client.key"), &key);
+        write(
+            &dir.join("web.yml"),
+            &format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+                 client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n\
+                 basic_auth_users:\n  ops: '{}'\n",
+                bcrypt_hash("pw")
+            ),
+        );
+        let path = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_string();
+        let (ca_pem, crt, key) = (path("ca.pem"), path("client.crt"), path("client.key"));
+        let d = start(
+            &dir.join("web.yml"),
+            true,
+            &["--cacert", &ca_pem, "--cert", &crt, "--key", &key, "-k"],
+        );
+        let port = d.addr.port().to_string();
+        let url = format!("https://ops:pw@127.0.0.1:{port}");
+        let tls = [
+            "--from.ca-file",
+            ca_pem.as_str(),
+            "--from.cert-file",
+            crt.as_str(),
+            "--from.key-file",
+            key.as_str(),
+            "--from.server-name",
+            "exporter.example",
+        ];
+        let mut args = vec!["--from", url.as_str()];
+        args.extend(tls);
+        let (code, out, err) = top_from(&args);
+        assert_eq!(code, Some(0), "{err}\n{out}");
+        assert!(
+            out.contains(&format!(":{port}")),
+            "top lists the daemon's own listener: {out}"
+        );
+        assert!(
+            !out.contains("pw@") && !err.contains(":pw"),
+            "no password shown"
+        );
+
+        // Each missing piece is refused, and says which.
+        let no_name = top_from(&[
+            "--from",
+            &url,
+            "--from.ca-file",
+            &ca_pem,
+            "--from.cert-file",
+            &crt,
+            "--from.key-file",
+            &key,
+        ]);
+        assert_eq!(no_name.0, Some(1), "{no_name:?}");
+        assert!(no_name.2.contains("TLS"), "{no_name:?}");
+        let no_cert = top_from(&[
+            "--from",
+            &url,
+            "--from.ca-file",
+            &ca_pem,
+            "--from.server-name",
+            "exporter.example",
+        ]);
+        assert_eq!(no_cert.0, Some(1), "{no_cert:?}");
+        let other = Ca::new("other CA");
+        other.write(&dir.join("other.pem"));
+        let other_pem = path("other.pem");
+        let mut untrusted = vec!["--from", url.as_str(), "--from.ca-file", &other_pem];
+        untrusted.extend(&tls[2..]);
+        let untrusted = top_from(&untrusted);
+        assert_eq!(untrusted.0, Some(1), "{untrusted:?}");
+        assert!(untrusted.2.contains("handshake failed"), "{untrusted:?}");
+        let wrong_password = format!("https://ops:nope@127.0.0.1:{port}");
+        let mut args = vec!["--from", wrong_password.as_str()];
+        args.extend(tls);
+        let refused = top_from(&args);
+        assert_eq!(refused.0, Some(1), "{refused:?}");
+        assert!(refused.2.contains("401"), "{refused:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

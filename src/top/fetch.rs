@@ -20,6 +20,8 @@ use std::str::FromStr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::fetch_tls::ClientTls;
+
 /// The most bytes a response may hold, head included.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
@@ -49,6 +51,8 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// `Debug` and `Display` never show the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
+    /// Whether the URL is https.
+    pub tls: bool,
     /// Host name or address as written; an IPv6 address without brackets.
     pub host: String,
     /// TCP port; 80 when the URL gives none.
@@ -74,17 +78,14 @@ pub enum FetchError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The URL asks for https.
-    #[error(
-        "{url}: https is not supported by `top --from` yet; forward the daemon's \
-         plain HTTP port over ssh instead, e.g. `ssh -L 19101:localhost:19101 {host}`, \
-         then use `--from http://localhost:19101`"
-    )]
-    TlsUnsupported {
+    /// TLS could not be set up or the handshake failed: the daemon's
+    /// certificate is not trusted, a client certificate is missing, ...
+    #[error("{url}: TLS: {reason}")]
+    Tls {
         /// The URL without credentials.
         url: String,
-        /// The host to suggest tunnelling to.
-        host: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The URL has a scheme other than http and https.
     #[error(
@@ -217,13 +218,8 @@ impl FromStr for Target {
                 redact(text)
             )));
         };
-        if scheme.eq_ignore_ascii_case("https") {
-            return Err(FetchError::TlsUnsupported {
-                url: redact(text),
-                host: tunnel_host(rest),
-            });
-        }
-        if !scheme.eq_ignore_ascii_case("http") {
+        let tls = scheme.eq_ignore_ascii_case("https");
+        if !tls && !scheme.eq_ignore_ascii_case("http") {
             return Err(FetchError::UnsupportedScheme {
                 url: redact(text),
                 scheme: printable(scheme, 32),
@@ -257,7 +253,8 @@ impl FromStr for Target {
             }
         };
 
-        let (host, port) = split_host_port(host_port).map_err(|reason| {
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = split_host_port(host_port, default_port).map_err(|reason| {
             // An unescaped `/`, `?` or `#` in a password ends the authority
             // early, leaving a piece of the password as the host or port.
             if text.contains('@') {
@@ -279,6 +276,7 @@ impl FromStr for Target {
             ));
         }
         Ok(Target {
+            tls,
             host,
             port,
             path_and_query,
@@ -289,7 +287,8 @@ impl FromStr for Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.host_port(), self.path_and_query)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.host_port(), self.path_and_query)
     }
 }
 
@@ -316,7 +315,7 @@ impl Target {
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -351,13 +350,22 @@ impl Target {
 /// Name resolution counts against the timeout too. Returns the body of a
 /// 200 response; any other status is an error quoting the start of the
 /// body.
-pub fn fetch(target: &Target, timeout: Duration) -> Result<String, FetchError> {
-    fetch_limited(target, timeout, MAX_RESPONSE_BYTES)
+pub fn fetch(
+    target: &Target,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<String, FetchError> {
+    fetch_limited(target, tls, timeout, MAX_RESPONSE_BYTES)
 }
 
 /// [`fetch`] with the response size limit as a parameter, so tests can
 /// exceed it without sending 64 MiB.
-fn fetch_limited(target: &Target, timeout: Duration, limit: usize) -> Result<String, FetchError> {
+fn fetch_limited(
+    target: &Target,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<String, FetchError> {
     let timeout = timeout.min(MAX_TIMEOUT);
     let exchange = Exchange {
         url: target.to_string(),
@@ -373,19 +381,53 @@ fn fetch_limited(target: &Target, timeout: Duration, limit: usize) -> Result<Str
             reason: "the host or path holds characters a request cannot carry".to_string(),
         });
     }
+    let tls = match (target.tls, tls) {
+        (false, _) => None,
+        (true, Some(tls)) => Some(tls),
+        (true, None) => {
+            return Err(FetchError::Tls {
+                url: exchange.url,
+                reason: "https without TLS settings".to_string(),
+            });
+        }
+    };
     let addresses = exchange.resolve(target)?;
-    let mut stream = exchange.connect(&addresses)?;
+    let stream = exchange.connect(&addresses)?;
+    let mut stream: Box<dyn Wire> = match tls {
+        None => Box::new(stream),
+        Some(tls) => Box::new(exchange.handshake(stream, tls, &target.host)?),
+    };
 
     let remaining = exchange.remaining("sending the request")?;
     stream
+        .socket()
         .set_write_timeout(Some(remaining))
         .map_err(|source| exchange.io("sending the request", source))?;
     stream
         .write_all(target.request().as_bytes())
+        .and_then(|()| stream.flush())
         .map_err(|source| exchange.io("sending the request", source))?;
 
-    let response = exchange.read_response(&mut stream)?;
+    let response = exchange.read_response(stream.as_mut())?;
     exchange.interpret(response, target.basic_auth.is_some())
+}
+
+/// The connection a request goes over: plain TCP, or TLS over it; either
+/// way the socket underneath takes the deadline's timeouts.
+trait Wire: Read + Write {
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Wire for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Wire for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
 }
 
 /// One fetch under way: what its errors need and its deadline.
@@ -507,6 +549,38 @@ impl Exchange {
         }
     }
 
+    /// Runs the TLS handshake on `stream` within the deadline, so a
+    /// refused certificate is told as such rather than as a failed read.
+    fn handshake(
+        &self,
+        mut stream: TcpStream,
+        tls: &ClientTls,
+        host: &str,
+    ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, FetchError> {
+        let stage = "in the TLS handshake";
+        let fail = |reason: String| FetchError::Tls {
+            url: self.url.clone(),
+            reason,
+        };
+        let name = tls.name_for(host).map_err(fail)?;
+        let mut connection = rustls::ClientConnection::new(tls.config.clone(), name)
+            .map_err(|e| fail(e.to_string()))?;
+        while connection.is_handshaking() {
+            let remaining = self.remaining(stage)?;
+            stream
+                .set_read_timeout(Some(remaining))
+                .and_then(|()| stream.set_write_timeout(Some(remaining)))
+                .map_err(|source| self.io(stage, source))?;
+            match connection.complete_io(&mut stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(self.timed_out(stage)),
+                Err(e) => return Err(fail(format!("handshake failed: {e}"))),
+            }
+        }
+        Ok(rustls::StreamOwned::new(connection, stream))
+    }
+
     /// Connects to the first address that accepts.
     fn connect(&self, addresses: &[SocketAddr]) -> Result<TcpStream, FetchError> {
         let stage = "connecting";
@@ -536,7 +610,7 @@ impl Exchange {
 
     /// Reads the response: up to `Content-Length` when the server gives
     /// one, else to EOF.
-    fn read_response(&self, stream: &mut TcpStream) -> Result<Response, FetchError> {
+    fn read_response(&self, stream: &mut dyn Wire) -> Result<Response, FetchError> {
         let stage = "waiting for the response";
         let mut buffer = Vec::new();
         let mut chunk = vec![0_u8; 64 << 10];
@@ -548,10 +622,15 @@ impl Exchange {
         while !eof {
             let remaining = self.remaining(stage)?;
             stream
+                .socket()
                 .set_read_timeout(Some(remaining))
                 .map_err(|source| self.io(stage, source))?;
             match stream.read(&mut chunk) {
                 Ok(0) => eof = true,
+                // A TLS server that closes without close_notify: the end,
+                // as for plain TCP; a body cut short still shows against
+                // Content-Length.
+                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => eof = true,
                 Ok(read) => {
                     let received = chunk.get(..read).unwrap_or(&[]);
                     if buffer.len().saturating_add(received.len()) > self.limit {
@@ -823,7 +902,7 @@ fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Splits `host[:port]` or `[v6]:port`, checking both.
-fn split_host_port(text: &str) -> Result<(String, u16), String> {
+fn split_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(after) = text.strip_prefix('[') {
         let (address, tail) = after
             .split_once(']')
@@ -858,7 +937,7 @@ fn split_host_port(text: &str) -> Result<(String, u16), String> {
     }
     let port = match port {
         // RFC 3986 lets an empty port mean the default.
-        None | Some("") => 80,
+        None | Some("") => default_port,
         // Plain digits only: `u16::from_str` also takes a leading `+`.
         Some(port) => Some(port)
             .filter(|port| port.bytes().all(|b| b.is_ascii_digit()))
@@ -920,23 +999,6 @@ fn redact(url: &str) -> String {
     };
     let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
     printable(&format!("{scheme}{rest}"), 256)
-}
-
-/// The host of an https URL's remainder, for the ssh hint.
-fn tunnel_host(rest: &str) -> String {
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, after)| after);
-    let host = match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
-    };
-    if is_valid_host(host) {
-        host.to_string()
-    } else {
-        "node".to_string()
-    }
 }
 
 /// `text` with control characters replaced and runs of whitespace
@@ -1058,6 +1120,7 @@ mod tests {
         assert_eq!(
             target("http://node:19101"),
             Target {
+                tls: false,
                 host: "node".into(),
                 port: 19101,
                 path_and_query: "/metrics".into(),
@@ -1124,27 +1187,22 @@ mod tests {
     }
 
     #[test]
-    fn rejects_https_with_an_ssh_hint() {
-        let err = "https://admin:hunter2@node.example:9443/metrics"
-            .parse::<Target>()
-            .unwrap_err();
-        let message = err.to_string();
-        assert!(matches!(err, FetchError::TlsUnsupported { .. }));
-        assert!(message.contains("not supported"), "{message}");
-        assert!(
-            message.contains("ssh -L 19101:localhost:19101 node.example"),
-            "{message}"
-        );
-        assert!(
-            message.contains("--from http://localhost:19101"),
-            "{message}"
-        );
-        assert!(!message.contains("hunter2"), "{message}");
-        let message = "HTTPS://[::1]".parse::<Target>().unwrap_err().to_string();
-        assert!(
-            message.contains("ssh -L 19101:localhost:19101 ::1"),
-            "{message}"
-        );
+    fn https_urls_default_to_port_443() {
+        let t = target("https://admin:hunter2@node.example/metrics");
+        assert!(t.tls);
+        assert_eq!(t.port, 443);
+        assert_eq!(t.to_string(), "https://node.example/metrics");
+        let t = target("HTTPS://[::1]:19101");
+        assert!(t.tls);
+        assert_eq!(t.to_string(), "https://[::1]:19101/metrics");
+        assert!(!target("http://node").tls);
+    }
+
+    #[test]
+    fn https_without_tls_settings_is_an_error_not_plain_http() {
+        let t = target("https://127.0.0.1:9/metrics");
+        let err = fetch(&t, None, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, FetchError::Tls { .. }), "{err}");
     }
 
     #[test]
@@ -1338,6 +1396,7 @@ mod tests {
     fn fetch_port(port: u16, path: &str) -> Result<String, FetchError> {
         fetch(
             &target(&format!("http://127.0.0.1:{port}{path}")),
+            None,
             Duration::from_secs(2),
         )
     }
@@ -1442,7 +1501,7 @@ mod tests {
 
         let (port, server) = serve_bytes(response);
         let url = format!("http://u:hunter2@127.0.0.1:{port}/");
-        let err = fetch(&target(&url), Duration::from_secs(2)).unwrap_err();
+        let err = fetch(&target(&url), None, Duration::from_secs(2)).unwrap_err();
         let message = err.to_string();
         assert!(matches!(
             err,
@@ -1484,7 +1543,7 @@ mod tests {
         });
         let timeout = Duration::from_millis(300);
         let started = Instant::now();
-        let err = fetch(&target(&format!("http://127.0.0.1:{port}")), timeout).unwrap_err();
+        let err = fetch(&target(&format!("http://127.0.0.1:{port}")), None, timeout).unwrap_err();
         let elapsed = started.elapsed();
         assert!(
             matches!(
@@ -1518,7 +1577,7 @@ mod tests {
         });
         let timeout = Duration::from_millis(300);
         let started = Instant::now();
-        let err = fetch(&target(&format!("http://127.0.0.1:{port}")), timeout).unwrap_err();
+        let err = fetch(&target(&format!("http://127.0.0.1:{port}")), None, timeout).unwrap_err();
         assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
         // The trickle lasts 10 s; the deadline ends it long before,
         // however loaded the machine.
@@ -1557,7 +1616,7 @@ mod tests {
             let _ = stream.write_all(&[b'#'; 8192]);
         });
         let t = target(&format!("http://127.0.0.1:{port}"));
-        let err = fetch_limited(&t, Duration::from_secs(2), 4096).unwrap_err();
+        let err = fetch_limited(&t, None, Duration::from_secs(2), 4096).unwrap_err();
         assert!(
             matches!(err, FetchError::TooLarge { limit: 4096, .. }),
             "{err:?}"
@@ -1569,7 +1628,10 @@ mod tests {
     fn sends_basic_auth_with_decoded_credentials() {
         let (port, server) = serve_bytes(format!("HTTP/1.0 200 OK\r\n\r\n{PAGE}"));
         let url = format!("http://u:p%40ss@127.0.0.1:{port}/x");
-        assert_eq!(fetch(&target(&url), Duration::from_secs(2)).unwrap(), PAGE);
+        assert_eq!(
+            fetch(&target(&url), None, Duration::from_secs(2)).unwrap(),
+            PAGE
+        );
         let request = server.join().unwrap();
         assert!(request.starts_with("GET /x HTTP/1.0\r\n"), "{request}");
         // base64("u:p@ss")
@@ -1629,7 +1691,7 @@ mod tests {
     fn resolves_host_names() {
         let (port, server) = serve_bytes(format!("HTTP/1.0 200 OK\r\n\r\n{PAGE}"));
         let t = target(&format!("http://localhost:{port}"));
-        assert_eq!(fetch(&t, Duration::from_secs(2)).unwrap(), PAGE);
+        assert_eq!(fetch(&t, None, Duration::from_secs(2)).unwrap(), PAGE);
         assert!(
             server
                 .join()
@@ -1641,12 +1703,13 @@ mod tests {
     #[test]
     fn refuses_targets_that_would_split_the_request() {
         let t = Target {
+            tls: false,
             host: "127.0.0.1".into(),
             port: 1,
             path_and_query: "/x HTTP/1.0\r\nX-Evil: 1".into(),
             basic_auth: None,
         };
-        let err = fetch(&t, Duration::from_millis(100)).unwrap_err();
+        let err = fetch(&t, None, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, FetchError::BadUrl { .. }), "{err:?}");
     }
 }

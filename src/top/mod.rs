@@ -10,6 +10,7 @@ pub mod cells;
 pub mod draw;
 pub mod exposition;
 pub mod fetch;
+pub mod fetch_tls;
 pub mod frame;
 pub mod model;
 pub mod source;
@@ -57,6 +58,7 @@ fn open(args: &TopArgs, flags: &CollectorFlags, continuous: bool) -> Result<Sour
         // still gets a few seconds.
         Some(url) => Source::remote(
             url,
+            &args.tls_options(),
             args.interval
                 .clamp(Duration::from_secs(2), Duration::from_secs(10)),
         ),

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use super::exposition;
 use super::fetch::{Target, fetch};
+use super::fetch_tls::{ClientTls, TlsOptions};
 use super::frame::{Frame, QueueKey, SHOWN};
 use super::waiting;
 use crate::cli::CollectorFlags;
@@ -22,10 +23,12 @@ use crate::store::Store;
 pub enum Source {
     /// This process samples the kernel.
     Local(Box<Local>),
-    /// A daemon's `/metrics`, over HTTP.
+    /// A daemon's `/metrics`, over HTTP or HTTPS.
     Remote {
         /// The page.
         target: Target,
+        /// TLS settings, for an https URL.
+        tls: Option<ClientTls>,
         /// Bound on one fetch.
         timeout: Duration,
     },
@@ -78,9 +81,18 @@ impl Source {
 
     /// Reading a daemon's page at `url` (`http://node:19101` means its
     /// `/metrics`); one fetch may take up to `timeout`.
-    pub fn remote(url: &str, timeout: Duration) -> Result<Source> {
+    pub fn remote(url: &str, tls: &TlsOptions, timeout: Duration) -> Result<Source> {
         let target: Target = url.parse().with_context(|| "--from".to_string())?;
-        Ok(Source::Remote { target, timeout })
+        let tls = if target.tls {
+            Some(ClientTls::new(tls).map_err(|e| anyhow::anyhow!("--from {target}: {e}"))?)
+        } else {
+            None
+        };
+        Ok(Source::Remote {
+            target,
+            tls,
+            timeout,
+        })
     }
 
     /// `local` or the URL (without credentials), for the header.
@@ -103,9 +115,11 @@ impl Source {
                     .render()
                     .map_err(|e| format!("rendering the figures: {e}"))?
             }
-            Source::Remote { target, timeout } => {
-                fetch(target, *timeout).map_err(|e| e.to_string())?
-            }
+            Source::Remote {
+                target,
+                tls,
+                timeout,
+            } => fetch(target, tls.as_ref(), *timeout).map_err(|e| e.to_string())?,
         };
         let samples =
             exposition::parse_only(&text, |name| SHOWN.contains(&name)).map_err(
