@@ -198,7 +198,16 @@ impl Running {
     /// Starts `exporter --web.listen-address LISTEN args...`, tied to this process's life;
     /// what it writes to stderr is kept for error messages.
     pub fn start<S: AsRef<std::ffi::OsStr>>(exporter: &Path, args: &[S]) -> Result<Running> {
-        Running::spawn(exporter, args, false)
+        Running::spawn(exporter, LISTEN, args, false)
+    }
+
+    /// Like [`Running::start`], listening on `listen` instead of [`LISTEN`].
+    pub fn start_at<S: AsRef<std::ffi::OsStr>>(
+        exporter: &Path,
+        listen: &str,
+        args: &[S],
+    ) -> Result<Running> {
+        Running::spawn(exporter, listen, args, false)
     }
 
     /// Like [`Running::start`], the daemon's stderr going to the bench's.
@@ -206,11 +215,12 @@ impl Running {
         exporter: &Path,
         args: &[S],
     ) -> Result<Running> {
-        Running::spawn(exporter, args, true)
+        Running::spawn(exporter, LISTEN, args, true)
     }
 
     fn spawn<S: AsRef<std::ffi::OsStr>>(
         exporter: &Path,
+        listen: &str,
         args: &[S],
         show_stderr: bool,
     ) -> Result<Running> {
@@ -221,7 +231,7 @@ impl Running {
             Stdio::from(errfile.try_clone().context("duplicating the stderr file")?)
         };
         let mut cmd = Command::new(exporter);
-        cmd.args(["--web.listen-address", LISTEN])
+        cmd.args(["--web.listen-address", listen])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

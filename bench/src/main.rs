@@ -31,6 +31,7 @@ mod render;
 mod report;
 mod rng;
 mod setup;
+mod tls_bench;
 mod top_bench;
 mod udp_bench;
 mod udp_diag;
@@ -115,6 +116,10 @@ enum Cmd {
     /// queued connection each, in a private namespace.
     Render(render::RenderOpts),
 
+    /// What TLS and basic auth (--web.config.file) cost a scrape: a plain and a TLS daemon
+    /// on the same L listeners, scraped in turn on new connections, in a private namespace.
+    Tls(tls_bench::TlsOpts),
+
     /// Per-sample cost of collecting many network namespaces: K small child namespaces
     /// (the daemon on all of them against the daemon on its own only), or one big namespace
     /// next to small ones with shared and with per-namespace hash tables
@@ -177,6 +182,10 @@ enum Cmd {
     /// The render benchmark inside the private namespace.
     #[command(hide = true)]
     InternalRender(render::RenderOpts),
+
+    /// The TLS benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalTls(tls_bench::TlsOpts),
 
     /// The namespaces benchmark inside the private namespace.
     #[command(hide = true)]
@@ -329,6 +338,8 @@ fn main() -> ExitCode {
         Some(Cmd::InternalNamespace) => setup::coordinator_main(&cli.opts),
         Some(Cmd::Render(r)) => run_render(cli.opts, r),
         Some(Cmd::InternalRender(r)) => render::internal_main(&r, &cli.opts.exporter()),
+        Some(Cmd::Tls(t)) => run_tls(cli.opts, t),
+        Some(Cmd::InternalTls(t)) => tls_bench::internal_main(&t, &cli.opts.exporter()),
         Some(Cmd::Namespaces(n)) => netns_bench::run_outer(cli.opts, n),
         Some(Cmd::InternalNamespaces(n)) => resolve_exporter(cli.opts.exporter.as_deref())
             .and_then(|exporter| namespaces_main(&n, &exporter)),
@@ -395,6 +406,22 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
 
     let status = namespace::run_in_new_namespace(&args)?;
     namespace::exit_code_of(status, "the namespace coordinator")
+}
+
+/// Hands `tls` over to a coordinator inside a new namespace.
+fn run_tls(opts: BenchOpts, tls: tls_bench::TlsOpts) -> Result<ExitCode> {
+    let exporter = resolve_exporter(opts.exporter.as_deref())?;
+    let args: Vec<OsString> = vec![
+        "--exporter".into(),
+        exporter.into(),
+        "internal-tls".into(),
+        "--listeners".into(),
+        tls.listeners.to_string().into(),
+        "--scrapes".into(),
+        tls.scrapes.to_string().into(),
+    ];
+    let status = namespace::run_in_new_namespace(&args)?;
+    namespace::exit_code_of(status, "the TLS benchmark")
 }
 
 /// Hands `render` over to a coordinator inside a new namespace.
