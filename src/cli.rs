@@ -69,21 +69,26 @@ pub struct Cli {
     pub max_requests: u32,
 
     /// Open HTTP connections allowed, over every listen address. When all
-    /// are open, a new one is let in by closing the connection that has
-    /// been sending its first request head the longest, else the one idle
-    /// on keep-alive the longest; only when every connection is serving a
-    /// request is the new one closed at once.
+    /// are open, a new one is let in by closing one not doing useful work,
+    /// from the client address holding the most: the one sending its
+    /// first request head (or TLS handshake) the longest, else one whose
+    /// answer a client has not read for longer than --web.request-timeout,
+    /// else the one idle on keep-alive the longest. Only when every
+    /// connection is serving a request is the new one closed at once.
     #[arg(long = "web.max-connections", value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
 
-    /// Time a client has to send a request's headers. The same timer bounds
-    /// how long a keep-alive connection may wait idle for its next request,
+    /// Time a client has to send a request's headers, and to finish a TLS
+    /// handshake before that. The same limit bounds how long a keep-alive
+    /// connection (HTTP/1 or HTTP/2) may wait idle for its next request,
     /// so idle connections are closed after it too.
     #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "3s", value_parser = parse_timeout)]
     pub read_header_timeout: Duration,
 
-    /// Time a request has to be answered once its headers are read: a
-    /// render that takes longer gets 503.
+    /// Time a request's answer may take to render once its headers are
+    /// read (and its password checked): a render that takes longer gets
+    /// 503. A connection whose answer waits longer than this on a client
+    /// that does not read it may be closed for a newcomer at the cap.
     #[arg(long = "web.request-timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 

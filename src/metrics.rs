@@ -151,7 +151,7 @@ pub const HTTP_CONNECTIONS_EVICTED: MetricDef = MetricDef {
     kind: Kind::Counter,
     labels: &["reason"],
     member: false,
-    help: "HTTP connections closed to let a new one in when --web.max-connections were open: reason=\"slow\" for one that had not sent its first request head yet, the longest-waiting first; reason=\"idle\" for one waiting on keep-alive after a request, when no slow one was left. A steady rate means clients hold connections they do not use (or a slow-client attack): scrapes still get through.",
+    help: "HTTP connections closed to let a new one in when --web.max-connections were open: reason=\"slow\" for one that had not sent its first request head (or finished its TLS handshake) yet; reason=\"stalled\" for one whose answer waited longer than --web.request-timeout on a client that does not read it; reason=\"idle\" for one waiting on keep-alive after a request. The client address holding the most such connections gives way first; among its connections slow before stalled before idle, the oldest first. A steady rate means clients hold connections they do not use (or a slow-client attack): scrapes still get through.",
 };
 /// `sockdiag_http_connections_refused_total`
 pub const HTTP_CONNECTIONS_REFUSED: MetricDef = MetricDef {
@@ -316,6 +316,7 @@ pub fn render(snapshot: &Snapshot, collectors: &[Arc<dyn Collector>]) -> Vec<Met
     for (reason, n) in [
         (Eviction::Slow, c.evicted_slow),
         (Eviction::Idle, c.evicted_idle),
+        (Eviction::Stalled, c.evicted_stalled),
     ] {
         f.push(
             &HTTP_CONNECTIONS_EVICTED,

@@ -83,6 +83,9 @@ pub enum Eviction {
     Slow,
     /// It waited on keep-alive after a request.
     Idle,
+    /// Its answer waited on a client that did not read it for longer
+    /// than a render may take.
+    Stalled,
 }
 
 impl Eviction {
@@ -91,6 +94,7 @@ impl Eviction {
         match self {
             Eviction::Slow => "slow",
             Eviction::Idle => "idle",
+            Eviction::Stalled => "stalled",
         }
     }
 }
@@ -101,6 +105,7 @@ struct ConnectionCounters {
     refused: AtomicU64,
     evicted_slow: AtomicU64,
     evicted_idle: AtomicU64,
+    evicted_stalled: AtomicU64,
 }
 
 /// The HTTP server's connection figures.
@@ -114,6 +119,9 @@ pub struct ConnectionFigures {
     pub evicted_slow: u64,
     /// Connections closed for a newcomer while idle on keep-alive.
     pub evicted_idle: u64,
+    /// Connections closed for a newcomer while stalled on a client that
+    /// does not read.
+    pub evicted_stalled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +216,7 @@ impl Store {
                     refused: c.refused.load(Ordering::Relaxed),
                     evicted_slow: c.evicted_slow.load(Ordering::Relaxed),
                     evicted_idle: c.evicted_idle.load(Ordering::Relaxed),
+                    evicted_stalled: c.evicted_stalled.load(Ordering::Relaxed),
                 }
             },
             web: self.web.get().map(|w| w.status()),
@@ -331,6 +340,7 @@ impl Store {
         let counter = match reason {
             Eviction::Slow => &c.evicted_slow,
             Eviction::Idle => &c.evicted_idle,
+            Eviction::Stalled => &c.evicted_stalled,
         };
         counter.fetch_add(1, Ordering::Relaxed) + 1
     }

@@ -314,3 +314,100 @@ fn a_newcomer_is_refused_only_when_every_connection_is_busy() {
         },
     );
 }
+
+#[test]
+fn a_client_that_never_reads_gives_way_after_the_request_timeout() {
+    in_netns(
+        "a_client_that_never_reads_gives_way_after_the_request_timeout",
+        || {
+            let daemon = Daemon::start(&[
+                "--no-collector.netns",
+                "--web.max-connections",
+                "2",
+                "--web.request-timeout",
+                "1s",
+            ]);
+            let busy: Vec<TcpStream> = (0..2).map(|_| busy_connection(daemon.addr)).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                scrape_within(daemon.addr, Duration::from_secs(2)).is_err(),
+                "both slots are writing answers: a newcomer is refused"
+            );
+            // No render takes longer than --web.request-timeout: past it,
+            // only the client's not reading holds the slot.
+            std::thread::sleep(Duration::from_millis(1200));
+            let got = scrape_within(daemon.addr, Duration::from_secs(5));
+            assert_eq!(got, Ok(200), "a scrape beside two stalled connections");
+            let (_, body) = http_get(daemon.addr, "/metrics").expect("scrape");
+            let m = Metrics::parse(&body);
+            assert!(evicted(&m, "stalled") >= 1.0, "{body}");
+            drop(busy);
+        },
+    );
+}
+
+/// `GET /metrics` from `source`, the head sent in two halves `pause`
+/// apart, as a client far away or in a TLS handshake takes a while to
+/// send its request: the status, or why it failed.
+fn slow_scrape_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    pause: Duration,
+) -> Result<u16, String> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    s.bind(&SocketAddr::new(source, 0).into())
+        .map_err(|e| format!("bind: {e}"))?;
+    s.connect_timeout(&addr.into(), Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    std::thread::sleep(pause);
+    s.write_all(format!("Host: {addr}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {} bytes", raw.len()))
+}
+
+#[test]
+fn a_flood_from_one_address_gives_way_to_a_slow_scraper_from_another() {
+    in_netns(
+        "a_flood_from_one_address_gives_way_to_a_slow_scraper_from_another",
+        || {
+            let daemon = Daemon::start(&["--no-collector.netns"]);
+            let load = SlowClients::start(
+                daemon.addr,
+                300,
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            // 300 ms between the halves of its head: at about 2,000
+            // reconnects a second from the flood, the oldest-first rule
+            // alone would close it before its head was complete.
+            let scraper: std::net::IpAddr = [127, 0, 0, 2].into();
+            const SCRAPES: usize = 10;
+            let results: Vec<Result<u16, String>> = (0..SCRAPES)
+                .map(|_| slow_scrape_from(scraper, daemon.addr, Duration::from_millis(300)))
+                .collect();
+            let m = daemon.metrics();
+            let connects = load.stop();
+            let ok = results.iter().filter(|r| **r == Ok(200)).count();
+            eprintln!(
+                "{ok} of {SCRAPES} slow scrapes from another address succeeded; \
+                 the flood connected {connects} times, evicted slow {}: {results:?}",
+                evicted(&m, "slow")
+            );
+            assert!(ok >= 9, "{ok} of {SCRAPES}: {results:?}");
+            assert!(evicted(&m, "slow") > 100.0, "the flood churned");
+        },
+    );
+}

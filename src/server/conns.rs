@@ -4,19 +4,25 @@
 //! Refusing newcomers at the cap lets anyone lock scrapers out by holding
 //! connections open (one header byte every few seconds, or nothing at
 //! all). So a newcomer is always let in while some connection is not
-//! serving a request: first the one that has been sending its first
-//! request head (or TLS handshake) the longest is closed, then the one
-//! that has been idle on keep-alive the longest. Only when every
-//! connection is in the middle of a request is the newcomer refused:
-//! those are doing the work we exist for.
+//! doing useful work, and the one closed comes from the client address
+//! holding the most such connections: a flood from one address pushes out
+//! its own connections, not a scraper's that is still in its TLS handshake.
+//! Among that address's connections, first the one that has been sending
+//! its first request head (or TLS handshake) the longest goes, then one
+//! stalled on a client that does not read its answer (busy for longer than
+//! any render may take, so only the client's reading holds it), then the
+//! one idle on keep-alive the longest. Only when every connection is
+//! serving a request that is still within its time is the newcomer
+//! refused: those are doing the work we exist for.
 //!
 //! One mutex guards the whole table. The runtime is single-threaded, so it
 //! is never contended; the victim search scans every entry, which is only
 //! done at the cap and costs microseconds at the default 64.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
@@ -33,10 +39,15 @@ pub enum Activity {
     /// Has not completed a request yet: sending its first request head
     /// (or TLS handshake), slowly or not at all.
     Head,
-    /// Serving at least one request: from its head parsed until its
-    /// response body has been handed to the connection, and while writing
-    /// to the client is blocked (a response it has not read yet).
+    /// Serving at least one request: from its head parsed (and its
+    /// credentials accepted) until its response body has been handed to
+    /// the connection, and while writing to the client is blocked (a
+    /// response it has not read yet).
     Busy,
+    /// Busy for longer than a render may take: the answer waits on a
+    /// client that does not read it (a full send buffer, or an HTTP/2
+    /// flow-control window it never opens).
+    Stalled,
     /// Completed a request and waits on keep-alive for the next (or sends
     /// the next head). Evicting it can cross a request the client has just
     /// sent, as any server's idle timeout can; HTTP clients retry an
@@ -46,28 +57,41 @@ pub enum Activity {
 
 /// The connection to close to make room for a newcomer, with why; `None`
 /// when every connection is busy (or not yet polled) and the newcomer
-/// must be refused. `conns` yields each connection's key, activity and
-/// since when it has been in that activity.
-pub fn choose_victim<K>(
-    conns: impl IntoIterator<Item = (K, Activity, Instant)>,
+/// must be refused. `conns` yields each connection's key, client address,
+/// activity and since when it has been in that activity.
+pub fn choose_victim<K, A: Eq + std::hash::Hash + Copy>(
+    conns: impl IntoIterator<Item = (K, A, Activity, Instant)>,
 ) -> Option<(K, Eviction)> {
-    let mut slow: Option<(K, Instant)> = None;
-    let mut idle: Option<(K, Instant)> = None;
-    for (key, activity, since) in conns {
-        let best = match activity {
-            Activity::Head => &mut slow,
-            Activity::Idle => &mut idle,
-            Activity::Busy | Activity::Unpolled => continue,
-        };
-        if best.as_ref().is_none_or(|(_, t)| since < *t) {
-            *best = Some((key, since));
-        }
+    let rank = |activity: Activity| match activity {
+        Activity::Head => Some((0, Eviction::Slow)),
+        Activity::Stalled => Some((1, Eviction::Stalled)),
+        Activity::Idle => Some((2, Eviction::Idle)),
+        Activity::Busy | Activity::Unpolled => None,
+    };
+    let candidates: Vec<(K, A, u8, Eviction, Instant)> = conns
+        .into_iter()
+        .filter_map(|(key, addr, activity, since)| {
+            rank(activity).map(|(r, why)| (key, addr, r, why, since))
+        })
+        .collect();
+    let mut per_address: HashMap<A, usize> = HashMap::new();
+    for (_, addr, ..) in &candidates {
+        *per_address.entry(*addr).or_default() += 1;
     }
-    slow.map(|(k, _)| (k, Eviction::Slow))
-        .or_else(|| idle.map(|(k, _)| (k, Eviction::Idle)))
+    // Most evictable connections of one address first, then the least
+    // useful activity, then the oldest.
+    candidates
+        .into_iter()
+        .min_by_key(|(_, addr, r, _, since)| {
+            let held = per_address.get(addr).copied().unwrap_or(0);
+            (std::cmp::Reverse(held), *r, *since)
+        })
+        .map(|(key, _, _, why, _)| (key, why))
 }
 
 struct Entry {
+    /// The client's address.
+    peer: IpAddr,
     polled: bool,
     /// Requests in flight (HTTP/1 serves one at a time; HTTP/2 may not).
     requests: u32,
@@ -82,16 +106,26 @@ struct Entry {
 }
 
 impl Entry {
-    fn activity(&self) -> Activity {
-        match (
-            self.polled,
-            self.requests > 0 || self.write_blocked,
-            self.served,
-        ) {
+    fn busy(&self) -> bool {
+        self.requests > 0 || self.write_blocked
+    }
+
+    fn activity(&self, now: Instant, stall_after: Duration) -> Activity {
+        match (self.polled, self.busy(), self.served) {
             (false, _, _) => Activity::Unpolled,
+            (true, true, _) if now.saturating_duration_since(self.since) > stall_after => {
+                Activity::Stalled
+            }
             (true, true, _) => Activity::Busy,
             (true, false, false) => Activity::Head,
             (true, false, true) => Activity::Idle,
+        }
+    }
+
+    /// Sets `since` when the connection turns busy or stops being busy.
+    fn changed(&mut self, was_busy: bool, now: Instant) {
+        if was_busy != self.busy() {
+            self.since = now;
         }
     }
 }
@@ -106,6 +140,8 @@ struct Inner {
 pub struct ConnTable {
     inner: Mutex<Inner>,
     cap: usize,
+    /// Busy for longer than this, a connection counts as stalled.
+    stall_after: Duration,
     store: Arc<Store>,
     open: watch::Sender<usize>,
 }
@@ -133,11 +169,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ConnTable {
     /// A table of at most `cap` connections (at least one), publishing
-    /// its figures to `store`.
-    pub fn new(cap: usize, store: Arc<Store>) -> Arc<Self> {
+    /// its figures to `store`; a connection busy for longer than
+    /// `stall_after` (the longest a render may take) is stalled.
+    pub fn new(cap: usize, stall_after: Duration, store: Arc<Store>) -> Arc<Self> {
         Arc::new(ConnTable {
             inner: Mutex::default(),
             cap: cap.max(1),
+            stall_after,
             store,
             open: watch::Sender::new(0),
         })
@@ -145,15 +183,16 @@ impl ConnTable {
 
     /// Lets a newly accepted connection in, evicting another if the table
     /// is full; refuses it when no connection may be evicted.
-    pub fn admit(self: &Arc<Self>) -> Result<Admitted, Refused> {
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refused> {
         let mut inner = lock(&self.inner);
         let mut reclaimed = None;
+        let now = Instant::now();
         if inner.entries.len() >= self.cap {
             let victim = choose_victim(
                 inner
                     .entries
                     .iter()
-                    .map(|(id, e)| (*id, e.activity(), e.since)),
+                    .map(|(id, e)| (*id, e.peer, e.activity(now, self.stall_after), e.since)),
             );
             let Some((id, reason)) = victim else {
                 return Err(Refused(self.store.count_connection_refused()));
@@ -169,11 +208,12 @@ impl ConnTable {
         inner.entries.insert(
             id,
             Entry {
+                peer,
                 polled: false,
                 requests: 0,
                 served: false,
                 write_blocked: false,
-                since: Instant::now(),
+                since: now,
                 _evict: tx,
             },
         );
@@ -218,7 +258,9 @@ impl ConnTable {
 
     fn update(&self, id: u64, f: impl FnOnce(&mut Entry)) {
         if let Some(e) = lock(&self.inner).entries.get_mut(&id) {
+            let was_busy = e.busy();
             f(e);
+            e.changed(was_busy, Instant::now());
         }
     }
 }
@@ -260,8 +302,17 @@ impl ConnHandle {
             .update(self.0.id, |e| e.write_blocked = blocked);
     }
 
-    /// A request's head was read: the connection is busy until the guard,
-    /// which must live until its response body has been sent, is dropped.
+    /// How long the connection has been waiting for a request (idle, or
+    /// never used); `None` while it serves one.
+    pub fn waiting_for(&self) -> Option<Duration> {
+        let inner = lock(&self.0.table.inner);
+        let e = inner.entries.get(&self.0.id)?;
+        (!e.busy()).then(|| e.since.elapsed())
+    }
+
+    /// A request's head was read and its credentials accepted: the
+    /// connection is busy until the guard, which must live until its
+    /// response body has been sent, is dropped.
     pub fn begin_request(&self) -> RequestGuard {
         self.0.table.update(self.0.id, |e| e.requests += 1);
         RequestGuard(self.clone())
@@ -277,7 +328,6 @@ impl Drop for RequestGuard {
             e.requests = e.requests.saturating_sub(1);
             if e.requests == 0 {
                 e.served = true;
-                e.since = Instant::now();
             }
         });
     }
@@ -289,6 +339,8 @@ mod tests {
 
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn at(t0: Instant, secs: u64) -> Instant {
         t0 + Duration::from_secs(secs)
     }
@@ -297,11 +349,11 @@ mod tests {
     fn the_oldest_slow_connection_goes_first() {
         let t0 = Instant::now();
         let conns = [
-            ("idle-oldest", Activity::Idle, at(t0, 0)),
-            ("slow-new", Activity::Head, at(t0, 5)),
-            ("busy", Activity::Busy, at(t0, 0)),
-            ("slow-old", Activity::Head, at(t0, 2)),
-            ("unpolled-older", Activity::Unpolled, at(t0, 1)),
+            ("idle-oldest", 1, Activity::Idle, at(t0, 0)),
+            ("slow-new", 1, Activity::Head, at(t0, 5)),
+            ("busy", 1, Activity::Busy, at(t0, 0)),
+            ("slow-old", 1, Activity::Head, at(t0, 2)),
+            ("unpolled-older", 1, Activity::Unpolled, at(t0, 1)),
         ];
         assert_eq!(choose_victim(conns), Some(("slow-old", Eviction::Slow)));
     }
@@ -310,9 +362,9 @@ mod tests {
     fn without_slow_connections_the_longest_idle_goes() {
         let t0 = Instant::now();
         let conns = [
-            ("idle-new", Activity::Idle, at(t0, 9)),
-            ("idle-old", Activity::Idle, at(t0, 3)),
-            ("busy", Activity::Busy, at(t0, 1)),
+            ("idle-new", 1, Activity::Idle, at(t0, 9)),
+            ("idle-old", 1, Activity::Idle, at(t0, 3)),
+            ("busy", 1, Activity::Busy, at(t0, 1)),
         ];
         assert_eq!(choose_victim(conns), Some(("idle-old", Eviction::Idle)));
     }
@@ -321,30 +373,77 @@ mod tests {
     fn busy_and_unpolled_connections_are_never_evicted() {
         let t0 = Instant::now();
         let conns = [
-            ("busy", Activity::Busy, at(t0, 0)),
-            ("unpolled", Activity::Unpolled, at(t0, 0)),
+            ("busy", 1, Activity::Busy, at(t0, 0)),
+            ("unpolled", 1, Activity::Unpolled, at(t0, 0)),
         ];
         assert_eq!(choose_victim(conns), None);
-        assert_eq!(choose_victim(Vec::<(u8, Activity, Instant)>::new()), None);
+        assert_eq!(
+            choose_victim(Vec::<(u8, u8, Activity, Instant)>::new()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_address_holding_the_most_goes_first() {
+        let t0 = Instant::now();
+        // A scraper (address 2) mid-handshake and older than a flood from
+        // address 1: the flood's own connections give way, even idle ones
+        // that would otherwise come after every slow one.
+        let conns = [
+            ("scraper", 2, Activity::Head, at(t0, 0)),
+            ("flood-a", 1, Activity::Idle, at(t0, 5)),
+            ("flood-b", 1, Activity::Head, at(t0, 7)),
+            ("flood-c", 1, Activity::Head, at(t0, 6)),
+        ];
+        assert_eq!(choose_victim(conns), Some(("flood-c", Eviction::Slow)));
+    }
+
+    #[test]
+    fn a_stalled_connection_goes_before_an_idle_one() {
+        let t0 = Instant::now();
+        let conns = [
+            ("idle", 1, Activity::Idle, at(t0, 0)),
+            ("stalled", 1, Activity::Stalled, at(t0, 5)),
+            ("busy", 1, Activity::Busy, at(t0, 0)),
+        ];
+        assert_eq!(choose_victim(conns), Some(("stalled", Eviction::Stalled)));
+    }
+
+    #[test]
+    fn a_connection_busy_for_too_long_is_stalled() {
+        let store = Arc::new(Store::new(&[]));
+        let table = ConnTable::new(1, Duration::from_millis(50), store.clone());
+        let Ok(a) = table.admit(LOCAL) else {
+            panic!("room for a")
+        };
+        a.handle.mark_polled();
+        let request = a.handle.begin_request();
+        assert!(table.admit(LOCAL).is_err(), "a is busy");
+        std::thread::sleep(Duration::from_millis(80));
+        let Ok(b) = table.admit(LOCAL) else {
+            panic!("a has stalled: b takes its place")
+        };
+        assert_eq!(b.reclaimed, Some((Eviction::Stalled, 1)));
+        drop((request, a, b));
     }
 
     #[test]
     fn the_table_evicts_by_activity_and_frees_slots_on_drop() {
         let store = Arc::new(Store::new(&[]));
-        let table = ConnTable::new(2, store.clone());
-        let Ok(mut a) = table.admit() else {
+        let table = ConnTable::new(2, Duration::from_secs(3600), store.clone());
+        let Ok(mut a) = table.admit(LOCAL) else {
             panic!("room for a")
         };
-        let Ok(b) = table.admit() else {
+        let Ok(b) = table.admit(LOCAL) else {
             panic!("room for b")
         };
         // Neither has been polled: a newcomer is refused.
-        assert_eq!(table.admit().err(), Some(Refused(1)));
+        assert_eq!(table.admit(LOCAL).err(), Some(Refused(1)));
         a.handle.mark_polled();
         b.handle.mark_polled();
         let served = b.handle.begin_request();
         // a is slow (no request yet), b busy: a goes.
-        let Ok(c) = table.admit() else {
+        let Ok(c) = table.admit(LOCAL) else {
             panic!("c evicts a")
         };
         assert_eq!(c.reclaimed, Some((Eviction::Slow, 1)));
@@ -359,13 +458,16 @@ mod tests {
         assert_eq!(table.len(), 2, "an evicted handle frees nothing twice");
         c.handle.mark_polled();
         let c_busy = c.handle.begin_request();
-        assert!(table.admit().is_err(), "b and c are busy");
+        assert!(table.admit(LOCAL).is_err(), "b and c are busy");
         // b finished its request: it is idle now, and goes next.
         drop(served);
         b.handle.set_write_blocked(true);
-        assert!(table.admit().is_err(), "b's answer is still being written");
+        assert!(
+            table.admit(LOCAL).is_err(),
+            "b's answer is still being written"
+        );
         b.handle.set_write_blocked(false);
-        let Ok(d) = table.admit() else {
+        let Ok(d) = table.admit(LOCAL) else {
             panic!("d evicts idle b")
         };
         assert_eq!(d.reclaimed, Some((Eviction::Idle, 1)));

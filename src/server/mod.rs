@@ -92,22 +92,18 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut app = router(AppState {
+    let app = router(AppState {
         exposition,
         store: store.clone(),
         requests: Arc::new(Semaphore::new(config.max_requests)),
         timeout: config.request_timeout,
         telemetry_path: config.telemetry_path.clone(),
     });
-    if let Some(web) = &config.web {
-        app = app.layer(axum::middleware::from_fn_with_state(
-            web.clone(),
-            crate::web::guard::guard,
-        ));
-    }
     let shared = Arc::new(Shared {
         app,
-        table: ConnTable::new(config.max_connections, store),
+        // A render gets --web.request-timeout; a connection busy for longer
+        // is waiting on its client, not on us.
+        table: ConnTable::new(config.max_connections, config.request_timeout, store),
         config,
     });
     let (stop, stopping) = watch::channel(false);
@@ -160,7 +156,7 @@ async fn accept_loop(
                 }
             }
         };
-        let admitted = match shared.table.admit() {
+        let admitted = match shared.table.admit(peer.ip()) {
             Ok(admitted) => admitted,
             Err(conns::Refused(refused)) => {
                 if refused.is_power_of_two() {
@@ -299,6 +295,7 @@ async fn serve_http<I>(
     let service = Tracked {
         app: shared.app.clone(),
         conn: conn.clone(),
+        web: shared.config.web.clone(),
     };
     let io = TokioIo::new(WatchedIo {
         io,
@@ -312,7 +309,10 @@ async fn serve_http<I>(
             .max_concurrent_streams(u32::try_from(shared.config.max_requests).unwrap_or(8))
             .max_header_list_size(MAX_REQUEST_HEAD as u32)
             .serve_connection(io, service);
-        drive(connection, peer, shared, &mut stopping).await
+        // HTTP/2 has no header-read timer: a connection that waits for
+        // its first or next request gets as long as HTTP/1's would.
+        let idle = Some(shared.config.read_header_timeout);
+        drive(connection, peer, conn, idle, shared, &mut stopping).await
     } else {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -324,7 +324,7 @@ async fn serve_http<I>(
             // default; a scrape request needs well under 1 KiB.
             .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(io, service);
-        drive(connection, peer, shared, &mut stopping).await
+        drive(connection, peer, conn, None, shared, &mut stopping).await
     };
     let Some(result) = result else {
         return;
@@ -359,21 +359,45 @@ where
     }
 }
 
-/// Runs `connection` until it ends, its lifetime is up or the server
-/// stops; in the last two cases it is asked to finish and given the
-/// request timeout to do so. `None` when it had to be cut off.
+/// Runs `connection` until it ends, its lifetime is up, the server stops
+/// or (with `idle`) it has waited that long for a request; in all but the
+/// first case it is asked to finish and given the request timeout to do
+/// so. `None` when it had to be cut off.
 async fn drive<C: Graceful>(
     connection: C,
     peer: SocketAddr,
+    conn: &ConnHandle,
+    idle: Option<Duration>,
     shared: &Shared,
     stopping: &mut watch::Receiver<bool>,
 ) -> Option<hyper::Result<()>> {
     tokio::pin!(connection);
     let lifetime = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
     tokio::pin!(lifetime);
+    let idle_too_long = async {
+        let Some(limit) = idle else {
+            return std::future::pending().await;
+        };
+        // Checked at a fraction of the limit: it may run over by as much.
+        let mut tick = tokio::time::interval(limit / 4);
+        loop {
+            tick.tick().await;
+            if conn.waiting_for().is_some_and(|w| w >= limit) {
+                return;
+            }
+        }
+    };
+    tokio::pin!(idle_too_long);
     let finished = tokio::select! {
         result = connection.as_mut() => Some(result),
         () = &mut lifetime => None,
+        () = &mut idle_too_long => {
+            // Nothing in flight to finish gracefully, and a client that
+            // never sent its preface would hold the grace period too: close
+            // it, as HTTP/1's header timer does.
+            tracing::debug!(%peer, "HTTP/2 connection idle for --web.read-header-timeout; closed");
+            return None;
+        }
         _ = stopping.wait_for(|stop| *stop) => None,
     };
     match finished {
@@ -392,12 +416,15 @@ async fn drive<C: Graceful>(
     }
 }
 
-/// The routes, marking the connection busy from a request's head until its
-/// response body has been handed over.
+/// The routes behind the web config's basic auth and headers, marking
+/// the connection busy from a request's credentials accepted until its
+/// response body has been handed over. A request waiting for its bcrypt,
+/// or refused with 401, leaves the connection evictable.
 #[derive(Clone)]
 struct Tracked {
     app: Router,
     conn: ConnHandle,
+    web: Option<Arc<WebConfig>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -407,18 +434,32 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
         Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send + 'static>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        // hyper calls this as soon as it has parsed the head, within the
-        // poll that read it: the connection is busy from then on.
-        let guard = self.conn.begin_request();
-        let answer = self.app.clone().oneshot(request);
+        let conn = self.conn.clone();
+        let app = self.app.clone();
+        let web = self.web.clone();
         Box::pin(async move {
-            let response = answer.await?;
-            Ok(response.map(|body| {
+            let active = web.as_ref().map(|w| (w, w.current()));
+            if let Some((web, active)) = &active {
+                if let Err(denied) =
+                    crate::web::guard::authorize(web, active, request.headers()).await
+                {
+                    return Ok(denied);
+                }
+            }
+            // Without a password to check, this runs within the poll that
+            // read the head: the connection is busy from then on.
+            let guard = conn.begin_request();
+            let response = app.oneshot(request).await?;
+            let mut response = response.map(|body| {
                 Body::new(GuardedBody {
                     body,
                     _guard: guard,
                 })
-            }))
+            });
+            if let Some((_, active)) = &active {
+                crate::web::guard::add_headers(&mut response, &active.headers);
+            }
+            Ok(response)
         })
     }
 }

@@ -1,43 +1,45 @@
 //! What the web config asks of every request: basic auth when users are
 //! configured (401 with `WWW-Authenticate: Basic` otherwise, as
 //! exporter-toolkit answers), and the configured headers on every answer,
-//! the 401 included.
+//! the 401 included. The server runs [`authorize`] before it counts a
+//! request as work being done, so a client that cannot authenticate never
+//! holds a connection slot as busy.
 
-use std::sync::Arc;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use super::{Active, Verdict, WebConfig};
 
-use super::{Verdict, WebConfig};
-
-/// Axum middleware over every route, `/healthz` too: a liveness probe
-/// that cannot authenticate should check the port (a TCP probe) instead.
-pub async fn guard(State(web): State<Arc<WebConfig>>, request: Request, next: Next) -> Response {
-    let active = web.current();
-    if let Some(auth) = &active.auth {
-        let verdict = auth
-            .check(request.headers().get(header::AUTHORIZATION))
-            .await;
-        if verdict == Verdict::Denied {
-            web.count_unauthorized();
-            let mut response = (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Basic")],
-                "Unauthorized\n",
-            )
-                .into_response();
-            add_headers(&mut response, &active.headers);
-            return response;
-        }
+/// `Ok` when `active` lets the request with `headers` through; otherwise
+/// the 401 to answer with. Every path is covered, `/healthz` too: a
+/// liveness probe that cannot authenticate should check the port (a TCP
+/// probe) instead.
+pub async fn authorize(
+    web: &WebConfig,
+    active: &Active,
+    headers: &HeaderMap,
+) -> Result<(), Response<Body>> {
+    let Some(auth) = &active.auth else {
+        return Ok(());
+    };
+    if auth.check(headers.get(header::AUTHORIZATION)).await == Verdict::Allowed {
+        return Ok(());
     }
-    let mut response = next.run(request).await;
+    web.count_unauthorized();
+    let mut response = Response::new(Body::from("Unauthorized\n"));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    let h = response.headers_mut();
+    h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     add_headers(&mut response, &active.headers);
-    response
+    Err(response)
 }
 
-fn add_headers(response: &mut Response, headers: &[(header::HeaderName, header::HeaderValue)]) {
+/// Adds the configured headers to `response`.
+pub fn add_headers<B>(response: &mut Response<B>, headers: &[(HeaderName, HeaderValue)]) {
     for (name, value) in headers {
         response.headers_mut().insert(name.clone(), value.clone());
     }
