@@ -238,6 +238,20 @@ fn tls_with_basic_auth() {
             );
         }
 
+        // Every path and method is behind the password, over HTTP/2 too.
+        for (path, extra) in [
+            ("/", &[][..]),
+            ("/healthz", &[][..]),
+            ("/no-such-page", &[][..]),
+            ("/metrics", &["-X", "POST"][..]),
+            ("/metrics", &["--http2"][..]),
+        ] {
+            let mut args = vec!["--cacert", ca_arg];
+            args.extend(extra);
+            let r = curl(&url(&d, path), &args);
+            assert_eq!(r.status, 401, "{path} {extra:?}: {r:?}");
+        }
+
         // HTTP/2 is offered over TLS, as exporter-toolkit does by default.
         let h2 = curl(
             &url(&d, "/metrics"),
@@ -385,6 +399,31 @@ fn versions_rotation_and_bad_reloads() {
         write(&dir.join("new.key"), &key);
         std::fs::rename(dir.join("new.key"), dir.join("server.key")).expect("rename");
         std::fs::rename(dir.join("new.crt"), dir.join("server.crt")).expect("rename");
+        assert_eq!(served_cn(&d, ca_arg), "second");
+
+        // As a Kubernetes Secret volume does it: the files stay put, a
+        // symlink to the directory holding them is swapped.
+        for (version, cn) in [("v1", "third"), ("v2", "fourth")] {
+            let (cert, key) = ca.leaf(cn, &["localhost"], &["127.0.0.1"], false);
+            std::fs::create_dir_all(dir.join(version)).expect("mkdir");
+            write(&dir.join(version).join("tls.crt"), &cert);
+            write(&dir.join(version).join("tls.key"), &key);
+            let link = dir.join("..data.new");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(version, &link).expect("symlink");
+            std::fs::rename(&link, dir.join("..data")).expect("swapping the symlink");
+            if version == "v1" {
+                std::os::unix::fs::symlink("..data/tls.crt", dir.join("tls.crt")).expect("link");
+                std::os::unix::fs::symlink("..data/tls.key", dir.join("tls.key")).expect("link");
+                write(
+                    &dir.join("web.yml"),
+                    "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  \
+                     min_version: TLS13\n",
+                );
+            }
+            assert_eq!(served_cn(&d, ca_arg), cn, "after swapping to {version}");
+        }
+        write(&dir.join("web.yml"), config);
         assert_eq!(served_cn(&d, ca_arg), "second");
 
         // A broken file keeps the last good config in service, and says so.
@@ -675,4 +714,79 @@ fn top_reads_a_daemon_over_mutual_tls_with_a_password() {
         assert!(refused.2.contains("401"), "{refused:?}");
         let _ = std::fs::remove_dir_all(&dir);
     });
+}
+
+#[test]
+fn an_idle_http2_connection_is_closed_like_an_http1_one() {
+    in_netns(
+        "an_idle_http2_connection_is_closed_like_an_http1_one",
+        || {
+            use std::io::Read;
+            let dir = scratch("h2idle");
+            let ca = Ca::new("test CA");
+            let (cert, key) = ca.leaf("exporter", &["localhost"], &["127.0.0.1"], false);
+            write(&dir.join("server.crt"), &cert);
+            write(&dir.join("server.key"), &key);
+            write(
+                &dir.join("web.yml"),
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+            );
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let child = Command::new(exporter_bin())
+                .args(["--web.listen-address", &addr.to_string()])
+                .arg("--web.config.file")
+                .arg(dir.join("web.yml"))
+                .args(["--web.read-header-timeout", "1s"])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("starting the daemon");
+            let _d = Daemon { child, addr };
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.der().clone()).expect("trusting the CA");
+            let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let config = std::sync::Arc::new(config);
+            let start = Instant::now();
+            let tcp = loop {
+                match std::net::TcpStream::connect(addr) {
+                    Ok(s) => break s,
+                    Err(_) if start.elapsed() < Duration::from_secs(15) => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    Err(e) => panic!("connecting: {e}"),
+                }
+            };
+            tcp.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let conn = rustls::ClientConnection::new(config, name).expect("client");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // Handshake, then say nothing: no preface, no request.
+            let opened = Instant::now();
+            let mut buf = [0u8; 1024];
+            loop {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                assert_eq!(
+                    tls.conn.alpn_protocol(),
+                    Some(&b"h2"[..]),
+                    "the server chose HTTP/2"
+                );
+            }
+            let held = opened.elapsed();
+            assert!(
+                held < Duration::from_secs(5),
+                "an idle HTTP/2 connection was held {held:?} with a 1 s read-header timeout"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        },
+    );
 }

@@ -4,9 +4,13 @@
 //!
 //! The cache is keyed by a SHA-256 of user, hash and password, so no
 //! password is kept in memory, and a changed hash in a reloaded file misses
-//! the cache. Wrong passwords are cached too: a client retrying the same
-//! wrong password costs one bcrypt, not one per request. A client trying
-//! new passwords pays a bcrypt each, at most two at a time.
+//! the cache. Wrong passwords are cached too, unknown users' included: a
+//! client retrying the same wrong credentials costs one bcrypt, not one per
+//! request, and takes as long for an unknown user as for a known one, so
+//! timing tells nothing about who exists. Right and wrong answers are kept
+//! apart: a client guessing passwords fills and flushes only the cache of
+//! wrong ones, never the scrapers' accepted credentials. Each guess pays a
+//! bcrypt, at most two at a time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,23 +19,28 @@ use axum::http::HeaderValue;
 use base64::Engine;
 use tokio::sync::Semaphore;
 
-/// The most remembered answers; past it the cache starts over. A handful
-/// of scrapers fit many times over.
+/// The most remembered answers of each kind; past it that cache starts
+/// over. A handful of scrapers fit many times over.
 const CACHE_ENTRIES: usize = 1024;
 
 /// bcrypt runs at once, at most: each takes a core for tens of
 /// milliseconds, and the blocking threads also render scrapes.
 const CONCURRENT_BCRYPTS: usize = 2;
 
-/// A well-formed bcrypt hash of a random string, checked for unknown users
-/// so that their answer takes as long as a known user's.
+/// A well-formed bcrypt hash that no password is known to match, checked
+/// for unknown users so that their answer takes as long as a known
+/// user's; its cost (`10`) is replaced by the highest of the configured
+/// users'.
 const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DSmV4G7XuaD3ZXR8Y0Yb6";
 
 /// The users of one web config and what is known of their passwords.
 #[derive(Debug)]
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
-    cache: Mutex<HashMap<[u8; 32], bool>>,
+    /// [`DUMMY_HASH`] at the users' highest cost.
+    dummy: String,
+    accepted: Mutex<HashMap<[u8; 32], ()>>,
+    refused: Mutex<HashMap<[u8; 32], ()>>,
     bcrypts: Arc<Semaphore>,
 }
 
@@ -47,9 +56,19 @@ pub enum Verdict {
 impl BasicAuth {
     /// Auth for `users` (user name to bcrypt hash, already checked).
     pub fn new(users: BTreeMap<String, String>) -> Self {
+        let cost = users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(10);
+        // "$2y$10$" + salt and hash: the cost is the two digits at 4..6.
+        let dummy = format!("{}{cost:02}{}", &DUMMY_HASH[..4], &DUMMY_HASH[6..]);
         BasicAuth {
             users,
-            cache: Mutex::new(HashMap::new()),
+            dummy,
+            accepted: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             bcrypts: Arc::new(Semaphore::new(CONCURRENT_BCRYPTS)),
         }
     }
@@ -66,41 +85,51 @@ impl BasicAuth {
         };
         let (hash, known) = match self.users.get(&user) {
             Some(hash) => (hash.clone(), true),
-            None => (DUMMY_HASH.to_string(), false),
+            None => (self.dummy.clone(), false),
         };
         let key = cache_key(&user, &hash, &password);
-        if let Some(ok) = self.cache_get(&key) {
+        if let Some(ok) = self.cached(&key) {
             return verdict(ok && known);
         }
         let Ok(_permit) = self.bcrypts.clone().acquire_owned().await else {
             return Verdict::Denied;
         };
         // Another request may have verified the same credentials meanwhile.
-        if let Some(ok) = self.cache_get(&key) {
+        if let Some(ok) = self.cached(&key) {
             return verdict(ok && known);
         }
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .ok()
             .and_then(Result::ok)
-            .unwrap_or(false);
-        if known {
-            self.cache_put(key, ok);
+            .unwrap_or(false)
+            && known;
+        self.remember(key, ok);
+        verdict(ok)
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<bool> {
+        let lock = |m: &Mutex<HashMap<[u8; 32], ()>>| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(key)
+        };
+        if lock(&self.accepted) {
+            Some(true)
+        } else if lock(&self.refused) {
+            Some(false)
+        } else {
+            None
         }
-        verdict(ok && known)
     }
 
-    fn cache_get(&self, key: &[u8; 32]) -> Option<bool> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(key).copied()
-    }
-
-    fn cache_put(&self, key: [u8; 32], ok: bool) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+    fn remember(&self, key: [u8; 32], ok: bool) {
+        let cache = if ok { &self.accepted } else { &self.refused };
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(key, ok);
+        cache.insert(key, ());
     }
 }
 
@@ -186,13 +215,43 @@ mod tests {
                     .await,
                 Verdict::Denied
             );
-            // Right and wrong answers of the known user are remembered;
-            // unknown users are not, so they cannot fill the cache.
-            assert_eq!(auth.cache.lock().map(|c| c.len()).unwrap_or(0), 2);
+            // Right and wrong answers are remembered apart, an unknown
+            // user's too (so a retry takes as long as a known user's).
+            assert_eq!(auth.accepted.lock().map(|c| c.len()).unwrap_or(0), 1);
+            assert_eq!(auth.refused.lock().map(|c| c.len()).unwrap_or(0), 2);
             assert_eq!(
                 auth.check(Some(&header("prom", "s3cret"))).await,
                 Verdict::Allowed
             );
+        });
+    }
+
+    #[test]
+    fn unknown_users_are_checked_at_the_users_highest_cost() {
+        let Ok(hash) = bcrypt::hash("x", 5) else {
+            panic!("hashing")
+        };
+        let auth = BasicAuth::new(BTreeMap::from([("a".to_string(), hash)]));
+        assert!(auth.dummy.starts_with("$2y$05$"), "{}", auth.dummy);
+        assert_eq!(auth.dummy.len(), DUMMY_HASH.len());
+        assert!(auth.dummy.parse::<bcrypt::HashParts>().is_ok());
+    }
+
+    #[test]
+    fn guessing_never_flushes_accepted_credentials() {
+        let Ok(hash) = bcrypt::hash("right", 4) else {
+            panic!("hashing")
+        };
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)]));
+        run(async {
+            assert_eq!(
+                auth.check(Some(&header("prom", "right"))).await,
+                Verdict::Allowed
+            );
+            for i in 0..CACHE_ENTRIES + 5 {
+                auth.remember(cache_key("prom", "h", &i.to_string()), false);
+            }
+            assert_eq!(auth.accepted.lock().map(|c| c.len()).unwrap_or(0), 1);
         });
     }
 

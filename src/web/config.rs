@@ -206,10 +206,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Settings, WebConfigError> {
     }
     let dir = file.parent().unwrap_or(Path::new("/"));
     let http = raw.http_server_config.unwrap_or_default();
-    let tls = raw
-        .tls_server_config
-        .map(|t| tls_settings(t, dir).map_err(err))
-        .transpose()?;
+    let tls = match raw.tls_server_config {
+        Some(t) => tls_settings(t, dir).map_err(err)?,
+        None => None,
+    };
     let users = raw.basic_auth_users.unwrap_or_default();
     for (user, hash) in &users {
         if user.contains(':') {
@@ -232,7 +232,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Settings, WebConfigError> {
     })
 }
 
-fn tls_settings(t: RawTls, dir: &Path) -> Result<TlsSettings, String> {
+/// `None` for a `tls_server_config` that names no certificate, key, client
+/// CA or client auth type: exporter-toolkit serves plain HTTP then.
+fn tls_settings(t: RawTls, dir: &Path) -> Result<Option<TlsSettings>, String> {
+    let blank = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+    if [
+        &t.cert,
+        &t.key,
+        &t.client_ca,
+        &t.cert_file,
+        &t.key_file,
+        &t.client_ca_file,
+        &t.client_auth_type,
+    ]
+    .into_iter()
+    .all(blank)
+    {
+        return Ok(None);
+    }
     let pem = |inline: Option<String>,
                file: Option<String>,
                inline_key: &str,
@@ -314,7 +331,7 @@ fn tls_settings(t: RawTls, dir: &Path) -> Result<TlsSettings, String> {
         .iter()
         .map(|c| curve(c))
         .collect::<Result<_, _>>()?;
-    Ok(TlsSettings {
+    Ok(Some(TlsSettings {
         cert,
         key,
         client_ca,
@@ -325,7 +342,7 @@ fn tls_settings(t: RawTls, dir: &Path) -> Result<TlsSettings, String> {
         cipher_suites,
         prefer_server_cipher_suites: t.prefer_server_cipher_suites.unwrap_or(true),
         curves,
-    })
+    }))
 }
 
 /// Go's version names; 1.0 and 1.1 (which rustls lacks) as a minimum mean
@@ -451,7 +468,12 @@ mod tests {
 
     #[test]
     fn an_empty_file_turns_nothing_on() {
-        for text in ["", "\n# nothing yet\n"] {
+        for text in [
+            "",
+            "\n# nothing yet\n",
+            "tls_server_config:\n",
+            "tls_server_config:\n  min_version: TLS13\n  cert_file: ''\n",
+        ] {
             let s = parsed(text).unwrap_or_else(|e| panic!("{e}"));
             assert!(s.tls.is_none() && s.users.is_empty() && s.headers.is_empty());
             assert!(s.http2);
