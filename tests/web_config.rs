@@ -790,3 +790,53 @@ fn an_idle_http2_connection_is_closed_like_an_http1_one() {
         },
     );
 }
+
+#[test]
+fn cipher_suites_and_http2_off_are_honoured() {
+    require_curl();
+    in_netns("cipher_suites_and_http2_off_are_honoured", || {
+        let dir = scratch("ciphers");
+        let ca = Ca::new("test CA");
+        ca.write(&dir.join("ca.pem"));
+        // rcgen's keys are ECDSA P-256, so the ECDSA suites apply.
+        let (cert, key) = ca.leaf("exporter", &["localhost"], &["127.0.0.1"], false);
+        write(&dir.join("server.crt"), &cert);
+        write(&dir.join("server.key"), &key);
+        write(
+            &dir.join("web.yml"),
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+             max_version: TLS12\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n\
+             http_server_config:\n  http2: false\n",
+        );
+        let ca_arg = dir.join("ca.pem");
+        let ca_arg = ca_arg.to_str().expect("utf-8 path");
+        let d = start(&dir.join("web.yml"), true, &["--cacert", ca_arg]);
+        // curl names suites as OpenSSL does.
+        let with = |cipher: &str| {
+            curl(
+                &url(&d, "/healthz"),
+                &["--cacert", ca_arg, "--tls-max", "1.2", "--ciphers", cipher],
+            )
+        };
+        let listed = with("ECDHE-ECDSA-AES256-GCM-SHA384");
+        assert_eq!(listed.status, 200, "{listed:?}");
+        let other = with("ECDHE-ECDSA-AES128-GCM-SHA256");
+        assert_eq!(other.status, 0, "a suite not listed is refused: {other:?}");
+        let tls13 = curl(&url(&d, "/healthz"), &["--cacert", ca_arg, "--tlsv1.3"]);
+        assert_eq!(tls13.status, 0, "max_version TLS12: {tls13:?}");
+        let h1 = curl(
+            &url(&d, "/healthz"),
+            &[
+                "--cacert",
+                ca_arg,
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version}",
+            ],
+        );
+        assert_eq!(h1.raw, "1.1", "http2: false keeps to HTTP/1.1: {h1:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
