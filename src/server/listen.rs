@@ -7,6 +7,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
+/// The listen backlog of the sockets bound for `--web.listen-address`.
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// The first file descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
@@ -135,7 +138,11 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     // TIME-WAIT; it does not allow two live listeners on one port.
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(128)?;
+    // Room for a burst of connections while the accept loop makes room at
+    // the cap (net.core.somaxconn, 4096 by default, caps it); 128 overflowed
+    // when 2,000 clients connected at once, and each overflow costs the
+    // client a SYN retransmit of a second or more.
+    socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
