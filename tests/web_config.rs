@@ -128,9 +128,25 @@ fn curl(url: &str, args: &[&str]) -> Reply {
     }
 }
 
+/// A CA (`ca.pem`) and a server certificate for localhost and 127.0.0.1
+/// signed by it (`server.crt`, `server.key`) in `dir`.
+fn server_files(dir: &Path) -> Ca {
+    let ca = Ca::new("test CA");
+    ca.write(&dir.join("ca.pem"));
+    let (cert, key) = ca.leaf("exporter", &["localhost"], &["127.0.0.1"], false);
+    write(&dir.join("server.crt"), &cert);
+    write(&dir.join("server.key"), &key);
+    ca
+}
+
 /// Starts the daemon on a free port with `web_config`, and waits until a
 /// TLS handshake with `ready_args` gets any HTTP answer.
 fn start(web_config: &Path, https: bool, ready_args: &[&str]) -> Daemon {
+    start_with(web_config, https, ready_args, &[])
+}
+
+/// [`start`] with `extra` flags for the daemon.
+fn start_with(web_config: &Path, https: bool, ready_args: &[&str], extra: &[&str]) -> Daemon {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let child = Command::new(exporter_bin())
         .args(["--web.listen-address", &addr.to_string()])
@@ -142,6 +158,7 @@ fn start(web_config: &Path, https: bool, ready_args: &[&str]) -> Daemon {
             "--log.level",
             "debug",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .expect("starting the daemon");
@@ -294,11 +311,7 @@ fn client_certificates_and_allowed_sans() {
     require_curl();
     in_netns("client_certificates_and_allowed_sans", || {
         let dir = scratch("mtls");
-        let ca = Ca::new("test CA");
-        ca.write(&dir.join("ca.pem"));
-        let (cert, key) = ca.leaf("exporter", &["localhost"], &["127.0.0.1"], false);
-        write(&dir.join("server.crt"), &cert);
-        write(&dir.join("server.key"), &key);
+        let ca = server_files(&dir);
         let clients = [
             ("good", "prometheus.example"),
             ("intruder", "intruder.example"),
@@ -535,37 +548,25 @@ fn stalled_handshakes_give_way_to_scrapers() {
     in_netns("stalled_handshakes_give_way_to_scrapers", || {
         use std::io::Write;
         let dir = scratch("stall");
-        let ca = Ca::new("test CA");
-        ca.write(&dir.join("ca.pem"));
-        let (cert, key) = ca.leaf("exporter", &["localhost"], &["127.0.0.1"], false);
-        write(&dir.join("server.crt"), &cert);
-        write(&dir.join("server.key"), &key);
+        server_files(&dir);
         write(
             &dir.join("web.yml"),
             "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
         );
         let ca_arg = dir.join("ca.pem");
         let ca_arg = ca_arg.to_str().expect("utf-8 path");
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let child = Command::new(exporter_bin())
-            .args(["--web.listen-address", &addr.to_string()])
-            .arg("--web.config.file")
-            .arg(dir.join("web.yml"))
-            .args([
+        let d = start_with(
+            &dir.join("web.yml"),
+            true,
+            &["--cacert", ca_arg],
+            &[
                 "--web.max-connections",
                 "16",
                 "--web.read-header-timeout",
                 "2s",
-            ])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting the daemon");
-        let d = Daemon { child, addr };
-        let start = Instant::now();
-        while curl(&url(&d, "/healthz"), &["--cacert", ca_arg]).status != 200 {
-            assert!(start.elapsed() < Duration::from_secs(15), "daemon not up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            ],
+        );
+        let addr = d.addr;
         // Far more than the cap, each stopping after the first byte of a
         // TLS record: a handshake that never finishes.
         let stalled: Vec<std::net::TcpStream> = (0..64)
