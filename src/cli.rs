@@ -211,18 +211,6 @@ pub struct TopArgs {
     pub filter: Option<String>,
 }
 
-impl TopArgs {
-    /// The TLS settings of an https `--from`.
-    pub fn tls_options(&self) -> crate::top::fetch_tls::TlsOptions {
-        crate::top::fetch_tls::TlsOptions {
-            ca_file: self.from_ca_file.clone(),
-            cert_file: self.from_cert_file.clone(),
-            key_file: self.from_key_file.clone(),
-            server_name: self.from_server_name.clone(),
-        }
-    }
-}
-
 /// A refresh period for `top`: at least 100 ms (a person cannot read
 /// faster, and each refresh samples), at most an hour.
 fn parse_top_interval(text: &str) -> Result<Duration, String> {

@@ -58,11 +58,21 @@ fn open(args: &TopArgs, flags: &CollectorFlags, continuous: bool) -> Result<Sour
         // still gets a few seconds.
         Some(url) => Source::remote(
             url,
-            &args.tls_options(),
+            &tls_options(args),
             args.interval
                 .clamp(Duration::from_secs(2), Duration::from_secs(10)),
         ),
         None => Source::local(flags, args.interval, continuous),
+    }
+}
+
+/// The TLS settings of an https `--from`.
+fn tls_options(args: &TopArgs) -> fetch_tls::TlsOptions {
+    fetch_tls::TlsOptions {
+        ca_file: args.from_ca_file.clone(),
+        cert_file: args.from_cert_file.clone(),
+        key_file: args.from_key_file.clone(),
+        server_name: args.from_server_name.clone(),
     }
 }
 
