@@ -144,8 +144,23 @@ fn deb() -> &'static Path {
             );
             path
         }
+        // In a namespace test's child, the parent built it just before:
+        // building again would rewrite the file under tests installing it.
+        None if std::env::var_os("SOCKDIAG_TEST_IN_NETNS").is_some() => built_deb(),
         None => build_deb(),
     })
+}
+
+/// The .deb `build_deb` left in target/package, the newest if several.
+fn built_deb() -> PathBuf {
+    let dir = root().join("target/package/debian");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; the parent test builds it first", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no .deb in {}", dir.display()))
 }
 
 fn build_deb() -> PathBuf {
@@ -607,6 +622,9 @@ fn packaged_unit_flags_exist() {
 /// comments) serves /metrics on plain HTTP: the package works as installed.
 #[test]
 fn packaged_web_config_serves_plain_http() {
+    // Built (minutes, the first time) before the namespace's child runs,
+    // which has a deadline; the child then finds it ready.
+    deb();
     common::in_netns("packaged_web_config_serves_plain_http", || {
         let private = PrivateRoot::new("package-web");
         private.install();
@@ -619,5 +637,111 @@ fn packaged_web_config_serves_plain_http() {
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("sockdiag_build_info{"), "{body}");
         daemon.terminate();
+    });
+}
+
+/// The issue's "done when": the installed package, pointed at
+/// certificates and a bcrypt hash in its web config, serves /metrics over
+/// https to the password and refuses it without.
+#[test]
+fn packaged_daemon_serves_https_with_a_password() {
+    // Built (minutes, the first time) before the namespace's child runs,
+    // which has a deadline; the child then finds it ready.
+    deb();
+    common::in_netns("packaged_daemon_serves_https_with_a_password", || {
+        let private = PrivateRoot::new("package-https");
+        private.install();
+        let config = private.path(WEB_CONFIG);
+        let dir = config.parent().expect("the web config's directory");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // Distinct names: with rcgen's default one for both, the leaf looks
+        // self-signed to OpenSSL.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "exporter");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("signing");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).expect("writing into the private root")
+        };
+        write("ca.pem", &ca.pem());
+        write("tls.crt", &cert.pem());
+        write("tls.key", &key.serialize_pem());
+        let hash = bcrypt::hash("scrape-me", 4).expect("hashing");
+        // The shipped file's own commented keys, uncommented, as a user does.
+        std::fs::write(
+            &config,
+            format!(
+                "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n\
+                 basic_auth_users:\n  prometheus: '{hash}'\n"
+            ),
+        )
+        .expect("writing the web config");
+        let port = common::free_port();
+        let child = Command::new(private.path("/usr/bin/sockdiag-exporter"))
+            .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+            .arg("--web.config.file")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the packaged daemon");
+        let _daemon = common::Daemon {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        };
+        let url = format!("https://127.0.0.1:{port}/metrics");
+        let ca_file = dir.join("ca.pem");
+        let curl = |user: Option<&str>| -> String {
+            let mut cmd = Command::new("curl");
+            cmd.args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg("--cacert")
+            .arg(&ca_file);
+            if let Some(user) = user {
+                cmd.args(["-u", user]);
+            }
+            let out = cmd
+                .arg(&url)
+                .output()
+                .expect("running curl (apt-get install curl)");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let start = std::time::Instant::now();
+        while curl(None) == "000" {
+            if start.elapsed() > std::time::Duration::from_secs(15) {
+                let out = Command::new("curl")
+                    .args(["-sSv", "--max-time", "5", "--cacert"])
+                    .arg(&ca_file)
+                    .arg(&url)
+                    .output()
+                    .expect("running curl");
+                panic!(
+                    "the packaged daemon did not answer on https: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(curl(None), "401");
+        assert_eq!(curl(Some("prometheus:wrong")), "401");
+        assert_eq!(curl(Some("prometheus:scrape-me")), "200");
     });
 }

@@ -86,12 +86,18 @@ fn write_pki(dir: &Path) -> Result<rcgen::Certificate> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench CA");
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .subject_alt_names
         .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "exporter");
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca, &ca_key)?;
     let write = |name: &str, text: &str| -> Result<PathBuf> {
