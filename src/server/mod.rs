@@ -262,8 +262,11 @@ async fn establish(
     let Some(web) = shared.config.web.as_ref().filter(|w| w.tls()) else {
         return Ok((Box::new(stream), false));
     };
+    // A server that started with TLS never loads a config without it (the
+    // reload is refused), but if it ever did, the connection must not fall
+    // back to clear text.
     let Some(tls) = web.current().tls.clone() else {
-        return Ok((Box::new(stream), false));
+        return Err(HandshakeError::NoConfig);
     };
     match handshake::accept(stream, tls, timeout).await {
         Ok(stream) => {

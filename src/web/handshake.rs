@@ -18,6 +18,9 @@ pub enum HandshakeError {
     /// The first bytes were neither TLS nor HTTP.
     #[error("not a TLS handshake")]
     NotTls,
+    /// The server serves TLS but holds no TLS configuration.
+    #[error("no TLS configuration in service; refusing to serve in clear")]
+    NoConfig,
     /// The client closed before its first byte.
     #[error("closed before the handshake")]
     Closed,
