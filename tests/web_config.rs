@@ -139,8 +139,9 @@ fn server_files(dir: &Path) -> Ca {
     ca
 }
 
-/// Starts the daemon on a free port with `web_config`, and waits until a
-/// TLS handshake with `ready_args` gets any HTTP answer.
+/// Starts the daemon on a free port with `web_config`, and waits until
+/// `/healthz` with `ready_args` answers other than 503 (or 401 without a
+/// password in them).
 fn start(web_config: &Path, https: bool, ready_args: &[&str]) -> Daemon {
     start_with(web_config, https, ready_args, &[])
 }
@@ -168,7 +169,9 @@ fn start_with(web_config: &Path, https: bool, ready_args: &[&str], extra: &[&str
     let start = Instant::now();
     loop {
         let r = curl(&url, ready_args);
-        if r.status != 0 {
+        // 503 until the first samples are in; 401 when `ready_args` carry
+        // no password (the password is checked before readiness is).
+        if r.status != 0 && r.status != 503 {
             return daemon;
         }
         assert!(
@@ -650,7 +653,11 @@ fn top_reads_a_daemon_over_mutual_tls_with_a_password() {
         let d = start(
             &dir.join("web.yml"),
             true,
-            &["--cacert", &ca_pem, "--cert", &crt, "--key", &key, "-k"],
+            // With the password, so the first samples are in before `top`
+            // looks for the daemon's own listener.
+            &[
+                "--cacert", &ca_pem, "--cert", &crt, "--key", &key, "-k", "-u", "ops:pw",
+            ],
         );
         let port = d.addr.port().to_string();
         let url = format!("https://ops:pw@127.0.0.1:{port}");
