@@ -103,6 +103,15 @@ fn every_waiting_connection_is_found_with_the_age_a_tcp_info_walk_gives() {
             connect_waiting(v6, 20, &mut keep);
             // IPv4 clients of a dual-stack listener: v4-mapped IPv6 sockets.
             connect_waiting("127.0.0.1:7003".parse().unwrap(), 20, &mut keep);
+            // A listener bound to an interface: its connections are too, and
+            // the kernel finds them only when asked with that interface.
+            let bound: SocketAddr = "127.0.0.1:7004".parse().unwrap();
+            let lb = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("listener socket");
+            lb.bind_device(Some(b"lo")).expect("SO_BINDTODEVICE lo");
+            lb.bind(&bound.into()).expect("bind");
+            lb.listen(128).expect("listen");
+            connect_waiting(bound, 5, &mut keep);
             // Accepted connections are not waiting and must not be picked.
             connect_waiting("127.0.0.1:7003".parse().unwrap(), 3, &mut keep);
             for _ in 0..3 {
@@ -111,8 +120,10 @@ fn every_waiting_connection_is_found_with_the_age_a_tcp_info_walk_gives() {
             std::thread::sleep(Duration::from_millis(300));
 
             let mut socket = DiagSocket::open().expect("sock_diag socket");
-            let ids = waiting(&mut socket, &[7001, 7002, 7003]);
-            assert_eq!(ids.len(), 60, "{ids:?}");
+            let ids = waiting(&mut socket, &[7001, 7002, 7003, 7004]);
+            assert_eq!(ids.len(), 65, "{ids:?}");
+            let on_lo = ids.iter().filter(|id| id.interface != 0).count();
+            assert_eq!(on_lo, 5, "connections of the listener bound to lo");
             let mapped = ids
                 .iter()
                 .filter(|id| id.local.ip().to_string().starts_with("::ffff:"))
@@ -128,7 +139,7 @@ fn every_waiting_connection_is_found_with_the_age_a_tcp_info_walk_gives() {
             let (answers, stats) = look_up(&mut socket, &mut lookup, &ids);
             let spread = start.elapsed().as_millis() as u32 + 1;
             println!("{stats:?}");
-            assert_eq!(stats.found, 60, "{stats:?}");
+            assert_eq!(stats.found, 65, "{stats:?}");
             assert_eq!(stats.overflows, 0);
             for (id, answer) in ids.iter().zip(&answers) {
                 let Some(Answer::Found(r)) = answer else {
@@ -143,6 +154,25 @@ fn every_waiting_connection_is_found_with_the_age_a_tcp_info_walk_gives() {
                     "lookup age {age} ms vs tcp_info walk {walk_age} ms, {spread} ms apart"
                 );
             }
+            // Asked without its interface, a bound connection is not found.
+            let unbound: Vec<SocketIdentity> = ids
+                .iter()
+                .filter(|id| id.interface != 0)
+                .map(|id| SocketIdentity {
+                    interface: 0,
+                    ..*id
+                })
+                .collect();
+            let (answers, _) = look_up(&mut socket, &mut lookup, &unbound);
+            assert!(
+                answers.iter().all(|a| matches!(
+                    a,
+                    Some(Answer::Gone {
+                        errno: libc::ENOENT
+                    })
+                )),
+                "{answers:?}"
+            );
             // ss agrees too: `lastsnd` of the waiting sockets.
             let ss_ages: Vec<u32> = ss(&["-tni", "state", "established", "sport", "= :7001"])
                 .iter()

@@ -10,8 +10,8 @@
 //! The kernel serves the messages of one `send` one after the other, in the
 //! sender's own system call, and queues one answer per request on our
 //! socket before `send` returns: the socket's reply, or an `NLMSG_ERROR`
-//! (`ENOENT` when no such socket exists any more, `ESTALE` when the
-//! addresses now belong to another socket). So [`Lookup`] encodes a batch
+//! (`ENOENT` when no socket holds those addresses any more). So
+//! [`Lookup`] encodes a batch
 //! of requests, each with its own sequence number, into one buffer, sends
 //! it in one call, and drains the answers with `recvmmsg`, many datagrams
 //! per call, matching them to their requests by sequence number.
@@ -23,7 +23,7 @@
 //! sent again, in batches no larger than what fitted.
 //!
 //! A cookie that does not match the socket now holding the addresses is
-//! answered `ENOENT` on Linux 6.18 (older kernels said `ESTALE`): either
+//! answered `ENOENT` too on Linux 6.18 (3.x kernels said `ESTALE`): either
 //! way the connection the caller knew is gone.
 
 use std::io;
@@ -74,6 +74,9 @@ pub struct SocketIdentity {
     pub remote: RawAddr,
     /// Remote port.
     pub remote_port: u16,
+    /// The interface the socket is bound to, 0 for none: the kernel does
+    /// not find a socket bound to an interface without it.
+    pub interface: u32,
     /// The socket cookie from the dump, or [`NO_COOKIE`] for whichever
     /// socket holds these addresses now.
     pub cookie: u64,
@@ -87,6 +90,7 @@ impl SocketIdentity {
             local_port: r.local_port,
             remote: r.remote,
             remote_port: r.remote_port,
+            interface: r.interface,
             cookie: r.cookie,
         }
     }
@@ -116,9 +120,9 @@ impl SocketIdentity {
                 destination_port: self.remote_port,
                 source_address: self.local.ip(),
                 destination_address: self.remote.ip(),
-                // 0: any interface; a connection bound to a device is still
-                // found (the kernel matches an unbound lookup to it).
-                interface_id: 0,
+                // The kernel's hash lookup matches a socket bound to an
+                // interface only when asked with that interface.
+                interface_id: self.interface,
                 cookie: cookie_bytes,
             },
         };
@@ -551,6 +555,7 @@ mod tests {
             local_port: 8080,
             remote: addr("127.0.0.2"),
             remote_port: 40000,
+            interface: 3,
             cookie: 0x0000_0001_0000_2a2a,
         }
     }
@@ -585,6 +590,7 @@ mod tests {
         p[6..8].copy_from_slice(&id.remote_port.to_be_bytes());
         p[8..12].copy_from_slice(&id.local.bytes[..4]);
         p[24..28].copy_from_slice(&id.remote.bytes[..4]);
+        p[40..44].copy_from_slice(&id.interface.to_ne_bytes());
         p[44..48].copy_from_slice(&(id.cookie as u32).to_ne_bytes());
         p[48..52].copy_from_slice(&((id.cookie >> 32) as u32).to_ne_bytes());
         p[56..60].copy_from_slice(&7u32.to_ne_bytes()); // rqueue
@@ -622,7 +628,7 @@ mod tests {
         assert_eq!(&sockid[2..4], &40000u16.to_be_bytes(), "dport");
         assert_eq!(&sockid[4..8], &[127, 0, 0, 1]);
         assert_eq!(&sockid[20..24], &[127, 0, 0, 2]);
-        assert_eq!(read_u32(sockid, 36), 0, "any interface");
+        assert_eq!(read_u32(sockid, 36), 3, "the interface");
         assert_eq!(read_u32(sockid, 40), 0x2a2a, "cookie, low half first");
         assert_eq!(read_u32(sockid, 44), 1);
 
