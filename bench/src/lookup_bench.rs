@@ -16,14 +16,24 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use sockdiag_exporter::aggregate::in_accept_queue;
+use sockdiag_exporter::diag::lookup::DEFAULT_BATCH;
 use sockdiag_exporter::diag::{
-    Answer, DiagSocket, DumpRequest, Lookup, Protocol, SocketIdentity, StateSet,
+    Answer, DiagSocket, DumpRequest, Lookup, LookupStats, Protocol, SocketIdentity, StateSet,
 };
 
 use crate::measure::median;
 use crate::setup::{self, FIRST_PORT, Fleet, LISTENERS};
 use crate::{BenchOpts, diag, namespace};
+
+/// Options of `lookup`.
+#[derive(Args, Debug, Clone)]
+pub struct LookupOpts {
+    /// Lookup requests per send.
+    #[arg(long, default_value_t = DEFAULT_BATCH as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+}
 
 /// The connections collector's walk, with or without `tcp_info`.
 fn walk(tcp_info: bool) -> DumpRequest<'static> {
@@ -109,12 +119,12 @@ fn with_info(socket: &mut DiagSocket) -> Result<Seen> {
 }
 
 /// (c): the bare walk collecting identities into `ids` (reused), then their lookups.
-/// Returns what it saw and the time the lookups alone took.
+/// Returns what it saw, the time the lookups alone took and what they did.
 fn with_lookups(
     socket: &mut DiagSocket,
     lookup: &mut Lookup,
     ids: &mut Vec<SocketIdentity>,
-) -> Result<(Seen, Time)> {
+) -> Result<(Seen, (Time, LookupStats))> {
     let mut seen = Seen::default();
     ids.clear();
     socket.dump(&walk(false), |r| {
@@ -124,8 +134,8 @@ fn with_lookups(
             ids.push(SocketIdentity::of(r));
         }
     })?;
-    let (time, ()) = timed(|| {
-        lookup.run(socket, ids, |_, answer| {
+    let (time, stats) = timed(|| {
+        Ok(lookup.run(socket, ids, |_, answer| {
             if let Answer::Found(r) = answer
                 && in_accept_queue(&r)
                 && let Some(age) = r.last_data_sent_ms
@@ -133,14 +143,13 @@ fn with_lookups(
                 seen.dated += 1;
                 seen.oldest_ms = seen.oldest_ms.max(age);
             }
-        })?;
-        Ok(())
+        })?)
     })?;
-    Ok((seen, time))
+    Ok((seen, (time, stats)))
 }
 
 /// The coordinator inside the private namespace.
-pub fn internal_main(opts: &BenchOpts) -> Result<ExitCode> {
+pub fn internal_main(opts: &BenchOpts, lookup_opts: &LookupOpts) -> Result<ExitCode> {
     namespace::bring_loopback_up()?;
     namespace::tune_sysctls();
     let nofile = namespace::raise_nofile_limit()?;
@@ -172,7 +181,7 @@ pub fn internal_main(opts: &BenchOpts) -> Result<ExitCode> {
         DiagSocket::open()?,
         DiagSocket::open()?,
     ];
-    let mut lookup = Lookup::default();
+    let mut lookup = Lookup::with_batch(lookup_opts.batch as usize);
     let mut ids = Vec::with_capacity(queued as usize);
     // One untimed round warms buffers, maps and the kernel's caches.
     bare(&mut sockets[0])?;
@@ -181,6 +190,7 @@ pub fn internal_main(opts: &BenchOpts) -> Result<ExitCode> {
 
     let mut times: [Vec<Time>; 3] = Default::default();
     let mut lookups_only = Vec::new();
+    let mut lookup_stats = LookupStats::default();
     let mut last = [Seen::default(); 3];
     for round in 0..opts.runs as usize {
         for k in 0..3 {
@@ -189,9 +199,10 @@ pub fn internal_main(opts: &BenchOpts) -> Result<ExitCode> {
                 0 => timed(|| bare(&mut sockets[0]))?,
                 1 => timed(|| with_info(&mut sockets[1]))?,
                 _ => {
-                    let (time, (seen, only)) =
+                    let (time, (seen, (only, stats))) =
                         timed(|| with_lookups(&mut sockets[2], &mut lookup, &mut ids))?;
                     lookups_only.push(only);
+                    lookup_stats = stats;
                     (time, seen)
                 }
             };
@@ -262,6 +273,7 @@ pub fn internal_main(opts: &BenchOpts) -> Result<ExitCode> {
         only_wall * 1e6 / queued.max(1) as f64,
         only_cpu * 1e6 / queued.max(1) as f64,
     );
+    println!("\nlast lookup pass: {lookup_stats:?}");
 
     drop(held);
     drop(fleet);

@@ -157,11 +157,11 @@ enum Cmd {
     /// What dating the connections waiting in accept queues costs, on --connections N with
     /// --queued Q of them waiting: the bare walk, the walk with tcp_info for every socket,
     /// and the bare walk plus exact batched lookups of the waiting ones, paired in rounds.
-    Lookup,
+    Lookup(lookup_bench::LookupOpts),
 
     /// The lookup benchmark inside the private namespace.
     #[command(hide = true)]
-    InternalLookup,
+    InternalLookup(lookup_bench::LookupOpts),
 
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
@@ -348,8 +348,8 @@ fn main() -> ExitCode {
         None => run_outer(cli.opts),
         Some(Cmd::Floor) => diag::floor_main(),
         Some(Cmd::InternalNamespace) => setup::coordinator_main(&cli.opts),
-        Some(Cmd::Lookup) => run_lookup(cli.opts),
-        Some(Cmd::InternalLookup) => lookup_bench::internal_main(&cli.opts),
+        Some(Cmd::Lookup(l)) => run_lookup(cli.opts, l),
+        Some(Cmd::InternalLookup(l)) => lookup_bench::internal_main(&cli.opts, &l),
         Some(Cmd::Render(r)) => run_render(cli.opts, r),
         Some(Cmd::InternalRender(r)) => render::internal_main(&r, &cli.opts.exporter()),
         Some(Cmd::Tls(t)) => run_tls(cli.opts, t),
@@ -423,7 +423,7 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
 }
 
 /// Hands `lookup` over to a coordinator inside a new namespace.
-fn run_lookup(opts: BenchOpts) -> Result<ExitCode> {
+fn run_lookup(opts: BenchOpts, lookup: lookup_bench::LookupOpts) -> Result<ExitCode> {
     let args: Vec<OsString> = vec![
         "--connections".into(),
         opts.connections.to_string().into(),
@@ -432,6 +432,8 @@ fn run_lookup(opts: BenchOpts) -> Result<ExitCode> {
         "--queued".into(),
         opts.queued.to_string().into(),
         "internal-lookup".into(),
+        "--batch".into(),
+        lookup.batch.to_string().into(),
     ];
     let status = namespace::run_in_new_namespace(&args)?;
     namespace::exit_code_of(status, "the lookup benchmark")
