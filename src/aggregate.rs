@@ -389,6 +389,7 @@ mod tests {
             drops: None,
             rcvbuf: None,
             last_data_sent_ms: Some(1500),
+            interface: 0,
         }
     }
 

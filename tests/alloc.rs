@@ -271,3 +271,61 @@ fn a_warm_udp_dump_allocates_nothing() {
         drop(keep);
     });
 }
+
+/// Warm exact lookups of waiting connections allocate nothing, whether
+/// they ask about 10 sockets in one batch or 1,000 in eight, retries after
+/// an overflowing batch included: the caller's identities and answers are
+/// its own, the requests and receive slots are reused.
+#[test]
+fn warm_exact_lookups_allocate_nothing() {
+    use sockdiag_exporter::aggregate::in_accept_queue;
+    use sockdiag_exporter::diag::{
+        Answer, DumpRequest, Lookup, Protocol, SocketIdentity, StateSet,
+    };
+
+    in_netns("warm_exact_lookups_allocate_nothing", || {
+        raise_fd_limit(1200);
+        let addr: SocketAddr = "127.0.0.1:7030".parse().unwrap();
+        let _listener = listen(addr, 2048, false, None);
+        let mut keep = Vec::new();
+        let mut socket = DiagSocket::open().expect("sock_diag socket");
+        let walk = DumpRequest {
+            protocol: Protocol::Tcp,
+            family: None,
+            states: StateSet::Connections,
+            meminfo: false,
+            tcp_info: false,
+            filter: None,
+        };
+        let mut ids: Vec<SocketIdentity> = Vec::new();
+        for (total, batch) in [(10usize, 128usize), (1000, 128), (1000, 1000)] {
+            while keep.len() < total {
+                let c = start_connect(addr);
+                assert!(wait_connected(&c, Duration::from_secs(2)));
+                keep.push(c);
+            }
+            ids.clear();
+            socket
+                .dump(&walk, |r| {
+                    if in_accept_queue(r) {
+                        ids.push(SocketIdentity::of(r));
+                    }
+                })
+                .expect("walk");
+            assert_eq!(ids.len(), total);
+            let mut lookup = Lookup::with_batch(batch);
+            let (allocations, (found, stats)) = warm_allocations(|| {
+                let mut found = 0;
+                let stats = lookup
+                    .run(&mut socket, &ids, |_, a| {
+                        found += usize::from(matches!(a, Answer::Found(_)));
+                    })
+                    .expect("lookup");
+                (found, stats)
+            });
+            println!("{allocations} allocations for {total} lookups, batch {batch}: {stats:?}");
+            assert_eq!(found, total);
+            assert_eq!(allocations, 0, "warm lookups of {total}, batch {batch}");
+        }
+    });
+}

@@ -15,6 +15,8 @@
 //!   processes, against `unix-floor` (a raw unix_diag dump) and `ss -xl`;
 //! - `udp` measures the UDP receiver pass on S UDP sockets held by `internal-udp-worker`
 //!   processes, against `udp-floor` (a raw inet_diag UDP dump with SKMEMINFO) and `ss -uanm`;
+//! - `lookup` times dating the connections waiting in accept queues: the bare walk, the walk
+//!   with tcp_info for all, and the bare walk plus exact lookups of the waiting ones;
 //! - `churn` runs the daemon under connection, listener or namespace churn and checks what
 //!   it serves and what it holds (`internal-churn-load` makes the TCP churn).
 
@@ -22,6 +24,7 @@ mod churn;
 mod daemon;
 mod diag;
 mod helper;
+mod lookup_bench;
 mod measure;
 mod namespace;
 mod netns_bench;
@@ -150,6 +153,15 @@ enum Cmd {
     /// (or, with --namespaces K, while K network namespaces are created and deleted);
     /// checks /metrics every 500 ms and the daemon's memory, threads and descriptors.
     Churn(churn::ChurnOpts),
+
+    /// What dating the connections waiting in accept queues costs, on --connections N with
+    /// --queued Q of them waiting: the bare walk, the walk with tcp_info for every socket,
+    /// and the bare walk plus exact batched lookups of the waiting ones, paired in rounds.
+    Lookup(lookup_bench::LookupOpts),
+
+    /// The lookup benchmark inside the private namespace.
+    #[command(hide = true)]
+    InternalLookup(lookup_bench::LookupOpts),
 
     /// Coordinator inside the private namespace (started by the outer process).
     #[command(hide = true)]
@@ -336,6 +348,8 @@ fn main() -> ExitCode {
         None => run_outer(cli.opts),
         Some(Cmd::Floor) => diag::floor_main(),
         Some(Cmd::InternalNamespace) => setup::coordinator_main(&cli.opts),
+        Some(Cmd::Lookup(l)) => run_lookup(cli.opts, l),
+        Some(Cmd::InternalLookup(l)) => lookup_bench::internal_main(&cli.opts, &l),
         Some(Cmd::Render(r)) => run_render(cli.opts, r),
         Some(Cmd::InternalRender(r)) => render::internal_main(&r, &cli.opts.exporter()),
         Some(Cmd::Tls(t)) => run_tls(cli.opts, t),
@@ -406,6 +420,23 @@ fn run_outer(mut opts: BenchOpts) -> Result<ExitCode> {
 
     let status = namespace::run_in_new_namespace(&args)?;
     namespace::exit_code_of(status, "the namespace coordinator")
+}
+
+/// Hands `lookup` over to a coordinator inside a new namespace.
+fn run_lookup(opts: BenchOpts, lookup: lookup_bench::LookupOpts) -> Result<ExitCode> {
+    let args: Vec<OsString> = vec![
+        "--connections".into(),
+        opts.connections.to_string().into(),
+        "--runs".into(),
+        opts.runs.to_string().into(),
+        "--queued".into(),
+        opts.queued.to_string().into(),
+        "internal-lookup".into(),
+        "--batch".into(),
+        lookup.batch.to_string().into(),
+    ];
+    let status = namespace::run_in_new_namespace(&args)?;
+    namespace::exit_code_of(status, "the lookup benchmark")
 }
 
 /// Hands `tls` over to a coordinator inside a new namespace.

@@ -184,7 +184,7 @@ impl Fleet {
 
 /// Opens the last connections without anyone to accept them, spread over the listeners.
 /// Called after every worker is ready, when nobody accepts any more.
-fn fill_accept_queues(first: u64, count: u64) -> Result<Vec<OwnedFd>> {
+pub fn fill_accept_queues(first: u64, count: u64) -> Result<Vec<OwnedFd>> {
     (first..first + count)
         .map(|k| worker::connect_client(k, FIRST_PORT + (k % u64::from(LISTENERS)) as u16))
         .collect()

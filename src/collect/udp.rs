@@ -571,6 +571,7 @@ mod tests {
             drops: Some(3),
             rcvbuf: Some(4608),
             last_data_sent_ms: None,
+            interface: 0,
         }
     }
 

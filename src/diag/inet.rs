@@ -246,6 +246,7 @@ pub fn parse_inet_reply(payload: &[u8], base: usize) -> Result<Option<SockRecord
         rqueue: header.recv_queue,
         wqueue: header.send_queue,
         inode: header.inode,
+        interface: id.interface_id,
         uid: header.uid,
         cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
         drops: None,

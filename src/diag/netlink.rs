@@ -19,9 +19,14 @@ pub const TCPDIAG_GETSOCK: u16 = 18;
 pub const DUMP_FLAGS: u16 = 0x01 | 0x300;
 
 const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_ERROR`: a status code (0 for an acknowledgement) and the
+/// request's header.
+pub const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
+/// `NLM_F_REQUEST` alone: a request for one object, answered by one
+/// message (the object, or an `NLMSG_ERROR`).
+pub const REQUEST_FLAGS: u16 = 0x01;
 /// The dump changed under the kernel while it was walked.
 const NLM_F_DUMP_INTR: u16 = 0x10;
 
@@ -107,14 +112,29 @@ pub fn encode_dump(out: &mut Vec<u8>, seq: u32, body: impl FnOnce(&mut Vec<u8>))
 /// [`encode_dump`] with another message type.
 pub fn encode_request(out: &mut Vec<u8>, seq: u32, kind: u16, body: impl FnOnce(&mut Vec<u8>)) {
     out.clear();
+    append_message(out, seq, kind, DUMP_FLAGS, body);
+}
+
+/// Appends one netlink message (header with these `flags`, then whatever
+/// `body` appends, padded to 4 bytes) after what `out` already holds: one
+/// `send` of the whole buffer hands the kernel every message in it.
+pub fn append_message(
+    out: &mut Vec<u8>,
+    seq: u32,
+    kind: u16,
+    flags: u16,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    let start = out.len();
     out.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
     body(out);
-    let total = out.len() as u32;
-    out[0..4].copy_from_slice(&total.to_ne_bytes());
-    out[4..6].copy_from_slice(&kind.to_ne_bytes());
-    out[6..8].copy_from_slice(&DUMP_FLAGS.to_ne_bytes());
-    out[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let total = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&total.to_ne_bytes());
+    out[start + 4..start + 6].copy_from_slice(&kind.to_ne_bytes());
+    out[start + 6..start + 8].copy_from_slice(&flags.to_ne_bytes());
+    out[start + 8..start + 12].copy_from_slice(&seq.to_ne_bytes());
     // nlmsg_pid 0: the kernel fills in our port id.
+    out.resize(align4(out.len()), 0);
 }
 
 /// Appends one attribute (`struct nlattr` and its value, padded) to `out`.
@@ -125,6 +145,57 @@ pub fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(value);
     out.resize(align4(out.len()), 0);
+}
+
+/// One netlink message of a datagram, checked to fit in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'b> {
+    /// `nlmsg_type`.
+    pub kind: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`: the sequence number of the request it answers.
+    pub seq: u32,
+    /// The bytes after the header, up to the message's length.
+    pub payload: &'b [u8],
+    /// Offset of the next message (the length padded to 4 bytes).
+    pub next: usize,
+}
+
+/// The message starting at `offset` of `buf`; an error when its header
+/// or its claimed length does not fit.
+pub fn message_at(buf: &[u8], offset: usize) -> Result<Message<'_>, ParseError> {
+    let available = buf.len().saturating_sub(offset);
+    if available < NLMSG_HDRLEN {
+        return Err(ParseError::Truncated {
+            offset,
+            what: "netlink header",
+            needed: NLMSG_HDRLEN,
+            available,
+        });
+    }
+    let len = read_u32(buf, offset) as usize;
+    if len < NLMSG_HDRLEN {
+        return Err(ParseError::Malformed {
+            offset,
+            what: "netlink message shorter than its header",
+        });
+    }
+    if len > available {
+        return Err(ParseError::Truncated {
+            offset,
+            what: "netlink message",
+            needed: len,
+            available,
+        });
+    }
+    Ok(Message {
+        kind: read_u16(buf, offset + 4),
+        flags: read_u16(buf, offset + 6),
+        seq: read_u32(buf, offset + 8),
+        payload: &buf[offset + NLMSG_HDRLEN..offset + len],
+        next: offset + align4(len),
+    })
 }
 
 /// Walks every message of one datagram, handing the payload of each
@@ -145,35 +216,13 @@ where
     let mut summary = DatagramSummary::default();
     let mut offset = 0;
     while offset < buf.len() {
-        let available = buf.len() - offset;
-        if available < NLMSG_HDRLEN {
-            return Err(ParseError::Truncated {
-                offset,
-                what: "netlink header",
-                needed: NLMSG_HDRLEN,
-                available,
-            });
-        }
-        let len = read_u32(buf, offset) as usize;
-        let kind = read_u16(buf, offset + 4);
-        let flags = read_u16(buf, offset + 6);
-        let msg_seq = read_u32(buf, offset + 8);
-        if len < NLMSG_HDRLEN {
-            return Err(ParseError::Malformed {
-                offset,
-                what: "netlink message shorter than its header",
-            });
-        }
-        if len > available {
-            return Err(ParseError::Truncated {
-                offset,
-                what: "netlink message",
-                needed: len,
-                available,
-            });
-        }
-        let payload = &buf[offset + NLMSG_HDRLEN..offset + len];
-        let next = offset + align4(len);
+        let Message {
+            kind,
+            flags,
+            seq: msg_seq,
+            payload,
+            next,
+        } = message_at(buf, offset)?;
 
         if msg_seq != seq {
             summary.foreign += 1;
@@ -244,7 +293,7 @@ where
 
 /// The error a non-zero status code stands for: a negative errno, or, for
 /// anything else, a damaged message.
-fn kernel_error(code: i32, offset: usize) -> ParseError {
+pub(crate) fn kernel_error(code: i32, offset: usize) -> ParseError {
     match code.checked_neg() {
         Some(errno) if errno > 0 => ParseError::Kernel { errno },
         _ => ParseError::Malformed {
@@ -254,7 +303,7 @@ fn kernel_error(code: i32, offset: usize) -> ParseError {
     }
 }
 
-fn error_code(payload: &[u8], offset: usize) -> Result<i32, ParseError> {
+pub(crate) fn error_code(payload: &[u8], offset: usize) -> Result<i32, ParseError> {
     if payload.len() < 4 {
         return Err(ParseError::Truncated {
             offset,

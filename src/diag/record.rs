@@ -221,6 +221,10 @@ pub struct SockRecord {
     pub wqueue: u32,
     /// Socket inode; 0 for sockets no process holds (e.g. not yet accepted).
     pub inode: u32,
+    /// `idiag_if`: the interface the socket is bound to (`SO_BINDTODEVICE`,
+    /// a link-local scope, inherited from the listener), 0 for none. A
+    /// single-socket lookup must name it to find the socket.
+    pub interface: u32,
     /// Owner uid.
     pub uid: u32,
     /// The kernel's socket cookie: unique per socket for its lifetime.

@@ -251,6 +251,27 @@ impl DiagSocket {
         }
     }
 
+    /// Reserves `n` consecutive sequence numbers (wrapping) and returns the
+    /// first: a batch of requests numbers its messages from it, so that an
+    /// answer names its request and a late one to an abandoned batch is
+    /// told apart.
+    pub(super) fn reserve_seqs(&mut self, n: u32) -> u32 {
+        let first = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(n);
+        first
+    }
+
+    /// The descriptor, for the bulk receive ([`super::lookup`]) that reads
+    /// many datagrams in one `recvmmsg`.
+    pub(super) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Sends `buf`, which may hold many netlink messages, in one datagram.
+    pub(super) fn send_raw(&self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.send(buf, 0)
+    }
+
     /// One `recv`, retried on EINTR; `MSG_TRUNC` makes the kernel report a
     /// datagram's real size so an oversized one is caught, not cut silently.
     fn recv(&mut self) -> io::Result<usize> {
