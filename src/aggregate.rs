@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::diag::lookup::SocketIdentity;
 use crate::diag::{Family, RawAddr, SockRecord, TcpState};
 
 /// A listening address: what the `family`, `address` and `port` labels name.
@@ -189,6 +190,22 @@ pub struct ConnectionAggregator {
     listening_ports: Box<PortSet>,
     queues: HashMap<ListenKey, QueueFigures>,
     ports: HashMap<(Role, u16), PortFigures>,
+    /// Whether [`ConnectionAggregator::add`] keeps the identities of the
+    /// connections waiting in accept queues, to be dated by exact lookups.
+    collect_waiting: bool,
+    /// Those identities, and the listening address each waits on (reused
+    /// between samples: no allocation once warm).
+    waiting: Waiting,
+}
+
+/// Connections waiting in accept queues, as the walk found them: who they
+/// are, to ask the kernel about each, and which queue each waits on.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    /// The listening address of each.
+    pub keys: Vec<ListenKey>,
+    /// The socket of each, for the kernel's lookup.
+    pub ids: Vec<SocketIdentity>,
 }
 
 impl Default for ConnectionAggregator {
@@ -197,6 +214,8 @@ impl Default for ConnectionAggregator {
             listening_ports: PortSet::of(&[]),
             queues: HashMap::new(),
             ports: HashMap::new(),
+            collect_waiting: false,
+            waiting: Waiting::default(),
         }
     }
 }
@@ -207,9 +226,40 @@ impl ConnectionAggregator {
         self.listening_ports.clear();
         self.queues.clear();
         self.ports.clear();
+        self.collect_waiting = false;
+        self.waiting.keys.clear();
+        self.waiting.ids.clear();
         for l in listeners {
             self.listening_ports.insert(l.key.port);
             self.queues.entry(l.key).or_default();
+        }
+    }
+
+    /// Keeps, from now until the next reset, the identity of every
+    /// connection found waiting in an accept queue, for
+    /// [`ConnectionAggregator::take_waiting`].
+    pub fn collect_waiting(&mut self) {
+        self.collect_waiting = true;
+    }
+
+    /// The waiting connections kept since the reset; hand them back with
+    /// [`ConnectionAggregator::restore_waiting`] to keep their capacity.
+    pub fn take_waiting(&mut self) -> Waiting {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Returns buffers taken with [`ConnectionAggregator::take_waiting`].
+    pub fn restore_waiting(&mut self, mut waiting: Waiting) {
+        waiting.keys.clear();
+        waiting.ids.clear();
+        self.waiting = waiting;
+    }
+
+    /// Folds in the age of a connection still waiting on `key`'s queue,
+    /// found by an exact lookup after the walk.
+    pub fn add_age(&mut self, key: &ListenKey, age_ms: u32) {
+        if let Some(q) = self.queues.get_mut(key) {
+            q.oldest_ms = Some(q.oldest_ms.map_or(age_ms, |old| old.max(age_ms)));
         }
     }
 
@@ -239,7 +289,10 @@ impl ConnectionAggregator {
             let syn = r.state == TcpState::SynRecv;
             let queued = in_accept_queue(r);
             if syn || queued {
-                if let Some(q) = self.owner(r).and_then(|key| self.queues.get_mut(&key)) {
+                let Some(key) = self.owner(r) else {
+                    return;
+                };
+                if let Some(q) = self.queues.get_mut(&key) {
                     if syn {
                         q.syn_recv += 1;
                     } else {
@@ -247,6 +300,10 @@ impl ConnectionAggregator {
                         q.queued_bytes += u64::from(r.rqueue);
                         if let Some(age) = r.last_data_sent_ms {
                             q.oldest_ms = Some(q.oldest_ms.map_or(age, |old| old.max(age)));
+                        }
+                        if self.collect_waiting {
+                            self.waiting.keys.push(key);
+                            self.waiting.ids.push(SocketIdentity::of(r));
                         }
                     }
                 }
