@@ -454,7 +454,7 @@ pub struct Walked {
     /// Walks skipped so far.
     skipped: u64,
     /// Sockets the last walk found, to choose how to date waiting
-    /// connections.
+    /// connections (before the first, `net/sockstat`'s count).
     sockets: Option<u64>,
 }
 
@@ -470,6 +470,13 @@ pub struct TcpActivity {
     v6: Option<u64>,
     /// `net/snmp` Tcp InSegs and OutSegs.
     segments: (u64, u64),
+}
+
+impl TcpActivity {
+    /// TCP sockets of the namespace, about what a walk reports.
+    fn sockets(&self) -> u64 {
+        self.v4.0 + self.v4.1 + self.v6.unwrap_or(0)
+    }
 }
 
 impl Connections {
@@ -582,7 +589,9 @@ impl TypedCollector for Connections {
                 }
             }
         }
-        let hint = walked.sockets;
+        // Before the first walk, the namespace's own count of its TCP
+        // sockets stands in for what the walk will find.
+        let hint = walked.sockets.or_else(|| activity.map(|a| a.sockets()));
         match ctx.dump(|socket| sample_connections(socket, work, &self.settings, hint)) {
             Ok(mut sample) => {
                 walked.sockets = Some(sample.sockets);
