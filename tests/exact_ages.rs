@@ -140,3 +140,96 @@ fn connections_accepted_between_walk_and_lookup_are_never_errors_or_stale_ages()
         },
     );
 }
+
+/// Builds, in a network namespace of its own, a listener on 127.0.0.1:PORT
+/// and one on [::1]:PORT+1, neither accepting, with 3 and 2 clients
+/// waiting; says when the clients connected (Unix time).
+const WAITING_MIX: &str = r#"
+import json, socket, sys, time
+port = int(sys.argv[1])
+l4 = socket.socket(socket.AF_INET)
+l4.bind(("127.0.0.1", port)); l4.listen(8)
+l6 = socket.socket(socket.AF_INET6)
+l6.bind(("::1", port + 1)); l6.listen(8)
+t = time.time()
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+held += [socket.create_connection(("::1", port + 1)) for _ in range(2)]
+print("ready", json.dumps({"t": t}), flush=True)
+sys.stdin.read()
+"#;
+
+#[derive(serde::Deserialize)]
+struct Connected {
+    t: f64,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn ages_in_several_namespaces_match_when_their_clients_connected() {
+    in_netns(
+        "ages_in_several_namespaces_match_when_their_clients_connected",
+        || {
+            let spawn = || {
+                let mut cmd = python_with_loopback(WAITING_MIX, &["7641"]);
+                in_new_netns(&mut cmd);
+                NsHelper::<Connected>::spawn(cmd, "a namespace with waiting clients")
+            };
+            let early = spawn();
+            std::thread::sleep(Duration::from_millis(1500));
+            let late = spawn();
+            std::thread::sleep(Duration::from_millis(300));
+            let before = unix_now();
+            let out = Command::new(exporter_bin())
+                .args(["snapshot", "--format", "json", "--no-collector.processes"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("running snapshot");
+            let after = unix_now();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let doc: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("snapshot JSON");
+            let mut checked = 0;
+            for (helper, what) in [(&early, "early"), (&late, "late")] {
+                let label = helper.ino_label();
+                let ns = doc["namespaces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|ns| ns["netns"].as_str() == Some(label.as_str()))
+                    .unwrap_or_else(|| panic!("namespace {label} not in the snapshot"));
+                for port in [7641, 7642] {
+                    let q = ns["connections"]["queues"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|q| q["port"].as_u64() == Some(port))
+                        .unwrap_or_else(|| panic!("{what}: no queue on port {port}: {ns}"));
+                    let age = q["oldest_seconds"]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{what}: port {port} not dated: {q}"));
+                    // Dated between the snapshot's start and end; the
+                    // kernel's clock ticks in milliseconds (and jiffies).
+                    let (low, high) = (before - helper.built.t, after - helper.built.t);
+                    assert!(
+                        age >= low - 0.02 && age <= high + 0.02,
+                        "{what} port {port}: age {age:.3} s, expected {low:.3}..{high:.3}"
+                    );
+                    checked += 1;
+                }
+            }
+            assert_eq!(checked, 4);
+            early.kill();
+            late.kill();
+        },
+    );
+}
