@@ -118,7 +118,17 @@ pub struct QueueFigures {
     pub oldest_ms: Option<u32>,
     /// Half-open requests (SYN-RECV).
     pub syn_recv: u64,
+    /// Waiting connections whose identity was not kept for a lookup (past
+    /// [`MAX_WAITING`]): the queue's oldest is then unknown.
+    pub undated: u64,
 }
+
+/// The most waiting connections one walk keeps to look up (about 80 bytes
+/// each: 5 MiB). Accept queues are bounded by their backlogs, but a node
+/// of many full queues with large backlogs could hold far more; past it,
+/// the queues with connections left out get no age for that walk rather
+/// than one that may be too young, and the next walk dates with `tcp_info`.
+pub const MAX_WAITING: usize = 65_536;
 
 /// A set of ports as 65,536 bits (8 KiB, so kept boxed): asking whether
 /// a dumped socket's port is in it costs one load, on the per-socket path.
@@ -302,8 +312,12 @@ impl ConnectionAggregator {
                             q.oldest_ms = Some(q.oldest_ms.map_or(age, |old| old.max(age)));
                         }
                         if self.collect_waiting {
-                            self.waiting.keys.push(key);
-                            self.waiting.ids.push(SocketIdentity::of(r));
+                            if self.waiting.ids.len() < MAX_WAITING {
+                                self.waiting.keys.push(key);
+                                self.waiting.ids.push(SocketIdentity::of(r));
+                            } else {
+                                q.undated += 1;
+                            }
                         }
                     }
                 }
@@ -321,10 +335,18 @@ impl ConnectionAggregator {
             return;
         }
         for q in self.queues.values_mut() {
-            if q.queued > 0 && q.oldest_ms.is_none() {
+            if q.undated > 0 {
+                // Its oldest may be among those not looked up.
+                q.oldest_ms = None;
+            } else if q.queued > 0 && q.oldest_ms.is_none() {
                 q.oldest_ms = Some(0);
             }
         }
+    }
+
+    /// Waiting connections left undated this walk (past [`MAX_WAITING`]).
+    pub fn undated(&self) -> u64 {
+        self.queues.values().map(|q| q.undated).sum()
     }
 
     /// Per listening address figures, sorted by address.
@@ -571,5 +593,32 @@ mod tests {
         let got: Vec<_> = ports.iter().map(|p| (p.port, p.figures.total())).collect();
         assert_eq!(got, vec![(Some(80), 3), (Some(443), 5), (None, 2)]);
         assert_eq!(folded, 2);
+    }
+
+    #[test]
+    fn waiting_connections_past_the_cap_leave_their_queue_undated() {
+        let mut agg = ConnectionAggregator::default();
+        let (a, b) = (listener("127.0.0.1", 80), listener("127.0.0.1", 81));
+        agg.reset([&a, &b]);
+        agg.collect_waiting();
+        let mut young = conn(TcpState::Established, "127.0.0.1", 80, "127.0.0.1", 1, 0, 0);
+        young.last_data_sent_ms = None;
+        for i in 0..MAX_WAITING {
+            young.remote_port = (i % 60_000) as u16;
+            agg.add(&young);
+        }
+        // Past the cap: port 81's only connection is not kept.
+        let late = conn(TcpState::Established, "127.0.0.1", 81, "127.0.0.1", 2, 0, 0);
+        agg.add(&late);
+        let waiting = agg.take_waiting();
+        assert_eq!(waiting.ids.len(), MAX_WAITING);
+        agg.restore_waiting(waiting);
+        agg.add_age(&a.key, 40);
+        agg.finish(true);
+        let q: HashMap<_, _> = agg.queues().into_iter().collect();
+        assert_eq!(q[&a.key].oldest_ms, Some(40));
+        assert_eq!(q[&b.key].undated, 1);
+        assert_eq!(q[&b.key].oldest_ms, None, "unknown, not 0");
+        assert_eq!(agg.undated(), 1);
     }
 }

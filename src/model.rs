@@ -308,8 +308,13 @@ pub struct ConnectionSample {
     pub walk_bytes: u64,
     /// Datagrams (receive calls) the walk took.
     pub walk_datagrams: u64,
-    /// Whether the walk read `tcp_info` to date queued connections.
+    /// Whether queued connections were dated (by `tcp_info` in the walk,
+    /// or by exact lookups after it).
     pub dated: bool,
+    /// Waiting connections left undated because the walk kept as many as
+    /// it may look up (`aggregate::MAX_WAITING`); their queues have no age
+    /// for this walk.
+    pub undated: u64,
     /// Client ports folded into `port="other"` by the cardinality cap.
     pub client_ports_folded: u64,
     /// Walks of this namespace skipped so far because its TCP counters had

@@ -94,7 +94,7 @@ fn one_sample(socket: &mut DiagSocket, work: &mut ConnectionWork) -> u64 {
         queue_ages: true,
         cpu_budget: 0.02,
     };
-    sample_connections(socket, work, &settings, None)
+    sample_connections(socket, work, &settings, None, true)
         .expect("connection sample")
         .sockets
 }

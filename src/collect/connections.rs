@@ -343,6 +343,7 @@ pub fn sample_connections(
     work: &mut ConnectionWork,
     settings: &Settings,
     sockets_hint: Option<u64>,
+    allow_lookups: bool,
 ) -> Result<ConnectionSample, DiagError> {
     let taken_at = SystemTime::now();
     let filter = settings.filter.as_ref();
@@ -356,7 +357,10 @@ pub fn sample_connections(
         .map(|l| u64::from(l.length))
         .sum();
     let want_ages = settings.queue_ages && queued > 0;
-    let dating = Dating::choose(want_ages, queued, sockets_hint);
+    let dating = match Dating::choose(want_ages, queued, sockets_hint) {
+        Dating::Lookups if !allow_lookups => Dating::Walk,
+        d => d,
+    };
     let agg = &mut work.aggregator;
     agg.reset(work.listeners.iter());
     if dating == Dating::Lookups {
@@ -397,6 +401,7 @@ pub fn sample_connections(
         result.map_err(lookup_error)?;
     }
     agg.finish(settings.queue_ages);
+    let undated = agg.undated();
     let (ports, folded) = agg.ports(settings.max_client_ports, |role, port| {
         filter.is_none_or(|f| f.covers(role == Role::Server, port))
     });
@@ -422,6 +427,7 @@ pub fn sample_connections(
         walk_bytes,
         walk_datagrams,
         dated: want_ages,
+        undated,
         client_ports_folded: folded as u64,
         skipped_total: 0,
     })
@@ -456,6 +462,9 @@ pub struct Walked {
     /// Sockets the last walk found, to choose how to date waiting
     /// connections (before the first, `net/sockstat`'s count).
     sockets: Option<u64>,
+    /// The last walk kept more waiting connections than it may look up:
+    /// the next one reads `tcp_info` instead.
+    too_many_waiting: bool,
 }
 
 /// What the namespace's TCP counters say of its activity: while none of
@@ -592,9 +601,11 @@ impl TypedCollector for Connections {
         // Before the first walk, the namespace's own count of its TCP
         // sockets stands in for what the walk will find.
         let hint = walked.sockets.or_else(|| activity.map(|a| a.sockets()));
-        match ctx.dump(|socket| sample_connections(socket, work, &self.settings, hint)) {
+        let lookups = !walked.too_many_waiting;
+        match ctx.dump(|socket| sample_connections(socket, work, &self.settings, hint, lookups)) {
             Ok(mut sample) => {
                 walked.sockets = Some(sample.sockets);
+                walked.too_many_waiting = sample.undated > 0;
                 walked.quiet = activity.filter(|_| sample.sockets == 0);
                 sample.skipped_total = walked.skipped;
                 Sample::Done(Arc::new(sample))
