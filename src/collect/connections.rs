@@ -331,9 +331,10 @@ impl Dating {
 /// reads no extension, the cheapest dump the kernel offers, and each
 /// waiting connection is then asked about alone (`tcp_info` of that socket,
 /// found in the kernel's hash); or, when more than one socket in ten
-/// waits, the walk reads `tcp_info` for every socket. A second walk just
-/// for ages would cost as much as the first, since touching every socket,
-/// not building replies, is what a dump pays for.
+/// waits (or when `allow_lookups` is false, after a walk that found more
+/// than it may look up), the walk reads `tcp_info` for every socket. A
+/// second walk just for ages would cost as much as the first, since
+/// touching every socket, not building replies, is what a dump pays for.
 ///
 /// With a port filter, the kernel skips other sockets before building
 /// their replies, and per-address queue figures are kept only for listening
