@@ -279,9 +279,7 @@ fn a_warm_udp_dump_allocates_nothing() {
 #[test]
 fn warm_exact_lookups_allocate_nothing() {
     use sockdiag_exporter::aggregate::in_accept_queue;
-    use sockdiag_exporter::diag::{
-        Answer, DumpRequest, Lookup, Protocol, SocketIdentity, StateSet,
-    };
+    use sockdiag_exporter::diag::{Answer, DumpRequest, Lookup, SocketIdentity};
 
     in_netns("warm_exact_lookups_allocate_nothing", || {
         raise_fd_limit(1200);
@@ -289,14 +287,7 @@ fn warm_exact_lookups_allocate_nothing() {
         let _listener = listen(addr, 2048, false, None);
         let mut keep = Vec::new();
         let mut socket = DiagSocket::open().expect("sock_diag socket");
-        let walk = DumpRequest {
-            protocol: Protocol::Tcp,
-            family: None,
-            states: StateSet::Connections,
-            meminfo: false,
-            tcp_info: false,
-            filter: None,
-        };
+        let walk = DumpRequest::tcp_connections(false, None);
         let mut ids: Vec<SocketIdentity> = Vec::new();
         for (total, batch) in [(10usize, 128usize), (1000, 128), (1000, 1000)] {
             while keep.len() < total {

@@ -11,22 +11,14 @@ use std::time::{Duration, Instant};
 use sockdiag_exporter::aggregate::in_accept_queue;
 use sockdiag_exporter::diag::lookup::{DEFAULT_BATCH, NO_COOKIE};
 use sockdiag_exporter::diag::{
-    Answer, DiagSocket, DumpRequest, Lookup, LookupStats, Protocol, SockRecord, SocketIdentity,
-    StateSet,
+    Answer, DiagSocket, DumpRequest, Lookup, LookupStats, SockRecord, SocketIdentity,
 };
 
 use common::*;
 
 /// The connection walk's request, with or without `tcp_info`.
 fn walk(tcp_info: bool) -> DumpRequest<'static> {
-    DumpRequest {
-        protocol: Protocol::Tcp,
-        family: None,
-        states: StateSet::Connections,
-        meminfo: false,
-        tcp_info,
-        filter: None,
-    }
+    DumpRequest::tcp_connections(tcp_info, None)
 }
 
 /// Every connection record of one walk.

@@ -20,7 +20,7 @@ use clap::Args;
 use sockdiag_exporter::aggregate::in_accept_queue;
 use sockdiag_exporter::diag::lookup::DEFAULT_BATCH;
 use sockdiag_exporter::diag::{
-    Answer, DiagSocket, DumpRequest, Lookup, LookupStats, Protocol, SocketIdentity, StateSet,
+    Answer, DiagSocket, DumpRequest, Lookup, LookupStats, SocketIdentity,
 };
 
 use crate::measure::median;
@@ -37,14 +37,7 @@ pub struct LookupOpts {
 
 /// The connections collector's walk, with or without `tcp_info`.
 fn walk(tcp_info: bool) -> DumpRequest<'static> {
-    DumpRequest {
-        protocol: Protocol::Tcp,
-        family: None,
-        states: StateSet::Connections,
-        meminfo: false,
-        tcp_info,
-        filter: None,
-    }
+    DumpRequest::tcp_connections(tcp_info, None)
 }
 
 /// Whether a local port is one of the bench's listeners.

@@ -10,9 +10,7 @@ use clap::{Arg, ArgAction, ValueEnum, builder::EnumValueParser, value_parser};
 
 use crate::aggregate::{ConnectionAggregator, ListenerRecord, Role, in_accept_queue};
 use crate::diag::lookup::{Answer, Lookup, LookupError};
-use crate::diag::{
-    DiagError, DiagSocket, DumpRequest, Mode, PortFilter, Protocol, StateSet, TcpState,
-};
+use crate::diag::{DiagError, DiagSocket, DumpRequest, Mode, PortFilter, TcpState};
 use crate::family::{Families, Kind, LISTENER_LABELS, MetricDef, NETNS_LABELS, PORT_LABELS};
 use crate::model::{ConnectionSample, ListenerSample, NetnsView, PortSummary, QueueSummary};
 use crate::netns::{Need, ProcName};
@@ -369,14 +367,7 @@ pub fn sample_connections(
     }
     let mut sockets = 0u64;
     // Both families in one walk of the established hash.
-    let request = DumpRequest {
-        protocol: Protocol::Tcp,
-        family: None,
-        states: StateSet::Connections,
-        meminfo: false,
-        tcp_info: dating == Dating::Walk,
-        filter,
-    };
+    let request = DumpRequest::tcp_connections(dating == Dating::Walk, filter);
     let stats = socket.dump(&request, |r| {
         sockets += 1;
         agg.add(r);

@@ -130,6 +130,21 @@ pub struct DumpRequest<'a> {
     pub filter: Option<&'a PortFilter>,
 }
 
+impl<'a> DumpRequest<'a> {
+    /// The walk of every TCP connection (all states but LISTEN) of both
+    /// families in one dump, as the connections collector takes it.
+    pub fn tcp_connections(tcp_info: bool, filter: Option<&'a PortFilter>) -> Self {
+        DumpRequest {
+            protocol: Protocol::Tcp,
+            family: None,
+            states: StateSet::Connections,
+            meminfo: false,
+            tcp_info,
+            filter,
+        }
+    }
+}
+
 impl fmt::Display for DumpRequest<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

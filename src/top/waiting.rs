@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::aggregate::{ListenKey, in_accept_queue, listening_address};
-use crate::diag::{DiagSocket, DumpRequest, Mode, PortFilter, Protocol, RawAddr, StateSet};
+use crate::diag::{DiagSocket, DumpRequest, Mode, PortFilter, RawAddr};
 use crate::netns::NetnsInfo;
 use crate::netns::handles::open_in;
 
@@ -42,14 +42,7 @@ pub fn list(info: &NetnsInfo, key: &QueueKey, frame: &Frame) -> Result<WaitingLi
         .collect();
     let filter = PortFilter::new(Mode::Only, vec![target.port])
         .map_err(|e| format!("port filter: {e:?}"))?;
-    let request = DumpRequest {
-        protocol: Protocol::Tcp,
-        family: None,
-        states: StateSet::Connections,
-        meminfo: false,
-        tcp_info: true,
-        filter: filter.as_ref(),
-    };
+    let request = DumpRequest::tcp_connections(true, filter.as_ref());
     let mut socket = open_in(info, DiagSocket::open)
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("netns {}: {e}", info.name))?;
