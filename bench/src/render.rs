@@ -3,6 +3,7 @@
 //! queued connection each (about 11 series per listener once per-port
 //! figures are counted), runs the real daemon, and times R scrapes.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,19 +29,27 @@ pub struct RenderOpts {
     pub scrapes: u32,
 }
 
-/// The coordinator inside the namespace.
-pub fn internal_main(opts: &RenderOpts, exporter: &Path) -> Result<ExitCode> {
+/// In this (new) namespace, with loopback brought up: `n` listeners on
+/// 127.0.0.1 from `first_port`, never accepting, each with one client
+/// connection waiting in its queue. The sockets live as long as the result.
+pub fn queued_listeners(first_port: u16, n: u16) -> Result<Vec<OwnedFd>> {
     namespace::bring_loopback_up()?;
     namespace::raise_nofile_limit()?;
-    let mut keep = Vec::with_capacity(2 * usize::from(opts.listeners));
-    for i in 0..opts.listeners {
-        let port = FIRST_PORT + i;
+    let mut keep = Vec::with_capacity(2 * usize::from(n));
+    for i in 0..n {
+        let port = first_port + i;
         keep.push(
             proc_util::loopback_listener(port, 8, false)
                 .with_context(|| format!("listening on 127.0.0.1:{port}"))?,
         );
         keep.push(worker::connect_client(u64::from(i), port)?);
     }
+    Ok(keep)
+}
+
+/// The coordinator inside the namespace.
+pub fn internal_main(opts: &RenderOpts, exporter: &Path) -> Result<ExitCode> {
+    let keep = queued_listeners(FIRST_PORT, opts.listeners)?;
     let mut daemon = daemon::Running::start_showing_stderr(
         exporter,
         &[

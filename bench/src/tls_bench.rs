@@ -20,7 +20,7 @@ use base64::Engine;
 use clap::Args;
 
 use crate::daemon::{self, Running, scrape_gzipped};
-use crate::{measure, namespace, proc_util, worker};
+use crate::{measure, render};
 
 /// First port of the listeners watched.
 const FIRST_PORT: u16 = 31000;
@@ -45,17 +45,7 @@ pub struct TlsOpts {
 
 /// The coordinator inside the namespace.
 pub fn internal_main(opts: &TlsOpts, exporter: &Path) -> Result<ExitCode> {
-    namespace::bring_loopback_up()?;
-    namespace::raise_nofile_limit()?;
-    let mut keep = Vec::with_capacity(2 * usize::from(opts.listeners));
-    for i in 0..opts.listeners {
-        let port = FIRST_PORT + i;
-        keep.push(
-            proc_util::loopback_listener(port, 8, false)
-                .with_context(|| format!("listening on 127.0.0.1:{port}"))?,
-        );
-        keep.push(worker::connect_client(u64::from(i), port)?);
-    }
+    let keep = render::queued_listeners(FIRST_PORT, opts.listeners)?;
     let dir = std::env::temp_dir().join(format!("sockdiag-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = (|| {
