@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::web::tls::{pem_certificates, pem_private_key};
 
 /// Where the system keeps its CA bundle, by distribution family.
 const SYSTEM_BUNDLES: &[&str] = &[
@@ -100,17 +101,10 @@ impl ClientTls {
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE block in it", path.display()));
-    }
-    Ok(certs)
+    pem_certificates(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| format!("{}: no usable private key in it: {e}", path.display()))
+    pem_private_key(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }

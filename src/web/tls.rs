@@ -130,27 +130,31 @@ fn certificates(
     key: &str,
 ) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
     let bytes = pem_bytes(pem)?;
-    let file = pem_file(config, pem);
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    pem_certificates(&bytes)
+        .map_err(|e| WebConfigError::new(pem_file(config, pem), format!("{key}: {e}")))
+}
+
+/// The certificates of PEM text, in order; at least one, or why not.
+/// `top --from`'s client reads its files with it too.
+pub fn pem_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| WebConfigError::new(file, format!("{key}: bad PEM: {e}")))?;
+        .map_err(|e| format!("bad PEM: {e}"))?;
     if certs.is_empty() {
-        return Err(WebConfigError::new(
-            file,
-            format!("{key}: no CERTIFICATE block in it"),
-        ));
+        return Err("no CERTIFICATE block in it".to_string());
     }
     Ok(certs)
 }
 
+/// The private key of PEM text, or why there is none usable.
+pub fn pem_private_key(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| format!("no usable private key in it: {e}"))
+}
+
 fn private_key(config: &Path, pem: &Pem) -> Result<PrivateKeyDer<'static>, WebConfigError> {
     let bytes = pem_bytes(pem)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
-        WebConfigError::new(
-            pem_file(config, pem),
-            format!("key_file: no usable private key in it: {e}"),
-        )
-    })
+    pem_private_key(&bytes)
+        .map_err(|e| WebConfigError::new(pem_file(config, pem), format!("key_file: {e}")))
 }
 
 /// A client verifier that, after the chain checks out, also wants one of
